@@ -1,0 +1,442 @@
+//! The feed's data model in SQLite: users, follows (with the seq range in which each held) and
+//! the event log (user created, followed, unfollowed, posted), every event numbered by its `seq`.
+//! Commands are validated here, deterministically, so every member reaches the same answer; a
+//! rejected command is an `Err(FeedError)` result, never a storage failure.
+//!
+//! Only the state machine writes these tables (`apply_command`); everyone else reads them through
+//! the query functions below.
+
+use crate::raft::types::{Applied, Command};
+use chatfeed_common::config::HARD_MAX_POST_CHARS;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// Event kinds, as stored in `events.kind`.
+pub const KIND_USER: i64 = 0;
+pub const KIND_FOLLOW: i64 = 1;
+pub const KIND_UNFOLLOW: i64 = 2;
+pub const KIND_POST: i64 = 3;
+
+/// Longest user name.
+pub const MAX_NAME_LEN: usize = 32;
+/// Longest client post id: it is an idempotency key, not content.
+pub const MAX_CLIENT_POST_ID_LEN: usize = 64;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS follows (
+    follower TEXT NOT NULL, followee TEXT NOT NULL,
+    from_seq INTEGER NOT NULL, to_seq INTEGER,
+    PRIMARY KEY (follower, followee, from_seq));
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL, actor TEXT NOT NULL, target TEXT,
+    text TEXT, ts_ms INTEGER NOT NULL, client_post_id TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS post_ids ON events(actor, client_post_id)
+    WHERE kind = 3 AND client_post_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS posts_by_author ON events(actor, seq) WHERE kind = 3;
+";
+
+/// Why a command was refused. Deterministic: the same state and command give the same error on
+/// every member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FeedError {
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("user {0:?} does not exist")]
+    UserNotFound(String),
+    #[error("you cannot follow yourself")]
+    FollowSelf,
+    #[error("{follower:?} already follows {followee:?}")]
+    AlreadyFollowing { follower: String, followee: String },
+    #[error("{follower:?} does not follow {followee:?}")]
+    NotFollowing { follower: String, followee: String },
+    #[error("a post cannot be empty")]
+    EmptyPost,
+    #[error("a post is at most {max} characters; this one has {chars}")]
+    PostTooLong { chars: usize, max: usize },
+    #[error("invalid client post id: {0}")]
+    InvalidPostId(String),
+}
+
+/// Checks a user name: 1 to 32 characters of `[A-Za-z0-9_.-]`.
+pub fn validate_name(name: &str) -> Result<(), FeedError> {
+    let bad = |reason: &str| FeedError::InvalidName {
+        name: name.into(),
+        reason: reason.into(),
+    };
+    if name.is_empty() {
+        return Err(bad("a name needs at least one character"));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(bad("a name has at most 32 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(bad("use only letters, digits, '_', '.' and '-'"));
+    }
+    Ok(())
+}
+
+/// Checks a post's text against `max_chars`.
+pub fn validate_text(text: &str, max_chars: usize) -> Result<(), FeedError> {
+    if text.trim().is_empty() {
+        return Err(FeedError::EmptyPost);
+    }
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(FeedError::PostTooLong {
+            chars,
+            max: max_chars,
+        });
+    }
+    Ok(())
+}
+
+/// Validates what can be validated without the state; the API calls it before proposing, and
+/// `apply_command` again (with the hard limit) so the log cannot carry a bad command.
+pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), FeedError> {
+    match cmd {
+        Command::CreateUser { name } => validate_name(name),
+        Command::Follow { follower, followee } | Command::Unfollow { follower, followee } => {
+            validate_name(follower)?;
+            validate_name(followee)?;
+            if follower == followee {
+                return Err(FeedError::FollowSelf);
+            }
+            Ok(())
+        }
+        Command::Post {
+            author,
+            text,
+            client_post_id,
+            ..
+        } => {
+            validate_name(author)?;
+            validate_text(text, max_post_chars)?;
+            if client_post_id.len() > MAX_CLIENT_POST_ID_LEN {
+                return Err(FeedError::InvalidPostId(format!(
+                    "at most {MAX_CLIENT_POST_ID_LEN} bytes"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The seq of the last event, 0 when there is none.
+pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|s| s as u64)
+}
+
+fn user_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+}
+
+fn follows_now(conn: &Connection, follower: &str, followee: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM follows WHERE follower = ?1 AND followee = ?2 AND to_seq IS NULL",
+        [follower, followee],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+}
+
+/// Applies one command inside the caller's transaction. The outer error is a storage failure;
+/// the inner one is the command's own answer.
+pub fn apply_command(
+    conn: &Connection,
+    cmd: &Command,
+    ts_ms: i64,
+) -> rusqlite::Result<Result<Applied, FeedError>> {
+    if let Err(e) = validate_command(cmd, HARD_MAX_POST_CHARS as usize) {
+        return Ok(Err(e));
+    }
+    let seq = last_seq(conn)? + 1;
+    let done = Applied {
+        seq,
+        ts_ms,
+        duplicate: false,
+    };
+    match cmd {
+        Command::CreateUser { name } => {
+            if user_exists(conn, name)? {
+                return Ok(Err(FeedError::UserExists(name.clone())));
+            }
+            conn.execute(
+                "INSERT INTO users (name, seq) VALUES (?1, ?2)",
+                params![name, seq as i64],
+            )?;
+            insert_event(conn, seq, KIND_USER, name, None, None, ts_ms, None)?;
+        }
+        Command::Follow { follower, followee } => {
+            for u in [follower, followee] {
+                if !user_exists(conn, u)? {
+                    return Ok(Err(FeedError::UserNotFound(u.clone())));
+                }
+            }
+            if follows_now(conn, follower, followee)? {
+                return Ok(Err(FeedError::AlreadyFollowing {
+                    follower: follower.clone(),
+                    followee: followee.clone(),
+                }));
+            }
+            conn.execute(
+                "INSERT INTO follows (follower, followee, from_seq) VALUES (?1, ?2, ?3)",
+                params![follower, followee, seq as i64],
+            )?;
+            insert_event(
+                conn,
+                seq,
+                KIND_FOLLOW,
+                follower,
+                Some(followee),
+                None,
+                ts_ms,
+                None,
+            )?;
+        }
+        Command::Unfollow { follower, followee } => {
+            for u in [follower, followee] {
+                if !user_exists(conn, u)? {
+                    return Ok(Err(FeedError::UserNotFound(u.clone())));
+                }
+            }
+            let changed = conn.execute(
+                "UPDATE follows SET to_seq = ?3 WHERE follower = ?1 AND followee = ?2 AND to_seq IS NULL",
+                params![follower, followee, seq as i64],
+            )?;
+            if changed == 0 {
+                return Ok(Err(FeedError::NotFollowing {
+                    follower: follower.clone(),
+                    followee: followee.clone(),
+                }));
+            }
+            insert_event(
+                conn,
+                seq,
+                KIND_UNFOLLOW,
+                follower,
+                Some(followee),
+                None,
+                ts_ms,
+                None,
+            )?;
+        }
+        Command::Post {
+            author,
+            text,
+            client_post_id,
+            ..
+        } => {
+            if !user_exists(conn, author)? {
+                return Ok(Err(FeedError::UserNotFound(author.clone())));
+            }
+            if !client_post_id.is_empty() {
+                let earlier = conn
+                    .query_row(
+                        "SELECT seq, ts_ms FROM events WHERE kind = 3 AND actor = ?1 AND client_post_id = ?2",
+                        [author, client_post_id],
+                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
+                    )
+                    .optional()?;
+                if let Some((seq, ts_ms)) = earlier {
+                    return Ok(Ok(Applied {
+                        seq,
+                        ts_ms,
+                        duplicate: true,
+                    }));
+                }
+            }
+            let id = (!client_post_id.is_empty()).then_some(client_post_id.as_str());
+            insert_event(conn, seq, KIND_POST, author, None, Some(text), ts_ms, id)?;
+        }
+    }
+    Ok(Ok(done))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_event(
+    conn: &Connection,
+    seq: u64,
+    kind: i64,
+    actor: &str,
+    target: Option<&str>,
+    text: Option<&str>,
+    ts_ms: i64,
+    client_post_id: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (seq, kind, actor, target, text, ts_ms, client_post_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        seq as i64,
+        kind,
+        actor,
+        target,
+        text,
+        ts_ms,
+        client_post_id
+    ])?;
+    Ok(())
+}
+
+/// A committed event, as the watch stream and snapshots carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub kind: i64,
+    pub actor: String,
+    pub target: Option<String>,
+    pub text: Option<String>,
+    pub ts_ms: i64,
+    pub client_post_id: Option<String>,
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        seq: r.get::<_, i64>(0)? as u64,
+        kind: r.get(1)?,
+        actor: r.get(2)?,
+        target: r.get(3)?,
+        text: r.get(4)?,
+        ts_ms: r.get(5)?,
+        client_post_id: r.get(6)?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "seq, kind, actor, target, text, ts_ms, client_post_id";
+
+/// Events with seq > `after`, oldest first, at most `limit`.
+pub fn events_after(conn: &Connection, after: u64, limit: usize) -> rusqlite::Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], event_from_row)?;
+    rows.collect()
+}
+
+/// The timeline of `user` (PRODUCT.md §5): its own posts and the posts of the users it followed
+/// at the moment each was committed. With `after`, the posts with a larger seq, oldest first, at
+/// most `limit`; without it, the latest `limit`, oldest first.
+pub fn timeline(
+    conn: &Connection,
+    user: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> rusqlite::Result<Vec<Event>> {
+    const IN_TIMELINE: &str = "kind = 3 AND (actor = ?1 OR EXISTS (
+            SELECT 1 FROM follows f WHERE f.follower = ?1 AND f.followee = e.actor
+            AND f.from_seq < e.seq AND (f.to_seq IS NULL OR e.seq < f.to_seq)))";
+    let limit = limit as i64;
+    match after {
+        Some(after) => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE seq > ?2 AND {IN_TIMELINE} ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![user, after as i64, limit], event_from_row)?;
+            rows.collect()
+        }
+        None => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE {IN_TIMELINE} ORDER BY seq DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![user, limit], event_from_row)?;
+            let mut v: Vec<Event> = rows.collect::<rusqlite::Result<_>>()?;
+            v.reverse();
+            Ok(v)
+        }
+    }
+}
+
+/// Every user, by name.
+pub fn users(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM users ORDER BY name")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// The users `user` follows now, by name; `UserNotFound` when `user` does not exist.
+pub fn following(
+    conn: &Connection,
+    user: &str,
+) -> rusqlite::Result<Result<Vec<String>, FeedError>> {
+    if !user_exists(conn, user)? {
+        return Ok(Err(FeedError::UserNotFound(user.into())));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT followee FROM follows WHERE follower = ?1 AND to_seq IS NULL ORDER BY followee",
+    )?;
+    let rows = stmt.query_map([user], |r| r.get(0))?;
+    Ok(Ok(rows.collect::<rusqlite::Result<_>>()?))
+}
+
+/// The feed tables in full, for snapshots.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Dump {
+    pub users: Vec<(String, u64)>,
+    pub follows: Vec<(String, String, u64, Option<u64>)>,
+    pub events: Vec<Event>,
+}
+
+/// Reads the feed tables (inside the caller's read transaction, for a consistent view).
+pub fn dump(conn: &Connection) -> rusqlite::Result<Dump> {
+    let mut d = Dump::default();
+    let mut s = conn.prepare("SELECT name, seq FROM users")?;
+    d.users = s
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<_, _>>()?;
+    let mut s = conn.prepare("SELECT follower, followee, from_seq, to_seq FROM follows")?;
+    d.follows = s
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    d.events = events_after(conn, 0, usize::MAX >> 1)?;
+    Ok(d)
+}
+
+/// Replaces the feed tables with `d` (inside the caller's write transaction).
+pub fn restore(conn: &Connection, d: &Dump) -> rusqlite::Result<()> {
+    conn.execute_batch("DELETE FROM users; DELETE FROM follows; DELETE FROM events;")?;
+    for (name, seq) in &d.users {
+        conn.execute(
+            "INSERT INTO users (name, seq) VALUES (?1, ?2)",
+            params![name, *seq as i64],
+        )?;
+    }
+    for (a, b, from, to) in &d.follows {
+        conn.execute(
+            "INSERT INTO follows (follower, followee, from_seq, to_seq) VALUES (?1, ?2, ?3, ?4)",
+            params![a, b, *from as i64, to.map(|t| t as i64)],
+        )?;
+    }
+    for e in &d.events {
+        insert_event(
+            conn,
+            e.seq,
+            e.kind,
+            &e.actor,
+            e.target.as_deref(),
+            e.text.as_deref(),
+            e.ts_ms,
+            e.client_post_id.as_deref(),
+        )?;
+    }
+    Ok(())
+}
