@@ -1,5 +1,12 @@
 //! The chatfeed master: one member of the Raft group that holds every user, follow and post.
-//! `node::run` hosts a member on listeners the caller bound; `main.rs` is the thin binary.
+//! `node::run` hosts a member on listeners the caller bound; `launch` starts the group's processes
+//! on this host (what `scripts/MasterStartup.sh` runs); `main.rs` is the thin binary.
 
+pub mod api;
 pub mod feed;
+pub mod launch;
+pub mod node;
+pub mod process;
 pub mod raft;
+pub mod supervisor;
+pub mod watchdog;

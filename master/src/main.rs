@@ -1,1 +1,187 @@
-fn main() {}
+//! `chatfeed-master`: runs one member of the master group (`--id N`), starts this host's members
+//! in the background (`start`, used by scripts/MasterStartup.sh), or checks a configuration
+//! (`check-config`).
+
+use anyhow::Context;
+use chatfeed_common::{Config, logging};
+use chatfeed_master::{launch, node, process, supervisor};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "chatfeed-master",
+    version,
+    about = "A member of the chatfeed master group"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The cluster configuration.
+    #[arg(long, global = true, default_value = "chatfeed.toml")]
+    config: PathBuf,
+    /// The member to run (its id in the configuration).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Create the data directory if missing: only for a brand-new member.
+    #[arg(long)]
+    new: bool,
+    /// Initialise a brand-new group with every configured member (implies --new).
+    #[arg(long)]
+    bootstrap: bool,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", global = true)]
+    log_format: logging::LogFormat,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start this host's members in the background and wait for a leader.
+    Start {
+        /// Start only member N (one member per host).
+        #[arg(long)]
+        node: Option<u64>,
+        /// Member N is brand-new on this host: create its data directory.
+        #[arg(long, requires = "node")]
+        new: bool,
+    },
+    /// Validate the configuration file and say which field is wrong.
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chatfeed-master: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chatfeed-master: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Cmd::CheckConfig) => {
+                println!(
+                    "{}: ok ({} members)",
+                    cli.config.display(),
+                    config.members.len()
+                );
+                Ok(())
+            }
+            Some(Cmd::Start { node, new }) => {
+                let config_path = std::fs::canonicalize(&cli.config)
+                    .context("resolving the configuration path")?;
+                launch::start(
+                    &config,
+                    launch::StartOptions {
+                        config_path,
+                        node,
+                        new,
+                    },
+                )
+                .await
+            }
+            None => {
+                let id = cli.id.context(
+                    "give --id N to run member N, or a command (start, check-config); see --help",
+                )?;
+                run_member(
+                    config,
+                    &cli.config,
+                    id,
+                    cli.new,
+                    cli.bootstrap,
+                    cli.log_format,
+                )
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatfeed-master: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_member(
+    config: Config,
+    config_path: &std::path::Path,
+    id: u64,
+    new: bool,
+    bootstrap: bool,
+    fmt: logging::LogFormat,
+) -> anyhow::Result<()> {
+    let span = logging::init(fmt, "info,openraft=error", "master", &id.to_string());
+    let _enter = span.enter();
+    let me = config
+        .member(id)
+        .with_context(|| format!("member {id} is not in {}", config_path.display()))?
+        .clone();
+    let raft = tokio::net::TcpListener::bind(&me.raft_addr)
+        .await
+        .with_context(|| format!("binding the Raft address {}", me.raft_addr))?;
+    let api = tokio::net::TcpListener::bind(&me.api_addr)
+        .await
+        .with_context(|| format!("binding the API address {}", me.api_addr))?;
+    let pid_file = process::pid_file(&config.run_dir, id);
+    process::write_pid_file(&pid_file)
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    let respawn = supervisor::Respawn {
+        exe: std::env::current_exe().context("finding this binary")?,
+        config_path: std::fs::canonicalize(config_path)
+            .context("resolving the configuration path")?,
+    };
+    let opts = node::Options {
+        id,
+        create: new,
+        bootstrap,
+        faults: None,
+        respawn: Some(respawn),
+    };
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        signals.cancel();
+    });
+    let res = node::run(
+        Arc::new(config),
+        opts,
+        node::Listeners { raft, api },
+        shutdown,
+    )
+    .await;
+    process::remove_pid_file(&pid_file);
+    if let Err(e) = &res {
+        tracing::error!(error = %format!("{e:#}"), "member stopped");
+    }
+    res
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,174 @@
+//! `chatfeed status`: the whole cluster as the masters see it, as a table or as the JSON object of
+//! PRODUCT.md §4.
+
+use chatfeed_proto::master::{ClusterStatus, MemberStatus, Role};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub masters: Vec<MasterJson>,
+    pub workers: Vec<WorkerJson>,
+}
+
+#[derive(Serialize)]
+pub struct MasterJson {
+    pub id: u64,
+    pub addr: String,
+    pub role: &'static str,
+    pub last_applied: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub struct WorkerJson {
+    pub id: String,
+    pub addr: String,
+    pub host: String,
+    pub clients: u64,
+    pub pid: u32,
+}
+
+fn role_name(m: &MemberStatus) -> &'static str {
+    match Role::try_from(m.role).unwrap_or(Role::Unknown) {
+        Role::Leader => "leader",
+        Role::Down | Role::Unknown => "down",
+        _ => "replica",
+    }
+}
+
+/// The PRODUCT.md §4 form of a cluster status.
+pub fn to_json(s: &ClusterStatus) -> StatusJson {
+    StatusJson {
+        leader: s.leader,
+        term: s.term,
+        masters: s
+            .members
+            .iter()
+            .map(|m| MasterJson {
+                id: m.id,
+                addr: m.api_addr.clone(),
+                role: role_name(m),
+                last_applied: m.last_applied,
+                pid: m.reachable.then_some(m.pid),
+            })
+            .collect(),
+        workers: Vec::new(),
+    }
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The status as a table; the leader is marked with `*`.
+pub fn to_table(s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let leader = s
+        .leader
+        .map(|l| format!("member {l}"))
+        .unwrap_or_else(|| "none".into());
+    out.push_str(&format!("leader: {leader}   term: {}\n\n", s.term));
+    out.push_str(&format!(
+        "{:<8}{:<22}{:<10}{:>6}{:>10}{:>10}{:>8}{:>9}\n",
+        "MEMBER", "ADDRESS", "ROLE", "TERM", "APPLIED", "LAG", "PID", "UPTIME"
+    ));
+    let max_applied = s.members.iter().map(|m| m.last_applied).max().unwrap_or(0);
+    for m in &s.members {
+        let mark = if Some(m.id) == s.leader { "*" } else { "" };
+        let (term, applied, lag, pid, up) = if m.reachable {
+            (
+                m.term.to_string(),
+                m.last_applied.to_string(),
+                (max_applied - m.last_applied).to_string(),
+                m.pid.to_string(),
+                uptime(m.uptime_ms),
+            )
+        } else {
+            ("-".into(), "-".into(), "-".into(), "-".into(), "-".into())
+        };
+        out.push_str(&format!(
+            "{:<8}{:<22}{:<10}{:>6}{:>10}{:>10}{:>8}{:>9}\n",
+            m.id,
+            m.api_addr,
+            format!("{}{mark}", role_name(m)),
+            term,
+            applied,
+            lag,
+            pid,
+            up
+        ));
+        if !m.reachable && !m.error.is_empty() {
+            out.push_str(&format!("        ({})\n", m.error));
+        }
+    }
+    out.push_str("\nworkers: none registered\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> ClusterStatus {
+        ClusterStatus {
+            answered_by: 1,
+            leader: Some(1),
+            term: 3,
+            members: vec![
+                MemberStatus {
+                    id: 1,
+                    api_addr: "h:1".into(),
+                    role: Role::Leader as i32,
+                    last_applied: 7,
+                    pid: 10,
+                    reachable: true,
+                    ..Default::default()
+                },
+                MemberStatus {
+                    id: 2,
+                    api_addr: "h:2".into(),
+                    role: Role::Down as i32,
+                    reachable: false,
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    /// The JSON has exactly PRODUCT.md's fields; a down member has no pid.
+    #[test]
+    fn json_shape() {
+        let v = serde_json::to_value(to_json(&status())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "leader": 1, "term": 3,
+                "masters": [
+                    {"id": 1, "addr": "h:1", "role": "leader", "last_applied": 7, "pid": 10},
+                    {"id": 2, "addr": "h:2", "role": "down", "last_applied": 0}
+                ],
+                "workers": []
+            })
+        );
+    }
+
+    /// The table marks the leader and shows a down member without figures.
+    #[test]
+    fn table_marks_leader() {
+        let t = to_table(&status());
+        assert!(t.contains("leader*"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("2 ") && l.contains("down") && l.contains(" -")),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! The master API (`chatfeed.master.Master`), served by every member: cluster status, writes and
+//! linearizable reads on the active master, and the watch stream of committed events from any
+//! member's applied state. Errors become `tonic::Status` in `feed_status` and `raft_status`, the
+//! two places where that mapping lives.
+
+use crate::feed::{self, FeedError};
+use crate::raft::db::Reader;
+use crate::raft::types::{Command, NodeId, Raft, Request as RaftRequest};
+use chatfeed_common::Config;
+use chatfeed_proto::LEADER_METADATA_KEY;
+use chatfeed_proto::master as pb;
+use chatfeed_proto::master::master_client::MasterClient;
+use chatfeed_proto::master::master_server::{Master, MasterServer};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{RaftMetrics, ServerState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// Timeline reads return at most this many posts per call, so one reply stays small.
+pub const MAX_TIMELINE_LIMIT: u32 = 1000;
+/// The number of posts a timeline opened without `after_seq` shows.
+pub const DEFAULT_TIMELINE_LIMIT: u32 = 20;
+/// Events read from the database per batch of a watch stream.
+const WATCH_BATCH: usize = 512;
+/// Events buffered per watch stream before the reader waits for the client: bounds memory per
+/// slow watcher.
+const WATCH_BUFFER: usize = 1024;
+/// How long Status waits for another member before calling it down.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// True when the metrics show an active master: Raft leader with a quorum acknowledgement more
+/// recent than `lease`. A leader cut off from the majority stops being active within `lease`.
+pub fn is_active(m: &RaftMetrics<NodeId, crate::raft::types::MemberNode>, lease: Duration) -> bool {
+    m.state == ServerState::Leader
+        && m.millis_since_quorum_ack
+            .is_some_and(|ms| (ms as u128) < lease.as_millis())
+}
+
+/// The API of one member.
+#[derive(Clone)]
+pub struct MasterApi {
+    id: NodeId,
+    config: Arc<Config>,
+    raft: Raft,
+    reader: Arc<Reader>,
+    applied_seq: watch::Receiver<u64>,
+    started: Instant,
+    shutdown: CancellationToken,
+}
+
+impl MasterApi {
+    pub fn new(
+        id: NodeId,
+        config: Arc<Config>,
+        raft: Raft,
+        reader: Arc<Reader>,
+        applied_seq: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        MasterApi {
+            id,
+            config,
+            raft,
+            reader,
+            applied_seq,
+            started: Instant::now(),
+            shutdown,
+        }
+    }
+
+    pub fn into_server(self) -> MasterServer<Self> {
+        MasterServer::new(self)
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.raft.election_max_ms)
+    }
+
+    fn local_status(&self) -> pb::MemberStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let role = if is_active(&m, self.lease()) {
+            pb::Role::Leader
+        } else {
+            match m.state {
+                ServerState::Learner => pb::Role::Learner,
+                ServerState::Candidate => pb::Role::Candidate,
+                ServerState::Shutdown => pb::Role::Down,
+                _ => pb::Role::Replica,
+            }
+        };
+        let me = self.config.member(self.id);
+        pb::MemberStatus {
+            id: self.id,
+            api_addr: me.map(|m| m.api_addr.clone()).unwrap_or_default(),
+            raft_addr: me.map(|m| m.raft_addr.clone()).unwrap_or_default(),
+            role: role as i32,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_seq: *self.applied_seq.borrow(),
+            pid: std::process::id(),
+            reachable: true,
+            error: String::new(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// UNAVAILABLE unless this member is the active master; the answer names the leader it
+    /// knows, in the message and in the `x-chatfeed-leader` metadata.
+    fn require_active(&self) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if is_active(&m, self.lease()) {
+            return Ok(());
+        }
+        let leader = m.current_leader.filter(|&l| l != self.id);
+        Err(self.not_leader(leader))
+    }
+
+    fn not_leader(&self, leader: Option<NodeId>) -> Status {
+        let addr = leader
+            .and_then(|l| self.config.member(l))
+            .map(|m| m.api_addr.clone());
+        match addr {
+            Some(addr) => {
+                let mut s = Status::unavailable(format!(
+                    "member {} is not the active master; the active master is at {addr}",
+                    self.id
+                ));
+                if let Ok(v) = addr.parse() {
+                    s.metadata_mut().insert(LEADER_METADATA_KEY, v);
+                }
+                s
+            }
+            None => Status::unavailable(format!(
+                "member {} is not the active master and knows of none yet (election in progress or no quorum); retry shortly",
+                self.id
+            )),
+        }
+    }
+
+    /// Waits until a read on this member is linearizable (it is the leader, a quorum confirmed
+    /// it, and it has applied everything committed before the call).
+    async fn linearize(&self) -> Result<(), Status> {
+        self.require_active()?;
+        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
+        match tokio::time::timeout(wait, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(f.leader_id))
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(Status::unavailable(format!(
+                "cannot confirm leadership: {e}; retry shortly"
+            ))),
+            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!(
+                "member {} is stopping: {e}",
+                self.id
+            ))),
+            Err(_) => Err(Status::unavailable(
+                "no quorum confirmed this master in time; retry shortly",
+            )),
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.reader.read(f).await.map_err(|e| {
+            tracing::error!(error = %e, "database read failed");
+            Status::internal(format!("database read failed on member {}: {e}", self.id))
+        })
+    }
+}
+
+/// The gRPC status for a refused command.
+pub fn feed_status(e: &FeedError) -> Status {
+    let msg = e.to_string();
+    match e {
+        FeedError::InvalidName { .. }
+        | FeedError::EmptyPost
+        | FeedError::PostTooLong { .. }
+        | FeedError::InvalidPostId(_)
+        | FeedError::FollowSelf => Status::invalid_argument(msg),
+        FeedError::UserExists(_) | FeedError::AlreadyFollowing { .. } => {
+            Status::already_exists(msg)
+        }
+        FeedError::UserNotFound(_) => Status::not_found(msg),
+        FeedError::NotFollowing { .. } => Status::failed_precondition(msg),
+    }
+}
+
+fn command_of(req: pb::WriteRequest) -> Result<Command, Status> {
+    use pb::write_request::Command as C;
+    Ok(
+        match req
+            .command
+            .ok_or_else(|| Status::invalid_argument("a write needs a command"))?
+        {
+            C::CreateUser(c) => Command::CreateUser { name: c.name },
+            C::Follow(c) => Command::Follow {
+                follower: c.follower,
+                followee: c.followee,
+            },
+            C::Unfollow(c) => Command::Unfollow {
+                follower: c.follower,
+                followee: c.followee,
+            },
+            C::Post(p) => Command::Post {
+                author: p.author,
+                text: p.text,
+                client_post_id: p.client_post_id,
+            },
+        },
+    )
+}
+
+impl From<feed::Event> for pb::PostEvent {
+    fn from(e: feed::Event) -> Self {
+        pb::PostEvent {
+            seq: e.seq,
+            author: e.actor,
+            text: e.text.unwrap_or_default(),
+            ts_ms: e.ts_ms,
+            client_post_id: e.client_post_id.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<feed::Event> for pb::Event {
+    fn from(e: feed::Event) -> Self {
+        use pb::event::Kind;
+        let seq = e.seq;
+        let pair = |e: &feed::Event| (e.actor.clone(), e.target.clone().unwrap_or_default());
+        let kind = match e.kind {
+            feed::KIND_USER => Kind::UserCreated(e.actor),
+            feed::KIND_FOLLOW => {
+                let (follower, followee) = pair(&e);
+                Kind::Followed(pb::Follow { follower, followee })
+            }
+            feed::KIND_UNFOLLOW => {
+                let (follower, followee) = pair(&e);
+                Kind::Unfollowed(pb::Unfollow { follower, followee })
+            }
+            _ => Kind::Posted(e.into()),
+        };
+        pb::Event {
+            seq,
+            kind: Some(kind),
+        }
+    }
+}
+
+async fn probe(addr: &str) -> Result<pb::MemberStatus, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(PROBE_TIMEOUT)
+        .timeout(PROBE_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("unreachable: {e}"))?;
+    MasterClient::new(channel)
+        .member_info(pb::MemberInfoRequest {})
+        .await
+        .map(Response::into_inner)
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
+
+#[tonic::async_trait]
+impl Master for MasterApi {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let probes = self.config.members.iter().map(|m| {
+            let me = self.id;
+            let local = (m.id == me).then(|| self.local_status());
+            let member = m.clone();
+            async move {
+                if let Some(s) = local {
+                    return s;
+                }
+                match probe(&member.api_addr).await {
+                    Ok(s) => s,
+                    Err(error) => pb::MemberStatus {
+                        id: member.id,
+                        api_addr: member.api_addr,
+                        raft_addr: member.raft_addr,
+                        role: pb::Role::Down as i32,
+                        reachable: false,
+                        error,
+                        ..Default::default()
+                    },
+                }
+            }
+        });
+        let members = futures::future::join_all(probes).await;
+        let leader = members
+            .iter()
+            .find(|m| m.role == pb::Role::Leader as i32)
+            .map(|m| m.id);
+        let term = members.iter().map(|m| m.term).max().unwrap_or(0);
+        Ok(Response::new(pb::ClusterStatus {
+            answered_by: self.id,
+            leader,
+            term,
+            members,
+        }))
+    }
+
+    async fn member_info(
+        &self,
+        _: Request<pb::MemberInfoRequest>,
+    ) -> Result<Response<pb::MemberStatus>, Status> {
+        Ok(Response::new(self.local_status()))
+    }
+
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let command = command_of(req.into_inner())?;
+        feed::validate_command(&command, self.config.max_post_chars as usize)
+            .map_err(|e| feed_status(&e))?;
+        self.require_active()?;
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
+        let res =
+            tokio::time::timeout(wait, self.raft.client_write(RaftRequest { ts_ms, command }))
+                .await;
+        let res = match res {
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "the write was not committed within {} ms (the master may have lost its quorum); \
+                     it may still commit: retry it (a post with the same client post id commits once)",
+                    wait.as_millis()
+                )));
+            }
+            Ok(r) => r,
+        };
+        match res {
+            Ok(resp) => match resp.data.0 {
+                Some(Ok(a)) => Ok(Response::new(pb::WriteReply {
+                    seq: a.seq,
+                    ts_ms: a.ts_ms,
+                    duplicate: a.duplicate,
+                })),
+                Some(Err(e)) => Err(feed_status(&e)),
+                None => Err(Status::internal(
+                    "the state machine gave no answer for a command",
+                )),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f.leader_id))
+            }
+            Err(RaftError::APIError(e)) => {
+                Err(Status::unavailable(format!("cannot write now: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!(
+                "member {} is stopping: {e}",
+                self.id
+            ))),
+        }
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersReply>, Status> {
+        let req = req.into_inner();
+        if let Some(u) = &req.following_of {
+            feed::validate_name(u).map_err(|e| feed_status(&e))?;
+        }
+        self.linearize().await?;
+        let users = self
+            .read(move |c| match req.following_of {
+                None => feed::users(c).map(Ok),
+                Some(u) => feed::following(c, &u),
+            })
+            .await?
+            .map_err(|e| feed_status(&e))?;
+        Ok(Response::new(pb::ListUsersReply { users }))
+    }
+
+    async fn timeline(
+        &self,
+        req: Request<pb::TimelineRequest>,
+    ) -> Result<Response<pb::TimelineReply>, Status> {
+        let req = req.into_inner();
+        feed::validate_name(&req.user).map_err(|e| feed_status(&e))?;
+        let limit = match req.limit {
+            0 => DEFAULT_TIMELINE_LIMIT,
+            n => n.min(MAX_TIMELINE_LIMIT),
+        } as usize;
+        self.linearize().await?;
+        let user = req.user.clone();
+        let (found, posts, last_seq) = self
+            .read(move |c| {
+                let found = feed::users(c)?.contains(&user);
+                let posts = feed::timeline(c, &user, req.after_seq, limit)?;
+                Ok((found, posts, feed::last_seq(c)?))
+            })
+            .await?;
+        if !found {
+            return Err(feed_status(&FeedError::UserNotFound(req.user)));
+        }
+        Ok(Response::new(pb::TimelineReply {
+            posts: posts.into_iter().map(Into::into).collect(),
+            last_seq,
+        }))
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut cursor = req.into_inner().after_seq;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let reader = self.reader.clone();
+        let mut applied = self.applied_seq.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                applied.borrow_and_update();
+                let batch = match reader
+                    .read(move |c| feed::events_after(c, cursor, WATCH_BATCH))
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("database read failed: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    tokio::select! {
+                        changed = applied.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                        _ = shutdown.cancelled() => return,
+                    }
+                    continue;
+                }
+                for e in batch {
+                    cursor = e.seq;
+                    if tx.send(Ok(e.into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,163 @@
+//! `chatfeed-master start` (what `scripts/MasterStartup.sh` runs): starts the members of this
+//! host that are not running yet, each its own background process, bootstraps a brand-new group
+//! once, waits for a leader and prints the group.
+//!
+//! A fresh group is one where no member has a data directory yet: its members start with `--new`
+//! and the lowest id with `--bootstrap`. Otherwise members start plainly, and a member whose data
+//! is missing refuses to start and says why; it is never silently re-initialised.
+
+use crate::process;
+use anyhow::{Context, bail};
+use chatfeed_common::Config;
+use chatfeed_proto::master::master_client::MasterClient;
+use chatfeed_proto::master::{self as pb, ClusterStatus};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long `start` waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+pub struct StartOptions {
+    pub config_path: PathBuf,
+    /// Start only this member (one member per host).
+    pub node: Option<u64>,
+    /// The member is brand-new: create its data directory (with `node`).
+    pub new: bool,
+}
+
+pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the chatfeed-master binary")?;
+    let ids: Vec<u64> = match opts.node {
+        Some(n) => {
+            config
+                .member(n)
+                .with_context(|| format!("member {n} is not in {}", opts.config_path.display()))?;
+            vec![n]
+        }
+        None => config.members.iter().map(|m| m.id).collect(),
+    };
+    let fresh = opts.node.is_none()
+        && config
+            .members
+            .iter()
+            .all(|m| !config.member_data_dir(m.id).exists());
+    let bootstrapper = config.members.iter().map(|m| m.id).min().unwrap_or(1);
+    if fresh {
+        println!(
+            "no member has data yet: creating a new group (member {bootstrapper} bootstraps it)"
+        );
+    }
+    let mut started = Vec::new();
+    for &id in &ids {
+        if let Some(pid) = process::live_pid(&process::pid_file(&config.run_dir, id)) {
+            println!("member {id} is already running (pid {pid})");
+            continue;
+        }
+        let mut extra = Vec::new();
+        if fresh || (opts.new && !config.member_data_dir(id).exists()) {
+            extra.push("--new");
+            if id == bootstrapper {
+                extra.push("--bootstrap");
+            }
+        }
+        let pid = process::spawn_member(&exe, &opts.config_path, &config.run_dir, id, &extra)
+            .with_context(|| format!("starting member {id}"))?;
+        println!(
+            "started member {id} (pid {pid}), log {}",
+            process::log_file(&config.run_dir, id).display()
+        );
+        started.push((id, pid));
+    }
+
+    let deadline = Instant::now() + LEADER_WAIT;
+    let status = loop {
+        for &(id, pid) in &started {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let log = process::log_file(&config.run_dir, id);
+                bail!(
+                    "member {id} exited at start-up; the end of {}:\n{}",
+                    log.display(),
+                    tail(&log, 10)
+                );
+            }
+        }
+        let status = query_status(config, &ids).await;
+        if let Some(s) = &status {
+            let ours_up = ids
+                .iter()
+                .all(|id| s.members.iter().any(|m| m.id == *id && m.reachable));
+            if s.leader.is_some() && ours_up {
+                break status;
+            }
+        }
+        if Instant::now() >= deadline {
+            if opts.node.is_some() && status.is_some() {
+                println!(
+                    "member serving, but no leader yet: start the other members (a leader needs a majority)"
+                );
+                break status;
+            }
+            bail!(
+                "no leader elected within {} s; see the logs in {}",
+                LEADER_WAIT.as_secs(),
+                config.run_dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if let Some(s) = status {
+        print_status(&s);
+    }
+    println!("logs: {}/master-<id>.log", config.run_dir.display());
+    Ok(())
+}
+
+async fn query_status(config: &Config, ids: &[u64]) -> Option<ClusterStatus> {
+    for id in ids {
+        let addr = &config.member(*id)?.api_addr;
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+            continue;
+        };
+        let endpoint = endpoint
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_secs(2));
+        if let Ok(ch) = endpoint.connect().await {
+            if let Ok(r) = MasterClient::new(ch).status(pb::StatusRequest {}).await {
+                return Some(r.into_inner());
+            }
+        }
+    }
+    None
+}
+
+fn print_status(s: &ClusterStatus) {
+    match s.leader.and_then(|l| s.members.iter().find(|m| m.id == l)) {
+        Some(l) => println!(
+            "leader: member {} at {} (term {})",
+            l.id, l.api_addr, s.term
+        ),
+        None => println!("leader: none yet"),
+    }
+    for m in &s.members {
+        let role = pb::Role::try_from(m.role)
+            .unwrap_or(pb::Role::Unknown)
+            .as_str_name()
+            .trim_start_matches("ROLE_")
+            .to_lowercase();
+        let pid = if m.reachable {
+            m.pid.to_string()
+        } else {
+            "-".into()
+        };
+        println!(
+            "  member {}  api {}  raft {}  {:<9} pid {}",
+            m.id, m.api_addr, m.raft_addr, role, pid
+        );
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

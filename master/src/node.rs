@@ -1,0 +1,209 @@
+//! One member of the master group, hosted on listeners the caller bound: opens its database,
+//! starts openraft, serves the Raft and master APIs, and runs the watchdog and (when enabled) the
+//! supervisor. `Member::start` returns a handle (tests look at its Raft metrics); `run` starts a
+//! member and stops it when `shutdown` fires.
+//!
+//! Shutdown order: cancel the token → the gRPC servers stop accepting and drain, watch streams and
+//! background tasks end → `Raft::shutdown` → the SQLite connections close when dropped.
+
+use crate::api::MasterApi;
+use crate::raft::db::{DataDirError, Reader, open_member_db};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Faults, Network};
+use crate::raft::service::RaftService;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::types::{MemberNode, NodeId, Raft};
+use crate::{supervisor, watchdog};
+use anyhow::Context;
+use chatfeed_common::Config;
+use openraft::SnapshotPolicy;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// Snapshot chunks may take this long: a chunk carries up to 3 MiB and the last one includes the
+/// receiver's install, far beyond openraft's 200 ms default.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 5000;
+/// Entries per AppendEntries: small enough that a batch fits in one heartbeat interval.
+const MAX_PAYLOAD_ENTRIES: u64 = 256;
+
+/// How a member starts.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub id: NodeId,
+    /// Create the data directory if it is missing (a brand-new member).
+    pub create: bool,
+    /// Initialise the group with every configured member, if this member's log is empty.
+    pub bootstrap: bool,
+    /// Links cut by tests; `None` in production.
+    pub faults: Option<Arc<Faults>>,
+    /// Restart members of this host that stay down (only real processes enable it).
+    pub respawn: Option<supervisor::Respawn>,
+}
+
+/// The two listeners a member serves.
+pub struct Listeners {
+    pub raft: TcpListener,
+    pub api: TcpListener,
+}
+
+/// A running member.
+pub struct Member {
+    pub id: NodeId,
+    pub raft: Raft,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Member {
+    /// Opens the member's data and starts serving. Fails, naming the problem, when the data
+    /// directory is missing (unless `create`), corrupt, or another member's.
+    pub async fn start(
+        config: Arc<Config>,
+        opts: Options,
+        listeners: Listeners,
+    ) -> anyhow::Result<Member> {
+        let id = opts.id;
+        let me = config
+            .member(id)
+            .with_context(|| format!("member {id} is not in the configuration"))?;
+        let dir = config.member_data_dir(id);
+        let create = opts.create || opts.bootstrap;
+        let path = tokio::task::spawn_blocking(move || open_member_db(&dir, id, create))
+            .await?
+            .map_err(|e: DataDirError| anyhow::anyhow!(e))?;
+        let log = LogStore::open(&path).context("opening the log store")?;
+        let sm = StateMachine::open(&path).context("opening the state machine")?;
+        let applied_seq = sm.applied_seq();
+
+        let raft_config = openraft::Config {
+            cluster_name: "chatfeed".into(),
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_min_ms,
+            election_timeout_max: config.raft.election_max_ms,
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.raft.keep_logs,
+            ..Default::default()
+        }
+        .validate()
+        .context("Raft timing in the configuration")?;
+        let network = Network {
+            from: id,
+            faults: opts.faults.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
+            .await
+            .context("starting Raft")?;
+
+        if opts.bootstrap && !raft.is_initialized().await? {
+            let members: BTreeMap<NodeId, MemberNode> = config
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        MemberNode {
+                            raft_addr: m.raft_addr.clone(),
+                            api_addr: m.api_addr.clone(),
+                        },
+                    )
+                })
+                .collect();
+            tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapping a new group");
+            if let Err(e) = raft.initialize(members).await {
+                // NotAllowed means the group already exists: nothing to do.
+                tracing::warn!(error = %e, "initialise refused");
+            }
+        }
+
+        let shutdown = CancellationToken::new();
+        let reader = Arc::new(Reader::new(path));
+        let api = MasterApi::new(
+            id,
+            config.clone(),
+            raft.clone(),
+            reader,
+            applied_seq,
+            shutdown.clone(),
+        );
+        let mut tasks = Vec::new();
+        let token = shutdown.clone();
+        let raft_server = RaftService::new(raft.clone()).into_server();
+        tasks.push(tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .add_service(raft_server)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listeners.raft),
+                    token.cancelled(),
+                )
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "Raft service failed");
+            }
+        }));
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .add_service(api.into_server())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listeners.api),
+                    token.cancelled(),
+                )
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "master API failed");
+            }
+        }));
+        tasks.push(tokio::spawn(watchdog::run(
+            raft.clone(),
+            config.clone(),
+            id,
+            shutdown.clone(),
+        )));
+        if let Some(respawn) = opts.respawn {
+            tasks.push(tokio::spawn(supervisor::run(
+                raft.clone(),
+                config.clone(),
+                id,
+                respawn,
+                shutdown.clone(),
+            )));
+        }
+        tracing::info!(raft = %me.raft_addr, api = %me.api_addr, "member serving");
+        Ok(Member {
+            id,
+            raft,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops serving, then stops Raft (see the shutdown order above).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft shutdown");
+        }
+    }
+}
+
+/// Runs a member until `shutdown` fires.
+pub async fn run(
+    config: Arc<Config>,
+    opts: Options,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let member = Member::start(config, opts, listeners).await?;
+    shutdown.cancelled().await;
+    member.stop().await;
+    Ok(())
+}
