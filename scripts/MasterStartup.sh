@@ -4,9 +4,11 @@
 #   scripts/MasterStartup.sh --node N        member N alone (one member per host)
 #   scripts/MasterStartup.sh --node N --new  member N on a brand-new host: create its data directory
 # Run again, it reports what is already running and starts only what is missing.
-# CHATFEED_CONFIG names another configuration file (default: chatfeed.toml at the checkout's root).
+# CHATFEED_CONFIG names another configuration file (default: chatfeed.toml at the checkout's root);
+# CHATFEED_BIN_DIR another directory of binaries (default: target/release, built when out of date).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 config="${CHATFEED_CONFIG:-$root/chatfeed.toml}"
-"$root/scripts/build.sh"
-exec "$root/target/release/chatfeed-master" --config "$config" start "$@"
+bin_dir="${CHATFEED_BIN_DIR:-$root/target/release}"
+[ -n "${CHATFEED_BIN_DIR:-}" ] || "$root/scripts/build.sh"
+exec "$bin_dir/chatfeed-master" --config "$config" start "$@"

@@ -1,0 +1,237 @@
+//! In-process three-member clusters on port 0, with links that tests can cut (`Faults`), for the
+//! many cases that need no real process. Every member runs the production code path
+//! (`node::Member::start`) over real sockets.
+
+use chatfeed_common::Config;
+use chatfeed_master::api::is_active;
+use chatfeed_master::node::{Listeners, Member, Options};
+use chatfeed_master::raft::network::Faults;
+use chatfeed_master::raft::types::NodeId;
+use chatfeed_proto::master::master_client::MasterClient;
+use chatfeed_proto::master::{self as pb, write_request::Command};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// Generous: tests wait for conditions, never for fixed times.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestCluster {
+    _dir: TempDir,
+    pub config: Arc<Config>,
+    pub faults: Arc<Faults>,
+    pub members: BTreeMap<NodeId, Member>,
+    /// Every (term, leader) any member reported, for the one-leader-per-term check.
+    pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>,
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestCluster {
+    /// Starts three members; member 1 bootstraps the group. `tune` may change the configuration.
+    pub async fn start(tune: impl FnOnce(&mut Config)) -> TestCluster {
+        let dir = TempDir::new().unwrap();
+        let mut api = [0; 3];
+        let mut raft = [0; 3];
+        for i in 0..3 {
+            api[i] = free_port().await;
+            raft[i] = free_port().await;
+        }
+        let mut config = Config::for_test(dir.path(), api, raft);
+        tune(&mut config);
+        config.validate().unwrap();
+        let mut c = TestCluster {
+            _dir: dir,
+            config: Arc::new(config),
+            faults: Arc::new(Faults::default()),
+            members: BTreeMap::new(),
+            leaders: Arc::default(),
+        };
+        for id in 1..=3 {
+            c.start_member(id, true, id == 1).await;
+        }
+        c
+    }
+
+    /// Starts (or restarts) member `id` on its configured addresses.
+    pub async fn start_member(&mut self, id: NodeId, create: bool, bootstrap: bool) {
+        let m = self.config.member(id).unwrap().clone();
+        let listeners = Listeners {
+            raft: TcpListener::bind(&m.raft_addr).await.unwrap(),
+            api: TcpListener::bind(&m.api_addr).await.unwrap(),
+        };
+        let opts = Options {
+            id,
+            create,
+            bootstrap,
+            faults: Some(self.faults.clone()),
+            respawn: None,
+        };
+        let member = Member::start(self.config.clone(), opts, listeners)
+            .await
+            .unwrap();
+        let mut metrics = member.raft.metrics();
+        let leaders = self.leaders.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if m.state == openraft::ServerState::Leader {
+                        leaders
+                            .lock()
+                            .unwrap()
+                            .entry(m.current_term)
+                            .or_default()
+                            .insert(m.id);
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.members.insert(id, member);
+    }
+
+    /// Stops member `id` (its data stays).
+    pub async fn stop_member(&mut self, id: NodeId) {
+        if let Some(m) = self.members.remove(&id) {
+            m.stop().await;
+        }
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.config.members.iter().map(|m| m.id).collect()
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.raft.election_max_ms)
+    }
+
+    /// Whether member `id` is the active master now.
+    pub fn is_active(&self, id: NodeId) -> bool {
+        self.members
+            .get(&id)
+            .is_some_and(|m| is_active(&m.raft.metrics().borrow(), self.lease()))
+    }
+
+    /// Waits for an active master among `candidates`.
+    pub async fn wait_active(&self, candidates: &[NodeId]) -> NodeId {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(&id) = candidates.iter().find(|&&id| self.is_active(id)) {
+                return id;
+            }
+            assert!(
+                Instant::now() < end,
+                "no active master among {candidates:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `cond` holds.
+    pub async fn wait_for(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
+        let end = Instant::now() + DEADLINE;
+        while !cond(self) {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn last_applied(&self, id: NodeId) -> u64 {
+        self.members[&id]
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    pub async fn api(&self, id: NodeId) -> MasterClient<Channel> {
+        let addr = &self.config.member(id).unwrap().api_addr;
+        MasterClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+    }
+
+    /// Asserts that no term ever had two leaders.
+    pub fn assert_one_leader_per_term(&self) {
+        for (term, ids) in self.leaders.lock().unwrap().iter() {
+            assert!(ids.len() <= 1, "term {term} had leaders {ids:?}");
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.ids() {
+            self.stop_member(id).await;
+        }
+    }
+}
+
+pub fn create_user(name: &str) -> pb::WriteRequest {
+    pb::WriteRequest {
+        command: Some(Command::CreateUser(pb::CreateUser { name: name.into() })),
+    }
+}
+
+pub fn post(author: &str, text: &str, id: &str) -> pb::WriteRequest {
+    pb::WriteRequest {
+        command: Some(Command::Post(pb::Post {
+            author: author.into(),
+            text: text.into(),
+            client_post_id: id.into(),
+        })),
+    }
+}
+
+pub fn follow(a: &str, b: &str) -> pb::WriteRequest {
+    pb::WriteRequest {
+        command: Some(Command::Follow(pb::Follow {
+            follower: a.into(),
+            followee: b.into(),
+        })),
+    }
+}
+
+pub fn unfollow(a: &str, b: &str) -> pb::WriteRequest {
+    pb::WriteRequest {
+        command: Some(Command::Unfollow(pb::Unfollow {
+            follower: a.into(),
+            followee: b.into(),
+        })),
+    }
+}
+
+/// Every event member `id` has applied, read through its watch stream (served from its own
+/// applied state, whatever its role), up to seq `upto`.
+pub async fn watched_events(api: &mut MasterClient<Channel>, upto: u64) -> Vec<pb::Event> {
+    let mut stream = api
+        .watch(pb::WatchRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    while out.last().map(|e: &pb::Event| e.seq).unwrap_or(0) < upto {
+        let left = end.saturating_duration_since(Instant::now());
+        let e = tokio::time::timeout(left, stream.message())
+            .await
+            .expect("watch stream stalled")
+            .unwrap()
+            .unwrap();
+        out.push(e);
+    }
+    out
+}
