@@ -195,7 +195,9 @@ impl Member {
     }
 }
 
-/// Runs a member until `shutdown` fires.
+/// Runs a member until `shutdown` fires, or until Raft stops on a fatal error (a storage
+/// failure): then the member stops and `run` returns the error, so the process exits and its
+/// supervisor can start it again from its durable state.
 pub async fn run(
     config: Arc<Config>,
     opts: Options,
@@ -203,7 +205,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let member = Member::start(config, opts, listeners).await?;
-    shutdown.cancelled().await;
+    let mut metrics = member.raft.metrics();
+    let fatal = async {
+        loop {
+            if let Err(e) = &metrics.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "Raft stopped".to_string();
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        e = fatal => Err(anyhow::anyhow!("Raft stopped on a fatal error: {e}")),
+    };
     member.stop().await;
-    Ok(())
+    outcome
 }

@@ -126,13 +126,43 @@ pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<PathBuf, D
     Ok(path)
 }
 
+/// How a connection's commits reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// `synchronous=FULL`: the commit is fsynced before it returns. For everything Raft's safety
+    /// rests on: log entries, the vote, truncation and purge markers, snapshots.
+    Full,
+    /// `synchronous=NORMAL`: the commit reaches the WAL but is fsynced by the next `Full` commit
+    /// (the WAL is one append-only file, so a durable commit makes every earlier one durable).
+    /// Only for what can be rebuilt from the durable log after a power loss: the state machine
+    /// (its last-applied marker rolls back with it and openraft re-applies the entries) and the
+    /// committed marker (a stale one only means re-applying less at start-up).
+    Normal,
+}
+
 /// A new connection with chatfeed's pragmas.
-pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
+pub fn connect_with(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let mode = match sync {
+        Sync::Full => "FULL",
+        Sync::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", mode)?;
     Ok(conn)
+}
+
+/// A new connection whose commits are fsynced (`Sync::Full`).
+pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    connect_with(path, Sync::Full)
+}
+
+/// Begins a write transaction. IMMEDIATE takes the write lock up front (waiting up to the busy
+/// timeout): a deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+/// when another connection wrote in between, and a storage error stops the Raft node.
+pub fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 /// Reads a JSON value from a key-value table.
@@ -172,8 +202,8 @@ pub fn put_meta<T: Serialize>(
 pub struct Shared(Arc<Mutex<Connection>>);
 
 impl Shared {
-    pub fn open(path: &Path) -> rusqlite::Result<Shared> {
-        Ok(Shared(Arc::new(Mutex::new(connect(path)?))))
+    pub fn open(path: &Path, sync: Sync) -> rusqlite::Result<Shared> {
+        Ok(Shared(Arc::new(Mutex::new(connect_with(path, sync)?))))
     }
 
     /// Runs `f` with the connection on the blocking pool. Errors become openraft storage errors,

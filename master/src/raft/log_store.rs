@@ -3,7 +3,7 @@
 //! is on disk before openraft is told (the vote before `save_vote` returns, entries before the
 //! flush callback).
 
-use crate::raft::db::{Shared, get_meta, put_meta, storage_error};
+use crate::raft::db::{Shared, Sync, get_meta, put_meta, storage_error, write_tx};
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -16,12 +16,15 @@ use std::path::Path;
 #[derive(Clone)]
 pub struct LogStore {
     db: Shared,
+    /// For the committed marker only (see `Sync::Normal`): saving it costs no fsync of its own.
+    relaxed: Shared,
 }
 
 impl LogStore {
     pub fn open(path: &Path) -> rusqlite::Result<LogStore> {
         Ok(LogStore {
-            db: Shared::open(path)?,
+            db: Shared::open(path, Sync::Full)?,
+            relaxed: Shared::open(path, Sync::Normal)?,
         })
     }
 
@@ -34,7 +37,7 @@ impl LogStore {
         }
         self.db
             .run(move |c| {
-                let tx = c.transaction()?;
+                let tx = write_tx(c)?;
                 {
                     let mut stmt = tx.prepare_cached(
                         "INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?1, ?2)",
@@ -134,7 +137,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.db
+        self.relaxed
             .run(move |c| put_meta(c, "raft_meta", "committed", &committed))
             .await
     }
@@ -177,7 +180,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.db
             .run(move |c| {
-                let tx = c.transaction()?;
+                let tx = write_tx(c)?;
                 put_meta(&tx, "raft_meta", "last_purged", &log_id)?;
                 tx.execute(
                     "DELETE FROM raft_log WHERE idx <= ?1",

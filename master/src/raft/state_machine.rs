@@ -5,7 +5,7 @@
 //! kept in the same file, so a replica behind the purge point can always be caught up.
 
 use crate::feed;
-use crate::raft::db::{Shared, connect, get_meta, put_meta, storage_error};
+use crate::raft::db::{Shared, Sync, connect, get_meta, put_meta, storage_error, write_tx};
 use crate::raft::types::{
     Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -32,7 +32,8 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub fn open(path: &Path) -> rusqlite::Result<StateMachine> {
-        let db = Shared::open(path)?;
+        // Applies need no fsync of their own: see `Sync::Normal`.
+        let db = Shared::open(path, Sync::Normal)?;
         let seq = feed::last_seq(&connect(path)?)?;
         let (applied_seq, _) = watch::channel(seq);
         Ok(StateMachine {
@@ -92,7 +93,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (replies, seq) = self
             .db
             .run(move |c| {
-                let tx = c.transaction()?;
+                let tx = write_tx(c)?;
                 let mut replies = Vec::with_capacity(entries.len());
                 let mut last = None;
                 for e in &entries {
@@ -152,7 +153,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let seq = self
             .db
             .run(move |c| {
-                let tx = c.transaction()?;
+                let tx = write_tx(c)?;
                 feed::restore(&tx, &body.feed)?;
                 put_meta(&tx, "sm_meta", "last_applied", &meta.last_log_id)?;
                 put_meta(&tx, "sm_meta", "membership", &meta.last_membership)?;
