@@ -1,6 +1,8 @@
 //! `chatfeed status`: the whole cluster as the masters see it, as a table or as the JSON object of
 //! PRODUCT.md §4.
 
+#[cfg(test)]
+use chatfeed_proto::master::WorkerStatus;
 use chatfeed_proto::master::{ClusterStatus, MemberStatus, Role};
 use serde::Serialize;
 
@@ -55,7 +57,17 @@ pub fn to_json(s: &ClusterStatus) -> StatusJson {
                 pid: m.reachable.then_some(m.pid),
             })
             .collect(),
-        workers: Vec::new(),
+        workers: s
+            .workers
+            .iter()
+            .map(|w| WorkerJson {
+                id: w.id.clone(),
+                addr: w.addr.clone(),
+                host: w.host.clone(),
+                clients: w.clients as u64,
+                pid: w.pid,
+            })
+            .collect(),
     }
 }
 
@@ -109,7 +121,25 @@ pub fn to_table(s: &ClusterStatus) -> String {
             out.push_str(&format!("        ({})\n", m.error));
         }
     }
-    out.push_str("\nworkers: none registered\n");
+    if s.workers.is_empty() {
+        out.push_str("\nworkers: none registered\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "\n{:<18}{:<22}{:<16}{:>8}{:>8}{:>9}\n",
+        "WORKER", "ADDRESS", "HOST", "CLIENTS", "PID", "AGE"
+    ));
+    for w in &s.workers {
+        out.push_str(&format!(
+            "{:<18}{:<22}{:<16}{:>8}{:>8}{:>9}\n",
+            w.id,
+            w.addr,
+            w.host,
+            w.clients,
+            w.pid,
+            uptime(w.age_ms)
+        ));
+    }
     out
 }
 
@@ -119,6 +149,14 @@ mod tests {
 
     fn status() -> ClusterStatus {
         ClusterStatus {
+            workers: vec![WorkerStatus {
+                id: "w1".into(),
+                addr: "h:9".into(),
+                host: "h".into(),
+                clients: 4,
+                pid: 77,
+                age_ms: 1000,
+            }],
             answered_by: 1,
             leader: Some(1),
             term: 3,
@@ -155,7 +193,7 @@ mod tests {
                     {"id": 1, "addr": "h:1", "role": "leader", "last_applied": 7, "pid": 10},
                     {"id": 2, "addr": "h:2", "role": "down", "last_applied": 0}
                 ],
-                "workers": []
+                "workers": [{"id": "w1", "addr": "h:9", "host": "h", "clients": 4, "pid": 77}]
             })
         );
     }
@@ -165,6 +203,11 @@ mod tests {
     fn table_marks_leader() {
         let t = to_table(&status());
         assert!(t.contains("leader*"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("w1") && l.contains("h:9") && l.contains("77")),
+            "{t}"
+        );
         assert!(
             t.lines()
                 .any(|l| l.starts_with("2 ") && l.contains("down") && l.contains(" -")),

@@ -18,6 +18,12 @@ pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 5000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1000;
 pub const DEFAULT_RESTART_AFTER_MS: u64 = 2000;
+/// More workers than this on one host is a typo, not a plan.
+pub const MAX_POOL_SIZE: u32 = 64;
+pub const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:0";
+pub const DEFAULT_POOL_SIZE: u32 = 3;
+pub const DEFAULT_WORKER_HEARTBEAT_MS: u64 = 250;
+pub const DEFAULT_WORKER_DEAD_AFTER_MS: u64 = 1000;
 
 /// An error in the configuration: which field, and why.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,8 @@ pub struct Config {
     pub raft: RaftTiming,
     #[serde(default)]
     pub supervisor: Supervisor,
+    #[serde(default)]
+    pub worker: WorkerSettings,
     /// The members of the master group.
     #[serde(rename = "member")]
     pub members: Vec<Member>,
@@ -123,6 +131,33 @@ impl Default for Supervisor {
     fn default() -> Self {
         Supervisor {
             restart_after_ms: DEFAULT_RESTART_AFTER_MS,
+        }
+    }
+}
+
+/// Workers: where they listen, how many each host runs, and their heartbeat.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// `host:port` a worker listens on; port 0 picks a free port (each worker of a pool needs its
+    /// own). The host is also the address clients are given, so on several hosts use the host's
+    /// address, not 0.0.0.0.
+    pub listen: String,
+    /// Workers each host keeps running; the masters replace the ones that die.
+    pub pool_size: u32,
+    /// How often a worker reports to the active master.
+    pub heartbeat_ms: u64,
+    /// A worker silent this long is dead: no longer assigned, and replaced.
+    pub dead_after_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            listen: DEFAULT_WORKER_LISTEN.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+            heartbeat_ms: DEFAULT_WORKER_HEARTBEAT_MS,
+            dead_after_ms: DEFAULT_WORKER_DEAD_AFTER_MS,
         }
     }
 }
@@ -228,6 +263,23 @@ impl Config {
         if r.snapshot_logs == 0 {
             return Err(invalid("raft.snapshot_logs", "must be positive"));
         }
+        let w = &self.worker;
+        check_addr("worker.listen", &w.listen)?;
+        if w.pool_size == 0 || w.pool_size > MAX_POOL_SIZE {
+            return Err(invalid(
+                "worker.pool_size",
+                format!("must be between 1 and {MAX_POOL_SIZE}"),
+            ));
+        }
+        if w.heartbeat_ms == 0 {
+            return Err(invalid("worker.heartbeat_ms", "must be positive"));
+        }
+        if w.dead_after_ms < 2 * w.heartbeat_ms {
+            return Err(invalid(
+                "worker.dead_after_ms",
+                "must be at least twice worker.heartbeat_ms",
+            ));
+        }
         Ok(())
     }
 
@@ -261,6 +313,7 @@ impl Config {
             max_post_chars: DEFAULT_MAX_POST_CHARS,
             raft: RaftTiming::default(),
             supervisor: Supervisor::default(),
+            worker: WorkerSettings::default(),
             members: (0..3)
                 .map(|i| Member {
                     id: i as u64 + 1,
@@ -329,6 +382,12 @@ api_addr = "127.0.0.1:7002"
             err_of(&format!("[raft]\nheartbeat_ms = 500\n{GOOD}")).contains("raft.election_min_ms")
         );
         assert!(err_of("member = 3").contains("member"));
+        assert!(err_of(&format!("[worker]\npool_size = 0\n{GOOD}")).contains("worker.pool_size"));
+        assert!(err_of(&format!("[worker]\nlisten = \"x\"\n{GOOD}")).contains("worker.listen"));
+        assert!(
+            err_of(&format!("[worker]\ndead_after_ms = 10\n{GOOD}"))
+                .contains("worker.dead_after_ms")
+        );
         assert!(err_of("[[member]]\nid = \"x\"").contains("id"));
     }
 }

@@ -3,17 +3,18 @@
 //! member's applied state. Errors become `tonic::Status` in `feed_status` and `raft_status`, the
 //! two places where that mapping lives.
 
+use crate::directory::Directory;
 use crate::feed::{self, FeedError};
+use crate::mastership::{Mastership, is_active};
 use crate::raft::db::Reader;
 use crate::raft::types::{Command, NodeId, Raft, Request as RaftRequest};
 use chatfeed_common::Config;
-use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::master_server::{Master, MasterServer};
+use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{RaftMetrics, ServerState};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,20 +33,14 @@ const WATCH_BUFFER: usize = 1024;
 /// How long Status waits for another member before calling it down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// True when the metrics show an active master: Raft leader with a quorum acknowledgement more
-/// recent than `lease`. A leader cut off from the majority stops being active within `lease`.
-pub fn is_active(m: &RaftMetrics<NodeId, crate::raft::types::MemberNode>, lease: Duration) -> bool {
-    m.state == ServerState::Leader
-        && m.millis_since_quorum_ack
-            .is_some_and(|ms| (ms as u128) < lease.as_millis())
-}
-
 /// The API of one member.
 #[derive(Clone)]
 pub struct MasterApi {
     id: NodeId,
     config: Arc<Config>,
     raft: Raft,
+    mastership: Mastership,
+    directory: Arc<Mutex<Directory>>,
     reader: Arc<Reader>,
     applied_seq: watch::Receiver<u64>,
     started: Instant,
@@ -54,17 +49,18 @@ pub struct MasterApi {
 
 impl MasterApi {
     pub fn new(
-        id: NodeId,
-        config: Arc<Config>,
-        raft: Raft,
+        mastership: Mastership,
+        directory: Arc<Mutex<Directory>>,
         reader: Arc<Reader>,
         applied_seq: watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) -> Self {
         MasterApi {
-            id,
-            config,
-            raft,
+            id: mastership.id,
+            config: mastership.config.clone(),
+            raft: mastership.raft.clone(),
+            mastership,
+            directory,
             reader,
             applied_seq,
             started: Instant::now(),
@@ -76,13 +72,9 @@ impl MasterApi {
         MasterServer::new(self)
     }
 
-    fn lease(&self) -> Duration {
-        Duration::from_millis(self.config.raft.election_max_ms)
-    }
-
     fn local_status(&self) -> pb::MemberStatus {
         let m = self.raft.metrics().borrow().clone();
-        let role = if is_active(&m, self.lease()) {
+        let role = if is_active(&m, self.mastership.lease()) {
             pb::Role::Leader
         } else {
             match m.state {
@@ -109,48 +101,15 @@ impl MasterApi {
         }
     }
 
-    /// UNAVAILABLE unless this member is the active master; the answer names the leader it
-    /// knows, in the message and in the `x-chatfeed-leader` metadata.
-    fn require_active(&self) -> Result<(), Status> {
-        let m = self.raft.metrics().borrow().clone();
-        if is_active(&m, self.lease()) {
-            return Ok(());
-        }
-        let leader = m.current_leader.filter(|&l| l != self.id);
-        Err(self.not_leader(leader))
-    }
-
-    fn not_leader(&self, leader: Option<NodeId>) -> Status {
-        let addr = leader
-            .and_then(|l| self.config.member(l))
-            .map(|m| m.api_addr.clone());
-        match addr {
-            Some(addr) => {
-                let mut s = Status::unavailable(format!(
-                    "member {} is not the active master; the active master is at {addr}",
-                    self.id
-                ));
-                if let Ok(v) = addr.parse() {
-                    s.metadata_mut().insert(LEADER_METADATA_KEY, v);
-                }
-                s
-            }
-            None => Status::unavailable(format!(
-                "member {} is not the active master and knows of none yet (election in progress or no quorum); retry shortly",
-                self.id
-            )),
-        }
-    }
-
     /// Waits until a read on this member is linearizable (it is the leader, a quorum confirmed
     /// it, and it has applied everything committed before the call).
     async fn linearize(&self) -> Result<(), Status> {
-        self.require_active()?;
+        self.mastership.require_active()?;
         let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
         match tokio::time::timeout(wait, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(self.not_leader(f.leader_id))
+                Err(self.mastership.not_leader(f.leader_id))
             }
             Ok(Err(RaftError::APIError(e))) => Err(Status::unavailable(format!(
                 "cannot confirm leadership: {e}; retry shortly"
@@ -305,11 +264,17 @@ impl Master for MasterApi {
             .find(|m| m.role == pb::Role::Leader as i32)
             .map(|m| m.id);
         let term = members.iter().map(|m| m.term).max().unwrap_or(0);
+        let workers = self
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .status(Instant::now());
         Ok(Response::new(pb::ClusterStatus {
             answered_by: self.id,
             leader,
             term,
             members,
+            workers,
         }))
     }
 
@@ -327,7 +292,7 @@ impl Master for MasterApi {
         let command = command_of(req.into_inner())?;
         feed::validate_command(&command, self.config.max_post_chars as usize)
             .map_err(|e| feed_status(&e))?;
-        self.require_active()?;
+        self.mastership.require_active()?;
         let ts_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -359,7 +324,7 @@ impl Master for MasterApi {
                 )),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(self.not_leader(f.leader_id))
+                Err(self.mastership.not_leader(f.leader_id))
             }
             Err(RaftError::APIError(e)) => {
                 Err(Status::unavailable(format!("cannot write now: {e}")))
@@ -402,20 +367,38 @@ impl Master for MasterApi {
         } as usize;
         self.linearize().await?;
         let user = req.user.clone();
-        let (found, posts, last_seq) = self
+        let (following, posts, last_seq) = self
             .read(move |c| {
-                let found = feed::users(c)?.contains(&user);
+                let following = feed::following(c, &user)?;
                 let posts = feed::timeline(c, &user, req.after_seq, limit)?;
-                Ok((found, posts, feed::last_seq(c)?))
+                Ok((following, posts, feed::last_seq(c)?))
             })
             .await?;
-        if !found {
-            return Err(feed_status(&FeedError::UserNotFound(req.user)));
-        }
+        let following = following.map_err(|e| feed_status(&e))?;
         Ok(Response::new(pb::TimelineReply {
             posts: posts.into_iter().map(Into::into).collect(),
             last_seq,
+            following,
         }))
+    }
+
+    async fn get_worker(
+        &self,
+        req: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::GetWorkerReply>, Status> {
+        self.mastership.require_active()?;
+        let exclude = req.into_inner().exclude_addrs;
+        let picked = self
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assign(&exclude);
+        match picked {
+            Some((worker_id, addr)) => Ok(Response::new(pb::GetWorkerReply { worker_id, addr })),
+            None => Err(Status::unavailable(
+                "no worker is registered with the active master; start workers with scripts/WorkerStartup.sh",
+            )),
+        }
     }
 
     type WatchStream = ReceiverStream<Result<pb::Event, Status>>;

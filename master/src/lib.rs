@@ -3,9 +3,13 @@
 //! on this host (what `scripts/MasterStartup.sh` runs); `main.rs` is the thin binary.
 
 pub mod api;
+pub mod control;
+pub mod directory;
 pub mod feed;
 pub mod launch;
+pub mod mastership;
 pub mod node;
+pub mod pool;
 pub mod process;
 pub mod raft;
 pub mod supervisor;

@@ -7,18 +7,21 @@
 //! background tasks end → `Raft::shutdown` → the SQLite connections close when dropped.
 
 use crate::api::MasterApi;
+use crate::control::ControlService;
+use crate::directory::Directory;
+use crate::mastership::Mastership;
 use crate::raft::db::{DataDirError, Reader, open_member_db};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Faults, Network};
 use crate::raft::service::RaftService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{MemberNode, NodeId, Raft};
-use crate::{supervisor, watchdog};
+use crate::{pool, supervisor, watchdog};
 use anyhow::Context;
 use chatfeed_common::Config;
 use openraft::SnapshotPolicy;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -42,6 +45,8 @@ pub struct Options {
     pub faults: Option<Arc<Faults>>,
     /// Restart members of this host that stay down (only real processes enable it).
     pub respawn: Option<supervisor::Respawn>,
+    /// Start replacement workers on this host (only real processes enable it).
+    pub worker_spawn: Option<pool::LocalSpawn>,
 }
 
 /// The two listeners a member serves.
@@ -123,14 +128,20 @@ impl Member {
 
         let shutdown = CancellationToken::new();
         let reader = Arc::new(Reader::new(path));
-        let api = MasterApi::new(
+        let mastership = Mastership {
             id,
-            config.clone(),
-            raft.clone(),
+            config: config.clone(),
+            raft: raft.clone(),
+        };
+        let directory = Arc::new(Mutex::new(Directory::default()));
+        let api = MasterApi::new(
+            mastership.clone(),
+            directory.clone(),
             reader,
             applied_seq,
             shutdown.clone(),
         );
+        let control = ControlService::new(mastership.clone(), directory.clone());
         let mut tasks = Vec::new();
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone()).into_server();
@@ -150,6 +161,7 @@ impl Member {
         tasks.push(tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
                 .add_service(api.into_server())
+                .add_service(control.into_server())
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listeners.api),
                     token.cancelled(),
@@ -163,6 +175,12 @@ impl Member {
             raft.clone(),
             config.clone(),
             id,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(pool::run(
+            mastership,
+            directory,
+            opts.worker_spawn,
             shutdown.clone(),
         )));
         if let Some(respawn) = opts.respawn {

@@ -11,5 +11,15 @@ pub mod master {
     tonic::include_proto!("chatfeed.master");
 }
 
+/// Worker ↔ master control (`control.proto`).
+pub mod control {
+    tonic::include_proto!("chatfeed.control");
+}
+
+/// The client API served by workers (`feed.proto`).
+pub mod feed {
+    tonic::include_proto!("chatfeed.feed");
+}
+
 /// The metadata key that carries the active master's API address on an UNAVAILABLE answer.
 pub const LEADER_METADATA_KEY: &str = "x-chatfeed-leader";

@@ -3,7 +3,7 @@
 //! (`node::Member::start`) over real sockets.
 
 use chatfeed_common::Config;
-use chatfeed_master::api::is_active;
+use chatfeed_master::mastership::is_active;
 use chatfeed_master::node::{Listeners, Member, Options};
 use chatfeed_master::raft::network::Faults;
 use chatfeed_master::raft::types::NodeId;
@@ -76,6 +76,7 @@ impl TestCluster {
             bootstrap,
             faults: Some(self.faults.clone()),
             respawn: None,
+            worker_spawn: None,
         };
         let member = Member::start(self.config.clone(), opts, listeners)
             .await

@@ -1,0 +1,92 @@
+//! The `chatfeed.control.Control` service: workers' heartbeat streams to the active master.
+//! Each incoming heartbeat updates the `Directory`; commands for the worker (shed load, spawn a
+//! sibling) go back on the same stream.
+
+use crate::directory::Directory;
+use crate::mastership::Mastership;
+use chatfeed_proto::control::control_server::{Control, ControlServer};
+use chatfeed_proto::control::{ControlCommand, WorkerHeartbeat};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Commands queued per worker; a worker that does not read them is dead soon anyway.
+const COMMAND_BUFFER: usize = 16;
+
+pub struct ControlService {
+    mastership: Mastership,
+    directory: Arc<Mutex<Directory>>,
+}
+
+impl ControlService {
+    pub fn new(mastership: Mastership, directory: Arc<Mutex<Directory>>) -> Self {
+        ControlService {
+            mastership,
+            directory,
+        }
+    }
+
+    pub fn into_server(self) -> ControlServer<Self> {
+        ControlServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    type HeartbeatsStream = ReceiverStream<Result<ControlCommand, Status>>;
+
+    async fn heartbeats(
+        &self,
+        req: Request<Streaming<WorkerHeartbeat>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        self.mastership.require_active()?;
+        let mut incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel::<ControlCommand>(COMMAND_BUFFER);
+        let (out_tx, out_rx) = mpsc::channel(COMMAND_BUFFER);
+        let directory = self.directory.clone();
+        let mastership = self.mastership.clone();
+        tokio::spawn(async move {
+            // Forward commands to the stream.
+            let mut rx = rx;
+            let forward = async {
+                while let Some(c) = rx.recv().await {
+                    if out_tx.send(Ok(c)).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let receive = async {
+                loop {
+                    let hb = match incoming.message().await {
+                        Ok(Some(hb)) => hb,
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "worker heartbeat stream broke");
+                            return;
+                        }
+                    };
+                    if !mastership.is_active() {
+                        // Lost mastership: end the stream so the worker finds the new master.
+                        return;
+                    }
+                    let new = directory
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .heartbeat(&hb, &tx, Instant::now());
+                    if new {
+                        tracing::info!(worker = %hb.worker_id, addr = %hb.addr, host = %hb.host, pid = hb.pid, "worker registered");
+                    } else if hb.leaving {
+                        tracing::info!(worker = %hb.worker_id, addr = %hb.addr, "worker left");
+                    }
+                }
+            };
+            tokio::select! {
+                _ = forward => {}
+                _ = receive => {}
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}

@@ -1,0 +1,69 @@
+//! What "active master" means, in one place: the Raft leader whose last quorum acknowledgement
+//! is younger than the election timeout. A leader cut off from the majority stops being active
+//! within that time, long before it learns that it was replaced. Services ask `require_active`
+//! before acting as master; the refusal names the leader it knows, so callers can redirect.
+
+use crate::raft::types::{MemberNode, NodeId, Raft};
+use chatfeed_common::Config;
+use chatfeed_proto::LEADER_METADATA_KEY;
+use openraft::{RaftMetrics, ServerState};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Status;
+
+/// True when the metrics show an active master (see the module doc).
+pub fn is_active(m: &RaftMetrics<NodeId, MemberNode>, lease: Duration) -> bool {
+    m.state == ServerState::Leader
+        && m.millis_since_quorum_ack
+            .is_some_and(|ms| (ms as u128) < lease.as_millis())
+}
+
+/// A member's view of who is master.
+#[derive(Clone)]
+pub struct Mastership {
+    pub id: NodeId,
+    pub config: Arc<Config>,
+    pub raft: Raft,
+}
+
+impl Mastership {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.raft.election_max_ms)
+    }
+
+    pub fn is_active(&self) -> bool {
+        is_active(&self.raft.metrics().borrow(), self.lease())
+    }
+
+    /// UNAVAILABLE unless this member is the active master.
+    pub fn require_active(&self) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if is_active(&m, self.lease()) {
+            return Ok(());
+        }
+        Err(self.not_leader(m.current_leader.filter(|&l| l != self.id)))
+    }
+
+    /// UNAVAILABLE naming `leader`'s API address in the message and in `x-chatfeed-leader`.
+    pub fn not_leader(&self, leader: Option<NodeId>) -> Status {
+        let addr = leader
+            .and_then(|l| self.config.member(l))
+            .map(|m| m.api_addr.clone());
+        match addr {
+            Some(addr) => {
+                let mut s = Status::unavailable(format!(
+                    "member {} is not the active master; the active master is at {addr}",
+                    self.id
+                ));
+                if let Ok(v) = addr.parse() {
+                    s.metadata_mut().insert(LEADER_METADATA_KEY, v);
+                }
+                s
+            }
+            None => Status::unavailable(format!(
+                "member {} is not the active master and knows of none yet (election in progress or no quorum); retry shortly",
+                self.id
+            )),
+        }
+    }
+}

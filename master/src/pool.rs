@@ -1,0 +1,175 @@
+//! The worker pools, kept by the active master: declares silent workers dead, has replacements
+//! started on their host (by spawning one itself when the host is its own, otherwise by asking a
+//! surviving worker of that host), with backoff so a worker that crashes at start-up cannot cause a
+//! spawn storm; and rebalances streams when loads are uneven.
+
+use crate::directory::Directory;
+use crate::mastership::Mastership;
+use chatfeed_proto::control::{ControlCommand, Shed, SpawnWorker, control_command::Command};
+use rand::seq::SliceRandom;
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// First wait after asking for replacements on a host before asking again, doubled while the
+/// pool stays short...
+const FIRST_BACKOFF: Duration = Duration::from_secs(3);
+/// ...up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often loads are compared.
+const REBALANCE_EVERY: Duration = Duration::from_secs(1);
+/// A worker asked to shed is left alone this long, so its next heartbeats show the move.
+const SHED_COOLDOWN: Duration = Duration::from_secs(3);
+
+/// How this master starts a worker on its own host: `exe --config <config> --pool <n> <masters>`,
+/// output appended to `<run_dir>/workers.log`.
+#[derive(Clone, Debug)]
+pub struct LocalSpawn {
+    pub exe: PathBuf,
+    pub config_path: PathBuf,
+    pub run_dir: PathBuf,
+    pub masters: String,
+}
+
+impl LocalSpawn {
+    fn spawn(&self, pool: u32) -> std::io::Result<u32> {
+        std::fs::create_dir_all(&self.run_dir)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.run_dir.join("workers.log"))?;
+        let mut child = std::process::Command::new(&self.exe)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--pool")
+            .arg(pool.to_string())
+            .arg(&self.masters)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        let pid = child.id();
+        std::thread::spawn(move || child.wait());
+        Ok(pid)
+    }
+}
+
+struct HostState {
+    next_try: Instant,
+    backoff: Duration,
+}
+
+pub async fn run(
+    mastership: Mastership,
+    directory: Arc<Mutex<Directory>>,
+    local: Option<LocalSpawn>,
+    shutdown: CancellationToken,
+) {
+    let config = mastership.config.clone();
+    let own_host = config
+        .member(mastership.id)
+        .map(|m| m.host().to_string())
+        .unwrap_or_default();
+    let tick = Duration::from_millis(config.worker.heartbeat_ms);
+    let dead_after = Duration::from_millis(config.worker.dead_after_ms);
+    // After becoming master, workers need a moment to register again before a short pool means
+    // that workers died.
+    let grace = dead_after * 2;
+    let mut active_since: Option<Instant> = None;
+    let mut hosts: HashMap<String, HostState> = HashMap::new();
+    let mut shed_at: HashMap<String, Instant> = HashMap::new();
+    let mut last_rebalance = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let now = Instant::now();
+        if !mastership.is_active() {
+            if active_since.take().is_some() {
+                *directory.lock().unwrap_or_else(|p| p.into_inner()) = Directory::default();
+                hosts.clear();
+            }
+            continue;
+        }
+        let since = *active_since.get_or_insert(now);
+        let mut dir = directory.lock().unwrap_or_else(|p| p.into_inner());
+        for w in dir.reap(now, dead_after) {
+            tracing::warn!(worker = %w.id, addr = %w.addr, host = %w.host, pid = w.pid, "worker is silent: dead");
+        }
+        if now.duration_since(since) < grace {
+            continue;
+        }
+        // Respawn.
+        hosts.retain(|h, _| dir.hosts.contains_key(h));
+        for (host, h) in &dir.hosts {
+            let live = dir.on_host(host);
+            let state = hosts.entry(host.clone()).or_insert(HostState {
+                next_try: now,
+                backoff: FIRST_BACKOFF,
+            });
+            let missing = h.pool_size.saturating_sub(live.len() as u32);
+            if missing == 0 {
+                state.backoff = FIRST_BACKOFF;
+                continue;
+            }
+            if now < state.next_try {
+                continue;
+            }
+            for _ in 0..missing {
+                if host == &own_host && local.is_some() {
+                    match local.as_ref().map(|l| l.spawn(h.pool_size)) {
+                        Some(Ok(pid)) => {
+                            tracing::warn!(host = %host, pid, "started a replacement worker")
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(host = %host, error = %e, "cannot start a worker")
+                        }
+                        None => {}
+                    }
+                } else if let Some(w) = live.choose(&mut rand::thread_rng()) {
+                    let cmd = ControlCommand {
+                        command: Some(Command::SpawnWorker(SpawnWorker {})),
+                    };
+                    match w.commands.try_send(cmd) {
+                        Ok(()) => {
+                            tracing::warn!(host = %host, via = %w.id, "asked a worker to start a replacement")
+                        }
+                        Err(e) => {
+                            tracing::warn!(host = %host, via = %w.id, error = %e, "cannot reach the worker to start a replacement")
+                        }
+                    }
+                }
+            }
+            state.next_try = now + state.backoff;
+            state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+        }
+        // Rebalance.
+        if now.duration_since(last_rebalance) >= REBALANCE_EVERY {
+            last_rebalance = now;
+            shed_at.retain(|id, t| {
+                dir.workers.contains_key(id) && now.duration_since(*t) < SHED_COOLDOWN
+            });
+            for (id, count) in dir.overloaded() {
+                if shed_at.contains_key(&id) {
+                    continue;
+                }
+                if let Some(w) = dir.workers.get(&id) {
+                    let cmd = ControlCommand {
+                        command: Some(Command::Shed(Shed { count })),
+                    };
+                    if w.commands.try_send(cmd).is_ok() {
+                        tracing::info!(worker = %id, clients = w.clients, count, "asked a worker to move streams");
+                        shed_at.insert(id, now);
+                    }
+                }
+            }
+        }
+    }
+}
