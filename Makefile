@@ -6,19 +6,21 @@ all: build
 build:
 	cargo build --release --bins
 
-# Starts a local master group in the background and prints its status.
+# Starts a local cluster in the background (3 masters, a pool of 3 workers) and prints its status.
 run: build
 	CHATFEED_NO_BUILD=1 scripts/MasterStartup.sh
+	CHATFEED_NO_BUILD=1 scripts/WorkerStartup.sh
 	@echo
 	@target/release/chatfeed status
 	@echo
-	@echo "status again: target/release/chatfeed status    stop: make stop"
+	@echo "Start a client:  scripts/ClientStartup.sh <user>      Stop everything:  make stop"
 
+# Stops every process this checkout started (by the pid files in run/).
 stop:
 	scripts/stop.sh
 
-# The whole test suite (what .ci/run calls). Release binaries first: the process tests run them.
-test: build
+# The whole test suite (what .ci/run calls). The process tests run the debug binaries it builds.
+test:
 	cargo test --workspace --all-targets
 
 verify:

@@ -121,10 +121,10 @@ async fn query_status(config: &Config, ids: &[u64]) -> Option<ClusterStatus> {
         let endpoint = endpoint
             .connect_timeout(Duration::from_millis(300))
             .timeout(Duration::from_secs(2));
-        if let Ok(ch) = endpoint.connect().await {
-            if let Ok(r) = MasterClient::new(ch).status(pb::StatusRequest {}).await {
-                return Some(r.into_inner());
-            }
+        if let Ok(ch) = endpoint.connect().await
+            && let Ok(r) = MasterClient::new(ch).status(pb::StatusRequest {}).await
+        {
+            return Some(r.into_inner());
         }
     }
     None

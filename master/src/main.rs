@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
     version,
     about = "A member of the chatfeed master group"
 )]
-#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// The cluster configuration.
     #[arg(long, global = true, default_value = "chatfeed.toml")]
@@ -70,6 +69,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Some(_) if cli.id.is_some() || cli.new || cli.bootstrap => Err(anyhow::anyhow!(
+                "--id, --new and --bootstrap run a member; they do not go with a command"
+            )),
             Some(Cmd::CheckConfig) => {
                 println!(
                     "{}: ok ({} members)",

@@ -119,13 +119,13 @@ impl PeerClient {
     {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
-        if let Some(f) = &self.faults {
-            if f.is_cut(self.from, self.target) {
-                return Err(unreachable(format!(
-                    "link {}->{} cut by a test",
-                    self.from, self.target
-                )));
-            }
+        if let Some(f) = &self.faults
+            && f.is_cut(self.from, self.target)
+        {
+            return Err(unreachable(format!(
+                "link {}->{} cut by a test",
+                self.from, self.target
+            )));
         }
         let channel = self.channel.clone().map_err(unreachable)?;
         let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -1,0 +1,974 @@
+//! Tier 2: real member processes. Each test writes its own `chatfeed.toml` (three members on
+//! 127.0.0.1, free ports) into a temporary directory, starts the group with the real
+//! `scripts/MasterStartup.sh` on the debug `chatfeed-master` binary, and talks to it over the
+//! master API: kill -9, restarts by the supervisor and by the script, full-group restarts, refused
+//! data and configuration.
+//!
+//! Every process a test starts (through the script, the supervisor or directly) carries the test's
+//! own configuration path on its command line; `ProcCluster`'s `Drop` SIGKILLs exactly those,
+//! also when the test panics.
+
+use chatfeed_proto::LEADER_METADATA_KEY;
+use chatfeed_proto::master::master_client::MasterClient;
+use chatfeed_proto::master::{self as pb, write_request::Command};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Generous: the tests wait for conditions, never for fixed times, and debug binaries on a
+/// loaded machine can be slow.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// How long the script may take: it waits up to 30 s for a leader itself.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
+/// Between two looks at a condition.
+const POLL: Duration = Duration::from_millis(100);
+const BIN: &str = env!("CARGO_BIN_EXE_chatfeed-master");
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/MasterStartup.sh");
+/// The supervisor's default: restart a member of this host down for 2 s.
+const RESTART_AFTER_MS: u64 = 2000;
+/// Long enough that the supervisor never restarts anything during a test.
+const NO_RESTART_MS: u64 = 3_600_000;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: a temporary group of real processes, the guard that kills them, status and writes.
+// ---------------------------------------------------------------------------------------------
+
+/// One member as configured.
+#[derive(Clone, Debug)]
+struct MemberAddr {
+    id: u64,
+    api: String,
+    raft: String,
+}
+
+/// A group of real member processes rooted in a temporary directory. Dropping it SIGKILLs every
+/// process of the group (see `kill_everything`).
+struct ProcCluster {
+    /// The canonical path of the temporary directory: every process of this group has it on its
+    /// command line (in `--config <root>/chatfeed.toml`), and no other process does.
+    root: PathBuf,
+    config_path: PathBuf,
+    members: Vec<MemberAddr>,
+    /// Every pid this test saw (script output, Status, pid files, direct children).
+    seen: Mutex<BTreeSet<u32>>,
+    /// Every (term → members that reported themselves leader in it) seen through Status.
+    leaders: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+    // Dropped after `Drop::drop` has killed the processes.
+    _dir: TempDir,
+}
+
+/// Six distinct free ports on 127.0.0.1: all six listeners are held until every port is chosen,
+/// so they differ from each other.
+fn free_ports() -> [u16; 6] {
+    let listeners: Vec<std::net::TcpListener> = (0..6)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    ports.try_into().unwrap()
+}
+
+fn config_text(members: &[MemberAddr], restart_after_ms: u64) -> String {
+    let mut text = format!(
+        "data_dir = \"data\"\nrun_dir = \"run\"\n\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n"
+    );
+    for m in members {
+        text.push_str(&format!(
+            "\n[[member]]\nid = {}\nraft_addr = \"{}\"\napi_addr = \"{}\"\n",
+            m.id, m.raft, m.api
+        ));
+    }
+    text
+}
+
+impl ProcCluster {
+    /// A temporary directory with a `chatfeed.toml` for three members on free ports; nothing runs
+    /// yet.
+    fn new(restart_after_ms: u64) -> ProcCluster {
+        let dir = TempDir::new().expect("creating a temporary directory");
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let p = free_ports();
+        let members: Vec<MemberAddr> = (0..3)
+            .map(|i| MemberAddr {
+                id: i as u64 + 1,
+                api: format!("127.0.0.1:{}", p[i]),
+                raft: format!("127.0.0.1:{}", p[i + 3]),
+            })
+            .collect();
+        let config_path = root.join("chatfeed.toml");
+        std::fs::write(&config_path, config_text(&members, restart_after_ms)).unwrap();
+        ProcCluster {
+            root,
+            config_path,
+            members,
+            seen: Mutex::default(),
+            leaders: Mutex::default(),
+            _dir: dir,
+        }
+    }
+
+    fn member(&self, id: u64) -> &MemberAddr {
+        self.members.iter().find(|m| m.id == id).unwrap()
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.root.join("data").join(format!("master-{id}"))
+    }
+
+    fn pid_file(&self, id: u64) -> PathBuf {
+        self.run_dir().join(format!("master-{id}.pid"))
+    }
+
+    fn saw(&self, pid: u32) {
+        if pid != 0 {
+            self.seen.lock().unwrap().insert(pid);
+        }
+    }
+
+    /// The pid recorded in member `id`'s pid file.
+    fn pid_from_file(&self, id: u64) -> Option<u32> {
+        let pid = std::fs::read_to_string(self.pid_file(id))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        self.saw(pid);
+        Some(pid)
+    }
+
+    /// Runs `scripts/MasterStartup.sh` on this group's configuration with the debug binary, and
+    /// records the pids it printed.
+    async fn run_script(&self) -> Output {
+        let mut cmd = tokio::process::Command::new(SCRIPT);
+        cmd.env("CHATFEED_CONFIG", &self.config_path)
+            .env("CHATFEED_BIN_DIR", Path::new(BIN).parent().unwrap())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(SCRIPT_DEADLINE, cmd.output())
+            .await
+            .expect("MasterStartup.sh did not finish within its deadline")
+            .expect("running MasterStartup.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for (_, pid) in started_members(&stdout) {
+            self.saw(pid);
+        }
+        eprintln!(
+            "MasterStartup.sh: {}\n--- stdout\n{stdout}--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs `chatfeed-master --config <config> <args>` until it exits.
+    async fn run_bin(&self, config: &Path, args: &[&str]) -> Output {
+        let child = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting chatfeed-master");
+        if let Some(pid) = child.id() {
+            self.saw(pid);
+        }
+        tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("chatfeed-master {args:?} did not exit within {DEADLINE:?}"))
+            .expect("waiting for chatfeed-master")
+    }
+
+    /// The group as the first member that answers sees it; records every pid and leader in it.
+    async fn status(&self) -> Option<pb::ClusterStatus> {
+        for m in &self.members {
+            let Some(mut c) = client(&m.api).await else {
+                continue;
+            };
+            if let Ok(r) = c.status(pb::StatusRequest {}).await {
+                let s = r.into_inner();
+                for m in s.members.iter().filter(|m| m.reachable) {
+                    self.saw(m.pid);
+                    if m.role == pb::Role::Leader as i32 {
+                        self.leaders
+                            .lock()
+                            .unwrap()
+                            .entry(m.term)
+                            .or_default()
+                            .insert(m.id);
+                    }
+                }
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Waits for a Status that satisfies `check` (which says what is missing otherwise).
+    async fn wait_status<T>(
+        &self,
+        what: &str,
+        mut check: impl FnMut(&pb::ClusterStatus) -> Result<T, String>,
+    ) -> T {
+        eventually(what, async || match self.status().await {
+            None => Err("no member answers Status".into()),
+            Some(s) => check(&s).map_err(|why| format!("{why}; status: {}", show(&s))),
+        })
+        .await
+    }
+
+    /// Waits until the group has one active master and three reachable members, each with a pid;
+    /// returns that status.
+    async fn wait_healthy(&self) -> pb::ClusterStatus {
+        self.wait_status("a leader and three reachable members", |s| {
+            healthy(s)?;
+            Ok(s.clone())
+        })
+        .await
+    }
+
+    /// Sends SIGTERM to member `id` (pid from its pid file) and waits for it to exit.
+    async fn stop_member(&self, id: u64) {
+        let pid = self
+            .pid_from_file(id)
+            .unwrap_or_else(|| panic!("member {id} has no pid file"));
+        assert!(self.is_ours(pid), "member {id}'s pid {pid} is not running");
+        signal(pid, "TERM");
+        self.wait_dead(pid).await;
+    }
+
+    /// SIGKILLs `pid`, one of this group's processes, and waits until it is gone.
+    async fn kill9(&self, pid: u32) {
+        assert!(
+            self.is_ours(pid),
+            "pid {pid} is not a live process of this test"
+        );
+        signal(pid, "KILL");
+        self.wait_dead(pid).await;
+    }
+
+    async fn wait_dead(&self, pid: u32) {
+        eventually(&format!("pid {pid} to exit"), async || {
+            if alive(pid) {
+                Err("still running".into())
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Whether `pid` is a live process of this group (its command line names our directory).
+    fn is_ours(&self, pid: u32) -> bool {
+        alive(pid)
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).contains(self.root.to_string_lossy().as_ref())
+            })
+    }
+
+    /// Every live process of this group: the pids seen, the pids in the run directory's pid
+    /// files, and any process whose command line names this group's directory (a member the
+    /// supervisor spawned a moment ago may not have written its pid file yet).
+    fn live_processes(&self) -> BTreeSet<u32> {
+        // A test that panicked while holding the lock still had its pids recorded.
+        let mut candidates = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Ok(entries) = std::fs::read_dir(self.run_dir()) {
+            candidates.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+                    .filter_map(|e| {
+                        std::fs::read_to_string(e.path())
+                            .ok()?
+                            .trim()
+                            .parse::<u32>()
+                            .ok()
+                    }),
+            );
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            candidates.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()),
+            );
+        }
+        candidates
+            .into_iter()
+            .filter(|&pid| pid != std::process::id() && self.is_ours(pid))
+            .collect()
+    }
+
+    /// SIGKILLs every process of this group until none is left (a dying leader may have just
+    /// spawned a member), for at most a few seconds.
+    fn kill_everything(&self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let live = self.live_processes();
+            if live.is_empty() || Instant::now() > end {
+                if !live.is_empty() {
+                    eprintln!("could not kill {live:?}");
+                }
+                return;
+            }
+            for pid in live {
+                signal(pid, "KILL");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asserts that no term had two leaders among the statuses seen.
+    fn assert_one_leader_per_term(&self) {
+        for (term, ids) in self.leaders.lock().unwrap().iter() {
+            assert!(ids.len() <= 1, "term {term} had leaders {ids:?}");
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        self.kill_everything();
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// The `(member, pid)` pairs of the script's "started member N (pid P)" lines.
+fn started_members(stdout: &str) -> Vec<(u64, u32)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("started member ")?;
+            let (id, rest) = rest.split_once(" (pid ")?;
+            let (pid, _) = rest.split_once(')')?;
+            Some((id.parse().ok()?, pid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Calls `probe` until it succeeds; panics with its last complaint after `DEADLINE`.
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        match probe().await {
+            Ok(t) => return t,
+            Err(why) if Instant::now() > end => {
+                panic!("timed out after {DEADLINE:?} waiting for {what}: {why}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// A client of the member at `addr`, when it accepts a connection.
+async fn client(addr: &str) -> Option<MasterClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5));
+    endpoint.connect().await.ok().map(MasterClient::new)
+}
+
+fn role(m: &pb::MemberStatus) -> pb::Role {
+    pb::Role::try_from(m.role).unwrap_or(pb::Role::Unknown)
+}
+
+fn show(s: &pb::ClusterStatus) -> String {
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{}:{:?}/pid {}/applied {}",
+                m.id,
+                role(m),
+                m.pid,
+                m.last_applied
+            )
+        })
+        .collect();
+    format!(
+        "leader {:?} term {} [{}]",
+        s.leader,
+        s.term,
+        members.join(", ")
+    )
+}
+
+/// Exactly one member is the active master, it is the `leader` field, and all three members
+/// answer with a pid.
+fn healthy(s: &pb::ClusterStatus) -> Result<u64, String> {
+    let leaders: Vec<u64> = s
+        .members
+        .iter()
+        .filter(|m| role(m) == pb::Role::Leader)
+        .map(|m| m.id)
+        .collect();
+    let [leader] = leaders[..] else {
+        return Err(format!("leaders {leaders:?}"));
+    };
+    if s.leader != Some(leader) {
+        return Err("leader field disagrees with the roles".into());
+    }
+    if s.members.len() != 3 || s.members.iter().any(|m| !m.reachable || m.pid == 0) {
+        return Err("not every member is reachable with a pid".into());
+    }
+    Ok(leader)
+}
+
+fn member_status(s: &pb::ClusterStatus, id: u64) -> &pb::MemberStatus {
+    s.members.iter().find(|m| m.id == id).unwrap()
+}
+
+/// Writes that go to the active master, found through Status (its `leader` field) or the
+/// `x-chatfeed-leader` hint of an UNAVAILABLE answer, retried until a deadline while the group
+/// has no active master. Safe for posts: a retried post (same client post id) commits once.
+struct Writer<'a> {
+    cluster: &'a ProcCluster,
+    target: Option<String>,
+    clients: HashMap<String, MasterClient<Channel>>,
+}
+
+/// Failures that may pass by themselves: no active master, a member dying mid-call.
+fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
+impl<'a> Writer<'a> {
+    fn new(cluster: &'a ProcCluster) -> Self {
+        Writer {
+            cluster,
+            target: None,
+            clients: HashMap::new(),
+        }
+    }
+
+    /// The api address of the active master, according to Status.
+    async fn find_active(&self) -> Option<String> {
+        let s = self.cluster.status().await?;
+        Some(self.cluster.member(s.leader?).api.clone())
+    }
+
+    async fn client(&mut self, addr: &str) -> Option<MasterClient<Channel>> {
+        if let Some(c) = self.clients.get(addr) {
+            return Some(c.clone());
+        }
+        let c = client(addr).await?;
+        self.clients.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+
+    /// Commits `command`, retrying retryable failures until `DEADLINE`; other errors return.
+    async fn try_write(&mut self, command: Command) -> Result<pb::WriteReply, Status> {
+        let end = Instant::now() + DEADLINE;
+        let req = pb::WriteRequest {
+            command: Some(command),
+        };
+        let mut last = Status::unavailable("no active master found");
+        loop {
+            if self.target.is_none() {
+                self.target = self.find_active().await;
+            }
+            let mut hinted = false;
+            if let Some(addr) = self.target.clone() {
+                match self.client(&addr).await {
+                    None => {
+                        last = Status::unavailable(format!("cannot connect to {addr}"));
+                        self.target = None;
+                    }
+                    Some(mut c) => match c.write(req.clone()).await {
+                        Ok(r) => return Ok(r.into_inner()),
+                        Err(s) if retryable(&s) => {
+                            let hint = s
+                                .metadata()
+                                .get(LEADER_METADATA_KEY)
+                                .and_then(|v| v.to_str().ok())
+                                .filter(|h| *h != addr)
+                                .map(str::to_string);
+                            hinted = hint.is_some();
+                            self.target = hint;
+                            last = s;
+                        }
+                        Err(s) => return Err(s),
+                    },
+                }
+            }
+            if Instant::now() > end {
+                return Err(last);
+            }
+            if !hinted {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Like `try_write`, but a failure fails the test.
+    async fn write(&mut self, command: Command) -> pb::WriteReply {
+        let what = format!("{command:?}");
+        self.try_write(command)
+            .await
+            .unwrap_or_else(|s| panic!("write {what} failed: {:?} {}", s.code(), s.message()))
+    }
+
+    /// Creates `name`; ALREADY_EXISTS counts when an earlier attempt may have committed it.
+    async fn create_user(&mut self, name: &str) {
+        match self
+            .try_write(Command::CreateUser(pb::CreateUser { name: name.into() }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => panic!("creating {name}: {:?} {}", s.code(), s.message()),
+        }
+    }
+}
+
+/// The acknowledged posts of one author: seq → (client post id, text).
+#[derive(Default)]
+struct Acked {
+    author: String,
+    posts: BTreeMap<u64, (String, String)>,
+    next: usize,
+}
+
+impl Acked {
+    fn new(author: &str) -> Self {
+        Acked {
+            author: author.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Posts one new post (a fresh client post id) and records its acknowledgement.
+    async fn post(&mut self, w: &mut Writer<'_>) {
+        self.next += 1;
+        let id = format!("p-{}", self.next);
+        let text = format!("post number {} by {}", self.next, self.author);
+        let reply = w
+            .write(Command::Post(pb::Post {
+                author: self.author.clone(),
+                text: text.clone(),
+                client_post_id: id.clone(),
+            }))
+            .await;
+        let before = self.posts.insert(reply.seq, (id.clone(), text));
+        assert!(
+            before.is_none(),
+            "seq {} acknowledged twice ({before:?} and {id})",
+            reply.seq
+        );
+    }
+
+    /// Asserts that `posts` (a timeline in seq order) holds exactly the acknowledged posts, each
+    /// with its acknowledged seq and text, once.
+    fn check(&self, posts: &[pb::PostEvent], source: &str) {
+        let seqs: Vec<u64> = posts.iter().map(|p| p.seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{source}: seqs not strictly increasing: {seqs:?}"
+        );
+        let found: BTreeMap<u64, (String, String)> = posts
+            .iter()
+            .map(|p| (p.seq, (p.client_post_id.clone(), p.text.clone())))
+            .collect();
+        for (seq, post) in &self.posts {
+            assert_eq!(
+                found.get(seq),
+                Some(post),
+                "{source}: acknowledged post at seq {seq} is missing or different"
+            );
+        }
+        assert_eq!(
+            found.len(),
+            self.posts.len(),
+            "{source}: posts that were never acknowledged (or committed twice): {:?}",
+            found
+                .keys()
+                .filter(|s| !self.posts.contains_key(s))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Expects a finished command to have failed, with `needle` in its stderr.
+fn assert_refused(out: &Output, needle: &str, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{what}: expected a non-zero exit, got {}; stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(needle),
+        "{what}: stderr does not mention {needle:?}:\n{stderr}"
+    );
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// Kill -9 of the active master, then of the whole group, loses nothing acknowledged: the
+/// survivors elect a different leader and writes succeed again; the new active master's
+/// supervisor restarts the killed member (same id, same data, new pid) as a replica; and after
+/// every member is killed, a re-run of MasterStartup.sh restarts the existing group (no new
+/// bootstrap) in which every acknowledged post is present with its acknowledged seq, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_leader_then_everything() {
+    let c = ProcCluster::new(RESTART_AFTER_MS);
+    let out = c.run_script().await;
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "MasterStartup.sh failed");
+    assert!(
+        stdout.contains("creating a new group"),
+        "a fresh group bootstraps"
+    );
+    assert!(stdout.contains("leader: member"), "stdout names the leader");
+    assert_eq!(started_members(&stdout).len(), 3, "three members started");
+
+    let s = c.wait_healthy().await;
+    let leader = s.leader.unwrap();
+    for m in &s.members {
+        assert_eq!(
+            c.pid_from_file(m.id),
+            Some(m.pid),
+            "member {}'s pid file names the pid it reports",
+            m.id
+        );
+    }
+
+    let mut w = Writer::new(&c);
+    w.create_user("alice").await;
+    let mut acked = Acked::new("alice");
+    for _ in 0..30 {
+        acked.post(&mut w).await;
+    }
+
+    // Kill -9 the active master.
+    let old_pid = member_status(&s, leader).pid;
+    assert_eq!(c.pid_from_file(leader), Some(old_pid));
+    c.kill9(old_pid).await;
+    let new_leader = c
+        .wait_status("a new leader", |s| match s.leader {
+            Some(l) if l != leader => Ok(l),
+            l => Err(format!("leader {l:?}")),
+        })
+        .await;
+    assert_ne!(new_leader, leader);
+    acked.post(&mut w).await;
+
+    // The supervisor restarts the killed member: a new pid, a replica again.
+    let back = c
+        .wait_status("the killed member back as a replica", |s| {
+            healthy(s)?;
+            let m = member_status(s, leader);
+            if m.pid == old_pid {
+                return Err("still the old pid".into());
+            }
+            if role(m) != pb::Role::Replica {
+                return Err(format!("member {leader} is {:?}", role(m)));
+            }
+            Ok(m.pid)
+        })
+        .await;
+    assert_eq!(c.pid_from_file(leader), Some(back));
+    for _ in 0..5 {
+        acked.post(&mut w).await;
+    }
+
+    // Kill -9 every member: the active one first, so no supervisor restarts the others.
+    let s = c.wait_healthy().await;
+    let mut order: Vec<&pb::MemberStatus> = s.members.iter().collect();
+    order.sort_by_key(|m| role(m) != pb::Role::Leader);
+    for m in order {
+        c.kill9(m.pid).await;
+    }
+    let left = c.live_processes();
+    assert!(
+        left.is_empty(),
+        "processes left after killing all: {left:?}"
+    );
+
+    // The script restarts the existing group.
+    let out = c.run_script().await;
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "MasterStartup.sh failed on restart");
+    assert!(
+        !stdout.contains("creating a new group"),
+        "a restart must not bootstrap a new group"
+    );
+    assert_eq!(
+        started_members(&stdout).len(),
+        3,
+        "the three members start again"
+    );
+    c.wait_healthy().await;
+
+    let mut w = Writer::new(&c);
+    let active = w.find_active().await.expect("an active master");
+    let mut api = client(&active)
+        .await
+        .expect("connecting to the active master");
+    let timeline = api
+        .timeline(pb::TimelineRequest {
+            user: "alice".into(),
+            after_seq: Some(0),
+            limit: 1000,
+        })
+        .await
+        .expect("timeline after the restart")
+        .into_inner();
+    acked.check(&timeline.posts, "timeline after the full restart");
+    let users = api
+        .list_users(pb::ListUsersRequest { following_of: None })
+        .await
+        .expect("list users")
+        .into_inner()
+        .users;
+    assert_eq!(users, vec!["alice".to_string()]);
+
+    // Every member's own applied state streams the same posts (Watch reads the member's
+    // database, not the leader's).
+    let last = *acked.posts.keys().last().unwrap();
+    for m in &c.members {
+        let events = eventually(
+            &format!("member {} to apply seq {last}", m.id),
+            async || {
+                let mut api = client(&m.api).await.ok_or("not reachable")?;
+                let mut stream = api
+                    .watch(pb::WatchRequest { after_seq: 0 })
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner();
+                let mut events = Vec::new();
+                while events.last().is_none_or(|e: &pb::Event| e.seq < last) {
+                    match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+                        Ok(Ok(Some(e))) => events.push(e),
+                        Ok(Ok(None)) => return Err("stream ended".to_string()),
+                        Ok(Err(s)) => return Err(s.to_string()),
+                        Err(_) => return Err(format!("stalled after {} events", events.len())),
+                    }
+                }
+                Ok(events)
+            },
+        )
+        .await;
+        let posts: Vec<pb::PostEvent> = events
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                Some(pb::event::Kind::Posted(p)) => Some(p),
+                _ => None,
+            })
+            .collect();
+        acked.check(&posts, &format!("watch on member {}", m.id));
+    }
+    // A write still works on the restarted group.
+    acked.post(&mut w).await;
+    c.assert_one_leader_per_term();
+}
+
+/// A broken configuration (unknown field, duplicate member id) is refused by the member and by
+/// check-config with a message naming the field, and nothing starts; a member whose data
+/// directory is missing, or whose database is garbage, refuses to start with a message saying so
+/// and repairs nothing (the directory is not recreated, the garbage is left as it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refuses_bad_data_and_config() {
+    // The supervisor of the active master would restart members 2 and 3 (stopped on purpose
+    // below) 2 s after they go down, racing with the test's own start attempts; with this value it
+    // never does.
+    let c = ProcCluster::new(NO_RESTART_MS);
+    let good = std::fs::read_to_string(&c.config_path).unwrap();
+
+    // (i) Configuration.
+    let out = c.run_bin(&c.config_path, &["check-config"]).await;
+    assert!(
+        out.status.success(),
+        "check-config refused a good file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout_of(&out).contains("ok"), "check-config says ok");
+    let second_id = format!("id = {}", c.members[1].id);
+    assert!(good.contains(&second_id));
+    let bad = [
+        (
+            "unknown-top.toml",
+            format!("colour = \"red\"\n{good}"),
+            "colour",
+        ),
+        (
+            "unknown-member.toml",
+            good.replacen(&second_id, &format!("{second_id}\nweight = 3"), 1),
+            "weight",
+        ),
+        (
+            "unknown-raft.toml",
+            format!("[raft]\nheartbeat = 50\n{good}"),
+            "heartbeat",
+        ),
+        (
+            "duplicate-id.toml",
+            good.replacen(&second_id, "id = 1", 1),
+            "member[1].id",
+        ),
+    ];
+    for (name, text, field) in &bad {
+        let path = c.root.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = c.run_bin(&path, &["--id", "1"]).await;
+        assert_refused(&out, field, &format!("--id 1 with {name}"));
+        let out = c.run_bin(&path, &["check-config"]).await;
+        assert_refused(&out, field, &format!("check-config with {name}"));
+    }
+    assert!(
+        !c.run_dir().exists() && !c.root.join("data").exists(),
+        "a refused configuration started nothing"
+    );
+
+    // (ii) A missing data directory.
+    let out = c.run_script().await;
+    assert!(out.status.success(), "MasterStartup.sh failed");
+    c.wait_healthy().await;
+    c.stop_member(2).await;
+    assert!(
+        !c.pid_file(2).exists(),
+        "a member stopped by SIGTERM removes its pid file"
+    );
+    std::fs::remove_dir_all(c.data_dir(2)).unwrap();
+    let out = c.run_bin(&c.config_path, &["--id", "2"]).await;
+    assert_refused(
+        &out,
+        "does not exist",
+        "member 2 without its data directory",
+    );
+    assert!(
+        !c.data_dir(2).exists(),
+        "a refused member does not recreate its data directory"
+    );
+
+    // (iii) A corrupt database.
+    c.stop_member(3).await;
+    let db = c.data_dir(3).join("chatfeed.db");
+    assert!(db.exists(), "member 3 has a database");
+    let garbage: Vec<u8> = (0..16384u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&db, &garbage).unwrap();
+    let out = c.run_bin(&c.config_path, &["--id", "3"]).await;
+    assert_refused(&out, "corrupt", "member 3 with a garbage database");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "a refused member leaves its database as it was"
+    );
+
+    // Member 1 is untouched by all this.
+    let pid1 = c.pid_from_file(1).expect("member 1 has a pid file");
+    assert!(c.is_ours(pid1), "member 1 still runs");
+    c.assert_one_leader_per_term();
+}
+
+/// Re-running MasterStartup.sh starts only what is missing: with every member up it reports each
+/// as already running and starts nothing; after one replica is killed it starts that one alone,
+/// and the group is whole again with the new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn script_rerun_starts_only_missing() {
+    // The supervisor reads restart_after_ms once, at start-up, so it is high from the start: the
+    // killed replica below must stay down until the script starts it, not be restarted by the
+    // active master after 2 s.
+    let c = ProcCluster::new(NO_RESTART_MS);
+    let out = c.run_script().await;
+    assert!(out.status.success(), "MasterStartup.sh failed");
+    let first = c.wait_healthy().await;
+
+    let out = c.run_script().await;
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "MasterStartup.sh failed when re-run");
+    for m in &first.members {
+        assert!(
+            stdout.contains(&format!(
+                "member {} is already running (pid {})",
+                m.id, m.pid
+            )),
+            "re-run reports member {} as running",
+            m.id
+        );
+    }
+    assert!(started_members(&stdout).is_empty(), "re-run starts nothing");
+
+    let replica = first
+        .members
+        .iter()
+        .find(|m| role(m) == pb::Role::Replica)
+        .expect("a replica");
+    c.kill9(replica.pid).await;
+    let out = c.run_script().await;
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "MasterStartup.sh failed after a kill");
+    let started = started_members(&stdout);
+    let [(id, pid)] = started[..] else {
+        panic!("expected exactly one member started, got {started:?}");
+    };
+    assert_eq!(id, replica.id, "the script started the killed replica");
+    for m in first.members.iter().filter(|m| m.id != replica.id) {
+        assert!(
+            stdout.contains(&format!(
+                "member {} is already running (pid {})",
+                m.id, m.pid
+            )),
+            "member {} reported as running",
+            m.id
+        );
+    }
+    let s = c.wait_healthy().await;
+    assert_eq!(member_status(&s, id).pid, pid, "the new process serves");
+    for m in first.members.iter().filter(|m| m.id != replica.id) {
+        assert_eq!(
+            member_status(&s, m.id).pid,
+            m.pid,
+            "member {} untouched",
+            m.id
+        );
+    }
+    c.assert_one_leader_per_term();
+}
