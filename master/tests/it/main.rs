@@ -1,6 +1,5 @@
 //! Integration tests of the master group: in-process clusters with faults injected on the Raft
-//! transport (`cluster`, `inprocess`), and real processes started by the scripts (`process`).
+//! transport (`cluster`, `inprocess`). Real processes are tested in the `e2e` crate.
 
 mod cluster;
 mod inprocess;
-mod process;

@@ -1,12 +1,12 @@
-//! Tier 2: real member processes. Each test writes its own `chatfeed.toml` (three members on
-//! 127.0.0.1, free ports) into a temporary directory, starts the group with the real
-//! `scripts/MasterStartup.sh` on the debug `chatfeed-master` binary, and talks to it over the
-//! master API: kill -9, restarts by the supervisor and by the script, full-group restarts, refused
-//! data and configuration.
+//! A group of real chatfeed processes rooted in a temporary directory, for tests and tools that
+//! need the real thing: its own `chatfeed.toml` (three members on 127.0.0.1, free ports), the
+//! real scripts and binaries, and a guard that kills exactly its processes. Also the helpers that
+//! talk to it over the master API: status, waiting for conditions, writes that follow the active
+//! master, and the record of acknowledged posts.
 //!
-//! Every process a test starts (through the script, the supervisor or directly) carries the test's
+//! Every process a group starts (through a script, a supervisor or directly) carries the group's
 //! own configuration path on its command line; `ProcCluster`'s `Drop` SIGKILLs exactly those,
-//! also when the test panics.
+//! also when a test panics.
 
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master::master_client::MasterClient;
@@ -22,49 +22,60 @@ use tonic::{Code, Status};
 
 /// Generous: the tests wait for conditions, never for fixed times, and debug binaries on a
 /// loaded machine can be slow.
-const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How long the script may take: it waits up to 30 s for a leader itself.
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
+pub const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
 /// Between two looks at a condition.
-const POLL: Duration = Duration::from_millis(100);
-const BIN: &str = env!("CARGO_BIN_EXE_chatfeed-master");
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/MasterStartup.sh");
+pub const POLL: Duration = Duration::from_millis(100);
+pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/MasterStartup.sh");
 /// The supervisor's default: restart a member of this host down for 2 s.
-const RESTART_AFTER_MS: u64 = 2000;
+pub const RESTART_AFTER_MS: u64 = 2000;
 /// Long enough that the supervisor never restarts anything during a test.
-const NO_RESTART_MS: u64 = 3_600_000;
+pub const NO_RESTART_MS: u64 = 3_600_000;
 
-// ---------------------------------------------------------------------------------------------
-// Fixtures: a temporary group of real processes, the guard that kills them, status and writes.
-// ---------------------------------------------------------------------------------------------
+/// The directory of the chatfeed binaries this test run built (`target/debug` beside the running
+/// test executable). Panics with what to do when they are missing.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.ancestors()
+        .skip(1)
+        .find(|d| d.join("chatfeed-master").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| {
+            panic!(
+                "no chatfeed binaries above {}: run `cargo build --bins` (make test does)",
+                exe.display()
+            )
+        })
+}
 
 /// One member as configured.
 #[derive(Clone, Debug)]
-struct MemberAddr {
-    id: u64,
-    api: String,
-    raft: String,
+pub struct MemberAddr {
+    pub id: u64,
+    pub api: String,
+    pub raft: String,
 }
 
 /// A group of real member processes rooted in a temporary directory. Dropping it SIGKILLs every
 /// process of the group (see `kill_everything`).
-struct ProcCluster {
+pub struct ProcCluster {
     /// The canonical path of the temporary directory: every process of this group has it on its
     /// command line (in `--config <root>/chatfeed.toml`), and no other process does.
-    root: PathBuf,
-    config_path: PathBuf,
-    members: Vec<MemberAddr>,
+    pub root: PathBuf,
+    pub config_path: PathBuf,
+    pub members: Vec<MemberAddr>,
     /// Every pid this test saw (script output, Status, pid files, direct children).
-    seen: Mutex<BTreeSet<u32>>,
+    pub seen: Mutex<BTreeSet<u32>>,
     /// Every (term → members that reported themselves leader in it) seen through Status.
-    leaders: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+    pub leaders: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
     // Dropped after `Drop::drop` has killed the processes.
     _dir: TempDir,
 }
 
 /// Six distinct free ports on 127.0.0.1: all six listeners are held until every port is chosen,
 /// so they differ from each other.
-fn free_ports() -> [u16; 6] {
+pub fn free_ports() -> [u16; 6] {
     let listeners: Vec<std::net::TcpListener> = (0..6)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
         .collect();
@@ -75,7 +86,7 @@ fn free_ports() -> [u16; 6] {
     ports.try_into().unwrap()
 }
 
-fn config_text(members: &[MemberAddr], restart_after_ms: u64) -> String {
+pub fn config_text(members: &[MemberAddr], restart_after_ms: u64) -> String {
     let mut text = format!(
         "data_dir = \"data\"\nrun_dir = \"run\"\n\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n"
     );
@@ -91,7 +102,7 @@ fn config_text(members: &[MemberAddr], restart_after_ms: u64) -> String {
 impl ProcCluster {
     /// A temporary directory with a `chatfeed.toml` for three members on free ports; nothing runs
     /// yet.
-    fn new(restart_after_ms: u64) -> ProcCluster {
+    pub fn new(restart_after_ms: u64) -> ProcCluster {
         let dir = TempDir::new().expect("creating a temporary directory");
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let p = free_ports();
@@ -114,30 +125,30 @@ impl ProcCluster {
         }
     }
 
-    fn member(&self, id: u64) -> &MemberAddr {
+    pub fn member(&self, id: u64) -> &MemberAddr {
         self.members.iter().find(|m| m.id == id).unwrap()
     }
 
-    fn run_dir(&self) -> PathBuf {
+    pub fn run_dir(&self) -> PathBuf {
         self.root.join("run")
     }
 
-    fn data_dir(&self, id: u64) -> PathBuf {
+    pub fn data_dir(&self, id: u64) -> PathBuf {
         self.root.join("data").join(format!("master-{id}"))
     }
 
-    fn pid_file(&self, id: u64) -> PathBuf {
+    pub fn pid_file(&self, id: u64) -> PathBuf {
         self.run_dir().join(format!("master-{id}.pid"))
     }
 
-    fn saw(&self, pid: u32) {
+    pub fn saw(&self, pid: u32) {
         if pid != 0 {
             self.seen.lock().unwrap().insert(pid);
         }
     }
 
     /// The pid recorded in member `id`'s pid file.
-    fn pid_from_file(&self, id: u64) -> Option<u32> {
+    pub fn pid_from_file(&self, id: u64) -> Option<u32> {
         let pid = std::fs::read_to_string(self.pid_file(id))
             .ok()?
             .trim()
@@ -149,10 +160,10 @@ impl ProcCluster {
 
     /// Runs `scripts/MasterStartup.sh` on this group's configuration with the debug binary, and
     /// records the pids it printed.
-    async fn run_script(&self) -> Output {
+    pub async fn run_script(&self) -> Output {
         let mut cmd = tokio::process::Command::new(SCRIPT);
         cmd.env("CHATFEED_CONFIG", &self.config_path)
-            .env("CHATFEED_BIN_DIR", Path::new(BIN).parent().unwrap())
+            .env("CHATFEED_BIN_DIR", bin_dir())
             .kill_on_drop(true);
         let out = tokio::time::timeout(SCRIPT_DEADLINE, cmd.output())
             .await
@@ -171,8 +182,8 @@ impl ProcCluster {
     }
 
     /// Runs `chatfeed-master --config <config> <args>` until it exits.
-    async fn run_bin(&self, config: &Path, args: &[&str]) -> Output {
-        let child = tokio::process::Command::new(BIN)
+    pub async fn run_bin(&self, config: &Path, args: &[&str]) -> Output {
+        let child = tokio::process::Command::new(bin_dir().join("chatfeed-master"))
             .arg("--config")
             .arg(config)
             .args(args)
@@ -192,7 +203,7 @@ impl ProcCluster {
     }
 
     /// The group as the first member that answers sees it; records every pid and leader in it.
-    async fn status(&self) -> Option<pb::ClusterStatus> {
+    pub async fn status(&self) -> Option<pb::ClusterStatus> {
         for m in &self.members {
             let Some(mut c) = client(&m.api).await else {
                 continue;
@@ -217,7 +228,7 @@ impl ProcCluster {
     }
 
     /// Waits for a Status that satisfies `check` (which says what is missing otherwise).
-    async fn wait_status<T>(
+    pub async fn wait_status<T>(
         &self,
         what: &str,
         mut check: impl FnMut(&pb::ClusterStatus) -> Result<T, String>,
@@ -231,7 +242,7 @@ impl ProcCluster {
 
     /// Waits until the group has one active master and three reachable members, each with a pid;
     /// returns that status.
-    async fn wait_healthy(&self) -> pb::ClusterStatus {
+    pub async fn wait_healthy(&self) -> pb::ClusterStatus {
         self.wait_status("a leader and three reachable members", |s| {
             healthy(s)?;
             Ok(s.clone())
@@ -240,7 +251,7 @@ impl ProcCluster {
     }
 
     /// Sends SIGTERM to member `id` (pid from its pid file) and waits for it to exit.
-    async fn stop_member(&self, id: u64) {
+    pub async fn stop_member(&self, id: u64) {
         let pid = self
             .pid_from_file(id)
             .unwrap_or_else(|| panic!("member {id} has no pid file"));
@@ -250,7 +261,7 @@ impl ProcCluster {
     }
 
     /// SIGKILLs `pid`, one of this group's processes, and waits until it is gone.
-    async fn kill9(&self, pid: u32) {
+    pub async fn kill9(&self, pid: u32) {
         assert!(
             self.is_ours(pid),
             "pid {pid} is not a live process of this test"
@@ -259,7 +270,7 @@ impl ProcCluster {
         self.wait_dead(pid).await;
     }
 
-    async fn wait_dead(&self, pid: u32) {
+    pub async fn wait_dead(&self, pid: u32) {
         eventually(&format!("pid {pid} to exit"), async || {
             if alive(pid) {
                 Err("still running".into())
@@ -271,7 +282,7 @@ impl ProcCluster {
     }
 
     /// Whether `pid` is a live process of this group (its command line names our directory).
-    fn is_ours(&self, pid: u32) -> bool {
+    pub fn is_ours(&self, pid: u32) -> bool {
         alive(pid)
             && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 String::from_utf8_lossy(&c).contains(self.root.to_string_lossy().as_ref())
@@ -281,7 +292,7 @@ impl ProcCluster {
     /// Every live process of this group: the pids seen, the pids in the run directory's pid
     /// files, and any process whose command line names this group's directory (a member the
     /// supervisor spawned a moment ago may not have written its pid file yet).
-    fn live_processes(&self) -> BTreeSet<u32> {
+    pub fn live_processes(&self) -> BTreeSet<u32> {
         // A test that panicked while holding the lock still had its pids recorded.
         let mut candidates = self
             .seen
@@ -317,7 +328,7 @@ impl ProcCluster {
 
     /// SIGKILLs every process of this group until none is left (a dying leader may have just
     /// spawned a member), for at most a few seconds.
-    fn kill_everything(&self) {
+    pub fn kill_everything(&self) {
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             let live = self.live_processes();
@@ -335,7 +346,7 @@ impl ProcCluster {
     }
 
     /// Asserts that no term had two leaders among the statuses seen.
-    fn assert_one_leader_per_term(&self) {
+    pub fn assert_one_leader_per_term(&self) {
         for (term, ids) in self.leaders.lock().unwrap().iter() {
             assert!(ids.len() <= 1, "term {term} had leaders {ids:?}");
         }
@@ -349,7 +360,7 @@ impl Drop for ProcCluster {
 }
 
 /// Whether process `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit_once(')')
@@ -359,7 +370,7 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
+pub fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -368,7 +379,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// The `(member, pid)` pairs of the script's "started member N (pid P)" lines.
-fn started_members(stdout: &str) -> Vec<(u64, u32)> {
+pub fn started_members(stdout: &str) -> Vec<(u64, u32)> {
     stdout
         .lines()
         .filter_map(|l| {
@@ -381,7 +392,7 @@ fn started_members(stdout: &str) -> Vec<(u64, u32)> {
 }
 
 /// Calls `probe` until it succeeds; panics with its last complaint after `DEADLINE`.
-async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
     let end = Instant::now() + DEADLINE;
     loop {
         match probe().await {
@@ -395,7 +406,7 @@ async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, Str
 }
 
 /// A client of the member at `addr`, when it accepts a connection.
-async fn client(addr: &str) -> Option<MasterClient<Channel>> {
+pub async fn client(addr: &str) -> Option<MasterClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(Duration::from_millis(500))
@@ -403,11 +414,11 @@ async fn client(addr: &str) -> Option<MasterClient<Channel>> {
     endpoint.connect().await.ok().map(MasterClient::new)
 }
 
-fn role(m: &pb::MemberStatus) -> pb::Role {
+pub fn role(m: &pb::MemberStatus) -> pb::Role {
     pb::Role::try_from(m.role).unwrap_or(pb::Role::Unknown)
 }
 
-fn show(s: &pb::ClusterStatus) -> String {
+pub fn show(s: &pb::ClusterStatus) -> String {
     let members: Vec<String> = s
         .members
         .iter()
@@ -431,7 +442,7 @@ fn show(s: &pb::ClusterStatus) -> String {
 
 /// Exactly one member is the active master, it is the `leader` field, and all three members
 /// answer with a pid.
-fn healthy(s: &pb::ClusterStatus) -> Result<u64, String> {
+pub fn healthy(s: &pb::ClusterStatus) -> Result<u64, String> {
     let leaders: Vec<u64> = s
         .members
         .iter()
@@ -450,21 +461,21 @@ fn healthy(s: &pb::ClusterStatus) -> Result<u64, String> {
     Ok(leader)
 }
 
-fn member_status(s: &pb::ClusterStatus, id: u64) -> &pb::MemberStatus {
+pub fn member_status(s: &pb::ClusterStatus, id: u64) -> &pb::MemberStatus {
     s.members.iter().find(|m| m.id == id).unwrap()
 }
 
 /// Writes that go to the active master, found through Status (its `leader` field) or the
 /// `x-chatfeed-leader` hint of an UNAVAILABLE answer, retried until a deadline while the group
 /// has no active master. Safe for posts: a retried post (same client post id) commits once.
-struct Writer<'a> {
+pub struct Writer<'a> {
     cluster: &'a ProcCluster,
     target: Option<String>,
     clients: HashMap<String, MasterClient<Channel>>,
 }
 
 /// Failures that may pass by themselves: no active master, a member dying mid-call.
-fn retryable(s: &Status) -> bool {
+pub fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
@@ -472,7 +483,7 @@ fn retryable(s: &Status) -> bool {
 }
 
 impl<'a> Writer<'a> {
-    fn new(cluster: &'a ProcCluster) -> Self {
+    pub fn new(cluster: &'a ProcCluster) -> Self {
         Writer {
             cluster,
             target: None,
@@ -481,12 +492,12 @@ impl<'a> Writer<'a> {
     }
 
     /// The api address of the active master, according to Status.
-    async fn find_active(&self) -> Option<String> {
+    pub async fn find_active(&self) -> Option<String> {
         let s = self.cluster.status().await?;
         Some(self.cluster.member(s.leader?).api.clone())
     }
 
-    async fn client(&mut self, addr: &str) -> Option<MasterClient<Channel>> {
+    pub async fn client(&mut self, addr: &str) -> Option<MasterClient<Channel>> {
         if let Some(c) = self.clients.get(addr) {
             return Some(c.clone());
         }
@@ -496,7 +507,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Commits `command`, retrying retryable failures until `DEADLINE`; other errors return.
-    async fn try_write(&mut self, command: Command) -> Result<pb::WriteReply, Status> {
+    pub async fn try_write(&mut self, command: Command) -> Result<pb::WriteReply, Status> {
         let end = Instant::now() + DEADLINE;
         let req = pb::WriteRequest {
             command: Some(command),
@@ -540,7 +551,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Like `try_write`, but a failure fails the test.
-    async fn write(&mut self, command: Command) -> pb::WriteReply {
+    pub async fn write(&mut self, command: Command) -> pb::WriteReply {
         let what = format!("{command:?}");
         self.try_write(command)
             .await
@@ -548,7 +559,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Creates `name`; ALREADY_EXISTS counts when an earlier attempt may have committed it.
-    async fn create_user(&mut self, name: &str) {
+    pub async fn create_user(&mut self, name: &str) {
         match self
             .try_write(Command::CreateUser(pb::CreateUser { name: name.into() }))
             .await
@@ -562,14 +573,14 @@ impl<'a> Writer<'a> {
 
 /// The acknowledged posts of one author: seq → (client post id, text).
 #[derive(Default)]
-struct Acked {
-    author: String,
-    posts: BTreeMap<u64, (String, String)>,
-    next: usize,
+pub struct Acked {
+    pub author: String,
+    pub posts: BTreeMap<u64, (String, String)>,
+    pub next: usize,
 }
 
 impl Acked {
-    fn new(author: &str) -> Self {
+    pub fn new(author: &str) -> Self {
         Acked {
             author: author.into(),
             ..Default::default()
@@ -577,7 +588,7 @@ impl Acked {
     }
 
     /// Posts one new post (a fresh client post id) and records its acknowledgement.
-    async fn post(&mut self, w: &mut Writer<'_>) {
+    pub async fn post(&mut self, w: &mut Writer<'_>) {
         self.next += 1;
         let id = format!("p-{}", self.next);
         let text = format!("post number {} by {}", self.next, self.author);
@@ -598,7 +609,7 @@ impl Acked {
 
     /// Asserts that `posts` (a timeline in seq order) holds exactly the acknowledged posts, each
     /// with its acknowledged seq and text, once.
-    fn check(&self, posts: &[pb::PostEvent], source: &str) {
+    pub fn check(&self, posts: &[pb::PostEvent], source: &str) {
         let seqs: Vec<u64> = posts.iter().map(|p| p.seq).collect();
         assert!(
             seqs.windows(2).all(|w| w[0] < w[1]),
@@ -628,7 +639,7 @@ impl Acked {
 }
 
 /// Expects a finished command to have failed, with `needle` in its stderr.
-fn assert_refused(out: &Output, needle: &str, what: &str) {
+pub fn assert_refused(out: &Output, needle: &str, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -641,334 +652,6 @@ fn assert_refused(out: &Output, needle: &str, what: &str) {
     );
 }
 
-fn stdout_of(out: &Output) -> String {
+pub fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tests
-// ---------------------------------------------------------------------------------------------
-
-/// Kill -9 of the active master, then of the whole group, loses nothing acknowledged: the
-/// survivors elect a different leader and writes succeed again; the new active master's
-/// supervisor restarts the killed member (same id, same data, new pid) as a replica; and after
-/// every member is killed, a re-run of MasterStartup.sh restarts the existing group (no new
-/// bootstrap) in which every acknowledged post is present with its acknowledged seq, exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_leader_then_everything() {
-    let c = ProcCluster::new(RESTART_AFTER_MS);
-    let out = c.run_script().await;
-    let stdout = stdout_of(&out);
-    assert!(out.status.success(), "MasterStartup.sh failed");
-    assert!(
-        stdout.contains("creating a new group"),
-        "a fresh group bootstraps"
-    );
-    assert!(stdout.contains("leader: member"), "stdout names the leader");
-    assert_eq!(started_members(&stdout).len(), 3, "three members started");
-
-    let s = c.wait_healthy().await;
-    let leader = s.leader.unwrap();
-    for m in &s.members {
-        assert_eq!(
-            c.pid_from_file(m.id),
-            Some(m.pid),
-            "member {}'s pid file names the pid it reports",
-            m.id
-        );
-    }
-
-    let mut w = Writer::new(&c);
-    w.create_user("alice").await;
-    let mut acked = Acked::new("alice");
-    for _ in 0..30 {
-        acked.post(&mut w).await;
-    }
-
-    // Kill -9 the active master.
-    let old_pid = member_status(&s, leader).pid;
-    assert_eq!(c.pid_from_file(leader), Some(old_pid));
-    c.kill9(old_pid).await;
-    let new_leader = c
-        .wait_status("a new leader", |s| match s.leader {
-            Some(l) if l != leader => Ok(l),
-            l => Err(format!("leader {l:?}")),
-        })
-        .await;
-    assert_ne!(new_leader, leader);
-    acked.post(&mut w).await;
-
-    // The supervisor restarts the killed member: a new pid, a replica again.
-    let back = c
-        .wait_status("the killed member back as a replica", |s| {
-            healthy(s)?;
-            let m = member_status(s, leader);
-            if m.pid == old_pid {
-                return Err("still the old pid".into());
-            }
-            if role(m) != pb::Role::Replica {
-                return Err(format!("member {leader} is {:?}", role(m)));
-            }
-            Ok(m.pid)
-        })
-        .await;
-    assert_eq!(c.pid_from_file(leader), Some(back));
-    for _ in 0..5 {
-        acked.post(&mut w).await;
-    }
-
-    // Kill -9 every member: the active one first, so no supervisor restarts the others.
-    let s = c.wait_healthy().await;
-    let mut order: Vec<&pb::MemberStatus> = s.members.iter().collect();
-    order.sort_by_key(|m| role(m) != pb::Role::Leader);
-    for m in order {
-        c.kill9(m.pid).await;
-    }
-    let left = c.live_processes();
-    assert!(
-        left.is_empty(),
-        "processes left after killing all: {left:?}"
-    );
-
-    // The script restarts the existing group.
-    let out = c.run_script().await;
-    let stdout = stdout_of(&out);
-    assert!(out.status.success(), "MasterStartup.sh failed on restart");
-    assert!(
-        !stdout.contains("creating a new group"),
-        "a restart must not bootstrap a new group"
-    );
-    assert_eq!(
-        started_members(&stdout).len(),
-        3,
-        "the three members start again"
-    );
-    c.wait_healthy().await;
-
-    let mut w = Writer::new(&c);
-    let active = w.find_active().await.expect("an active master");
-    let mut api = client(&active)
-        .await
-        .expect("connecting to the active master");
-    let timeline = api
-        .timeline(pb::TimelineRequest {
-            user: "alice".into(),
-            after_seq: Some(0),
-            limit: 1000,
-        })
-        .await
-        .expect("timeline after the restart")
-        .into_inner();
-    acked.check(&timeline.posts, "timeline after the full restart");
-    let users = api
-        .list_users(pb::ListUsersRequest { following_of: None })
-        .await
-        .expect("list users")
-        .into_inner()
-        .users;
-    assert_eq!(users, vec!["alice".to_string()]);
-
-    // Every member's own applied state streams the same posts (Watch reads the member's
-    // database, not the leader's).
-    let last = *acked.posts.keys().last().unwrap();
-    for m in &c.members {
-        let events = eventually(
-            &format!("member {} to apply seq {last}", m.id),
-            async || {
-                let mut api = client(&m.api).await.ok_or("not reachable")?;
-                let mut stream = api
-                    .watch(pb::WatchRequest { after_seq: 0 })
-                    .await
-                    .map_err(|s| s.to_string())?
-                    .into_inner();
-                let mut events = Vec::new();
-                while events.last().is_none_or(|e: &pb::Event| e.seq < last) {
-                    match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
-                        Ok(Ok(Some(e))) => events.push(e),
-                        Ok(Ok(None)) => return Err("stream ended".to_string()),
-                        Ok(Err(s)) => return Err(s.to_string()),
-                        Err(_) => return Err(format!("stalled after {} events", events.len())),
-                    }
-                }
-                Ok(events)
-            },
-        )
-        .await;
-        let posts: Vec<pb::PostEvent> = events
-            .into_iter()
-            .filter_map(|e| match e.kind {
-                Some(pb::event::Kind::Posted(p)) => Some(p),
-                _ => None,
-            })
-            .collect();
-        acked.check(&posts, &format!("watch on member {}", m.id));
-    }
-    // A write still works on the restarted group.
-    acked.post(&mut w).await;
-    c.assert_one_leader_per_term();
-}
-
-/// A broken configuration (unknown field, duplicate member id) is refused by the member and by
-/// check-config with a message naming the field, and nothing starts; a member whose data
-/// directory is missing, or whose database is garbage, refuses to start with a message saying so
-/// and repairs nothing (the directory is not recreated, the garbage is left as it was).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn refuses_bad_data_and_config() {
-    // The supervisor of the active master would restart members 2 and 3 (stopped on purpose
-    // below) 2 s after they go down, racing with the test's own start attempts; with this value it
-    // never does.
-    let c = ProcCluster::new(NO_RESTART_MS);
-    let good = std::fs::read_to_string(&c.config_path).unwrap();
-
-    // (i) Configuration.
-    let out = c.run_bin(&c.config_path, &["check-config"]).await;
-    assert!(
-        out.status.success(),
-        "check-config refused a good file: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout_of(&out).contains("ok"), "check-config says ok");
-    let second_id = format!("id = {}", c.members[1].id);
-    assert!(good.contains(&second_id));
-    let bad = [
-        (
-            "unknown-top.toml",
-            format!("colour = \"red\"\n{good}"),
-            "colour",
-        ),
-        (
-            "unknown-member.toml",
-            good.replacen(&second_id, &format!("{second_id}\nweight = 3"), 1),
-            "weight",
-        ),
-        (
-            "unknown-raft.toml",
-            format!("[raft]\nheartbeat = 50\n{good}"),
-            "heartbeat",
-        ),
-        (
-            "duplicate-id.toml",
-            good.replacen(&second_id, "id = 1", 1),
-            "member[1].id",
-        ),
-    ];
-    for (name, text, field) in &bad {
-        let path = c.root.join(name);
-        std::fs::write(&path, text).unwrap();
-        let out = c.run_bin(&path, &["--id", "1"]).await;
-        assert_refused(&out, field, &format!("--id 1 with {name}"));
-        let out = c.run_bin(&path, &["check-config"]).await;
-        assert_refused(&out, field, &format!("check-config with {name}"));
-    }
-    assert!(
-        !c.run_dir().exists() && !c.root.join("data").exists(),
-        "a refused configuration started nothing"
-    );
-
-    // (ii) A missing data directory.
-    let out = c.run_script().await;
-    assert!(out.status.success(), "MasterStartup.sh failed");
-    c.wait_healthy().await;
-    c.stop_member(2).await;
-    assert!(
-        !c.pid_file(2).exists(),
-        "a member stopped by SIGTERM removes its pid file"
-    );
-    std::fs::remove_dir_all(c.data_dir(2)).unwrap();
-    let out = c.run_bin(&c.config_path, &["--id", "2"]).await;
-    assert_refused(
-        &out,
-        "does not exist",
-        "member 2 without its data directory",
-    );
-    assert!(
-        !c.data_dir(2).exists(),
-        "a refused member does not recreate its data directory"
-    );
-
-    // (iii) A corrupt database.
-    c.stop_member(3).await;
-    let db = c.data_dir(3).join("chatfeed.db");
-    assert!(db.exists(), "member 3 has a database");
-    let garbage: Vec<u8> = (0..16384u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&db, &garbage).unwrap();
-    let out = c.run_bin(&c.config_path, &["--id", "3"]).await;
-    assert_refused(&out, "corrupt", "member 3 with a garbage database");
-    assert_eq!(
-        std::fs::read(&db).unwrap(),
-        garbage,
-        "a refused member leaves its database as it was"
-    );
-
-    // Member 1 is untouched by all this.
-    let pid1 = c.pid_from_file(1).expect("member 1 has a pid file");
-    assert!(c.is_ours(pid1), "member 1 still runs");
-    c.assert_one_leader_per_term();
-}
-
-/// Re-running MasterStartup.sh starts only what is missing: with every member up it reports each
-/// as already running and starts nothing; after one replica is killed it starts that one alone,
-/// and the group is whole again with the new process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn script_rerun_starts_only_missing() {
-    // The supervisor reads restart_after_ms once, at start-up, so it is high from the start: the
-    // killed replica below must stay down until the script starts it, not be restarted by the
-    // active master after 2 s.
-    let c = ProcCluster::new(NO_RESTART_MS);
-    let out = c.run_script().await;
-    assert!(out.status.success(), "MasterStartup.sh failed");
-    let first = c.wait_healthy().await;
-
-    let out = c.run_script().await;
-    let stdout = stdout_of(&out);
-    assert!(out.status.success(), "MasterStartup.sh failed when re-run");
-    for m in &first.members {
-        assert!(
-            stdout.contains(&format!(
-                "member {} is already running (pid {})",
-                m.id, m.pid
-            )),
-            "re-run reports member {} as running",
-            m.id
-        );
-    }
-    assert!(started_members(&stdout).is_empty(), "re-run starts nothing");
-
-    let replica = first
-        .members
-        .iter()
-        .find(|m| role(m) == pb::Role::Replica)
-        .expect("a replica");
-    c.kill9(replica.pid).await;
-    let out = c.run_script().await;
-    let stdout = stdout_of(&out);
-    assert!(out.status.success(), "MasterStartup.sh failed after a kill");
-    let started = started_members(&stdout);
-    let [(id, pid)] = started[..] else {
-        panic!("expected exactly one member started, got {started:?}");
-    };
-    assert_eq!(id, replica.id, "the script started the killed replica");
-    for m in first.members.iter().filter(|m| m.id != replica.id) {
-        assert!(
-            stdout.contains(&format!(
-                "member {} is already running (pid {})",
-                m.id, m.pid
-            )),
-            "member {} reported as running",
-            m.id
-        );
-    }
-    let s = c.wait_healthy().await;
-    assert_eq!(member_status(&s, id).pid, pid, "the new process serves");
-    for m in first.members.iter().filter(|m| m.id != replica.id) {
-        assert_eq!(
-            member_status(&s, m.id).pid,
-            m.pid,
-            "member {} untouched",
-            m.id
-        );
-    }
-    c.assert_one_leader_per_term();
 }
