@@ -306,12 +306,19 @@ impl Config {
     }
 
     /// A three-member configuration on 127.0.0.1 with the given ports, rooted at `dir`; for tests.
+    /// Its Raft timing is twice the default: tests run many members at once on debug builds, and
+    /// they check behaviour, not speed (benchmarks do that).
     pub fn for_test(dir: &Path, api_ports: [u16; 3], raft_ports: [u16; 3]) -> Config {
         Config {
             data_dir: dir.join(DEFAULT_DATA_DIR),
             run_dir: dir.join(DEFAULT_RUN_DIR),
             max_post_chars: DEFAULT_MAX_POST_CHARS,
-            raft: RaftTiming::default(),
+            raft: RaftTiming {
+                heartbeat_ms: 2 * DEFAULT_HEARTBEAT_MS,
+                election_min_ms: 2 * DEFAULT_ELECTION_MIN_MS,
+                election_max_ms: 2 * DEFAULT_ELECTION_MAX_MS,
+                ..RaftTiming::default()
+            },
             supervisor: Supervisor::default(),
             worker: WorkerSettings::default(),
             members: (0..3)

@@ -86,9 +86,14 @@ pub fn free_ports() -> [u16; 6] {
     ports.try_into().unwrap()
 }
 
+/// Raft timing twice the default: a test run starts many processes at once on debug builds, and
+/// the tests check behaviour, not speed (the benchmarks measure the defaults).
+pub const RELAXED_RAFT: &str =
+    "[raft]\nheartbeat_ms = 100\nelection_min_ms = 300\nelection_max_ms = 600\n";
+
 pub fn config_text(members: &[MemberAddr], restart_after_ms: u64) -> String {
     let mut text = format!(
-        "data_dir = \"data\"\nrun_dir = \"run\"\n\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n"
+        "data_dir = \"data\"\nrun_dir = \"run\"\n\n{RELAXED_RAFT}\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n"
     );
     for m in members {
         text.push_str(&format!(

@@ -105,22 +105,38 @@ impl MasterApi {
     /// it, and it has applied everything committed before the call).
     async fn linearize(&self) -> Result<(), Status> {
         self.mastership.require_active()?;
-        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
-        match tokio::time::timeout(wait, self.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(self.mastership.not_leader(f.leader_id))
+        let deadline = Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let res = tokio::time::timeout(left, self.raft.ensure_linearizable()).await;
+            match res {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(self.mastership.not_leader(f.leader_id));
+                }
+                // The quorum check is one heartbeat round with a heartbeat-long deadline: on a
+                // loaded machine it can miss and succeed on the next try. Try again while this
+                // member is still the active master and time is left.
+                Ok(Err(RaftError::APIError(e))) => {
+                    if Instant::now() >= deadline || !self.mastership.is_active() {
+                        return Err(Status::unavailable(format!(
+                            "cannot confirm leadership: {e}; retry shortly"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(self.config.raft.heartbeat_ms)).await;
+                }
+                Ok(Err(RaftError::Fatal(e))) => {
+                    return Err(Status::unavailable(format!(
+                        "member {} is stopping: {e}",
+                        self.id
+                    )));
+                }
+                Err(_) => {
+                    return Err(Status::unavailable(
+                        "no quorum confirmed this master in time; retry shortly",
+                    ));
+                }
             }
-            Ok(Err(RaftError::APIError(e))) => Err(Status::unavailable(format!(
-                "cannot confirm leadership: {e}; retry shortly"
-            ))),
-            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!(
-                "member {} is stopping: {e}",
-                self.id
-            ))),
-            Err(_) => Err(Status::unavailable(
-                "no quorum confirmed this master in time; retry shortly",
-            )),
         }
     }
 

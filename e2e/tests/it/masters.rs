@@ -199,7 +199,7 @@ async fn refuses_bad_data_and_config() {
         ),
         (
             "unknown-raft.toml",
-            format!("[raft]\nheartbeat = 50\n{good}"),
+            good.replacen("[raft]\n", "[raft]\nheartbeat = 50\n", 1),
             "heartbeat",
         ),
         (
