@@ -1,7 +1,13 @@
-//! Logging set-up for every chatfeed binary: `tracing` with `RUST_LOG`-style filters, text or JSON,
-//! with the process's role and id in every line.
+//! Logging set-up for every chatfeed binary: `tracing` with `RUST_LOG`-style filters, text or JSON.
+//! Text lines start with the process's role and id (`master-2`, `worker-4711`), which matters where
+//! several processes share a log file.
 
+use std::fmt;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Output format of the logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,9 +28,32 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
-/// Returns a span that the caller enters for the life of the process, so every line carries
-/// `role` and `id`.
+/// Puts `tag` in front of every line of the wrapped format.
+struct Tagged<F> {
+    tag: String,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for Tagged<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "{} ", self.tag)?;
+        self.inner.format_event(ctx, writer, event)
+    }
+}
+
+/// Installs the global subscriber, writing to stderr. `default_filter` applies when `RUST_LOG` is
+/// unset. Text lines start with `role-id`; in JSON, the returned span (to be entered by the
+/// caller) carries them, on the lines of the tasks that run inside it.
 pub fn init(
     format: LogFormat,
     default_filter: &str,
@@ -37,9 +66,19 @@ pub fn init(
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     // try_init: a test binary may call this more than once.
-    let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    tracing::info_span!("proc", role, id = %id)
+    match format {
+        LogFormat::Text => {
+            let tag = format!("{role}-{id}");
+            let inner = tracing_subscriber::fmt::format();
+            let _ = builder
+                .with_ansi(false)
+                .event_format(Tagged { tag, inner })
+                .try_init();
+            tracing::Span::none()
+        }
+        LogFormat::Json => {
+            let _ = builder.json().try_init();
+            tracing::info_span!("proc", role, id = %id)
+        }
+    }
 }
