@@ -125,13 +125,21 @@ pub fn to_table(s: &ClusterStatus) -> String {
         out.push_str("\nworkers: none registered\n");
         return out;
     }
+    // Worker ids are as long as the workers make them: the column fits the longest.
+    let id_width = s
+        .workers
+        .iter()
+        .map(|w| w.id.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(18);
     out.push_str(&format!(
-        "\n{:<18}{:<22}{:<16}{:>8}{:>8}{:>9}\n",
+        "\n{:<id_width$}{:<22}{:<16}{:>8}{:>8}{:>9}\n",
         "WORKER", "ADDRESS", "HOST", "CLIENTS", "PID", "AGE"
     ));
     for w in &s.workers {
         out.push_str(&format!(
-            "{:<18}{:<22}{:<16}{:>8}{:>8}{:>9}\n",
+            "{:<id_width$}{:<22}{:<16}{:>8}{:>8}{:>9}\n",
             w.id,
             w.addr,
             w.host,
@@ -196,6 +204,15 @@ mod tests {
                 "workers": [{"id": "w1", "addr": "h:9", "host": "h", "clients": 4, "pid": 77}]
             })
         );
+    }
+
+    /// A long worker id keeps a space before the address.
+    #[test]
+    fn long_worker_id_is_separated() {
+        let mut s = status();
+        s.workers[0].id = "w-43f113f355c72e57".into();
+        let t = to_table(&s);
+        assert!(t.contains("w-43f113f355c72e57  h:9"), "{t}");
     }
 
     /// The table marks the leader and shows a down member without figures.

@@ -1,0 +1,88 @@
+//! Where a timeline stream stands, and so where it resumes after a break (PRODUCT.md §5): with
+//! `after_seq` = the last seq printed, or, when nothing was printed yet, the way it was first
+//! opened (`--after SEQ`, or without `after_seq`: the latest 20). Posts at or below the cursor are
+//! never printed again, so a resumed stream shows nothing twice and skips nothing.
+
+/// The position of one timeline stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    opened_after: Option<u64>,
+    last_printed: Option<u64>,
+    printed: u64,
+}
+
+impl Cursor {
+    /// A stream opened with `after` (`--after SEQ`), or without (`None`: the latest 20).
+    pub fn new(after: Option<u64>) -> Self {
+        Cursor {
+            opened_after: after,
+            last_printed: None,
+            printed: 0,
+        }
+    }
+
+    /// The `after_seq` to open (or re-open) the stream with.
+    pub fn after_seq(&self) -> Option<u64> {
+        self.last_printed.or(self.opened_after)
+    }
+
+    /// Whether a post with `seq` is new here; when it is, it counts as printed. A post at or
+    /// below the cursor (a worker that resent it) is refused.
+    pub fn accept(&mut self, seq: u64) -> bool {
+        if self.after_seq().is_some_and(|after| seq <= after) {
+            return false;
+        }
+        self.last_printed = Some(seq);
+        self.printed += 1;
+        true
+    }
+
+    /// The last seq printed, if any.
+    pub fn last_printed(&self) -> Option<u64> {
+        self.last_printed
+    }
+
+    /// How many posts were printed.
+    pub fn printed(&self) -> u64 {
+        self.printed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opened without --after and broken before printing anything: re-opened without after_seq.
+    #[test]
+    fn nothing_printed_reopens_as_opened() {
+        assert_eq!(Cursor::new(None).after_seq(), None);
+        assert_eq!(Cursor::new(Some(40)).after_seq(), Some(40));
+    }
+
+    /// Once something was printed, the stream resumes after the last seq printed.
+    #[test]
+    fn resumes_after_last_printed() {
+        let mut c = Cursor::new(None);
+        assert!(c.accept(3));
+        assert!(c.accept(9));
+        assert_eq!(c.after_seq(), Some(9));
+        let mut c = Cursor::new(Some(5));
+        assert!(c.accept(6));
+        assert_eq!(c.after_seq(), Some(6));
+        assert_eq!(c.printed(), 1);
+    }
+
+    /// A post at or below the cursor (resent by a new worker, or older than --after) is not
+    /// printed twice; later ones are.
+    #[test]
+    fn duplicates_and_old_posts_are_refused() {
+        let mut c = Cursor::new(Some(10));
+        assert!(!c.accept(10));
+        assert!(!c.accept(4));
+        assert!(c.accept(11));
+        assert!(!c.accept(11));
+        assert!(c.accept(15));
+        assert_eq!(c.printed(), 2);
+        assert_eq!(c.last_printed(), Some(15));
+    }
+}

@@ -1,0 +1,350 @@
+//! The client's connection to the cluster, used by every command: find the active master
+//! (`master_link`), ask it for a worker (`GetWorker`), connect to that worker and `Login` the user
+//! (which creates it at first login). A call that fails because a worker or master failed
+//! (UNAVAILABLE, DEADLINE_EXCEEDED, transport errors) drops that worker, goes back through the
+//! active master for another one (the failed one in `exclude_addrs`) and is retried after a
+//! backoff; a domain answer (INVALID_ARGUMENT, NOT_FOUND, …) is returned as it is. Concurrent users
+//! of one session (the interactive timeline and its posts) share one worker connection.
+
+use crate::failure::{Failure, describe, is_answer};
+use crate::master_link::{self, MasterError};
+use crate::outage::{Notice, Outage};
+use crate::retry::{Retrier, secs};
+use chatfeed_proto::feed::LoginRequest;
+use chatfeed_proto::feed::feed_client::FeedClient;
+use chatfeed_proto::master::GetWorkerRequest;
+use chatfeed_proto::master::master_client::MasterClient;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+/// Connecting to a worker the master just named: it is live, so this is quick or it is dead.
+pub const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One unary call to a worker: it may wait for the active master's commit (write timeout 3 s by
+/// default) and retry once through a new leader, so allow well over that.
+pub const WORKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive pings on a worker connection: a worker whose host vanished (no FIN, no
+/// RST) is noticed within interval + timeout even while a timeline stream is quiet.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a failed worker stays in `exclude_addrs`: long enough to be replaced or restarted.
+const EXCLUDE_FOR: Duration = Duration::from_secs(30);
+/// At most this many excluded workers are sent: the request stays small.
+const MAX_EXCLUDED: usize = 16;
+
+/// Where connection notices go (the interactive session prints them; scripts drop them).
+pub type NoticeSink = Arc<dyn Fn(Notice) + Send + Sync>;
+
+/// A connected, logged-in worker.
+#[derive(Clone)]
+pub struct Lease {
+    pub addr: String,
+    pub worker_id: String,
+    pub client: FeedClient<Channel>,
+    /// Whether logging in created the user.
+    pub created: bool,
+    generation: u64,
+}
+
+/// Why one attempt did not succeed.
+#[derive(Debug)]
+pub enum CallError {
+    /// The cluster's final answer.
+    Answer(Status),
+    /// A worker or master failed; the text says which and how.
+    Retry(String),
+}
+
+#[derive(Default)]
+struct Conn {
+    worker: Option<Lease>,
+    /// The master that last answered as the active one: tried first next time.
+    hint: Option<String>,
+    excluded: Vec<(String, Instant)>,
+    generation: u64,
+}
+
+impl Conn {
+    fn exclude(&mut self, addr: &str) {
+        self.excluded.retain(|(a, _)| a != addr);
+        self.excluded.push((addr.to_string(), Instant::now()));
+        if self.excluded.len() > MAX_EXCLUDED {
+            self.excluded.remove(0);
+        }
+    }
+
+    fn excluded_now(&mut self) -> Vec<String> {
+        let now = Instant::now();
+        self.excluded
+            .retain(|(_, t)| now.duration_since(*t) < EXCLUDE_FOR);
+        self.excluded.iter().map(|(a, _)| a.clone()).collect()
+    }
+}
+
+/// One user's connection to the cluster.
+pub struct Session {
+    masters: Vec<String>,
+    user: String,
+    conn: tokio::sync::Mutex<Conn>,
+    outage: Mutex<Outage>,
+    notify: NoticeSink,
+}
+
+async fn connect_worker(addr: &str) -> Result<Channel, String> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad worker address {addr:?}: {e}"))?
+        .connect_timeout(WORKER_CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    match tokio::time::timeout(WORKER_CONNECT_TIMEOUT * 2, ep.connect()).await {
+        Ok(Ok(ch)) => Ok(ch),
+        Ok(Err(e)) => Err(crate::failure::describe_error(&e)),
+        Err(_) => Err("no connection within 2 s".into()),
+    }
+}
+
+impl Session {
+    /// A session of `user` with the masters at `masters`; notices go to `notify`.
+    pub fn new(masters: Vec<String>, user: String, notify: NoticeSink) -> Self {
+        Session {
+            masters,
+            user,
+            conn: tokio::sync::Mutex::new(Conn::default()),
+            outage: Mutex::new(Outage::default()),
+            notify,
+        }
+    }
+
+    /// A session whose notices are dropped (scriptable commands: stderr is for the one failure
+    /// line).
+    pub fn quiet(masters: Vec<String>, user: String) -> Self {
+        Self::new(masters, user, Arc::new(|_| {}))
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn masters(&self) -> &[String] {
+        &self.masters
+    }
+
+    /// A retry loop on this session (see [`Retrier::new`]).
+    pub fn retrier(&self, patience: Option<Duration>, started: Option<Instant>) -> Retrier<'_> {
+        Retrier::new(self, patience, started)
+    }
+
+    pub(crate) fn note_failure(&self, now: Instant) {
+        let n = self
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failure(now);
+        if let Some(n) = n {
+            (self.notify)(n);
+        }
+    }
+
+    pub(crate) fn note_success(&self) {
+        let n = self
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .success();
+        if let Some(n) = n {
+            (self.notify)(n);
+        }
+    }
+
+    /// The current worker, or a new one: one attempt through the active master, no retry.
+    pub async fn lease(&self) -> Result<Lease, CallError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(l) = &conn.worker {
+            return Ok(l.clone());
+        }
+        let exclude = conn.excluded_now();
+        let hint = conn.hint.clone();
+        let picked = master_link::on_active_master(&self.masters, hint.as_deref(), |mut m| {
+            let exclude_addrs = exclude.clone();
+            async move {
+                m.get_worker(GetWorkerRequest { exclude_addrs })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await;
+        let (master, reply) = match picked {
+            Ok(v) => v,
+            Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
+            Err(MasterError::Trouble(t)) => {
+                conn.hint = None;
+                return Err(CallError::Retry(t.summary()));
+            }
+        };
+        conn.hint = Some(master);
+        let addr = reply.addr;
+        let no_worker = |why: String| {
+            CallError::Retry(format!(
+                "no worker available: worker {} at {addr} {why}",
+                reply.worker_id
+            ))
+        };
+        let channel = match connect_worker(&addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                conn.exclude(&addr);
+                return Err(no_worker(format!("did not accept a connection: {e}")));
+            }
+        };
+        let mut client = FeedClient::new(channel);
+        let login = LoginRequest {
+            user: self.user.clone(),
+        };
+        let created = match tokio::time::timeout(WORKER_CALL_TIMEOUT, client.login(login)).await {
+            Ok(Ok(r)) => r.into_inner().created,
+            Ok(Err(s)) if is_answer(&s) => return Err(CallError::Answer(s)),
+            Ok(Err(s)) => {
+                conn.exclude(&addr);
+                return Err(no_worker(format!("failed to log in: {}", describe(&s))));
+            }
+            Err(_) => {
+                conn.exclude(&addr);
+                return Err(no_worker(format!(
+                    "did not answer the login within {}",
+                    secs(WORKER_CALL_TIMEOUT)
+                )));
+            }
+        };
+        conn.generation += 1;
+        let lease = Lease {
+            addr: addr.clone(),
+            worker_id: reply.worker_id.clone(),
+            client,
+            created,
+            generation: conn.generation,
+        };
+        conn.worker = Some(lease.clone());
+        Ok(lease)
+    }
+
+    /// `lease`'s worker failed: forget it (unless another caller already replaced it) and keep
+    /// it out of the next assignments for a while.
+    pub async fn drop_worker(&self, lease: &Lease) {
+        let mut conn = self.conn.lock().await;
+        if conn
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.generation == lease.generation)
+        {
+            conn.worker = None;
+        }
+        conn.exclude(&lease.addr);
+    }
+
+    /// Connects and logs in, retrying for `patience` (`None`: until it works).
+    pub async fn connect(&self, patience: Option<Duration>) -> Result<Lease, Failure> {
+        let mut r = self.retrier(patience, Some(Instant::now()));
+        loop {
+            match r.bound(self.lease()).await? {
+                Ok(l) => {
+                    r.succeeded();
+                    return Ok(l);
+                }
+                Err(CallError::Answer(s)) => return Err(Failure::Refused(s)),
+                Err(CallError::Retry(why)) => r.failed(why, true).await?,
+            }
+        }
+    }
+
+    /// One attempt of `call` on the current (or a new) worker.
+    async fn attempt<T, F, Fut>(&self, call: &mut F) -> Result<T, CallError>
+    where
+        F: FnMut(FeedClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let lease = self.lease().await?;
+        let failed =
+            match tokio::time::timeout(WORKER_CALL_TIMEOUT, call(lease.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(s)) if is_answer(&s) => return Err(CallError::Answer(s)),
+                Ok(Err(s)) => format!("worker {} failed: {}", lease.addr, describe(&s)),
+                Err(_) => format!(
+                    "worker {} did not answer within {}",
+                    lease.addr,
+                    secs(WORKER_CALL_TIMEOUT)
+                ),
+            };
+        self.drop_worker(&lease).await;
+        Err(CallError::Retry(failed))
+    }
+
+    /// `call` on a worker, retried on other workers until it succeeds, the cluster refuses it,
+    /// or `patience` (`None`: forever) has passed. `call` gets a fresh client each attempt and
+    /// must send the same request each time (a post: the same client_post_id).
+    pub async fn call<T, F, Fut>(
+        &self,
+        patience: Option<Duration>,
+        mut call: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut(FeedClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut r = self.retrier(patience, Some(Instant::now()));
+        loop {
+            match r.bound(self.attempt(&mut call)).await? {
+                Ok(v) => {
+                    r.succeeded();
+                    return Ok(v);
+                }
+                Err(CallError::Answer(s)) => {
+                    r.succeeded();
+                    return Err(Failure::Refused(s));
+                }
+                Err(CallError::Retry(why)) => r.failed(why, true).await?,
+            }
+        }
+    }
+
+    /// `call` on the active master (a linearizable read), retried like [`Session::call`].
+    pub async fn call_master<T, F, Fut>(
+        &self,
+        patience: Option<Duration>,
+        mut call: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnMut(MasterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut r = self.retrier(patience, Some(Instant::now()));
+        loop {
+            let hint = self.conn.lock().await.hint.clone();
+            let res = r
+                .bound(master_link::on_active_master(
+                    &self.masters,
+                    hint.as_deref(),
+                    &mut call,
+                ))
+                .await?;
+            match res {
+                Ok((addr, v)) => {
+                    self.conn.lock().await.hint = Some(addr);
+                    r.succeeded();
+                    return Ok(v);
+                }
+                Err(MasterError::Answer(s)) => {
+                    r.succeeded();
+                    return Err(Failure::Refused(s));
+                }
+                Err(MasterError::Trouble(t)) => {
+                    self.conn.lock().await.hint = None;
+                    r.failed(t.summary(), true).await?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Running the built `chatfeed` binary with a deadline, and an address where nothing listens.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished run of the binary left.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+/// Runs `chatfeed args…` with no master configured from the environment, stdin closed, and
+/// kills it if it has not finished within `limit`.
+pub fn chatfeed(args: &[&str], limit: Duration) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatfeed"))
+        .args(args)
+        .env_remove("CHATFEED_MASTER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chatfeed");
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait for chatfeed") {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chatfeed {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Run {
+        code,
+        stdout,
+        stderr,
+        took,
+    }
+}
+
+/// A loopback address where nothing listens (a port the OS just gave out and took back).
+pub fn dead_address() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    addr
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the client: the built binary's usage errors and failures without a
+//! cluster (`usage`), the connection logic against a fake cluster in this process (`session`),
+//! and the binary against that fake cluster (`binary`). End-to-end tests against real masters
+//! and workers live with the cluster tests.
+
+mod binary;
+mod fake;
+mod fixture;
+mod session;
+mod usage;

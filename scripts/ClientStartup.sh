@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# An interactive chatfeed session for a user (PRODUCT.md §3, §4).
+#   scripts/ClientStartup.sh user [addr]
+# addr: the masters' endpoints, comma-separated host:port; a bare host means the default ports on
+# that host (default: the file default_master_address at the checkout's root).
+# CHATFEED_BIN_DIR names another directory of binaries (default: target/release, built when out of
+# date).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ $# -lt 1 ] || [ $# -gt 2 ] || [ -z "$1" ]; then
+    echo "usage: $0 user [addr]" >&2
+    exit 2
+fi
+bin_dir="${CHATFEED_BIN_DIR:-$root/target/release}"
+[ -n "${CHATFEED_BIN_DIR:-}" ] || "$root/scripts/build.sh"
+args=(--user "$1")
+if [ $# -eq 2 ]; then
+    args+=(--master "$2")
+fi
+exec "$bin_dir/chatfeed" "${args[@]}"
