@@ -91,9 +91,9 @@ pub fn free_ports() -> [u16; 6] {
 pub const RELAXED_RAFT: &str =
     "[raft]\nheartbeat_ms = 100\nelection_min_ms = 300\nelection_max_ms = 600\n";
 
-pub fn config_text(members: &[MemberAddr], restart_after_ms: u64) -> String {
+pub fn config_text(members: &[MemberAddr], restart_after_ms: u64, extra: &str) -> String {
     let mut text = format!(
-        "data_dir = \"data\"\nrun_dir = \"run\"\n\n{RELAXED_RAFT}\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n"
+        "data_dir = \"data\"\nrun_dir = \"run\"\n\n{RELAXED_RAFT}\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n{extra}\n"
     );
     for m in members {
         text.push_str(&format!(
@@ -108,6 +108,11 @@ impl ProcCluster {
     /// A temporary directory with a `chatfeed.toml` for three members on free ports; nothing runs
     /// yet.
     pub fn new(restart_after_ms: u64) -> ProcCluster {
+        Self::with_config(restart_after_ms, "")
+    }
+
+    /// Like `new`, with `extra` TOML tables (e.g. a `[worker]` section) in the configuration.
+    pub fn with_config(restart_after_ms: u64, extra: &str) -> ProcCluster {
         let dir = TempDir::new().expect("creating a temporary directory");
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let p = free_ports();
@@ -119,7 +124,7 @@ impl ProcCluster {
             })
             .collect();
         let config_path = root.join("chatfeed.toml");
-        std::fs::write(&config_path, config_text(&members, restart_after_ms)).unwrap();
+        std::fs::write(&config_path, config_text(&members, restart_after_ms, extra)).unwrap();
         ProcCluster {
             root,
             config_path,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Commands queued per worker; a worker that does not read them is dead soon anyway.
@@ -18,13 +19,19 @@ const COMMAND_BUFFER: usize = 16;
 pub struct ControlService {
     mastership: Mastership,
     directory: Arc<Mutex<Directory>>,
+    shutdown: CancellationToken,
 }
 
 impl ControlService {
-    pub fn new(mastership: Mastership, directory: Arc<Mutex<Directory>>) -> Self {
+    pub fn new(
+        mastership: Mastership,
+        directory: Arc<Mutex<Directory>>,
+        shutdown: CancellationToken,
+    ) -> Self {
         ControlService {
             mastership,
             directory,
+            shutdown,
         }
     }
 
@@ -47,6 +54,7 @@ impl Control for ControlService {
         let (out_tx, out_rx) = mpsc::channel(COMMAND_BUFFER);
         let directory = self.directory.clone();
         let mastership = self.mastership.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             // Forward commands to the stream.
             let mut rx = rx;
@@ -82,9 +90,12 @@ impl Control for ControlService {
                     }
                 }
             };
+            // The member's shutdown ends the stream too: the server drains open streams
+            // before it stops.
             tokio::select! {
                 _ = forward => {}
                 _ = receive => {}
+                _ = shutdown.cancelled() => {}
             }
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))

@@ -141,7 +141,7 @@ impl Member {
             applied_seq,
             shutdown.clone(),
         );
-        let control = ControlService::new(mastership.clone(), directory.clone());
+        let control = ControlService::new(mastership.clone(), directory.clone(), shutdown.clone());
         let mut tasks = Vec::new();
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone()).into_server();

@@ -1,36 +1,206 @@
-//! `chatfeed-worker [addr]`: follows the master group's committed events (the worker's client
-//! API arrives with the feed service).
+//! `chatfeed-worker`: serves one worker (`[--listen A] [--host H] [--pool N] [MASTERS]`), or
+//! starts this host's pool in the background (`start [--count N] [MASTERS]`, what
+//! `scripts/WorkerStartup.sh` runs). The master starts replacements as
+//! `chatfeed-worker --config <abs cfg> --pool <n> <masters>`.
 
-use chatfeed_common::logging;
-use clap::Parser;
+use anyhow::Context;
+use chatfeed_common::config::MAX_POOL_SIZE;
+use chatfeed_common::{Config, logging};
+use chatfeed_worker::launch::{self, StartOptions};
+use chatfeed_worker::process::{self, SpawnSpec};
+use chatfeed_worker::server::{self, WorkerOptions};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "chatfeed-worker", version, about = "A chatfeed worker")]
 struct Cli {
-    /// Master endpoints, comma-separated host:port.
-    #[arg(default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
-    masters: String,
+    /// The cluster configuration.
+    #[arg(long, global = true, default_value = "chatfeed.toml")]
+    config: PathBuf,
+    /// host:port to listen on (port 0: a free port) [default: the configuration's worker.listen].
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// This host's name, as the masters group workers [default: the IP of the listen address].
+    #[arg(long, global = true)]
+    host: Option<String>,
+    /// Workers this host keeps running [default: the configuration's worker.pool_size].
+    #[arg(long, global = true)]
+    pool: Option<u32>,
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Master endpoints, comma-separated host:port (a bare host means the configured API ports)
+    /// [default: the configured members].
+    masters: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start this host's worker pool in the background and wait until it is registered.
+    Start {
+        /// Workers to run [default: the pool size].
+        #[arg(long)]
+        count: Option<u32>,
+        /// Master endpoints, comma-separated host:port [default: the configured members].
+        masters: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let span = logging::init(
-        logging::LogFormat::Text,
-        "info",
-        "worker",
-        &std::process::id().to_string(),
-    );
-    let _enter = span.enter();
-    let masters = chatfeed_common::addr::parse_master_list(&cli.masters, &[7001, 7002, 7003])
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chatfeed-worker: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chatfeed-worker: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatfeed-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What one worker process is started with: the options and the masters, resolved.
+struct Serve {
+    config_path: PathBuf,
+    masters: Vec<String>,
+    pool: u32,
+    listen: String,
+}
+
+fn resolve(cli: &Cli, config: &Config, masters: Option<&str>) -> anyhow::Result<Serve> {
+    let list = match masters {
+        Some(m) => m.to_string(),
+        None => config
+            .members
+            .iter()
+            .map(|m| m.api_addr.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    let masters = chatfeed_common::addr::parse_master_list(&list, &config.api_ports())
         .map_err(anyhow::Error::msg)?;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        stop.cancel();
+    let pool = cli.pool.unwrap_or(config.worker.pool_size);
+    anyhow::ensure!(
+        (1..=MAX_POOL_SIZE).contains(&pool),
+        "--pool must be between 1 and {MAX_POOL_SIZE}"
+    );
+    let config_path =
+        std::fs::canonicalize(&cli.config).context("resolving the configuration path")?;
+    Ok(Serve {
+        config_path,
+        masters,
+        pool,
+        listen: cli
+            .listen
+            .clone()
+            .unwrap_or_else(|| config.worker.listen.clone()),
+    })
+}
+
+/// The arguments that start a worker process like this one.
+fn serve_args(cli: &Cli, s: &Serve) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--config".into(),
+        s.config_path.clone().into(),
+        "--pool".into(),
+        s.pool.to_string().into(),
+        "--log-format".into(),
+        cli.log_format.clone().into(),
+    ];
+    if let Some(l) = &cli.listen {
+        args.extend(["--listen".into(), l.into()]);
+    }
+    if let Some(h) = &cli.host {
+        args.extend(["--host".into(), h.into()]);
+    }
+    args.push(s.masters.join(",").into());
+    args
+}
+
+async fn dispatch(cli: Cli, config: Config) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    match &cli.command {
+        Some(Cmd::Start { count, masters }) => {
+            let s = resolve(&cli, &config, masters.as_deref())?;
+            launch::start(StartOptions {
+                exe,
+                args: serve_args(&cli, &s),
+                run_dir: config.run_dir.clone(),
+                masters: s.masters.clone(),
+                count: count.unwrap_or(s.pool),
+            })
+            .await
+        }
+        None => {
+            let s = resolve(&cli, &config, cli.masters.as_deref())?;
+            serve(&cli, &config, exe, s).await
+        }
+    }
+}
+
+async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Result<()> {
+    let format = cli
+        .log_format
+        .parse::<logging::LogFormat>()
+        .map_err(anyhow::Error::msg)?;
+    let span = logging::init(format, "info", "worker", &std::process::id().to_string());
+    let _enter = span.enter();
+    let listener = tokio::net::TcpListener::bind(&s.listen)
+        .await
+        .with_context(|| format!("binding the worker address {}", s.listen))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let host = cli.host.clone().unwrap_or_else(|| local.ip().to_string());
+    let mut opts = WorkerOptions::from_config(config, s.masters.clone(), host);
+    opts.pool_size = s.pool;
+    opts.spawn = Some(SpawnSpec {
+        exe,
+        args: serve_args(cli, &s),
+        log: process::log_file(&config.run_dir),
     });
-    chatfeed_worker::follow_events(masters, shutdown).await;
-    Ok(())
+    let pid_file = process::pid_file(&config.run_dir, std::process::id());
+    process::write_pid_file(&pid_file)
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signals.cancel();
+    });
+    let res = server::run(opts, listener, shutdown).await;
+    process::remove_pid_file(&pid_file);
+    if let Err(e) = &res {
+        tracing::error!(error = %format!("{e:#}"), "worker stopped");
+    }
+    res
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
 }

@@ -1,4 +1,5 @@
 //! End-to-end tests with real processes (the binaries and scripts of this checkout). They need the
 //! binaries built: `cargo test --workspace --all-targets` (what `make test` runs) builds them.
 
+mod feed;
 mod masters;

@@ -1,0 +1,257 @@
+//! The feed service end to end, with real processes: masters from MasterStartup.sh, a worker pool
+//! from WorkerStartup.sh, and the `chatfeed` client as users run it (PRODUCT.md §4–6).
+
+use chatfeed_e2e::cluster::*;
+use chatfeed_e2e::feed::*;
+use std::collections::BTreeMap;
+
+/// Starts masters (supervised restarts on) and the worker pool; waits until all serve.
+async fn feed_cluster(extra: &str) -> ProcCluster {
+    let c = ProcCluster::with_config(RESTART_AFTER_MS, extra);
+    assert!(
+        c.run_script().await.status.success(),
+        "MasterStartup.sh failed"
+    );
+    c.wait_healthy().await;
+    assert!(
+        c.start_workers().await.status.success(),
+        "WorkerStartup.sh failed"
+    );
+    c
+}
+
+fn seqs(posts: &[PrintedPost]) -> Vec<u64> {
+    posts.iter().map(|p| p.seq).collect()
+}
+
+/// Timelines follow PRODUCT.md §5: a user's own posts and the posts of users it followed at the
+/// moment they committed, none from before the follow or after the unfollow; the latest 20 when
+/// opened without --after, and exactly the later posts with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timelines_follow_the_rules() {
+    let c = feed_cluster("").await;
+    c.wait_workers(3).await;
+    for u in ["alice", "bob"] {
+        c.client_ok(u, &["list"]).await;
+    }
+    let before = c.post("alice", "before the follow").await;
+    c.client_ok("bob", &["follow", "alice"]).await;
+    let during: Vec<PrintedPost> = vec![
+        c.post("alice", "during 1").await,
+        c.post("bob", "bob's own").await,
+        c.post("alice", "during 2").await,
+    ];
+    c.client_ok("bob", &["unfollow", "alice"]).await;
+    let after = c.post("alice", "after the unfollow").await;
+
+    let bob = c.timeline("bob", &["--after", "0"]).await;
+    assert_eq!(
+        bob, during,
+        "bob sees exactly the posts made while he followed alice, and his own"
+    );
+    let alice = c.timeline("alice", &[]).await;
+    assert_eq!(
+        seqs(&alice),
+        vec![before.seq, during[0].seq, during[2].seq, after.seq]
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(c.client_ok("bob", &["--json", "list"]).await.trim()).unwrap();
+    assert_eq!(list["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(list["following"], serde_json::json!([]));
+
+    // Latest 20, oldest first; --after gives exactly the later ones.
+    let mut all = alice.clone();
+    for i in 0..22 {
+        all.push(c.post("alice", &format!("more {i}")).await);
+    }
+    let latest = c.timeline("alice", &[]).await;
+    assert_eq!(latest, all[all.len() - 20..].to_vec());
+    let pivot = all[10].seq;
+    assert_eq!(
+        c.timeline("alice", &["--after", &pivot.to_string()]).await,
+        all[11..].to_vec()
+    );
+}
+
+/// Kill -9 of the worker serving a streaming client while another client keeps posting: the
+/// stream resumes on another worker and has printed every post of its timeline exactly once, in
+/// order; every post committed once; the master has a replacement worker running soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_kill_resumes_stream_without_gap() {
+    let c = feed_cluster("").await;
+    let first = c.wait_workers(3).await;
+    c.client_ok("alice", &["list"]).await;
+    c.client_ok("bob", &["follow", "alice"]).await;
+    let stream = c.stream("bob", &[]);
+    let serving = eventually("bob's stream to be counted by a worker", async || {
+        let s = c.leader_status().await.ok_or("no active master")?;
+        s.workers
+            .into_iter()
+            .find(|w| w.clients == 1)
+            .ok_or_else(|| "no worker serves it yet".to_string())
+    })
+    .await;
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        if i == 10 {
+            c.kill9(serving.pid).await;
+        }
+        acked.push(c.post("alice", &format!("post {i}")).await);
+    }
+    stream.wait_seq(acked.last().unwrap().seq).await;
+    let timeline = c.timeline("bob", &["--after", "0"]).await;
+    stream.assert_exactly(&seqs(&timeline));
+    let texts: BTreeMap<&str, usize> = timeline.iter().fold(BTreeMap::new(), |mut m, p| {
+        *m.entry(p.text.as_str()).or_default() += 1;
+        m
+    });
+    assert!(
+        texts.values().all(|&n| n == 1),
+        "a post committed twice: {texts:?}"
+    );
+    assert_eq!(
+        timeline, acked,
+        "every acknowledged post, once, with its acknowledged seq"
+    );
+    let now = c.wait_workers(3).await;
+    assert!(
+        now.iter().all(|w| w.pid != serving.pid),
+        "the killed worker is gone"
+    );
+    assert!(
+        now.iter().any(|w| !first.iter().any(|f| f.pid == w.pid)),
+        "a replacement worker runs"
+    );
+}
+
+/// Kill -9 of the active master while clients post and stream: every acknowledged post reaches
+/// every follower's stream exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn master_kill_delivers_every_post_once() {
+    let c = feed_cluster("").await;
+    c.wait_workers(3).await;
+    c.client_ok("alice", &["list"]).await;
+    for u in ["bob", "carol"] {
+        c.client_ok(u, &["follow", "alice"]).await;
+    }
+    let streams = [c.stream("bob", &[]), c.stream("carol", &[])];
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        if i == 10 {
+            let s = c.wait_healthy().await;
+            let leader = s.members.iter().find(|m| Some(m.id) == s.leader).unwrap();
+            c.kill9(leader.pid).await;
+        }
+        acked.push(c.post("alice", &format!("post {i}")).await);
+    }
+    for s in &streams {
+        s.wait_seq(acked.last().unwrap().seq).await;
+        s.assert_exactly(&seqs(&acked));
+    }
+    c.assert_one_leader_per_term();
+}
+
+/// The master gives each new client the least-loaded worker; after a new worker joins a host
+/// whose one worker holds every stream, the master has streams moved until no worker holds more
+/// than its fair share plus max(1, 20%), and the moved streams resume without gap or duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assigns_least_loaded_and_rebalances() {
+    let c = feed_cluster("[worker]\npool_size = 1\n").await;
+    c.wait_workers(1).await;
+    c.client_ok("alice", &["list"]).await;
+    let users: Vec<String> = (0..10).map(|i| format!("reader{i}")).collect();
+    for u in &users {
+        c.client_ok(u, &["follow", "alice"]).await;
+    }
+    let streams: Vec<Stream> = users.iter().map(|u| c.stream(u, &[])).collect();
+    eventually("10 streams on the one worker", async || {
+        let s = c.leader_status().await.ok_or("no active master")?;
+        let clients: Vec<u32> = s.workers.iter().map(|w| w.clients).collect();
+        if clients == [10] {
+            Ok(())
+        } else {
+            Err(format!("clients {clients:?}"))
+        }
+    })
+    .await;
+
+    // A second worker joins: the master moves streams to it.
+    let out = c.start_more_workers(2).await;
+    assert!(out.status.success(), "starting a second worker failed");
+    eventually("loads to even out", async || {
+        let s = c.leader_status().await.ok_or("no active master")?;
+        let clients: Vec<u32> = s.workers.iter().map(|w| w.clients).collect();
+        let total: u32 = clients.iter().sum();
+        let fair = total.div_ceil(clients.len().max(1) as u32);
+        let limit = fair + 1.max(fair.div_ceil(5));
+        if clients.len() == 2 && total == 10 && clients.iter().all(|&n| n <= limit) {
+            Ok(())
+        } else {
+            Err(format!("clients {clients:?}"))
+        }
+    })
+    .await;
+    let p = c.post("alice", "after the move").await;
+    for s in &streams {
+        s.wait_seq(p.seq).await;
+        s.assert_exactly(&[p.seq]);
+    }
+    // New clients go to the least loaded: with 5 and 5, two more streams end 6 and 6.
+    let more: Vec<Stream> = ["late0", "late1"]
+        .iter()
+        .map(|u| c.stream(u, &[]))
+        .collect();
+    eventually("the two new streams to spread", async || {
+        let s = c.leader_status().await.ok_or("no active master")?;
+        let mut clients: Vec<u32> = s.workers.iter().map(|w| w.clients).collect();
+        clients.sort();
+        if clients == [6, 6] {
+            Ok(())
+        } else {
+            Err(format!("clients {clients:?}"))
+        }
+    })
+    .await;
+    drop(more);
+}
+
+/// Bad input through the client gets a clear message and the right exit status: 1 when the
+/// cluster refused the request, 2 for bad usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_clearly() {
+    let c = feed_cluster("").await;
+    c.wait_workers(3).await;
+    c.client_ok("alice", &["list"]).await;
+    c.client_ok("bob", &["follow", "alice"]).await;
+    let long = "x".repeat(281);
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["follow", "bob"], 1, "cannot follow yourself"),
+        (vec!["follow", "nobody"], 1, "does not exist"),
+        (vec!["follow", "alice"], 1, "already follows"),
+        (vec!["unfollow", "carol"], 1, "does not exist"),
+        (vec!["post", &long], 1, "at most 280 characters"),
+        (vec!["post"], 2, "TEXT"),
+        (vec!["follow"], 2, "USER"),
+        (vec!["frobnicate"], 2, "frobnicate"),
+        (vec!["timeline", "--after", "minus-one"], 2, "minus-one"),
+    ];
+    for (args, code, text) in cases {
+        let out = c.run_client(Some("bob"), &args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(text),
+            "{args:?}: stderr {stderr:?} lacks {text:?}"
+        );
+    }
+    c.client_ok("alice", &["list"]).await;
+    let out = c.run_client(Some("alice"), &["unfollow", "bob"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not follow"));
+    let out = c.run_client(Some("bad name"), &["list"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an invalid user name is bad usage"
+    );
+}

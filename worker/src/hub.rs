@@ -1,0 +1,587 @@
+//! The fan-out hub: the live timeline subscriptions of this worker, indexed by user and by
+//! followed author, fed with the committed events in seq order (by `watcher`). A subscription
+//! starts *pending*: the hub buffers every event that could concern it while its history is read
+//! from the active master; `activate` then replays the buffer past the read's `last_seq` and the
+//! subscription goes live. See `timeline` for why that leaves no gap and no duplicate.
+//!
+//! Everything here is synchronous under one mutex: an event is applied to every subscription, and
+//! an activation replays its buffer, without anything interleaving. Posts go to each stream's
+//! bounded queue with `try_send`; a stream whose queue is full is ended with UNAVAILABLE (its
+//! client resumes with `after_seq`), so one slow client never holds up the others.
+
+use crate::event::{Change, Event, post_item};
+use chatfeed_proto::feed::TimelineItem;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+
+/// Events buffered for one pending subscription. Its history read takes milliseconds (seconds
+/// during a fail-over); 16 Ki posts is far more than commit in that time at the rates one Raft
+/// group sustains, and costs one pointer each. Overflow fails the stream, which the client resumes.
+pub const PENDING_LIMIT: usize = 16 * 1024;
+/// Timeline streams one worker holds. Beyond this the client should be sent to another worker.
+pub const MAX_STREAMS: usize = 20_000;
+
+/// The sending side of one timeline stream.
+pub type StreamTx = mpsc::Sender<Result<TimelineItem, Status>>;
+pub type SubId = u64;
+
+/// Why the hub ended a stream; the stream's task sends the matching last item.
+#[derive(Debug)]
+pub enum Ending {
+    /// Reconnect through the active master to another worker and resume.
+    Move(String),
+    /// End the stream with this status (the client resumes with `after_seq`).
+    Fail(Status),
+}
+
+/// A registered subscription: its id, and where the hub says why it ended it.
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: SubId,
+    pub ended: oneshot::Receiver<Ending>,
+}
+
+fn fell_behind() -> Status {
+    Status::unavailable(
+        "this timeline stream fell behind the posts committed for it; resume with after_seq = \
+         the last seq received",
+    )
+}
+
+enum Phase {
+    /// History being read; events that may matter are kept, those up to `floor` (already covered
+    /// by a history read) are not.
+    Pending { floor: u64, buffer: Vec<Arc<Event>> },
+    /// Live: `following` as of the last event applied; events up to `floor` are covered by the
+    /// history; no post at or below `last_sent` is sent again.
+    Active {
+        following: HashSet<String>,
+        floor: u64,
+        last_sent: u64,
+    },
+}
+
+struct Sub {
+    user: String,
+    tx: StreamTx,
+    end: Option<oneshot::Sender<Ending>>,
+    phase: Phase,
+}
+
+#[derive(Default)]
+struct State {
+    /// The seq of the last event processed; `None` until the watcher knows where to start.
+    position: Option<u64>,
+    /// Set once the worker stops: no new subscriptions.
+    closed: Option<String>,
+    next_id: SubId,
+    subs: HashMap<SubId, Sub>,
+    by_user: HashMap<String, HashSet<SubId>>,
+    by_author: HashMap<String, HashSet<SubId>>,
+    pending: HashSet<SubId>,
+}
+
+/// The hub (see the module doc).
+pub struct Hub {
+    state: Mutex<State>,
+    ready: watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            state: Mutex::default(),
+            ready: watch::channel(false).0,
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The seq of the last event processed.
+    pub fn position(&self) -> Option<u64> {
+        self.lock().position
+    }
+
+    /// Sets the starting position (once): events up to `seq` are not the hub's concern.
+    pub fn start_at(&self, seq: u64) {
+        let mut st = self.lock();
+        if st.position.is_none() {
+            st.position = Some(seq);
+            self.ready.send_replace(true);
+        }
+    }
+
+    /// Waits until the hub has a position, for at most `wait`; false if it still has none.
+    pub async fn wait_ready(&self, wait: Duration) -> bool {
+        let mut rx = self.ready.subscribe();
+        matches!(
+            tokio::time::timeout(wait, rx.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Live and pending subscriptions.
+    pub fn len(&self) -> usize {
+        self.lock().subs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Registers a pending subscription for `user`'s timeline, sending on `tx`. Refused when the
+    /// hub has no position yet, is closed, or is full.
+    pub fn register(&self, user: &str, tx: StreamTx) -> Result<Subscription, Status> {
+        let mut st = self.lock();
+        if let Some(reason) = &st.closed {
+            return Err(Status::unavailable(format!(
+                "{reason}: ask the master for another worker"
+            )));
+        }
+        if st.position.is_none() {
+            return Err(Status::unavailable(
+                "this worker is not following the committed events yet; retry shortly",
+            ));
+        }
+        if st.subs.len() >= MAX_STREAMS {
+            return Err(Status::resource_exhausted(format!(
+                "this worker already serves {MAX_STREAMS} timeline streams; ask the master for another worker"
+            )));
+        }
+        st.next_id += 1;
+        let id = st.next_id;
+        let (end_tx, ended) = oneshot::channel();
+        st.subs.insert(
+            id,
+            Sub {
+                user: user.to_string(),
+                tx,
+                end: Some(end_tx),
+                phase: Phase::Pending {
+                    floor: 0,
+                    buffer: Vec::new(),
+                },
+            },
+        );
+        st.by_user.entry(user.to_string()).or_default().insert(id);
+        st.pending.insert(id);
+        Ok(Subscription { id, ended })
+    }
+
+    /// A history read for pending subscription `id` covered every event up to `seq`: those need
+    /// no buffering.
+    pub fn note_read(&self, id: SubId, seq: u64) {
+        let mut st = self.lock();
+        if let Some(Sub {
+            phase: Phase::Pending { floor, buffer },
+            ..
+        }) = st.subs.get_mut(&id)
+        {
+            *floor = (*floor).max(seq);
+            let floor = *floor;
+            buffer.retain(|e| e.seq > floor);
+        }
+    }
+
+    /// Makes pending subscription `id` live: `following` is whom its user followed at
+    /// `read_seq`, the `last_seq` of the history read, and `last_sent` the largest seq the
+    /// stream has sent (or the client had). Replays the buffered events after `read_seq`.
+    /// False when the subscription was ended meanwhile.
+    pub fn activate(
+        &self,
+        id: SubId,
+        following: Vec<String>,
+        read_seq: u64,
+        last_sent: u64,
+    ) -> bool {
+        let mut st = self.lock();
+        let Some(sub) = st.subs.get_mut(&id) else {
+            return false;
+        };
+        let following: HashSet<String> = following.into_iter().collect();
+        let old = std::mem::replace(
+            &mut sub.phase,
+            Phase::Active {
+                following: following.clone(),
+                floor: read_seq,
+                last_sent,
+            },
+        );
+        let Phase::Pending { buffer, .. } = old else {
+            // Already live: activating twice is a bug; keep the first.
+            sub.phase = old;
+            return true;
+        };
+        st.pending.remove(&id);
+        for f in following {
+            st.by_author.entry(f).or_default().insert(id);
+        }
+        for e in buffer {
+            st.apply(id, &e);
+        }
+        st.subs.contains_key(&id)
+    }
+
+    /// Forgets subscription `id` (its stream ended on its own).
+    pub fn remove(&self, id: SubId) {
+        self.lock().detach(id);
+    }
+
+    /// Applies the next committed event to every subscription it concerns.
+    pub fn process(&self, event: Event) {
+        let mut st = self.lock();
+        match st.position {
+            Some(p) if event.seq <= p => return,
+            Some(p) if event.seq != p + 1 => {
+                // Seqs are dense; a hole means this worker missed events. Streams cannot be
+                // trusted to be complete: end them all, clients resume from the master.
+                tracing::error!(
+                    expected = p + 1,
+                    got = event.seq,
+                    "committed events skipped a seq; ending every timeline stream"
+                );
+                let ids: Vec<SubId> = st.subs.keys().copied().collect();
+                for id in ids {
+                    st.end(
+                        id,
+                        Ending::Fail(Status::unavailable(
+                            "this worker missed committed events; resume with after_seq = the last seq received",
+                        )),
+                    );
+                }
+            }
+            _ => {}
+        }
+        st.position = Some(event.seq);
+        if st.subs.is_empty() {
+            return;
+        }
+        let event = Arc::new(event);
+        let mut targets: Vec<SubId> = Vec::new();
+        match &event.change {
+            Change::Posted(p) => {
+                for set in [st.by_user.get(&p.author), st.by_author.get(&p.author)]
+                    .into_iter()
+                    .flatten()
+                {
+                    targets.extend(set.iter().copied());
+                }
+                targets.extend(st.pending.iter().copied());
+                targets.sort_unstable();
+                targets.dedup();
+            }
+            Change::Followed { follower, .. } | Change::Unfollowed { follower, .. } => {
+                if let Some(set) = st.by_user.get(follower) {
+                    targets.extend(set.iter().copied());
+                }
+            }
+            Change::UserCreated => {}
+        }
+        for id in targets {
+            st.deliver(id, &event);
+        }
+    }
+
+    /// Ends up to `count` streams with a request to move to another worker (live ones first).
+    /// Returns how many.
+    pub fn shed(&self, count: usize, reason: &str) -> usize {
+        let mut st = self.lock();
+        let mut ids: Vec<(bool, SubId)> = st
+            .subs
+            .iter()
+            .map(|(id, s)| (matches!(s.phase, Phase::Pending { .. }), *id))
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(count);
+        for (_, id) in &ids {
+            st.end(*id, Ending::Move(reason.to_string()));
+        }
+        ids.len()
+    }
+
+    /// Stops taking subscriptions and asks every stream to move to another worker.
+    pub fn close(&self, reason: &str) {
+        let mut st = self.lock();
+        st.closed = Some(reason.to_string());
+        let ids: Vec<SubId> = st.subs.keys().copied().collect();
+        for id in ids {
+            st.end(id, Ending::Move(reason.to_string()));
+        }
+    }
+}
+
+impl State {
+    fn deliver(&mut self, id: SubId, event: &Arc<Event>) {
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return;
+        };
+        match &mut sub.phase {
+            Phase::Pending { floor, buffer } => {
+                if event.seq <= *floor {
+                    return;
+                }
+                if buffer.len() >= PENDING_LIMIT {
+                    self.end(id, Ending::Fail(fell_behind()));
+                    return;
+                }
+                buffer.push(event.clone());
+            }
+            Phase::Active { .. } => self.apply(id, event),
+        }
+    }
+
+    /// Applies one event to live subscription `id`.
+    fn apply(&mut self, id: SubId, event: &Event) {
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return;
+        };
+        let Phase::Active {
+            following,
+            floor,
+            last_sent,
+        } = &mut sub.phase
+        else {
+            return;
+        };
+        if event.seq <= *floor {
+            return;
+        }
+        match &event.change {
+            // (The set changes in the guards; a follow already known changes nothing.)
+            Change::Followed { follower, followee }
+                if *follower == sub.user && following.insert(followee.clone()) =>
+            {
+                self.by_author
+                    .entry(followee.clone())
+                    .or_default()
+                    .insert(id);
+            }
+            Change::Unfollowed { follower, followee }
+                if *follower == sub.user && following.remove(followee) =>
+            {
+                unindex(&mut self.by_author, followee, id);
+            }
+            Change::Posted(p)
+                if (p.author == sub.user || following.contains(&p.author))
+                    && p.seq > *last_sent =>
+            {
+                match sub.tx.try_send(Ok(post_item(p))) {
+                    Ok(()) => *last_sent = p.seq,
+                    Err(TrySendError::Full(_)) => self.end(id, Ending::Fail(fell_behind())),
+                    Err(TrySendError::Closed(_)) => {
+                        self.detach(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes subscription `id` and its index entries; returns it.
+    fn detach(&mut self, id: SubId) -> Option<Sub> {
+        let sub = self.subs.remove(&id)?;
+        unindex(&mut self.by_user, &sub.user, id);
+        self.pending.remove(&id);
+        if let Phase::Active { following, .. } = &sub.phase {
+            for f in following {
+                unindex(&mut self.by_author, f, id);
+            }
+        }
+        Some(sub)
+    }
+
+    /// Removes subscription `id` and tells its stream why.
+    fn end(&mut self, id: SubId, ending: Ending) {
+        if let Some(mut sub) = self.detach(id)
+            && let Some(end) = sub.end.take()
+        {
+            let _ = end.send(ending);
+        }
+    }
+}
+
+fn unindex(index: &mut HashMap<String, HashSet<SubId>>, key: &str, id: SubId) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(&id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Post;
+    use chatfeed_proto::feed::timeline_item::Item;
+
+    fn post(seq: u64, author: &str) -> Event {
+        Event {
+            seq,
+            change: Change::Posted(Post {
+                seq,
+                author: author.into(),
+                text: format!("post {seq}"),
+                ts_ms: 0,
+            }),
+        }
+    }
+
+    fn follow(seq: u64, a: &str, b: &str) -> Event {
+        Event {
+            seq,
+            change: Change::Followed {
+                follower: a.into(),
+                followee: b.into(),
+            },
+        }
+    }
+
+    fn unfollow(seq: u64, a: &str, b: &str) -> Event {
+        Event {
+            seq,
+            change: Change::Unfollowed {
+                follower: a.into(),
+                followee: b.into(),
+            },
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Result<TimelineItem, Status>>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            match item.unwrap().item {
+                Some(Item::Post(p)) => out.push(p.seq),
+                other => panic!("unexpected item {other:?}"),
+            }
+        }
+        out
+    }
+
+    /// Events processed while a subscription is pending are replayed at activation: those after
+    /// the history read's seq only, follows of the user updating whom it follows on the way; then
+    /// live events reach it, and events at or below the read's seq never do.
+    #[test]
+    fn pending_buffer_replays_after_read_seq() {
+        let hub = Hub::default();
+        hub.start_at(10);
+        let (tx, mut rx) = mpsc::channel(100);
+        let sub = hub.register("u", tx).unwrap();
+        hub.process(post(11, "a")); // covered by the read (read_seq 12)
+        hub.process(post(12, "u"));
+        hub.process(follow(13, "u", "b"));
+        hub.process(post(14, "b"));
+        hub.process(post(15, "a")); // u does not follow a
+        assert!(drain(&mut rx).is_empty(), "nothing is sent while pending");
+        assert!(hub.activate(sub.id, vec!["a".into()], 12, 12));
+        assert_eq!(drain(&mut rx), vec![14, 15]);
+        hub.process(unfollow(16, "u", "a"));
+        hub.process(post(17, "a"));
+        hub.process(post(18, "u"));
+        hub.process(post(19, "b"));
+        assert_eq!(drain(&mut rx), vec![18, 19]);
+    }
+
+    /// When the hub lags behind the history read, live events up to the read's seq are skipped
+    /// (they were history), including follows, and posts at or below `last_sent` are never sent.
+    #[test]
+    fn lagging_hub_skips_history_and_duplicates() {
+        let hub = Hub::default();
+        hub.start_at(0);
+        let (tx, mut rx) = mpsc::channel(100);
+        let sub = hub.register("u", tx).unwrap();
+        assert!(hub.activate(sub.id, vec![], 3, 5));
+        hub.process(follow(1, "u", "a")); // before the read: `following` already says
+        hub.process(post(2, "a"));
+        hub.process(post(3, "u"));
+        hub.process(post(4, "u")); // the client already had up to 5
+        hub.process(post(5, "u"));
+        hub.process(post(6, "a")); // not followed as of the read at 3
+        hub.process(post(7, "u"));
+        assert_eq!(drain(&mut rx), vec![7]);
+    }
+
+    /// A full stream queue ends that stream with UNAVAILABLE and leaves the others alone; a
+    /// pending buffer beyond its bound does the same.
+    #[test]
+    fn slow_streams_are_ended() {
+        let hub = Hub::default();
+        hub.start_at(0);
+        let (slow_tx, _slow_rx) = mpsc::channel(1);
+        let (ok_tx, mut ok_rx) = mpsc::channel(100);
+        let mut slow = hub.register("u", slow_tx).unwrap();
+        let ok = hub.register("u", ok_tx).unwrap();
+        assert!(hub.activate(slow.id, vec![], 0, 0));
+        assert!(hub.activate(ok.id, vec![], 0, 0));
+        hub.process(post(1, "u"));
+        hub.process(post(2, "u"));
+        hub.process(post(3, "u"));
+        match slow.ended.try_recv() {
+            Ok(Ending::Fail(s)) => assert_eq!(s.code(), tonic::Code::Unavailable),
+            other => panic!("slow stream not failed: {other:?}"),
+        }
+        assert_eq!(drain(&mut ok_rx), vec![1, 2, 3]);
+        assert_eq!(hub.len(), 1);
+
+        let (tx, _rx) = mpsc::channel(1);
+        let mut pending = hub.register("v", tx).unwrap();
+        for seq in 4..(5 + PENDING_LIMIT as u64) {
+            hub.process(post(seq, "x"));
+        }
+        assert!(matches!(pending.ended.try_recv(), Ok(Ending::Fail(_))));
+        assert!(!hub.activate(pending.id, vec![], 4, 4));
+    }
+
+    /// Shed ends exactly `count` streams with a move request; close ends all and refuses new ones.
+    #[test]
+    fn shed_and_close() {
+        let hub = Hub::default();
+        hub.start_at(0);
+        let mut subs = Vec::new();
+        for _ in 0..5 {
+            let (tx, rx) = mpsc::channel(10);
+            let s = hub.register("u", tx).unwrap();
+            hub.activate(s.id, vec![], 0, 0);
+            subs.push((s, rx));
+        }
+        assert_eq!(hub.shed(2, "rebalance"), 2);
+        assert_eq!(hub.len(), 3);
+        let moved = subs
+            .iter_mut()
+            .map(|(s, _)| matches!(s.ended.try_recv(), Ok(Ending::Move(_))))
+            .filter(|m| *m)
+            .count();
+        assert_eq!(moved, 2);
+        hub.close("stopping");
+        assert!(hub.is_empty());
+        let (tx, _rx) = mpsc::channel(1);
+        assert_eq!(
+            hub.register("u", tx).unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+    }
+
+    /// A hole in the seqs ends every stream (they could miss posts); a repeated event is ignored.
+    #[test]
+    fn gaps_end_streams_and_repeats_are_ignored() {
+        let hub = Hub::default();
+        hub.start_at(0);
+        let (tx, mut rx) = mpsc::channel(10);
+        let mut s = hub.register("u", tx).unwrap();
+        hub.activate(s.id, vec![], 0, 0);
+        hub.process(post(1, "u"));
+        hub.process(post(1, "u"));
+        assert_eq!(drain(&mut rx), vec![1]);
+        hub.process(post(3, "u"));
+        assert!(matches!(s.ended.try_recv(), Ok(Ending::Fail(_))));
+        assert_eq!(hub.position(), Some(3));
+    }
+}

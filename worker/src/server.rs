@@ -1,0 +1,181 @@
+//! One worker's assembly and shutdown, hosted on a listener the caller bound: the client API
+//! (`service`), the fan-out hub fed by the watch stream (`hub`, `watcher`), and the heartbeat
+//! stream to the active master (`control`). `run` never binds, reads argv or the environment, so
+//! tests host several workers in one process on port 0.
+//!
+//! Shutdown order: `shutdown` fires → the heartbeat loop sends `leaving` (the master stops
+//! assigning clients here and does not replace this worker) → the hub ends every timeline stream
+//! with `MoveToAnotherWorker` and refuses new ones, and the stream tasks deliver that last item →
+//! the gRPC server stops accepting and drains → the watch stream stops.
+
+use crate::control::{self, Control, Identity};
+use crate::hub::Hub;
+use crate::master_link::{LinkTiming, MasterLink};
+use crate::process::SpawnSpec;
+use crate::service::FeedService;
+use anyhow::Context;
+use chatfeed_common::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The shortest time a client request may spend looking for an active master: enough for a
+/// write that times out on a master that just lost its quorum plus the election that follows.
+pub const MIN_MASTER_DEADLINE: Duration = Duration::from_secs(5);
+/// HTTP/2 pings to clients: a client that vanished without closing its connection (power loss,
+/// partition) has its streams ended within about `interval + timeout`, so it no longer counts as a
+/// live stream in the heartbeats.
+const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long stopping waits for the streams' last items.
+const DRAIN_STREAMS: Duration = Duration::from_secs(6);
+/// How long stopping waits for in-flight calls once the server stops accepting.
+const DRAIN_SERVER: Duration = Duration::from_secs(5);
+
+/// How a worker runs (what `main` reads from the command line and the configuration).
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Master API endpoints, `host:port`.
+    pub masters: Vec<String>,
+    /// The host this worker runs on, as the masters group workers for respawns. Also the
+    /// advertised host when the listener is bound to an unspecified address (0.0.0.0).
+    pub host: String,
+    /// Workers this host should keep running.
+    pub pool_size: u32,
+    /// Heartbeat interval to the active master.
+    pub heartbeat: Duration,
+    /// Deadlines of calls to the masters.
+    pub link: LinkTiming,
+    /// How to start another worker like this one (`SpawnWorker`); `None` when this worker is not
+    /// a process of its own (tests).
+    pub spawn: Option<SpawnSpec>,
+}
+
+impl WorkerOptions {
+    /// The options the configuration implies, for `masters` on `host`.
+    pub fn from_config(config: &Config, masters: Vec<String>, host: String) -> WorkerOptions {
+        let write = Duration::from_millis(config.raft.write_timeout_ms);
+        let election = Duration::from_millis(config.raft.election_max_ms);
+        WorkerOptions {
+            masters,
+            host,
+            pool_size: config.worker.pool_size,
+            heartbeat: Duration::from_millis(config.worker.heartbeat_ms),
+            link: LinkTiming {
+                deadline: MIN_MASTER_DEADLINE.max(write + 2 * election),
+                attempt: write + Duration::from_secs(1),
+            },
+            spawn: None,
+        }
+    }
+}
+
+/// The address clients are given: the bound address, with `host` in place of an unspecified IP.
+pub fn advertised_addr(local: SocketAddr, host: &str) -> String {
+    if local.ip().is_unspecified() {
+        format!("{host}:{}", local.port())
+    } else {
+        local.to_string()
+    }
+}
+
+/// A worker id: random, fixed for the life of the process.
+pub fn new_worker_id() -> String {
+    format!("w-{:016x}", rand::random::<u64>())
+}
+
+/// Serves on `listener` until `shutdown`, then stops in the order of the module doc.
+pub async fn run(
+    opts: WorkerOptions,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!opts.masters.is_empty(), "no master address given");
+    let local = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    let identity = Identity {
+        worker_id: new_worker_id(),
+        addr: advertised_addr(local, &opts.host),
+        host: opts.host.clone(),
+        pid: std::process::id(),
+        pool_size: opts.pool_size,
+    };
+    let link = Arc::new(MasterLink::new(opts.masters.clone(), opts.link));
+    let hub = Arc::new(Hub::default());
+    let streams = TaskTracker::new();
+
+    let watch_stop = CancellationToken::new();
+    let watcher = tokio::spawn(crate::watcher::run(
+        link.clone(),
+        hub.clone(),
+        watch_stop.clone(),
+    ));
+    let control = tokio::spawn(
+        Control {
+            identity: identity.clone(),
+            heartbeat: opts.heartbeat,
+            link: link.clone(),
+            hub: hub.clone(),
+            spawn: opts.spawn.clone(),
+        }
+        .run(shutdown.clone()),
+    );
+    let serve_stop = CancellationToken::new();
+    let service = FeedService::new(link.clone(), hub.clone(), streams.clone()).into_server();
+    let stop = serve_stop.clone();
+    let mut server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+            .await
+    });
+    tracing::info!(worker = %identity.worker_id, addr = %identity.addr, host = %identity.host, masters = ?opts.masters, "worker serving");
+
+    let failed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        res = &mut server => Some(match res {
+            Ok(Ok(())) => anyhow::anyhow!("the client API server stopped by itself"),
+            Ok(Err(e)) => anyhow::Error::new(e).context("the client API server failed"),
+            Err(e) => anyhow::Error::new(e).context("the client API server task failed"),
+        }),
+    };
+    if failed.is_some() {
+        shutdown.cancel();
+    }
+    tracing::info!("stopping");
+    let _ = tokio::time::timeout(2 * control::LEAVE_WAIT, control).await;
+    hub.close("this worker is stopping");
+    streams.close();
+    if tokio::time::timeout(DRAIN_STREAMS, streams.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some timeline streams did not take their last item in time");
+    }
+    serve_stop.cancel();
+    if failed.is_none() {
+        match tokio::time::timeout(DRAIN_SERVER, &mut server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API server"),
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish in time");
+                server.abort();
+            }
+            _ => {}
+        }
+    }
+    watch_stop.cancel();
+    let _ = watcher.await;
+    tracing::info!(worker = %identity.worker_id, "worker stopped");
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

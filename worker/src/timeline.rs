@@ -1,0 +1,162 @@
+//! Opening one timeline stream (PRODUCT.md §5): history from the active master, then live posts
+//! from the hub, with no gap and no duplicate at the boundary.
+//!
+//! 1. The subscription is registered in the hub as pending: from then on the hub buffers every
+//!    event that may concern it.
+//! 2. The history is read with the master's linearizable `Timeline` (after `after_seq` in pages of
+//!    `PAGE` until a short page; without it the latest `LATEST`). Its reply carries `last_seq` L,
+//!    the last event applied when it was answered, and whom the user followed at L.
+//! 3. The history posts are sent.
+//! 4. The subscription is activated with that following set, replaying the buffered events after
+//!    L, and goes live.
+//!
+//! No gap: an event the hub processed before step 1 was committed before the read began, so it
+//! is at most L; every event after L reaches the hub after step 1, into the buffer or live. No
+//! duplicate: events up to L and posts up to the last seq sent are never sent again.
+
+use crate::event::{Post, move_item, post_item};
+use crate::hub::{Ending, Hub, StreamTx, SubId};
+use crate::master_link::MasterLink;
+use chatfeed_proto::feed::TimelineItem;
+use chatfeed_proto::master::TimelineReply;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+
+/// Posts shown when a timeline opens without `after_seq` (PRODUCT.md §5).
+pub const LATEST: u32 = 20;
+/// Posts per history page when resuming after a seq: the master's largest page.
+pub const PAGE: u32 = 1000;
+/// Items queued per stream. A client that lets this many posts pile up is behind; its stream is
+/// ended and it resumes with `after_seq`, which costs one read.
+pub const STREAM_QUEUE: usize = 1024;
+/// How long a stream's last item (move or error) may wait for a slow client before the stream
+/// is simply closed.
+const LAST_ITEM_WAIT: Duration = Duration::from_secs(5);
+
+pub type TimelineStream = ReceiverStream<Result<TimelineItem, Status>>;
+
+/// Unregisters the subscription when the stream's work ends, however it ends.
+struct Unregister {
+    hub: Arc<Hub>,
+    id: SubId,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.hub.remove(self.id);
+    }
+}
+
+/// Opens `user`'s timeline stream. Errors of the first history read (unknown user, no master)
+/// are the call's status; the rest of the stream runs on a task of `tracker`.
+pub async fn open(
+    link: Arc<MasterLink>,
+    hub: Arc<Hub>,
+    tracker: &TaskTracker,
+    user: String,
+    after_seq: Option<u64>,
+) -> Result<TimelineStream, Status> {
+    if !hub.wait_ready(link.timing().deadline).await {
+        return Err(Status::unavailable(
+            "this worker cannot follow the committed events (no master member answers); retry",
+        ));
+    }
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let sub = hub.register(&user, tx.clone())?;
+    let guard = Unregister {
+        hub: hub.clone(),
+        id: sub.id,
+    };
+    let limit = if after_seq.is_some() { PAGE } else { LATEST };
+    let first = link.timeline(&user, after_seq, limit).await?;
+    hub.note_read(sub.id, first.last_seq);
+    let stream = Stream {
+        link,
+        hub,
+        tx,
+        user,
+        after_seq,
+        id: sub.id,
+        _guard: guard,
+    };
+    tracker.spawn(stream.run(first, sub.ended));
+    Ok(ReceiverStream::new(rx))
+}
+
+struct Stream {
+    link: Arc<MasterLink>,
+    hub: Arc<Hub>,
+    tx: StreamTx,
+    user: String,
+    after_seq: Option<u64>,
+    id: SubId,
+    _guard: Unregister,
+}
+
+enum Outcome {
+    /// The client went away.
+    Gone,
+    /// The stream must end with this.
+    End(Ending),
+}
+
+impl Stream {
+    async fn run(self, first: TimelineReply, mut ended: oneshot::Receiver<Ending>) {
+        let outcome = self.serve(first, &mut ended).await;
+        if let Outcome::End(ending) = outcome {
+            let last = match ending {
+                Ending::Move(reason) => Ok(move_item(&reason)),
+                Ending::Fail(status) => Err(status),
+            };
+            let _ = tokio::time::timeout(LAST_ITEM_WAIT, self.tx.send(last)).await;
+        }
+    }
+
+    async fn serve(&self, first: TimelineReply, ended: &mut oneshot::Receiver<Ending>) -> Outcome {
+        let mut page = first;
+        let mut last_sent = self.after_seq.unwrap_or(0);
+        loop {
+            let full = self.after_seq.is_some() && page.posts.len() >= PAGE as usize;
+            for p in std::mem::take(&mut page.posts) {
+                let post = Post::from(p);
+                if post.seq <= last_sent {
+                    continue;
+                }
+                tokio::select! {
+                    r = self.tx.send(Ok(post_item(&post))) => if r.is_err() { return Outcome::Gone },
+                    e = &mut *ended => return ended_with(e),
+                }
+                last_sent = post.seq;
+            }
+            if !full {
+                break;
+            }
+            let next = tokio::select! {
+                r = self.link.timeline(&self.user, Some(last_sent), PAGE) => r,
+                e = &mut *ended => return ended_with(e),
+            };
+            match next {
+                Ok(p) => {
+                    self.hub.note_read(self.id, p.last_seq);
+                    page = p;
+                }
+                Err(status) => return Outcome::End(Ending::Fail(status)),
+            }
+        }
+        let following = std::mem::take(&mut page.following);
+        self.hub
+            .activate(self.id, following, page.last_seq, last_sent);
+        tokio::select! {
+            _ = self.tx.closed() => Outcome::Gone,
+            e = &mut *ended => ended_with(e),
+        }
+    }
+}
+
+fn ended_with(e: Result<Ending, oneshot::error::RecvError>) -> Outcome {
+    Outcome::End(e.unwrap_or_else(|_| Ending::Move("this worker is stopping".into())))
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the worker against in-process master clusters: the client API and its
+//! errors (`api`), timeline semantics (`timeline`), the history/live boundary under concurrent
+//! writes (`boundary`), and the worker's life with the masters: registration, fail-over, shedding,
+//! graceful stop, respawn requests (`control`); and real worker processes (`process`).
+
+mod api;
+mod boundary;
+mod control;
+mod fixture;
+mod process;
+mod timeline;
