@@ -11,7 +11,7 @@ pids=()
 for f in "$run_dir"/*.pid; do
   pid="$(cat "$f" 2>/dev/null || true)"
   # Only a live chatfeed process: a stale pid file may name a reused pid.
-  if [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q chatfeed; then
+  if [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -q chatfeed; then
     kill -TERM "$pid" 2>/dev/null && pids+=("$pid") && echo "stopping $(basename "$f" .pid) (pid $pid)"
   else
     rm -f "$f"
