@@ -1,8 +1,10 @@
 //! Code shared by the chatfeed processes: the typed configuration (`config`), logging set-up
-//! (`logging`) and master address parsing (`addr`).
+//! (`logging`) and master address parsing (`addr`), and
+//! background processes, pid files and signals (`process`).
 
 pub mod addr;
 pub mod config;
 pub mod logging;
+pub mod process;
 
 pub use config::Config;

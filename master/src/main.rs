@@ -167,7 +167,7 @@ async fn run_member(
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        chatfeed_common::process::wait_for_signal().await;
         tracing::info!("stopping");
         signals.cancel();
     });
@@ -183,18 +183,4 @@ async fn run_member(
         tracing::error!(error = %format!("{e:#}"), "member stopped");
     }
     res
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
 }

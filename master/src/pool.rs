@@ -5,13 +5,11 @@
 
 use crate::directory::Directory;
 use crate::mastership::Mastership;
+use chatfeed_common::process::SpawnSpec;
 use chatfeed_proto::control::{ControlCommand, Shed, SpawnWorker, control_command::Command};
 use rand::seq::SliceRandom;
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -38,25 +36,19 @@ pub struct LocalSpawn {
 
 impl LocalSpawn {
     fn spawn(&self, pool: u32) -> std::io::Result<u32> {
-        std::fs::create_dir_all(&self.run_dir)?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.run_dir.join("workers.log"))?;
-        let mut child = std::process::Command::new(&self.exe)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--pool")
-            .arg(pool.to_string())
-            .arg(&self.masters)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()?;
-        let pid = child.id();
-        std::thread::spawn(move || child.wait());
-        Ok(pid)
+        let args = vec![
+            "--config".into(),
+            self.config_path.as_os_str().to_owned(),
+            "--pool".into(),
+            pool.to_string().into(),
+            self.masters.clone().into(),
+        ];
+        SpawnSpec {
+            exe: self.exe.clone(),
+            args,
+            log: self.run_dir.join("workers.log"),
+        }
+        .spawn_detached()
     }
 }
 
