@@ -13,4 +13,5 @@ pub mod pool;
 pub mod process;
 pub mod raft;
 pub mod supervisor;
+pub mod testing;
 pub mod watchdog;

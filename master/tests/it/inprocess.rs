@@ -1,8 +1,8 @@
 //! In-process clusters: leader isolation, the API's answers to good and bad input, idempotent
 //! posts, the watch stream, and snapshot catch-up.
 
-use crate::cluster::*;
 use chatfeed_master::raft::types::{Command, Request};
+use chatfeed_master::testing::*;
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master::{self as pb, event::Kind};
 use std::time::Duration;

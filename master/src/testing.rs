@@ -1,12 +1,13 @@
-//! In-process three-member clusters on port 0, with links that tests can cut (`Faults`), for the
-//! many cases that need no real process. Every member runs the production code path
-//! (`node::Member::start`) over real sockets.
+//! Test support: in-process three-member clusters on port 0, with links that tests can cut
+//! (`Faults`), for the many cases that need no real process. Every member runs the production
+//! code path (`node::Member::start`) over real sockets. Used by this crate's tests and by the
+//! worker's, which host masters in-process too; nothing in the product calls it.
 
+use crate::mastership::is_active;
+use crate::node::{Listeners, Member, Options};
+use crate::raft::network::Faults;
+use crate::raft::types::NodeId;
 use chatfeed_common::Config;
-use chatfeed_master::mastership::is_active;
-use chatfeed_master::node::{Listeners, Member, Options};
-use chatfeed_master::raft::network::Faults;
-use chatfeed_master::raft::types::NodeId;
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,8 +20,20 @@ use tonic::transport::Channel;
 /// Generous: tests wait for conditions, never for fixed times.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Logs to stderr when RUST_LOG is set (for debugging a failing test).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = chatfeed_common::logging::init(
+            chatfeed_common::logging::LogFormat::Text,
+            "info",
+            "test",
+            "0",
+        );
+    }
+}
+
 pub struct TestCluster {
-    _dir: TempDir,
+    pub dir: TempDir,
     pub config: Arc<Config>,
     pub faults: Arc<Faults>,
     pub members: BTreeMap<NodeId, Member>,
@@ -40,6 +53,7 @@ async fn free_port() -> u16 {
 impl TestCluster {
     /// Starts three members; member 1 bootstraps the group. `tune` may change the configuration.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> TestCluster {
+        init_logs();
         let dir = TempDir::new().unwrap();
         let mut api = [0; 3];
         let mut raft = [0; 3];
@@ -51,7 +65,7 @@ impl TestCluster {
         tune(&mut config);
         config.validate().unwrap();
         let mut c = TestCluster {
-            _dir: dir,
+            dir,
             config: Arc::new(config),
             faults: Arc::new(Faults::default()),
             members: BTreeMap::new(),
@@ -60,6 +74,7 @@ impl TestCluster {
         for id in 1..=3 {
             c.start_member(id, true, id == 1).await;
         }
+        c.wait_active(&c.ids()).await;
         c
     }
 
@@ -107,8 +122,19 @@ impl TestCluster {
     /// Stops member `id` (its data stays).
     pub async fn stop_member(&mut self, id: NodeId) {
         if let Some(m) = self.members.remove(&id) {
-            m.stop().await;
+            tokio::time::timeout(DEADLINE, m.stop())
+                .await
+                .unwrap_or_else(|_| panic!("member {id} did not stop in time"));
         }
+    }
+
+    /// The members' API addresses: what a worker or client is given.
+    pub fn masters(&self) -> Vec<String> {
+        self.config
+            .members
+            .iter()
+            .map(|m| m.api_addr.clone())
+            .collect()
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -165,6 +191,64 @@ impl TestCluster {
         MasterClient::connect(format!("http://{addr}"))
             .await
             .unwrap()
+    }
+
+    /// The status as the active master answers it (only it lists workers).
+    pub async fn active_status(&self) -> pb::ClusterStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let leader = self.wait_active(&self.ids()).await;
+            if let Ok(r) = self.api(leader).await.status(pb::StatusRequest {}).await {
+                let s = r.into_inner();
+                if s.answered_by == leader && s.leader == Some(leader) {
+                    return s;
+                }
+            }
+            assert!(Instant::now() < end, "no status from an active master");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the active master lists a worker at `addr`; returns its entry.
+    pub async fn wait_registered(&self, addr: &str) -> pb::WorkerStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let s = self.active_status().await;
+            if let Some(w) = s.workers.iter().find(|w| w.addr == addr) {
+                return w.clone();
+            }
+            assert!(Instant::now() < end, "worker {addr} never registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `user`'s whole timeline as the active master reads it, in pages.
+    pub async fn timeline(&self, user: &str) -> Vec<pb::PostEvent> {
+        let mut out: Vec<pb::PostEvent> = Vec::new();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let leader = self.wait_active(&self.ids()).await;
+            let after = out.last().map(|p| p.seq).unwrap_or(0);
+            let req = pb::TimelineRequest {
+                user: user.into(),
+                after_seq: Some(after),
+                limit: 1000,
+            };
+            match self.api(leader).await.timeline(req).await {
+                Ok(r) => {
+                    let page = r.into_inner().posts;
+                    let n = page.len();
+                    out.extend(page);
+                    if n < 1000 {
+                        return out;
+                    }
+                }
+                Err(e) => {
+                    assert!(Instant::now() < end, "cannot read {user}'s timeline: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 
     /// Asserts that no term ever had two leaders.
