@@ -29,6 +29,10 @@ pub const LEAVE_WAIT: Duration = Duration::from_secs(2);
 /// How often the registered master is probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A worker that has not been registered with an active master for this long has been declared
+/// dead by it (`worker.dead_after_ms`) and may receive no events: it asks its streams to move.
+/// Longer than a fail-over (an election, then registering again), so fail-overs move nothing.
+const STRANDED_AFTER: Duration = Duration::from_secs(3);
 /// Heartbeats queued on the stream; more means the master does not read them, and a heartbeat
 /// is skipped rather than queued (the next one carries the same information).
 const QUEUE: usize = 4;
@@ -81,11 +85,22 @@ impl Control {
         let mut backoff = Backoff::default();
         let mut hint: Option<String> = None;
         let mut redirected = false;
+        let mut unregistered_since = std::time::Instant::now();
         loop {
             let addr = self.link.pick(hint.take());
             match self.session(&addr, &shutdown).await {
                 SessionEnd::Left => return,
                 SessionEnd::Refused(s) => {
+                    if unregistered_since.elapsed() >= STRANDED_AFTER && !self.hub.is_empty() {
+                        let moved = self.hub.shed(
+                            self.hub.len(),
+                            "this worker lost contact with the active master",
+                        );
+                        tracing::warn!(
+                            moved,
+                            "no active master for a while: moved every stream to other workers"
+                        );
+                    }
                     self.link.forget_active(&addr);
                     hint = leader_hint(&s).filter(|l| *l != addr);
                     tracing::debug!(master = %addr, error = %s.message(), leader = ?hint, "heartbeat stream refused");
@@ -98,6 +113,7 @@ impl Control {
                     redirected = hint.is_some();
                 }
                 SessionEnd::Broke(why) => {
+                    unregistered_since = std::time::Instant::now();
                     self.link.forget_active(&addr);
                     redirected = false;
                     backoff.reset();
