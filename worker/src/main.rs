@@ -166,6 +166,12 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
         .await
         .with_context(|| format!("binding the worker address {}", s.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    // Clients are given this host's address; a wildcard address is no address to give.
+    anyhow::ensure!(
+        cli.host.is_some() || !local.ip().is_unspecified(),
+        "the worker listens on {local}, which clients cannot connect to: give --host with this \
+         host's address, or set worker.listen to it"
+    );
     let host = cli.host.clone().unwrap_or_else(|| local.ip().to_string());
     let mut opts = WorkerOptions::from_config(config, s.masters.clone(), host);
     opts.pool_size = s.pool;
