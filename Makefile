@@ -1,5 +1,5 @@
 # chatfeed: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: all build run stop test verify clean
+.PHONY: all build run stop test verify clean soak
 
 all: build
 
@@ -21,7 +21,19 @@ stop:
 
 # The whole test suite (what .ci/run calls). The process tests run the debug binaries it builds.
 test:
+	scripts/test-deps.sh
 	cargo test --workspace --all-targets
+
+# The fault-injection soak on one host: SECS seconds of seeded faults (kill -9 of masters and
+# workers, a stopped leader) under posting and streaming clients, a full restart, then the
+# history checker; prints a line per fault and a final report. RAFT=relaxed runs the test
+# suite's timing; CANARIES=1 adds the deliberately broken streams the checker must catch.
+SECS ?= 300
+SEED ?= 1
+RAFT ?= default
+soak:
+	cargo build --release --bins
+	cargo run --release -p chatfeed-e2e --example soak -- --secs $(SECS) --seed $(SEED) --raft $(RAFT) $(if $(CANARIES),--canaries)
 
 verify:
 	cargo fmt --all --check

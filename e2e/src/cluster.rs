@@ -91,9 +91,24 @@ pub fn free_ports() -> [u16; 6] {
 pub const RELAXED_RAFT: &str =
     "[raft]\nheartbeat_ms = 100\nelection_min_ms = 300\nelection_max_ms = 600\n";
 
+/// The product's default Raft timing, as the root `chatfeed.toml` sets it (and as the defaults
+/// of `chatfeed_common::config` are): what measurements must run with.
+pub const DEFAULT_RAFT: &str =
+    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 150\nelection_max_ms = 300\n";
+
 pub fn config_text(members: &[MemberAddr], restart_after_ms: u64, extra: &str) -> String {
+    config_text_with_raft(members, RELAXED_RAFT, restart_after_ms, extra)
+}
+
+/// Like `config_text`, with `raft` (e.g. `RELAXED_RAFT` or `DEFAULT_RAFT`) as the `[raft]` table.
+pub fn config_text_with_raft(
+    members: &[MemberAddr],
+    raft: &str,
+    restart_after_ms: u64,
+    extra: &str,
+) -> String {
     let mut text = format!(
-        "data_dir = \"data\"\nrun_dir = \"run\"\n\n{RELAXED_RAFT}\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n{extra}\n"
+        "data_dir = \"data\"\nrun_dir = \"run\"\n\n{raft}\n[supervisor]\nrestart_after_ms = {restart_after_ms}\n{extra}\n"
     );
     for m in members {
         text.push_str(&format!(
@@ -113,6 +128,12 @@ impl ProcCluster {
 
     /// Like `new`, with `extra` TOML tables (e.g. a `[worker]` section) in the configuration.
     pub fn with_config(restart_after_ms: u64, extra: &str) -> ProcCluster {
+        Self::with_raft(RELAXED_RAFT, restart_after_ms, extra)
+    }
+
+    /// Like `with_config`, with `raft` as the `[raft]` table: `DEFAULT_RAFT` for measurements
+    /// (the product's timing), `RELAXED_RAFT` for behaviour tests.
+    pub fn with_raft(raft: &str, restart_after_ms: u64, extra: &str) -> ProcCluster {
         let dir = TempDir::new().expect("creating a temporary directory");
         let root = std::fs::canonicalize(dir.path()).unwrap();
         let p = free_ports();
@@ -124,7 +145,11 @@ impl ProcCluster {
             })
             .collect();
         let config_path = root.join("chatfeed.toml");
-        std::fs::write(&config_path, config_text(&members, restart_after_ms, extra)).unwrap();
+        std::fs::write(
+            &config_path,
+            config_text_with_raft(&members, raft, restart_after_ms, extra),
+        )
+        .unwrap();
         ProcCluster {
             root,
             config_path,

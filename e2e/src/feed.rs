@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const WORKER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/WorkerStartup.sh");
+pub const WORKER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/WorkerStartup.sh");
 
 /// One post as `chatfeed --json` prints it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

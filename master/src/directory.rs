@@ -97,9 +97,10 @@ impl Directory {
         }
     }
 
-    /// Removes workers silent for longer than `dead_after`, and hosts left with none. Returns
-    /// the dead.
-    pub fn reap(&mut self, now: Instant, dead_after: Duration) -> Vec<Worker> {
+    /// Removes workers silent for longer than `dead_after`, and hosts left with none except
+    /// `keep` (the active master's own host, whose pool it can restart by itself). Returns the
+    /// dead.
+    pub fn reap(&mut self, now: Instant, dead_after: Duration, keep: Option<&str>) -> Vec<Worker> {
         let dead: Vec<String> = self
             .workers
             .values()
@@ -112,7 +113,7 @@ impl Directory {
             .collect();
         let workers = &self.workers;
         self.hosts
-            .retain(|h, _| workers.values().any(|w| &w.host == h));
+            .retain(|h, _| Some(h.as_str()) == keep || workers.values().any(|w| &w.host == h));
         dead
     }
 
@@ -209,14 +210,24 @@ mod tests {
         assert_eq!(d.workers["1"].clients, 4);
         let later = t0 + Duration::from_secs(2);
         assert!(d.heartbeat(&hb("2", "h", 0), &tx, later));
-        let dead = d.reap(later, Duration::from_secs(1));
+        let dead = d.reap(later, Duration::from_secs(1), None);
         assert_eq!(
             dead.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
             vec!["1"]
         );
         assert!(d.hosts.contains_key("h"));
-        d.reap(later + Duration::from_secs(2), Duration::from_secs(1));
-        assert!(d.hosts.is_empty() && d.workers.is_empty());
+        assert!(d.heartbeat(&hb("3", "own", 0), &tx, later));
+        d.reap(
+            later + Duration::from_secs(2),
+            Duration::from_secs(1),
+            Some("own"),
+        );
+        assert!(d.workers.is_empty());
+        assert_eq!(
+            d.hosts.keys().collect::<Vec<_>>(),
+            vec!["own"],
+            "the kept host stays, to be refilled"
+        );
     }
 
     /// Assignment goes to the least loaded (counting assignments not yet reported), skips

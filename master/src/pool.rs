@@ -72,17 +72,29 @@ pub async fn run(
     let dead_after = Duration::from_millis(config.worker.dead_after_ms);
     // After becoming master, workers need a moment to register again before a short pool means
     // that workers died.
-    let grace = dead_after * 2;
+    // A worker notices a stalled or cut-off old master only by its probe (1 s apart, 2 s
+    // timeout) and then re-registers: allow for that too.
+    let grace = dead_after * 2 + Duration::from_secs(4);
     let mut active_since: Option<Instant> = None;
     let mut hosts: HashMap<String, HostState> = HashMap::new();
     let mut shed_at: HashMap<String, Instant> = HashMap::new();
     let mut last_rebalance = Instant::now();
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
+        // A tick far later than planned means this process was stalled (stopped, starved): the
+        // Raft metrics `is_active` reads and the workers' last heartbeats are as old as the
+        // stall. Act on neither until fresh ones came in.
+        let stalled = now.duration_since(last_tick) > tick + mastership.lease();
+        last_tick = now;
+        if stalled {
+            active_since = None;
+            continue;
+        }
         if !mastership.is_active() {
             if active_since.take().is_some() {
                 *directory.lock().unwrap_or_else(|p| p.into_inner()) = Directory::default();
@@ -92,7 +104,9 @@ pub async fn run(
         }
         let since = *active_since.get_or_insert(now);
         let mut dir = directory.lock().unwrap_or_else(|p| p.into_inner());
-        for w in dir.reap(now, dead_after) {
+        // The master's own host keeps its pool even with no worker left: it can start them itself.
+        let keep = local.as_ref().map(|_| own_host.as_str());
+        for w in dir.reap(now, dead_after, keep) {
             tracing::warn!(worker = %w.id, addr = %w.addr, host = %w.host, pid = w.pid, "worker is silent: dead");
         }
         if now.duration_since(since) < grace {

@@ -1,0 +1,71 @@
+//! The fault-injection soak: the bounded suite's workload, nemesis and checker
+//! (`chatfeed_e2e::scenario`) on one host, for as long as asked. Prints a line per fault (what was
+//! hit, how long recovery took, posts acknowledged and deliveries so far), then the final report:
+//! faults by kind, posts acknowledged, deliveries checked, longest write unavailability after a
+//! leader fault, longest time for a stream to resume, and every violation found. Exits 1 when
+//! the checker found a violation.
+//!
+//!   make soak SECS=300 SEED=1                  (release binaries, the product's Raft timing)
+//!   make soak SECS=25 SEED=3 RAFT=relaxed      (the schedule of a bounded test's seed)
+//!
+//! which runs
+//!
+//!   cargo build --release --bins && \
+//!   cargo run --release -p chatfeed-e2e --example soak -- --secs N --seed S [--raft relaxed] [--canaries]
+
+use chatfeed_e2e::scenario::{RaftTiming, Scenario, run_on_one_host};
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Timing {
+    /// The product's defaults (chatfeed.toml).
+    Default,
+    /// Twice the defaults, as the test suite runs.
+    Relaxed,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "chatfeed fault-injection soak on one host")]
+struct Args {
+    /// How long the nemesis keeps injecting faults, in seconds (every kind comes at least once).
+    #[arg(long, default_value_t = 300)]
+    secs: u64,
+    /// The seed of the fault schedule, the follow graph and the posters' pacing.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Raft timing of the cluster.
+    #[arg(long, value_enum, default_value_t = Timing::Default)]
+    raft: Timing,
+    /// Add the two canary streams whose recording is broken on purpose (the checker must report
+    /// exactly what they injected).
+    #[arg(long)]
+    canaries: bool,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let sc = Scenario {
+        secs: args.secs,
+        canaries: args.canaries,
+        raft: match args.raft {
+            Timing::Default => RaftTiming::Default,
+            Timing::Relaxed => RaftTiming::Relaxed,
+        },
+        ..Scenario::bounded(args.seed)
+    };
+    eprintln!(
+        "soak: seed {}, {} s of faults; reproduce with: {}",
+        sc.seed,
+        sc.secs,
+        sc.reproduce_command()
+    );
+    let run = run_on_one_host(&sc).await;
+    println!("{}", run.report());
+    let canaries_ok = !sc.canaries || run.canaries_caught().is_ok();
+    if run.unexpected().is_empty() && canaries_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
