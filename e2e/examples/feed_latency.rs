@@ -30,7 +30,7 @@ use chatfeed_e2e::cluster::{
     self, DEADLINE, DEFAULT_RAFT, ProcCluster, RESTART_AFTER_MS, Writer, bin_dir, eventually,
     retryable,
 };
-use chatfeed_e2e::feed::{Delivery, Stream};
+use chatfeed_e2e::feed::{Clients, Delivery, Stream};
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::feed::PostRequest;
 use chatfeed_proto::feed::feed_client::FeedClient;

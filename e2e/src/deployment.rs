@@ -7,6 +7,7 @@
 use crate::cluster::{
     ProcCluster, SCRIPT, SCRIPT_DEADLINE, alive, bin_dir, signal, started_members,
 };
+use crate::feed::Clients;
 use crate::feed::WORKER_SCRIPT;
 use crate::history::FaultKind;
 use chatfeed_proto::master as pb;

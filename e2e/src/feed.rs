@@ -5,6 +5,7 @@
 use crate::cluster::{DEADLINE, ProcCluster, bin_dir, eventually};
 use chatfeed_proto::master as pb;
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -111,11 +112,33 @@ impl ProcCluster {
         })
         .await
     }
+}
+
+impl Clients for ProcCluster {
+    fn master_addrs(&self) -> String {
+        self.masters_list()
+    }
+
+    fn clients_dir(&self) -> PathBuf {
+        self.root.join("clients")
+    }
+}
+
+/// The `chatfeed` client run as users run it, from the test process, against a cluster's
+/// masters: one-shot commands, and background streams whose every printed post is recorded with
+/// its arrival time. Single-host and namespace clusters share it. (Test code, used with concrete
+/// types only: the futures' `Send`-ness is the caller's concern, so `async fn` is fine here.)
+#[allow(async_fn_in_trait)]
+pub trait Clients {
+    /// The masters' API endpoints, as `--master` takes them.
+    fn master_addrs(&self) -> String;
+    /// Where background streams write their stderr (an unread pipe could fill and block them).
+    fn clients_dir(&self) -> PathBuf;
 
     /// A `chatfeed --master <masters> [--user U] <args>` command, ready to run.
-    pub fn chatfeed(&self, user: Option<&str>, args: &[&str]) -> Command {
+    fn chatfeed(&self, user: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("chatfeed"));
-        cmd.arg("--master").arg(self.masters_list());
+        cmd.arg("--master").arg(self.master_addrs());
         if let Some(u) = user {
             cmd.arg("--user").arg(u);
         }
@@ -124,7 +147,7 @@ impl ProcCluster {
     }
 
     /// Runs the client to completion.
-    pub async fn run_client(&self, user: Option<&str>, args: &[&str]) -> Output {
+    async fn run_client(&self, user: Option<&str>, args: &[&str]) -> Output {
         tokio::time::timeout(DEADLINE * 2, self.chatfeed(user, args).output())
             .await
             .unwrap_or_else(|_| panic!("chatfeed {args:?} did not finish"))
@@ -132,7 +155,7 @@ impl ProcCluster {
     }
 
     /// Runs a client command that must succeed; returns its stdout.
-    pub async fn client_ok(&self, user: &str, args: &[&str]) -> String {
+    async fn client_ok(&self, user: &str, args: &[&str]) -> String {
         let out = self.run_client(Some(user), args).await;
         assert!(
             out.status.success(),
@@ -144,13 +167,13 @@ impl ProcCluster {
     }
 
     /// Posts `text` as `user` with the client; returns the acknowledged post.
-    pub async fn post(&self, user: &str, text: &str) -> PrintedPost {
+    async fn post(&self, user: &str, text: &str) -> PrintedPost {
         let out = self.client_ok(user, &["--json", "post", text]).await;
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("post printed {out:?}: {e}"))
     }
 
     /// The timeline `chatfeed --json timeline <args>` prints.
-    pub async fn timeline(&self, user: &str, args: &[&str]) -> Vec<PrintedPost> {
+    async fn timeline(&self, user: &str, args: &[&str]) -> Vec<PrintedPost> {
         let mut all = vec!["--json", "timeline"];
         all.extend_from_slice(args);
         let out = self.client_ok(user, &all).await;
@@ -162,13 +185,20 @@ impl ProcCluster {
     }
 
     /// Starts `chatfeed --json --user U timeline --follow [args]` in the background.
-    pub fn stream(&self, user: &str, args: &[&str]) -> Stream {
+    fn stream(&self, user: &str, args: &[&str]) -> Stream {
         let mut all = vec!["--json", "timeline", "--follow"];
         all.extend_from_slice(args);
+        let dir = self.clients_dir();
+        std::fs::create_dir_all(&dir).expect("creating the clients' directory");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{user}.stderr")))
+            .expect("creating a client's stderr file");
         let mut child = self
             .chatfeed(Some(user), &all)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("starting a stream");
         let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();

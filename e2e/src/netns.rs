@@ -23,7 +23,7 @@ use crate::cluster::{
     bin_dir, client, config_text_with_raft, eventually, role, show, started_members,
 };
 use crate::deployment::{Deployment, Unsupported, output_tail, wait_gone};
-use crate::feed::{Delivery, PrintedPost, Stream};
+use crate::feed::Clients;
 use crate::history::FaultKind;
 use chatfeed_proto::master::{self as pb};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 /// The first two octets of every host address; the third is chosen per run, free on this machine.
@@ -981,95 +980,15 @@ impl NetCluster {
             assert!(ids.len() <= 1, "term {term} had leaders {ids:?}");
         }
     }
+}
 
-    /// A `chatfeed --master <masters> [--user U] <args>` command in the root namespace.
-    pub fn chatfeed(&self, user: Option<&str>, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin_dir().join("chatfeed"));
-        cmd.arg("--master").arg(self.masters_list());
-        if let Some(u) = user {
-            cmd.arg("--user").arg(u);
-        }
-        cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
-        cmd
+impl Clients for NetCluster {
+    fn master_addrs(&self) -> String {
+        self.masters_list()
     }
 
-    /// Runs the client to completion.
-    pub async fn run_client(&self, user: Option<&str>, args: &[&str]) -> Output {
-        tokio::time::timeout(DEADLINE * 2, self.chatfeed(user, args).output())
-            .await
-            .unwrap_or_else(|_| panic!("chatfeed {args:?} did not finish"))
-            .expect("running chatfeed")
-    }
-
-    /// Runs a client command that must succeed; returns its stdout.
-    pub async fn client_ok(&self, user: &str, args: &[&str]) -> String {
-        let out = self.run_client(Some(user), args).await;
-        assert!(
-            out.status.success(),
-            "chatfeed --user {user} {args:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Posts `text` as `user` with the client; returns the acknowledged post.
-    pub async fn post(&self, user: &str, text: &str) -> PrintedPost {
-        let out = self.client_ok(user, &["--json", "post", text]).await;
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("post printed {out:?}: {e}"))
-    }
-
-    /// The timeline `chatfeed --json timeline <args>` prints.
-    pub async fn timeline(&self, user: &str, args: &[&str]) -> Vec<PrintedPost> {
-        let mut all = vec!["--json", "timeline"];
-        all.extend_from_slice(args);
-        let out = self.client_ok(user, &all).await;
-        out.lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("timeline printed {l:?}: {e}"))
-            })
-            .collect()
-    }
-
-    /// Starts `chatfeed --json --user U timeline --follow [args]` in the background (root
-    /// namespace); every post it prints is recorded with its arrival time.
-    pub fn stream(&self, user: &str, args: &[&str]) -> Stream {
-        let mut all = vec!["--json", "timeline", "--follow"];
-        all.extend_from_slice(args);
-        // Its stderr (reconnect messages) goes to a file: an unread pipe could fill and block it.
-        let dir = self.hosts.root.join("clients");
-        std::fs::create_dir_all(&dir).unwrap();
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{user}.stderr")))
-            .expect("creating a client's stderr file");
-        let mut child = self
-            .chatfeed(Some(user), &all)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("starting a stream");
-        let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-        let stdout = child.stdout.take().expect("stdout");
-        let d = deliveries.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<PrintedPost>(&line) {
-                    Ok(post) => d.lock().unwrap().push(Delivery {
-                        post,
-                        at: Instant::now(),
-                    }),
-                    Err(e) => panic!("stream printed {line:?}: {e}"),
-                }
-            }
-        });
-        Stream {
-            user: user.into(),
-            child,
-            deliveries,
-        }
+    fn clients_dir(&self) -> PathBuf {
+        self.hosts.root.join("clients")
     }
 }
 

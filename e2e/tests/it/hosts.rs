@@ -5,7 +5,7 @@
 
 use chatfeed_e2e::cluster::{client, eventually, healthy, retryable, role};
 use chatfeed_e2e::deployment::Deployment;
-use chatfeed_e2e::feed::{PrintedPost, Stream};
+use chatfeed_e2e::feed::{Clients, PrintedPost, Stream};
 use chatfeed_e2e::netns::NetCluster;
 use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::time::{Duration, Instant};
