@@ -21,7 +21,8 @@ pub struct Unsupported;
 
 /// A running cluster the nemesis can hurt and the workload can use. Every method that waits is
 /// bounded; errors say what was being done.
-pub trait Deployment: Sync {
+/// Clients are run through `Clients` (the `chatfeed` CLI against this deployment's masters).
+pub trait Deployment: Clients + Sync {
     /// One line saying what this is ("3 masters and 3 workers on one host, in /tmp/…").
     fn describe(&self) -> String;
 
@@ -57,9 +58,6 @@ pub trait Deployment: Sync {
     /// SIGKILLs every process of the cluster (masters, workers, launchers; not the clients)
     /// until none is left.
     fn kill_everything(&self) -> impl Future<Output = Result<(), String>> + Send;
-
-    /// A `chatfeed --master <masters> --user <user> <args>` command, wherever clients run.
-    fn client_command(&self, user: &str, args: &[&str]) -> tokio::process::Command;
 
     /// Whether the system itself is expected to replace every worker of a host when all of
     /// them die at once: true when a master runs on each worker host (the active master spawns
@@ -265,9 +263,5 @@ impl Deployment for ProcCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    fn client_command(&self, user: &str, args: &[&str]) -> tokio::process::Command {
-        self.chatfeed(Some(user), args)
     }
 }

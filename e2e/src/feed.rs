@@ -115,7 +115,7 @@ impl ProcCluster {
 }
 
 impl Clients for ProcCluster {
-    fn master_addrs(&self) -> String {
+    fn masters_arg(&self) -> String {
         self.masters_list()
     }
 
@@ -131,14 +131,14 @@ impl Clients for ProcCluster {
 #[allow(async_fn_in_trait)]
 pub trait Clients {
     /// The masters' API endpoints, as `--master` takes them.
-    fn master_addrs(&self) -> String;
+    fn masters_arg(&self) -> String;
     /// Where background streams write their stderr (an unread pipe could fill and block them).
     fn clients_dir(&self) -> PathBuf;
 
     /// A `chatfeed --master <masters> [--user U] <args>` command, ready to run.
     fn chatfeed(&self, user: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("chatfeed"));
-        cmd.arg("--master").arg(self.master_addrs());
+        cmd.arg("--master").arg(self.masters_arg());
         if let Some(u) = user {
             cmd.arg("--user").arg(u);
         }

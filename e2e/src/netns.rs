@@ -983,7 +983,7 @@ impl NetCluster {
 }
 
 impl Clients for NetCluster {
-    fn master_addrs(&self) -> String {
+    fn masters_arg(&self) -> String {
         self.masters_list()
     }
 
@@ -1199,10 +1199,6 @@ impl Deployment for NetCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    fn client_command(&self, user: &str, args: &[&str]) -> Command {
-        self.chatfeed(Some(user), args)
     }
 
     fn supports(&self, _kind: FaultKind) -> bool {

@@ -381,8 +381,8 @@ pub fn spawn_cli_stream<D: Deployment>(
 ) -> JoinHandle<()> {
     let id = rec.new_stream(user, StreamKind::Cli, Some(0));
     let tap = Mutex::new(Tap::new(None));
-    let mut cmd = d.client_command(
-        user,
+    let mut cmd = d.chatfeed(
+        Some(user),
         &[
             "--json",
             "--timeout",
