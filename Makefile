@@ -24,16 +24,19 @@ test:
 	scripts/test-deps.sh
 	cargo test --workspace --all-targets
 
-# The fault-injection soak on one host: SECS seconds of seeded faults (kill -9 of masters and
-# workers, a stopped leader) under posting and streaming clients, a full restart, then the
-# history checker; prints a line per fault and a final report. RAFT=relaxed runs the test
-# suite's timing; CANARIES=1 adds the deliberately broken streams the checker must catch.
+# The fault-injection soak: SECS seconds of seeded faults (kill -9 of masters and workers, a
+# stopped leader; with HOSTS=1 across network-namespace hosts, also partitions, packet loss and
+# delay) under posting and streaming clients, a full restart, then the history checker; prints a
+# line per fault and a final report. RAFT=relaxed runs the test suite's timing; CANARIES=1 adds
+# the deliberately broken streams the checker must catch. HOSTS=1 needs root (scripts/test-deps.sh
+# installs iptables and nftables).
 SECS ?= 300
 SEED ?= 1
 RAFT ?= default
 soak:
+	$(if $(HOSTS),scripts/test-deps.sh)
 	cargo build --release --bins
-	cargo run --release -p chatfeed-e2e --example soak -- --secs $(SECS) --seed $(SEED) --raft $(RAFT) $(if $(CANARIES),--canaries)
+	cargo run --release -p chatfeed-e2e --example soak -- --secs $(SECS) --seed $(SEED) --raft $(RAFT) $(if $(HOSTS),--hosts) $(if $(CANARIES),--canaries)
 
 verify:
 	cargo fmt --all --check

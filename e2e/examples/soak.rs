@@ -1,5 +1,6 @@
 //! The fault-injection soak: the bounded suite's workload, nemesis and checker
-//! (`chatfeed_e2e::scenario`) on one host, for as long as asked. Prints a line per fault (what was
+//! (`chatfeed_e2e::scenario`) on one host or across network-namespace hosts (`--hosts`), for as
+//! long as asked. Prints a line per fault (what was
 //! hit, how long recovery took, posts acknowledged and deliveries so far), then the final report:
 //! faults by kind, posts acknowledged, deliveries checked, longest write unavailability after a
 //! leader fault, longest time for a stream to resume, and every violation found. Exits 1 when
@@ -7,13 +8,14 @@
 //!
 //!   make soak SECS=300 SEED=1                  (release binaries, the product's Raft timing)
 //!   make soak SECS=25 SEED=3 RAFT=relaxed      (the schedule of a bounded test's seed)
+//!   make soak SECS=1800 SEED=7 HOSTS=1         (across namespace hosts, with network faults)
 //!
 //! which runs
 //!
 //!   cargo build --release --bins && \
-//!   cargo run --release -p chatfeed-e2e --example soak -- --secs N --seed S [--raft relaxed] [--canaries]
+//!   cargo run --release -p chatfeed-e2e --example soak -- --secs N --seed S [--raft relaxed] [--hosts] [--canaries]
 
-use chatfeed_e2e::scenario::{RaftTiming, Scenario, run_on_one_host};
+use chatfeed_e2e::scenario::{RaftTiming, Scenario, run_on_hosts, run_on_one_host};
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -25,7 +27,7 @@ enum Timing {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "chatfeed fault-injection soak on one host")]
+#[command(about = "chatfeed fault-injection soak, on one host or across namespace hosts")]
 struct Args {
     /// How long the nemesis keeps injecting faults, in seconds (every kind comes at least once).
     #[arg(long, default_value_t = 300)]
@@ -36,6 +38,10 @@ struct Args {
     /// Raft timing of the cluster.
     #[arg(long, value_enum, default_value_t = Timing::Default)]
     raft: Timing,
+    /// Across network-namespace hosts (a master on each of three, worker pools on two more;
+    /// needs root, iptables and nftables), with the network faults (cuts, loss, delay).
+    #[arg(long)]
+    hosts: bool,
     /// Add the two canary streams whose recording is broken on purpose (the checker must report
     /// exactly what they injected).
     #[arg(long)]
@@ -48,6 +54,7 @@ async fn main() -> std::process::ExitCode {
     let sc = Scenario {
         secs: args.secs,
         canaries: args.canaries,
+        hosts: args.hosts,
         raft: match args.raft {
             Timing::Default => RaftTiming::Default,
             Timing::Relaxed => RaftTiming::Relaxed,
@@ -60,7 +67,11 @@ async fn main() -> std::process::ExitCode {
         sc.secs,
         sc.reproduce_command()
     );
-    let run = run_on_one_host(&sc).await;
+    let run = if sc.hosts {
+        run_on_hosts(&sc).await
+    } else {
+        run_on_one_host(&sc).await
+    };
     println!("{}", run.report());
     let canaries_ok = !sc.canaries || run.canaries_caught().is_ok();
     if run.unexpected().is_empty() && canaries_ok {

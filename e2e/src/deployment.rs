@@ -67,6 +67,14 @@ pub trait Deployment: Clients + Sync {
         true
     }
 
+    /// Whether the system itself restarts a killed master member: true on one host (the active
+    /// master restarts the members of its own host). Across hosts nothing in chatfeed does (a
+    /// member's host is its init system's business, e.g. systemd's `Restart=always`): the
+    /// nemesis plays that part, `nemesis::HOST_SUPERVISOR_DELAY` after the kill.
+    fn restarts_killed_members(&self) -> bool {
+        true
+    }
+
     /// Whether the nemesis may draw `kind` here.
     fn supports(&self, kind: FaultKind) -> bool {
         !kind.is_network()
@@ -88,7 +96,12 @@ pub trait Deployment: Clients + Sync {
         async { Err(Unsupported) }
     }
 
-    /// Undoes every cut and every loss.
+    /// Holds every packet on the links between hosts `delay` longer (each way).
+    fn add_delay(&self, _delay: Duration) -> impl Future<Output = Result<(), Unsupported>> + Send {
+        async { Err(Unsupported) }
+    }
+
+    /// Undoes every cut, every loss and every delay.
     fn heal(&self) -> impl Future<Output = Result<(), Unsupported>> + Send {
         async { Err(Unsupported) }
     }

@@ -168,6 +168,8 @@ pub enum FaultKind {
     IsolateWorker,
     /// Packet loss on the links between hosts.
     Loss,
+    /// Delay on the links between hosts (a delaying relay in user space: no netem here).
+    Delay,
     /// kill -9 every process, then MasterStartup.sh and WorkerStartup.sh (always last).
     RestartAll,
 }
@@ -175,7 +177,7 @@ pub enum FaultKind {
 impl FaultKind {
     /// Every kind the nemesis draws from (the final full restart is not drawn: it always ends a
     /// run).
-    pub const DRAWN: [FaultKind; 9] = [
+    pub const DRAWN: [FaultKind; 10] = [
         FaultKind::KillLeader,
         FaultKind::KillReplica,
         FaultKind::KillWorker,
@@ -185,6 +187,7 @@ impl FaultKind {
         FaultKind::SplitMaster,
         FaultKind::IsolateWorker,
         FaultKind::Loss,
+        FaultKind::Delay,
     ];
 
     /// Whether the kind cuts or degrades the network (needs hosts of their own).
@@ -195,6 +198,7 @@ impl FaultKind {
                 | FaultKind::SplitMaster
                 | FaultKind::IsolateWorker
                 | FaultKind::Loss
+                | FaultKind::Delay
         )
     }
 
@@ -218,6 +222,7 @@ impl FaultKind {
             FaultKind::SplitMaster => "split-master",
             FaultKind::IsolateWorker => "isolate-worker",
             FaultKind::Loss => "loss",
+            FaultKind::Delay => "delay",
             FaultKind::RestartAll => "restart-all",
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod delay;
 pub mod deployment;
 pub mod feed;
 pub mod history;

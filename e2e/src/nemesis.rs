@@ -31,6 +31,11 @@ const RECOVERY_POLL: Duration = Duration::from_millis(100);
 /// rebalance rounds.
 pub const SURPLUS_SETTLE: Duration = Duration::from_secs(10);
 
+/// How long after a member is killed its host's supervisor starts it again, where chatfeed
+/// itself does not (`Deployment::restarts_killed_members`): systemd's `RestartSec`, and the
+/// product's own restart delay on one host.
+pub const HOST_SUPERVISOR_DELAY: Duration = Duration::from_secs(2);
+
 /// One planned fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
@@ -46,6 +51,16 @@ pub struct Step {
     pub hold: Duration,
     /// Packet loss of a `Loss` fault, in percent.
     pub loss: u8,
+}
+
+impl Step {
+    /// The added one-way latency of a `Delay` fault: 20–120 ms, derived from `pick` (so that
+    /// adding the kind left the plans of the older kinds' seeds as they were). At most 240 ms
+    /// more per round trip keeps Raft's heartbeats within the product's election timeout
+    /// (300 ms at least): a slow network, not a partition.
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(20 + u64::from(self.pick >> 8) % 101)
+    }
 }
 
 /// A seeded sequence of faults.
@@ -231,20 +246,23 @@ impl<D: Deployment> Nemesis<'_, D> {
             .filter(|&id| id != leader)
             .collect();
         replicas.sort_unstable();
-        let mut workers: Vec<(String, u32)> = status
+        let mut workers: Vec<(String, u32, String)> = status
             .workers
             .iter()
-            .map(|w| (w.id.clone(), w.pid))
+            .map(|w| (w.id.clone(), w.pid, w.host.clone()))
             .collect();
         workers.sort();
         let at = self.rec.now();
         let mut effective = at;
         let mut healed_at = None;
         let mut gone: Vec<u32> = Vec::new();
+        // Whether the killed member's host supervisor (played here) must start it again.
+        let mut restart_member = false;
         let target: Result<String, String> = match step.kind {
             FaultKind::KillLeader => self.d.kill_master(leader).await.map(|pid| {
                 effective = self.rec.now();
                 gone.push(pid);
+                restart_member = !self.d.restarts_killed_members();
                 format!("leader member {leader} (pid {pid})")
             }),
             FaultKind::KillReplica => {
@@ -252,19 +270,21 @@ impl<D: Deployment> Nemesis<'_, D> {
                 self.d.kill_master(id).await.map(|pid| {
                     effective = self.rec.now();
                     gone.push(pid);
+                    restart_member = !self.d.restarts_killed_members();
                     format!("replica member {id} (pid {pid})")
                 })
             }
             FaultKind::KillWorker | FaultKind::KillWorkers => {
                 let n = match step.kind {
                     FaultKind::KillWorker => 1,
-                    _ if self.d.replaces_whole_pools() => step.count.min(workers.len()),
-                    _ => step.count.min(workers.len().saturating_sub(1)).max(1),
+                    _ => step.count.min(workers.len()),
                 };
-                let first = step.pick as usize % workers.len().max(1);
-                let pids: Vec<u32> = (0..n)
-                    .map(|k| workers[(first + k) % workers.len()].1)
-                    .collect();
+                let pids = pick_workers(
+                    &workers,
+                    step.pick as usize,
+                    n,
+                    self.d.replaces_whole_pools(),
+                );
                 gone.extend(&pids);
                 self.d.kill_workers(&pids).await.map(|()| {
                     effective = self.rec.now();
@@ -292,23 +312,49 @@ impl<D: Deployment> Nemesis<'_, D> {
                 } else {
                     replicas[step.pick as usize % replicas.len()]
                 };
-                self.network(self.d.isolate_master(id), step, &mut healed_at)
-                    .await
-                    .map(|()| format!("member {id} cut off for {} ms", step.hold.as_millis()))
+                self.network(
+                    self.d.isolate_master(id),
+                    step,
+                    (&mut effective, &mut healed_at),
+                )
+                .await
+                .map(|()| format!("member {id} cut off for {} ms", step.hold.as_millis()))
             }
             FaultKind::IsolateWorker => {
                 let pid = workers[step.pick as usize % workers.len().max(1)].1;
-                self.network(self.d.isolate_worker(pid), step, &mut healed_at)
-                    .await
-                    .map(|()| {
-                        format!(
-                            "worker pid {pid} cut off from the masters for {} ms",
-                            step.hold.as_millis()
-                        )
-                    })
+                self.network(
+                    self.d.isolate_worker(pid),
+                    step,
+                    (&mut effective, &mut healed_at),
+                )
+                .await
+                .map(|()| {
+                    format!(
+                        "worker pid {pid} cut off from the masters for {} ms",
+                        step.hold.as_millis()
+                    )
+                })
             }
+            FaultKind::Delay => self
+                .network(
+                    self.d.add_delay(step.delay()),
+                    step,
+                    (&mut effective, &mut healed_at),
+                )
+                .await
+                .map(|()| {
+                    format!(
+                        "{} ms more latency each way on every link between hosts for {} ms",
+                        step.delay().as_millis(),
+                        step.hold.as_millis()
+                    )
+                }),
             FaultKind::Loss => self
-                .network(self.d.add_loss(step.loss), step, &mut healed_at)
+                .network(
+                    self.d.add_loss(step.loss),
+                    step,
+                    (&mut effective, &mut healed_at),
+                )
                 .await
                 .map(|()| {
                     format!(
@@ -319,7 +365,7 @@ impl<D: Deployment> Nemesis<'_, D> {
                 }),
             FaultKind::RestartAll => unreachable!("the full restart is not drawn"),
         };
-        let target = match target {
+        let mut target = match target {
             Ok(t) => t,
             Err(e) => {
                 self.rec
@@ -327,20 +373,41 @@ impl<D: Deployment> Nemesis<'_, D> {
                 format!("(failed: {e})")
             }
         };
-        self.recover(number, step.kind, target, (at, effective), healed_at, &gone)
-            .await;
+        if restart_member {
+            target.push_str(&format!(
+                "; its host's supervisor starts it again after {} s",
+                HOST_SUPERVISOR_DELAY.as_secs()
+            ));
+        }
+        let recovered = self.recover(number, step.kind, target, (at, effective), healed_at, &gone);
+        if restart_member {
+            let supervisor = async {
+                tokio::time::sleep(HOST_SUPERVISOR_DELAY).await;
+                if let Err(e) = self.d.start_masters().await {
+                    self.rec.harness_error(format!(
+                        "fault {number}: the host supervisor's MasterStartup.sh: {e}"
+                    ));
+                }
+            };
+            tokio::join!(recovered, supervisor);
+        } else {
+            recovered.await;
+        }
     }
 
-    /// A network fault: applied, held, healed.
+    /// A network fault: applied (in effect from `applied` on: the rules take a while to
+    /// install, and writes started before they are all in place may still succeed), held,
+    /// healed.
     async fn network(
         &self,
         apply: impl std::future::Future<Output = Result<(), crate::deployment::Unsupported>>,
         step: &Step,
-        healed_at: &mut Option<Duration>,
+        (applied, healed_at): (&mut Duration, &mut Option<Duration>),
     ) -> Result<(), String> {
         apply
             .await
             .map_err(|_| format!("{} is not supported here", step.kind))?;
+        *applied = self.rec.now();
         tokio::time::sleep(step.hold).await;
         let healed = self.d.heal().await;
         *healed_at = Some(self.rec.now());
@@ -506,6 +573,37 @@ impl<D: Deployment> Nemesis<'_, D> {
     }
 }
 
+/// `n` worker pids of `workers` (sorted (id, pid, host)) to kill, from position `pick` on in
+/// their stable order; unless `whole_pools` (the system replaces a host's whole pool), one
+/// worker of each host is left alive: elsewhere only a surviving worker of the host can start
+/// replacements.
+fn pick_workers(
+    workers: &[(String, u32, String)],
+    pick: usize,
+    n: usize,
+    whole_pools: bool,
+) -> Vec<u32> {
+    let len = workers.len();
+    let mut left: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for w in workers {
+        *left.entry(w.2.as_str()).or_default() += 1;
+    }
+    let mut pids = Vec::new();
+    for k in 0..len {
+        if pids.len() == n {
+            break;
+        }
+        let (_, pid, host) = &workers[(pick + k) % len];
+        let on_host = left.get_mut(host.as_str()).expect("counted above");
+        if !whole_pools && *on_host <= 1 {
+            continue;
+        }
+        *on_host -= 1;
+        pids.push(*pid);
+    }
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,5 +631,32 @@ mod tests {
                 .iter()
                 .all(|s| s.hold >= Duration::from_millis(1500) && (2..=3).contains(&s.count))
         );
+    }
+
+    /// Where the system cannot refill a whole pool, the workers picked to die always leave one
+    /// alive on each host; where it can, a whole pool may go.
+    #[test]
+    fn worker_kills_leave_a_survivor_per_host_when_needed() {
+        let workers: Vec<(String, u32, String)> = [
+            ("a", 1, "h1"),
+            ("b", 2, "h1"),
+            ("c", 3, "h2"),
+            ("d", 4, "h2"),
+        ]
+        .iter()
+        .map(|(id, pid, h)| (id.to_string(), *pid, h.to_string()))
+        .collect();
+        for pick in 0..4 {
+            let pids = pick_workers(&workers, pick, 3, false);
+            assert_eq!(pids.len(), 2, "pick {pick}: {pids:?}");
+            for host in ["h1", "h2"] {
+                assert!(
+                    workers.iter().any(|w| w.2 == host && !pids.contains(&w.1)),
+                    "pick {pick}: {pids:?} leaves no worker on {host}"
+                );
+            }
+        }
+        assert_eq!(pick_workers(&workers, 0, 3, true), vec![1, 2, 3]);
+        assert_eq!(pick_workers(&workers, 2, 2, true), vec![3, 4]);
     }
 }

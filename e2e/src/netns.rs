@@ -22,6 +22,7 @@ use crate::cluster::{
     DEADLINE, MemberAddr, POLL, RELAXED_RAFT, RESTART_AFTER_MS, SCRIPT, SCRIPT_DEADLINE, alive,
     bin_dir, client, config_text_with_raft, eventually, role, show, started_members,
 };
+use crate::delay::DelayProxy;
 use crate::deployment::{Deployment, Unsupported, output_tail, wait_gone};
 use crate::feed::Clients;
 use crate::history::FaultKind;
@@ -499,11 +500,34 @@ impl Hosts {
         self.note(h, &format!("loss: {percent}% {way}"));
     }
 
-    /// Undoes every fault: links up, no DROP rule, no loss, on every host.
+    /// New TCP connections from host `from` to `to` (`ip:port`) go to `via` (`ip:port`, a
+    /// relay in the root namespace on the bridge's address) instead: a DNAT rule in `from`'s nat
+    /// `OUTPUT` chain. Its connections to `to` already open are reset (a REJECT with a TCP reset
+    /// on their packets, which the DNAT'd ones no longer match), so that they reconnect, through
+    /// `via`. `heal` removes both.
+    pub fn divert(&self, from: HostId, to: &str, via: &str) {
+        let (ip, port) = to.rsplit_once(':').expect("ip:port");
+        let matching = ["-p", "tcp", "-d", ip, "--dport", port];
+        let mut dnat = vec!["-w", "-t", "nat", "-A", "OUTPUT"];
+        dnat.extend(matching);
+        dnat.extend(["-j", "DNAT", "--to-destination", via]);
+        self.must_exec(from, "iptables", &dnat);
+        let mut reset = vec!["-w", "-A", "OUTPUT"];
+        reset.extend(matching);
+        reset.extend(["-j", "REJECT", "--reject-with", "tcp-reset"]);
+        self.must_exec(from, "iptables", &reset);
+        self.note(
+            from,
+            &format!("diverted: connections to {to} go through {via}"),
+        );
+    }
+
+    /// Undoes every fault: links up, no DROP rule, no diversion, no loss, on every host.
     pub fn heal(&self) {
         for h in 0..self.hosts.len() {
             self.must_exec(h, "iptables", &["-w", "-F", "INPUT"]);
             self.must_exec(h, "iptables", &["-w", "-F", "OUTPUT"]);
+            self.must_exec(h, "iptables", &["-w", "-t", "nat", "-F", "OUTPUT"]);
             let file = self.host(h).dir.join("heal.nft");
             std::fs::write(
                 &file,
@@ -649,6 +673,9 @@ pub struct NetCluster {
     /// term → members seen as active master in it (from Status and the observer).
     pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>,
     observer: Option<tokio::task::JoinHandle<()>>,
+    /// The delaying relays of `add_delay`, by the address they stand in front of (made on first
+    /// use, kept until the cluster is dropped).
+    proxies: Mutex<BTreeMap<String, DelayProxy>>,
     // Last: dropped (processes killed, namespaces removed) after `Drop::drop` printed the logs.
     pub hosts: Hosts,
 }
@@ -719,6 +746,7 @@ impl NetCluster {
             pool_size,
             leaders: Arc::default(),
             observer: None,
+            proxies: Mutex::default(),
             hosts,
         }
     }
@@ -1205,6 +1233,15 @@ impl Deployment for NetCluster {
         true
     }
 
+    fn restarts_killed_members(&self) -> bool {
+        false
+    }
+
+    fn replaces_whole_pools(&self) -> bool {
+        // No master runs on a worker host: a pool is refilled by a surviving worker of its host.
+        false
+    }
+
     async fn isolate_master(&self, id: u64) -> Result<(), Unsupported> {
         self.cut_off_master(id);
         Ok(())
@@ -1231,9 +1268,77 @@ impl Deployment for NetCluster {
         Ok(())
     }
 
+    async fn add_delay(&self, delay: Duration) -> Result<(), Unsupported> {
+        // Member ↔ member (Raft) and worker host → member (control, writes, watch): every link
+        // the service's own traffic crosses between hosts. Clients in the root namespace stay
+        // direct.
+        let mut links: Vec<(HostId, String)> = Vec::new();
+        for m in &self.members {
+            for &h in self
+                .master_hosts
+                .iter()
+                .filter(|&&h| h != self.master_host(m.id))
+            {
+                links.push((h, m.raft.clone()));
+            }
+            for &h in &self.worker_hosts {
+                links.push((h, m.api.clone()));
+            }
+        }
+        for (h, to) in links {
+            let via = self.delay_proxy(&to).await.map_err(|e| {
+                eprintln!("add_delay: no relay for {to}: {e}");
+                Unsupported
+            })?;
+            self.hosts.divert(h, &to, &via);
+        }
+        for p in self
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            p.set_delay(delay);
+        }
+        Ok(())
+    }
+
     async fn heal(&self) -> Result<(), Unsupported> {
         self.hosts.heal();
+        // The relayed connections outlive the DNAT rules: close them, so they reconnect
+        // directly.
+        for p in self
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            p.set_delay(Duration::ZERO);
+            p.reset();
+        }
         Ok(())
+    }
+}
+
+impl NetCluster {
+    /// The address of the delaying relay in front of `to` (made on first use, on the bridge's
+    /// address in the root namespace).
+    async fn delay_proxy(&self, to: &str) -> std::io::Result<String> {
+        if let Some(p) = self
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(to)
+        {
+            return Ok(p.listen.clone());
+        }
+        let p = DelayProxy::start(&self.hosts.bridge_ip, to).await?;
+        let listen = p.listen.clone();
+        self.proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(to.to_string(), p);
+        Ok(listen)
     }
 }
 

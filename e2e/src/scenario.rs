@@ -11,6 +11,7 @@ use crate::cluster::{DEFAULT_RAFT, ProcCluster, RELAXED_RAFT, RESTART_AFTER_MS};
 use crate::deployment::Deployment;
 use crate::history::{FaultKind, History, Injection, Recorder, StreamKind};
 use crate::nemesis::{Nemesis, Plan, RECOVERY_BOUND, wait_whole};
+use crate::netns::NetCluster;
 use crate::workload::{self, Graph, MAX_INVOCATIONS, POST_PATIENCE};
 use chatfeed_client::session::Session;
 use rand::SeedableRng;
@@ -65,6 +66,8 @@ pub struct Scenario {
     /// Progress lines on stderr.
     pub progress: bool,
     pub raft: RaftTiming,
+    /// Across network-namespace hosts (`run_on_hosts`) rather than on one host.
+    pub hosts: bool,
 }
 
 impl Scenario {
@@ -79,16 +82,26 @@ impl Scenario {
             canaries: true,
             progress: true,
             raft: RaftTiming::Relaxed,
+            hosts: false,
+        }
+    }
+
+    /// The bounded run across namespace hosts: the network faults too.
+    pub fn bounded_on_hosts(seed: u64) -> Scenario {
+        Scenario {
+            hosts: true,
+            ..Scenario::bounded(seed)
         }
     }
 
     /// The command that runs this scenario's schedule again.
     pub fn reproduce_command(&self) -> String {
         format!(
-            "make soak SECS={} SEED={} RAFT={}{}",
+            "make soak SECS={} SEED={} RAFT={}{}{}",
             self.secs,
             self.seed,
             self.raft.name(),
+            if self.hosts { " HOSTS=1" } else { "" },
             if self.canaries { " CANARIES=1" } else { "" }
         )
     }
@@ -222,20 +235,50 @@ impl Run {
     }
 }
 
+/// Workers per worker host across hosts: two hosts of two keep the machine's load (debug
+/// binaries, two cores) close to the single-host runs' and still let several die at once.
+pub const HOST_POOL: u32 = 2;
+
 /// Runs `sc` on a fresh `ProcCluster` (three masters and a pool of three workers on this host, in
 /// a temporary directory); every process is killed when it returns or panics.
 pub async fn run_on_one_host(sc: &Scenario) -> Run {
     let c = ProcCluster::with_raft(sc.raft.toml(), RESTART_AFTER_MS, "");
     let mut run = run(&c, sc).await;
     if !run.unexpected().is_empty() {
-        run.logs = keep_logs(&c.run_dir(), sc.seed);
+        run.logs = keep_logs(&[(String::new(), c.run_dir())], sc.seed);
     }
     run
 }
 
-/// Copies the processes' logs of a failed run out of its temporary directory (which goes away
-/// with the cluster); returns where they are, or why they could not be kept.
-fn keep_logs(run_dir: &std::path::Path, seed: u64) -> Option<String> {
+/// Runs `sc` across network-namespace hosts (`NetCluster`: a master on each of three hosts, pools
+/// of `HOST_POOL` workers on two more); every process, namespace and interface is removed when
+/// it returns or panics.
+pub async fn run_on_hosts(sc: &Scenario) -> Run {
+    let c = NetCluster::with(sc.raft.toml(), HOST_POOL);
+    let mut run = run(&c, sc).await;
+    if !run.unexpected().is_empty() {
+        // Per host: its processes' logs (run/) and what the harness did there (harness.log).
+        let dirs: Vec<(String, std::path::PathBuf)> = c
+            .hosts
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                [
+                    (h.label.clone(), h.run_dir()),
+                    (h.label.clone(), h.dir.clone()),
+                ]
+            })
+            .collect();
+        run.logs = keep_logs(&dirs, sc.seed);
+    }
+    run
+}
+
+/// Copies the `*.log` files of each `(subdirectory, dir)` of a failed run out of its temporary
+/// directory (which goes away with the cluster) into one directory, each under its
+/// subdirectory (a host's label; "" on one host); returns where they are, or why they could not
+/// be kept.
+fn keep_logs(dirs: &[(String, std::path::PathBuf)], seed: u64) -> Option<String> {
     let dest = std::env::temp_dir().join(format!(
         "chatfeed-faults-seed-{seed}-{}-{}",
         std::process::id(),
@@ -244,10 +287,13 @@ fn keep_logs(run_dir: &std::path::Path, seed: u64) -> Option<String> {
             .map_or(0, |d| d.as_secs())
     ));
     let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&dest)?;
-        for e in std::fs::read_dir(run_dir)?.flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                std::fs::copy(e.path(), dest.join(e.file_name()))?;
+        for (sub, dir) in dirs {
+            let to = dest.join(sub);
+            std::fs::create_dir_all(&to)?;
+            for e in std::fs::read_dir(dir)?.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    std::fs::copy(e.path(), to.join(e.file_name()))?;
+                }
             }
         }
         Ok(())

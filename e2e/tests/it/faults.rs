@@ -1,22 +1,29 @@
-//! The fault-injection suite, bounded for `make test`: on one host, real processes (masters from
+//! The fault-injection suite, bounded for `make test`. On one host: real processes (masters from
 //! MasterStartup.sh, a pool of three workers from WorkerStartup.sh), real clients posting and
 //! streaming, and a seeded nemesis that injects every kind of process fault once (kill -9 of the
 //! leader, of a replica, of one worker, of several workers, SIGSTOP of the leader past an election
-//! timeout), then kills everything and starts the cluster again. The checker reads the recorded
-//! history and the final state. A failure prints the seed and the `make soak` command that runs
-//! the same schedule again.
+//! timeout), then kills everything and starts the cluster again. Across network-namespace hosts
+//! (a master on each of three hosts, worker pools on two more): the same, plus the network faults
+//! done for real between hosts (the leader isolated, one master split from the other two, a
+//! worker host cut from the masters but not from its clients, packet loss, delay). The checker
+//! reads the recorded history and the final state. A failure prints the seed and the `make soak`
+//! command that runs the same schedule again.
 
 use chatfeed_e2e::history::FaultKind;
-use chatfeed_e2e::scenario::{Run, Scenario, run_on_one_host};
+use chatfeed_e2e::scenario::{Run, Scenario, run_on_hosts, run_on_one_host};
 
-/// Runs the bounded scenario of `seed` and asserts the properties of PRODUCT.md §5–6 on it.
-async fn bounded(seed: u64) -> Run {
-    let sc = Scenario::bounded(seed);
+/// Runs the bounded scenario `sc` and asserts the properties of PRODUCT.md §5–6 on it.
+async fn bounded(sc: Scenario) -> Run {
+    let seed = sc.seed;
     eprintln!(
         "fault-injection seed {seed}; reproduce with: {}",
         sc.reproduce_command()
     );
-    let run = run_on_one_host(&sc).await;
+    let run = if sc.hosts {
+        run_on_hosts(&sc).await
+    } else {
+        run_on_one_host(&sc).await
+    };
     let report = run.report();
     eprintln!("{report}");
     let unexpected = run.unexpected();
@@ -27,14 +34,11 @@ async fn bounded(seed: u64) -> Run {
         sc.reproduce_command()
     );
     let kinds = run.history.faults_by_kind();
-    for k in [
-        FaultKind::KillLeader,
-        FaultKind::KillReplica,
-        FaultKind::KillWorker,
-        FaultKind::KillWorkers,
-        FaultKind::PauseLeader,
-        FaultKind::RestartAll,
-    ] {
+    let expected = FaultKind::DRAWN
+        .into_iter()
+        .filter(|k| run.scenario.hosts || !k.is_network())
+        .chain([FaultKind::RestartAll]);
+    for k in expected {
         assert!(
             kinds.contains_key(&k),
             "seed {seed}: {k} was never injected: {kinds:?}"
@@ -60,17 +64,32 @@ async fn bounded(seed: u64) -> Run {
 /// dropping a post in 100, one replaying its last post on resume) are reported exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_seed_1() {
-    bounded(1).await;
+    bounded(Scenario::bounded(1)).await;
 }
 
 /// Seed 2: the same properties under another seeded schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_seed_2() {
-    bounded(2).await;
+    bounded(Scenario::bounded(2)).await;
 }
 
 /// Seed 3: the same properties under another seeded schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_seed_3() {
-    bounded(3).await;
+    bounded(Scenario::bounded(3)).await;
+}
+
+/// Across namespace hosts, seed 11: the same properties under every kind of fault, the network
+/// ones done for real between hosts (the leader isolated, a master split off, a worker host cut
+/// from the masters but not its clients, packet loss, delay); a killed member is started again
+/// by its host's supervisor (played by the nemesis), nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_across_hosts_seed_11() {
+    bounded(Scenario::bounded_on_hosts(11)).await;
+}
+
+/// Across namespace hosts, seed 12: the same properties under another seeded schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_across_hosts_seed_12() {
+    bounded(Scenario::bounded_on_hosts(12)).await;
 }
