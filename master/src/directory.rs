@@ -148,6 +148,17 @@ impl Directory {
         self.workers.values().filter(|w| w.host == host).collect()
     }
 
+    /// Live workers of `host` heard from within `within` of `now`: the ones worth asking to
+    /// start a replacement. A host cut off from the master goes silent as a whole but its
+    /// workers are reaped one at a time; a command queued for one that is cut off too would
+    /// arrive when the cut heals, with the reaped workers back, and grow the pool for good.
+    pub fn heard_from(&self, host: &str, now: Instant, within: Duration) -> Vec<&Worker> {
+        self.workers
+            .values()
+            .filter(|w| w.host == host && now.duration_since(w.last_seen) <= within)
+            .collect()
+    }
+
     /// The workers as the status call shows them.
     pub fn status(&self, now: Instant) -> Vec<WorkerStatus> {
         self.workers
@@ -228,6 +239,35 @@ mod tests {
             vec!["own"],
             "the kept host stays, to be refilled"
         );
+    }
+
+    /// Of a host's live workers, only those heard from recently are asked to start replacements:
+    /// when the whole host went silent (cut off), none is.
+    #[test]
+    fn only_recently_heard_workers_start_replacements() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut d = Directory::default();
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(250);
+        d.heartbeat(&hb("1", "h", 0), &tx, t0);
+        d.heartbeat(&hb("2", "h", 0), &tx, t0 + tick);
+        d.heartbeat(&hb("3", "other", 0), &tx, t0 + tick * 5);
+        // Worker 1 is reaped first; worker 2, silent as long minus a tick, is still listed.
+        let now = t0 + Duration::from_millis(1100);
+        let dead = d.reap(now, Duration::from_millis(1000), None);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(d.on_host("h").len(), 1, "worker 2 is still live");
+        assert!(
+            d.heard_from("h", now, tick * 2).is_empty(),
+            "worker 2 went silent with its host: not asked"
+        );
+        d.heartbeat(&hb("2", "h", 0), &tx, now);
+        let asked: Vec<&str> = d
+            .heard_from("h", now, tick * 2)
+            .iter()
+            .map(|w| w.id.as_str())
+            .collect();
+        assert_eq!(asked, vec!["2"], "a worker heard from just now is asked");
     }
 
     /// Assignment goes to the least loaded (counting assignments not yet reported), skips

@@ -128,6 +128,13 @@ pub async fn run(
             if now < state.next_try {
                 continue;
             }
+            // Only a worker heard from within the last two heartbeats is asked to start a
+            // replacement (see `Directory::heard_from`).
+            let fresh = dir.heard_from(host, now, tick * 2);
+            let remote = !(host == &own_host && local.is_some());
+            if remote && fresh.is_empty() {
+                continue;
+            }
             for _ in 0..missing {
                 if host == &own_host && local.is_some() {
                     match local.as_ref().map(|l| l.spawn(h.pool_size)) {
@@ -139,7 +146,7 @@ pub async fn run(
                         }
                         None => {}
                     }
-                } else if let Some(w) = live.choose(&mut rand::thread_rng()) {
+                } else if let Some(w) = fresh.choose(&mut rand::thread_rng()) {
                     let cmd = ControlCommand {
                         command: Some(Command::SpawnWorker(SpawnWorker {})),
                     };
