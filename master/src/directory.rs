@@ -6,9 +6,15 @@
 use chatfeed_proto::control::{ControlCommand, WorkerHeartbeat};
 use chatfeed_proto::master::WorkerStatus;
 use rand::seq::SliceRandom;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// How long an assignment counts as on its way to the worker: a client connects within a few
+/// round trips, and the worker's next heartbeat (every 250 ms by default) shows it. A heartbeat
+/// does not clear younger assignments: the client may connect just after it was sent (counting
+/// one twice for a moment is harmless; missing one sent the next clients to the same worker).
+pub const PENDING_FOR: Duration = Duration::from_millis(500);
 
 /// One live worker.
 #[derive(Debug)]
@@ -19,8 +25,9 @@ pub struct Worker {
     pub pid: u32,
     /// Streams it reported at its last heartbeat.
     pub clients: u32,
-    /// Clients assigned to it since its last heartbeat (they may not have connected yet).
-    pub assigned: u32,
+    /// When clients were last assigned to it, oldest first: those a heartbeat cannot show yet
+    /// (see `PENDING_FOR`).
+    pub assigned: VecDeque<Instant>,
     pub registered: Instant,
     pub last_seen: Instant,
     /// Commands to the worker, over its heartbeat stream.
@@ -30,7 +37,7 @@ pub struct Worker {
 impl Worker {
     /// The load used for assignment: streams it has plus the ones on their way.
     pub fn load(&self) -> u32 {
-        self.clients + self.assigned
+        self.clients + self.assigned.len() as u32
     }
 }
 
@@ -72,7 +79,15 @@ impl Directory {
         match self.workers.get_mut(&hb.worker_id) {
             Some(w) => {
                 w.clients = hb.clients;
-                w.assigned = 0;
+                // Assignments older than `PENDING_FOR` are in this count by now (the client
+                // connected); younger ones may not be, and still count as on their way.
+                while w
+                    .assigned
+                    .front()
+                    .is_some_and(|&t| now.saturating_duration_since(t) > PENDING_FOR)
+                {
+                    w.assigned.pop_front();
+                }
                 w.last_seen = now;
                 w.commands = commands.clone();
                 false
@@ -86,7 +101,7 @@ impl Directory {
                         host: hb.host.clone(),
                         pid: hb.pid,
                         clients: hb.clients,
-                        assigned: 0,
+                        assigned: VecDeque::new(),
                         registered: now,
                         last_seen: now,
                         commands: commands.clone(),
@@ -118,8 +133,8 @@ impl Directory {
     }
 
     /// The least-loaded live worker not in `exclude` (if every worker is excluded, the least
-    /// loaded of all), random among equals; counts the assignment.
-    pub fn assign(&mut self, exclude: &[String]) -> Option<(String, String)> {
+    /// loaded of all), random among equals; counts the assignment (made at `now`).
+    pub fn assign(&mut self, exclude: &[String], now: Instant) -> Option<(String, String)> {
         let pick = |skip: bool| -> Vec<String> {
             let candidates: Vec<&Worker> = self
                 .workers
@@ -139,7 +154,7 @@ impl Directory {
         }
         let id = ids.choose(&mut rand::thread_rng())?.clone();
         let w = self.workers.get_mut(&id)?;
-        w.assigned += 1;
+        w.assigned.push_back(now);
         Some((w.id.clone(), w.addr.clone()))
     }
 
@@ -270,6 +285,32 @@ mod tests {
         assert_eq!(asked, vec!["2"], "a worker heard from just now is asked");
     }
 
+    /// An assignment keeps counting through a heartbeat sent before its client could have
+    /// connected, and stops counting once a heartbeat comes `PENDING_FOR` after it: two clients
+    /// assigned on either side of a heartbeat go to different workers.
+    #[test]
+    fn assignments_count_until_a_heartbeat_can_show_them() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut d = Directory::default();
+        let t0 = Instant::now();
+        d.heartbeat(&hb("1", "h", 0), &tx, t0);
+        d.heartbeat(&hb("2", "h", 0), &tx, t0);
+        let (first, _) = d.assign(&[], t0).unwrap();
+        // A heartbeat right after, which does not show the client yet.
+        let soon = t0 + Duration::from_millis(10);
+        d.heartbeat(&hb(&first, "h", 0), &tx, soon);
+        assert_eq!(d.workers[&first].load(), 1, "still on its way");
+        let (second, _) = d.assign(&[], soon).unwrap();
+        assert_ne!(first, second, "the second client goes to the other worker");
+        let later = t0 + PENDING_FOR + Duration::from_millis(50);
+        d.heartbeat(&hb(&first, "h", 1), &tx, later);
+        assert_eq!(
+            d.workers[&first].load(),
+            1,
+            "counted once, by the heartbeat"
+        );
+    }
+
     /// Assignment goes to the least loaded (counting assignments not yet reported), skips
     /// excluded workers while others exist, and spreads evenly.
     #[test]
@@ -282,7 +323,7 @@ mod tests {
         d.heartbeat(&hb("3", "h", 0), &tx, now);
         let mut counts = BTreeMap::new();
         for _ in 0..10 {
-            let (id, _) = d.assign(&[]).unwrap();
+            let (id, _) = d.assign(&[], now).unwrap();
             *counts.entry(id).or_insert(0u32) += 1;
         }
         assert_eq!(
@@ -292,12 +333,12 @@ mod tests {
         );
         assert_eq!(counts["2"] + counts["3"], 10);
         assert!(counts["2"].abs_diff(counts["3"]) <= 1);
-        let (id, _) = d.assign(&["h:2".into(), "h:3".into()]).unwrap();
+        let (id, _) = d.assign(&["h:2".into(), "h:3".into()], now).unwrap();
         assert_eq!(id, "1", "excluded workers are skipped");
         let mut only = Directory::default();
         only.heartbeat(&hb("9", "h", 0), &tx, now);
         assert_eq!(
-            only.assign(&["h:9".into()]).unwrap().0,
+            only.assign(&["h:9".into()], now).unwrap().0,
             "9",
             "excluding the only worker still answers"
         );
