@@ -55,6 +55,8 @@ impl LocalSpawn {
 struct HostState {
     next_try: Instant,
     backoff: Duration,
+    /// Since when the host has had fewer live workers than its pool, without a break.
+    short_since: Option<Instant>,
 }
 
 pub async fn run(
@@ -75,6 +77,10 @@ pub async fn run(
     // A worker notices a stalled or cut-off old master only by its probe (1 s apart, 2 s
     // timeout) and then re-registers: allow for that too.
     let grace = dead_after * 2 + Duration::from_secs(4);
+    // How long a host's pool must stay short before replacements are asked for: a worker
+    // reaped while cut off re-registers within its probe's period (1 s) and timeout (2 s) of
+    // the cut healing.
+    let short_settle = dead_after + Duration::from_secs(3);
     let mut active_since: Option<Instant> = None;
     let mut hosts: HashMap<String, HostState> = HashMap::new();
     let mut shed_at: HashMap<String, Instant> = HashMap::new();
@@ -119,10 +125,19 @@ pub async fn run(
             let state = hosts.entry(host.clone()).or_insert(HostState {
                 next_try: now,
                 backoff: FIRST_BACKOFF,
+                short_since: None,
             });
             let missing = h.pool_size.saturating_sub(live.len() as u32);
             if missing == 0 {
                 state.backoff = FIRST_BACKOFF;
+                state.short_since = None;
+                continue;
+            }
+            // A worker declared dead may be alive behind a network cut: when the cut heals, its
+            // heartbeats (or its new registration, after its probe noticed) come back a moment
+            // after its host-mates'. Only a pool short for longer than that has lost workers.
+            let short_since = *state.short_since.get_or_insert(now);
+            if now.duration_since(short_since) < short_settle {
                 continue;
             }
             if now < state.next_try {
