@@ -27,9 +27,9 @@ pub const RECOVERY_BOUND: Duration = Duration::from_secs(45);
 /// Between two looks at the cluster while waiting for it to recover.
 const RECOVERY_POLL: Duration = Duration::from_millis(100);
 /// How long more workers than the pool may stay listed after a recovery (a replacement and a
-/// slow worker both registered) before it counts as an oversized pool: several heartbeats and
-/// rebalance rounds.
-pub const SURPLUS_SETTLE: Duration = Duration::from_secs(10);
+/// slow worker both registered) before it counts as an oversized pool: the active master waits
+/// `dead_after` + 3 s before it retires the surplus, which then moves its streams and exits.
+pub const SURPLUS_SETTLE: Duration = Duration::from_secs(20);
 
 /// How long after a member is killed its host's supervisor starts it again, where chatfeed
 /// itself does not (`Deployment::restarts_killed_members`): systemd's `RestartSec`, and the

@@ -30,6 +30,9 @@ pub struct Worker {
     pub assigned: VecDeque<Instant>,
     pub registered: Instant,
     pub last_seen: Instant,
+    /// Asked to retire (its host has more workers than its pool): no new clients; when it says it
+    /// is leaving, its host's pool keeps its size.
+    pub retiring: bool,
     /// Commands to the worker, over its heartbeat stream.
     pub commands: mpsc::Sender<ControlCommand>,
 }
@@ -63,7 +66,9 @@ impl Directory {
         now: Instant,
     ) -> bool {
         if hb.leaving {
-            if let Some(w) = self.workers.remove(&hb.worker_id) {
+            if let Some(w) = self.workers.remove(&hb.worker_id)
+                && !w.retiring
+            {
                 // Stopped on purpose: the host keeps one worker fewer.
                 if let Some(h) = self.hosts.get_mut(&w.host) {
                     h.pool_size = h.pool_size.saturating_sub(1);
@@ -71,11 +76,15 @@ impl Directory {
             }
             return false;
         }
-        // The pool size is learnt when the host appears; later heartbeats do not reset it, so a
-        // worker that left on purpose stays unreplaced.
-        self.hosts.entry(hb.host.clone()).or_insert(Host {
+        // The pool size is learnt when the host appears, and grows when a worker registers with
+        // a larger one (the operator started more); the heartbeats of registered workers do not
+        // reset it, so a worker that left on purpose stays unreplaced.
+        let host = self.hosts.entry(hb.host.clone()).or_insert(Host {
             pool_size: hb.pool_size,
         });
+        if !self.workers.contains_key(&hb.worker_id) {
+            host.pool_size = host.pool_size.max(hb.pool_size);
+        }
         match self.workers.get_mut(&hb.worker_id) {
             Some(w) => {
                 w.clients = hb.clients;
@@ -104,6 +113,7 @@ impl Directory {
                         assigned: VecDeque::new(),
                         registered: now,
                         last_seen: now,
+                        retiring: false,
                         commands: commands.clone(),
                     },
                 );
@@ -139,7 +149,7 @@ impl Directory {
             let candidates: Vec<&Worker> = self
                 .workers
                 .values()
-                .filter(|w| !skip || !exclude.contains(&w.addr))
+                .filter(|w| !w.retiring && (!skip || !exclude.contains(&w.addr)))
                 .collect();
             let min = candidates.iter().map(|w| w.load()).min();
             candidates
@@ -158,9 +168,27 @@ impl Directory {
         Some((w.id.clone(), w.addr.clone()))
     }
 
-    /// Live workers of `host`.
+    /// Live workers of `host`, not counting those asked to retire.
     pub fn on_host(&self, host: &str) -> Vec<&Worker> {
-        self.workers.values().filter(|w| w.host == host).collect()
+        self.workers
+            .values()
+            .filter(|w| w.host == host && !w.retiring)
+            .collect()
+    }
+
+    /// The workers to retire from `host` when it runs more than its pool: as many as are too
+    /// many, those with the fewest streams first (then the youngest).
+    pub fn surplus(&self, host: &str) -> Vec<String> {
+        let pool = self.hosts.get(host).map_or(0, |h| h.pool_size) as usize;
+        let mut live = self.on_host(host);
+        if live.len() <= pool {
+            return Vec::new();
+        }
+        live.sort_by_key(|w| (w.clients, std::cmp::Reverse(w.registered)));
+        live[..live.len() - pool]
+            .iter()
+            .map(|w| w.id.clone())
+            .collect()
     }
 
     /// Live workers of `host` heard from within `within` of `now`: the ones worth asking to
@@ -170,7 +198,7 @@ impl Directory {
     pub fn heard_from(&self, host: &str, now: Instant, within: Duration) -> Vec<&Worker> {
         self.workers
             .values()
-            .filter(|w| w.host == host && now.duration_since(w.last_seen) <= within)
+            .filter(|w| w.host == host && !w.retiring && now.duration_since(w.last_seen) <= within)
             .collect()
     }
 
@@ -308,6 +336,49 @@ mod tests {
             d.workers[&first].load(),
             1,
             "counted once, by the heartbeat"
+        );
+    }
+
+    /// A host with more workers than its pool retires the surplus, emptiest (then youngest)
+    /// first; a retiring worker gets no new clients, and its leaving does not shrink the pool.
+    #[test]
+    fn surplus_workers_retire_without_shrinking_the_pool() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut d = Directory::default();
+        let t0 = Instant::now();
+        // Pools of 3 (see `hb`): four workers on h.
+        d.heartbeat(&hb("1", "h", 2), &tx, t0);
+        d.heartbeat(&hb("2", "h", 0), &tx, t0);
+        d.heartbeat(&hb("3", "h", 5), &tx, t0);
+        assert!(d.surplus("h").is_empty(), "three is the pool");
+        d.heartbeat(&hb("4", "h", 0), &tx, t0 + Duration::from_secs(1));
+        assert_eq!(d.surplus("h"), vec!["4"], "the emptiest, youngest goes");
+        d.workers.get_mut("4").unwrap().retiring = true;
+        assert!(d.surplus("h").is_empty());
+        assert_eq!(d.on_host("h").len(), 3);
+        for _ in 0..5 {
+            assert_ne!(
+                d.assign(&[], t0).unwrap().0,
+                "4",
+                "no clients for a retiring worker"
+            );
+        }
+        let mut leaving = hb("4", "h", 0);
+        leaving.leaving = true;
+        d.heartbeat(&leaving, &tx, t0);
+        assert!(!d.workers.contains_key("4"));
+        assert_eq!(d.hosts["h"].pool_size, 3, "the pool keeps its size");
+        let mut bigger = hb("5", "h", 0);
+        bigger.pool_size = 5;
+        d.heartbeat(&bigger, &tx, t0);
+        assert_eq!(
+            d.hosts["h"].pool_size, 5,
+            "a worker started with a larger pool grows it"
+        );
+        d.heartbeat(&hb("1", "h", 0), &tx, t0);
+        assert_eq!(
+            d.hosts["h"].pool_size, 5,
+            "registered workers do not shrink it"
         );
     }
 

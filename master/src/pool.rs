@@ -1,12 +1,15 @@
 //! The worker pools, kept by the active master: declares silent workers dead, has replacements
 //! started on their host (by spawning one itself when the host is its own, otherwise by asking a
 //! surviving worker of that host), with backoff so a worker that crashes at start-up cannot cause a
-//! spawn storm; and rebalances streams when loads are uneven.
+//! spawn storm; retires workers beyond a host's pool (a replacement that raced with a worker
+//! coming back); and rebalances streams when loads are uneven.
 
 use crate::directory::Directory;
 use crate::mastership::Mastership;
 use chatfeed_common::process::SpawnSpec;
-use chatfeed_proto::control::{ControlCommand, Shed, SpawnWorker, control_command::Command};
+use chatfeed_proto::control::{
+    ControlCommand, Retire, Shed, SpawnWorker, control_command::Command,
+};
 use rand::seq::SliceRandom;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,6 +60,8 @@ struct HostState {
     backoff: Duration,
     /// Since when the host has had fewer live workers than its pool, without a break.
     short_since: Option<Instant>,
+    /// Since when it has had more, without a break.
+    surplus_since: Option<Instant>,
 }
 
 pub async fn run(
@@ -126,6 +131,7 @@ pub async fn run(
                 next_try: now,
                 backoff: FIRST_BACKOFF,
                 short_since: None,
+                surplus_since: None,
             });
             let missing = h.pool_size.saturating_sub(live.len() as u32);
             if missing == 0 {
@@ -177,6 +183,38 @@ pub async fn run(
             }
             state.next_try = now + state.backoff;
             state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
+        }
+        // Retire surplus workers: spawning on a shortage races with workers coming back (from
+        // behind a cut, or registering with a new active master that did not see a spawn in
+        // flight); whatever the race, the pool converges to its size.
+        let mut retire: Vec<String> = Vec::new();
+        for (host, state) in hosts.iter_mut() {
+            let extra = dir.surplus(host);
+            if extra.is_empty() {
+                state.surplus_since = None;
+                continue;
+            }
+            let since = *state.surplus_since.get_or_insert(now);
+            if now.duration_since(since) >= short_settle {
+                retire.extend(extra);
+                state.surplus_since = None;
+            }
+        }
+        for id in retire {
+            if let Some(w) = dir.workers.get_mut(&id) {
+                let cmd = ControlCommand {
+                    command: Some(Command::Retire(Retire {})),
+                };
+                match w.commands.try_send(cmd) {
+                    Ok(()) => {
+                        w.retiring = true;
+                        tracing::warn!(worker = %id, host = %w.host, clients = w.clients, "host runs more workers than its pool: asked one to retire");
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = %id, error = %e, "cannot reach a surplus worker to retire it")
+                    }
+                }
+            }
         }
         // Rebalance.
         if now.duration_since(last_rebalance) >= REBALANCE_EVERY {

@@ -4,8 +4,9 @@
 //! heartbeat with the number of live streams every `heartbeat` interval. A member that is not the
 //! active master refuses the stream naming the leader, and the worker goes there; when the stream
 //! ends (the master failed or lost its mastership) the worker registers again, paced by a
-//! jittered backoff. The master answers with commands: `Shed` (move some streams away) and
-//! `SpawnWorker` (start one more worker process on this host). On shutdown the worker sends a
+//! jittered backoff. The master answers with commands: `Shed` (move some streams away),
+//! `SpawnWorker` (start one more worker process on this host) and `Retire` (the host has more
+//! workers than its pool: shut down, as on SIGTERM). On shutdown the worker sends a
 //! last heartbeat with `leaving`, so the master forgets it at once and does not replace it.
 
 use crate::backoff::Backoff;
@@ -180,7 +181,7 @@ impl Control {
                     return SessionEnd::Broke(why.unwrap_or_else(|e| format!("probe task: {e}")));
                 }
                 m = commands.message() => match m {
-                    Ok(Some(cmd)) => self.obey(cmd),
+                    Ok(Some(cmd)) => self.obey(cmd, shutdown),
                     Ok(None) => return SessionEnd::Broke("the master ended the stream".into()),
                     Err(s) => return SessionEnd::Broke(s.message().to_string()),
                 },
@@ -223,7 +224,7 @@ impl Control {
         }
     }
 
-    fn obey(&self, cmd: ControlCommand) {
+    fn obey(&self, cmd: ControlCommand, shutdown: &CancellationToken) {
         match cmd.command {
             Some(Command::Shed(shed)) => {
                 let moved = self.hub.shed(
@@ -247,6 +248,12 @@ impl Control {
                     "the master asked for another worker, but this worker was not started as a process that can start others"
                 ),
             },
+            Some(Command::Retire(_)) => {
+                tracing::warn!(
+                    "the master says this host runs more workers than its pool: moving every stream and exiting"
+                );
+                shutdown.cancel();
+            }
             None => {}
         }
     }

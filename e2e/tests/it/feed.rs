@@ -259,3 +259,57 @@ async fn bad_input_is_refused_clearly() {
         "an invalid user name is bad usage"
     );
 }
+
+/// A host running more workers than its pool (a replacement that raced with a worker coming back
+/// from behind a cut, or with a fail-over) comes back to its pool: the active master asks the
+/// surplus worker (the emptiest, youngest) to retire and it exits cleanly, two workers are left,
+/// and the feed keeps serving. (That its leaving does not shrink the pool is
+/// `directory::tests::surplus_workers_retire_without_shrinking_the_pool`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn surplus_worker_retires() {
+    let c = feed_cluster("[worker]\npool_size = 2\n").await;
+    c.wait_workers(2).await;
+    c.client_ok("alice", &["list"]).await;
+    c.client_ok("bob", &["follow", "alice"]).await;
+    let stream = c.stream("bob", &[]);
+    // One worker too many, as a raced replacement would be: same host, same pool size.
+    let mut extra = tokio::process::Command::new(bin_dir().join("chatfeed-worker"))
+        .arg("--config")
+        .arg(&c.config_path)
+        .arg("--pool")
+        .arg("2")
+        .arg(c.masters_list())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(c.run_dir().join("extra-worker.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting an extra worker");
+    let pid = extra.id().expect("its pid");
+    eventually("the extra worker to register", async || {
+        let s = c.leader_status().await.ok_or("no active master")?;
+        if s.workers.iter().any(|w| w.pid == pid) {
+            Ok(())
+        } else {
+            Err(format!("workers {:?}", s.workers))
+        }
+    })
+    .await;
+    let status = tokio::time::timeout(DEADLINE * 2, extra.wait())
+        .await
+        .expect("the surplus worker was not retired")
+        .expect("waiting for the extra worker");
+    assert!(status.success(), "a retired worker exits cleanly: {status}");
+    eventually("the pool to be two workers again", async || {
+        let s = c.leader_status().await.ok_or("no active master")?;
+        if s.workers.len() == 2 && s.workers.iter().all(|w| w.pid != pid) {
+            Ok(())
+        } else {
+            Err(format!("workers {:?}", s.workers))
+        }
+    })
+    .await;
+    let p = c.post("alice", "after the retirement").await;
+    stream.wait_seq(p.seq).await;
+    stream.assert_exactly(&[p.seq]);
+}
