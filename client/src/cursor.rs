@@ -3,12 +3,18 @@
 //! opened (`--after SEQ`, or without `after_seq`: the latest 20). Posts at or below the cursor are
 //! never printed again, so a resumed stream shows nothing twice and skips nothing.
 
+/// How many refused (resent) seqs a cursor keeps for inspection; it counts them all.
+const RESENT_KEPT: usize = 100;
+
 /// The position of one timeline stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     opened_after: Option<u64>,
     last_printed: Option<u64>,
     printed: u64,
+    /// The first `RESENT_KEPT` seqs a worker sent at or below the cursor, and how many in all.
+    resent: Vec<u64>,
+    resent_count: u64,
 }
 
 impl Cursor {
@@ -18,6 +24,8 @@ impl Cursor {
             opened_after: after,
             last_printed: None,
             printed: 0,
+            resent: Vec::new(),
+            resent_count: 0,
         }
     }
 
@@ -30,6 +38,12 @@ impl Cursor {
     /// below the cursor (a worker that resent it) is refused.
     pub fn accept(&mut self, seq: u64) -> bool {
         if self.after_seq().is_some_and(|after| seq <= after) {
+            // A worker must send only seqs above the stream's after_seq: this one broke that
+            // promise (the copy is dropped; the fault-injection checker reports it).
+            if self.resent.len() < RESENT_KEPT {
+                self.resent.push(seq);
+            }
+            self.resent_count += 1;
             return false;
         }
         self.last_printed = Some(seq);
@@ -45,6 +59,12 @@ impl Cursor {
     /// How many posts were printed.
     pub fn printed(&self) -> u64 {
         self.printed
+    }
+
+    /// The seqs a worker sent again, at or below the cursor (the first ones), and how many it
+    /// sent in all.
+    pub fn resent(&self) -> (&[u64], u64) {
+        (&self.resent, self.resent_count)
     }
 }
 

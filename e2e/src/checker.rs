@@ -134,6 +134,15 @@ pub enum Violation {
         delivered: String,
         committed: String,
     },
+    /// A worker sent `seq` at or below where the stream stood (the real client drops such a
+    /// copy, so users do not see it; the worker broke its promise all the same).
+    StreamResent {
+        stream: usize,
+        label: String,
+        seq: u64,
+        /// How many such copies the stream received in all.
+        total: u64,
+    },
     /// A stream stopped by itself.
     StreamFailed {
         stream: usize,
@@ -282,6 +291,13 @@ impl fmt::Display for Violation {
                 f,
                 "CONTENT: {label} delivered seq {seq} as {delivered}, committed as {committed}"
             ),
+            StreamResent {
+                label, seq, total, ..
+            } => write!(
+                f,
+                "RESENT: {label}: a worker sent seq {seq} again after the client had it ({total} \
+                 such copies on this stream; the client dropped them)"
+            ),
             StreamFailed { label, why, .. } => write!(f, "STREAM STOPPED: {label}: {why}"),
             NotDeliveredAfterRecovery {
                 label,
@@ -326,6 +342,7 @@ impl Violation {
             | StreamGap { stream, seq, .. }
             | StreamForeign { stream, seq, .. }
             | StreamContent { stream, seq, .. }
+            | StreamResent { stream, seq, .. }
             | NotDeliveredAfterRecovery { stream, seq, .. } => Some((*stream, *seq)),
             _ => None,
         }
@@ -643,6 +660,15 @@ fn check_stream(h: &History, s: &StreamRecord, timeline: &[FinalPost], v: &mut V
             }
         }
     }
+    let (resent, total) = &s.resent;
+    for &seq in resent {
+        v.push(Violation::StreamResent {
+            stream: s.id,
+            label: label.clone(),
+            seq,
+            total: *total,
+        });
+    }
     if let Some(why) = &s.failed {
         v.push(Violation::StreamFailed {
             stream: s.id,
@@ -897,6 +923,7 @@ mod tests {
             outages: vec![],
             injected: vec![],
             failed: None,
+            resent: (vec![], 0),
         }
     }
 
@@ -977,6 +1004,25 @@ mod tests {
         assert_eq!(v.figures.posts_acknowledged, 250);
         assert_eq!(v.figures.deliveries_checked, 250);
         assert_eq!(v.figures.leader_terms, 2);
+    }
+
+    /// Copies a worker resent below the stream's position (which the client dropped) are
+    /// reported, each with its seq.
+    #[test]
+    fn resent_copies_are_reported() {
+        let (mut h, f) = clean();
+        h.streams[0].resent = (vec![42, 43], 2);
+        let v = check(&h, &f);
+        let reported: Vec<u64> = v
+            .violations
+            .iter()
+            .filter_map(|x| match x {
+                Violation::StreamResent { stream: 0, seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported, vec![42, 43], "{}", v.describe(10));
+        assert_eq!(v.violations.len(), 2, "{}", v.describe(10));
     }
 
     /// A stream that drops one post in a hundred is reported with exactly the dropped seqs, each

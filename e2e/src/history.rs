@@ -124,6 +124,9 @@ pub struct StreamRecord {
     pub injected: Vec<(u64, Injection)>,
     /// Why the stream stopped before it was told to, if it did.
     pub failed: Option<String>,
+    /// Seqs a worker sent at or below the stream's position (the client dropped the copies, so
+    /// they are not deliveries; a worker must not send them): the first ones, and how many.
+    pub resent: (Vec<u64>, u64),
 }
 
 impl StreamRecord {
@@ -363,6 +366,7 @@ impl Recorder {
             outages: Vec::new(),
             injected: Vec::new(),
             failed: None,
+            resent: (Vec::new(), 0),
         });
         id
     }

@@ -360,6 +360,10 @@ pub fn spawn_library_stream(
         };
         let res =
             timeline::stream(&session, &mut cursor, Until::default(), None, &cancel, show).await;
+        let (resent, count) = cursor.resent();
+        if count > 0 {
+            rec.lock().streams[id].resent = (resent.to_vec(), count);
+        }
         let failed = match res {
             Ok(StreamEnd::Cancelled) => None,
             Ok(end) => Some(format!("the stream ended by itself ({end:?})")),
