@@ -16,7 +16,7 @@ use crate::raft::network::{Faults, Network};
 use crate::raft::service::RaftService;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{MemberNode, NodeId, Raft};
-use crate::{pool, supervisor, watchdog};
+use crate::{health, pool, supervisor, watchdog};
 use anyhow::Context;
 use chatfeed_common::Config;
 use openraft::SnapshotPolicy;
@@ -143,6 +143,15 @@ impl Member {
         );
         let control = ControlService::new(mastership.clone(), directory.clone(), shutdown.clone());
         let mut tasks = Vec::new();
+        let (health_reporter, health_server) = health::service().await;
+        let (reflection_v1, reflection_v1alpha) =
+            health::reflection(&health::SERVICES[1..]).context("building gRPC reflection")?;
+        tasks.push(tokio::spawn(health::run(
+            raft.clone(),
+            mastership.lease(),
+            health_reporter,
+            shutdown.clone(),
+        )));
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone()).into_server();
         tasks.push(tokio::spawn(async move {
@@ -162,6 +171,9 @@ impl Member {
             let res = tonic::transport::Server::builder()
                 .add_service(api.into_server())
                 .add_service(control.into_server())
+                .add_service(health_server)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listeners.api),
                     token.cancelled(),

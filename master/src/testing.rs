@@ -320,3 +320,25 @@ pub async fn watched_events(api: &mut MasterClient<Channel>, upto: u64) -> Vec<p
     }
     out
 }
+
+/// What a generic gRPC health client (`grpc.health.v1.Health/Check`) gets from the server at
+/// `addr` for `service` ("" is the whole server); None when the call fails.
+pub async fn health_status(
+    addr: &str,
+    service: &str,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let r = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(r.into_inner().status).ok()
+}

@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod control;
 pub mod event;
+pub mod health;
 pub mod hub;
 pub mod launch;
 pub mod master_link;

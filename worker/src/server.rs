@@ -115,6 +115,15 @@ pub async fn run(
         hub.clone(),
         watch_stop.clone(),
     ));
+    let (registered, registered_rx) = tokio::sync::watch::channel(false);
+    let (health_reporter, health_server) = crate::health::service().await;
+    let (reflection_v1, reflection_v1alpha) =
+        crate::health::reflection().context("building gRPC reflection")?;
+    let health = tokio::spawn(crate::health::run(
+        health_reporter,
+        registered_rx,
+        shutdown.clone(),
+    ));
     let control = tokio::spawn(
         Control {
             identity: identity.clone(),
@@ -122,6 +131,7 @@ pub async fn run(
             link: link.clone(),
             hub: hub.clone(),
             spawn: opts.spawn.clone(),
+            registered,
         }
         .run(shutdown.clone()),
     );
@@ -134,6 +144,9 @@ pub async fn run(
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .add_service(service)
+            .add_service(health_server)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
             .await
     });
@@ -173,6 +186,7 @@ pub async fn run(
     }
     watch_stop.cancel();
     let _ = watcher.await;
+    let _ = health.await;
     tracing::info!(worker = %identity.worker_id, "worker stopped");
     match failed {
         Some(e) => Err(e),

@@ -7,5 +7,6 @@ mod api;
 mod boundary;
 mod control;
 mod fixture;
+mod health;
 mod process;
 mod timeline;

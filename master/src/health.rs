@@ -1,0 +1,122 @@
+//! Standard gRPC health checking (`grpc.health.v1.Health`) and server reflection on a member's
+//! API port, for load balancers, orchestrators and generic gRPC tools.
+//!
+//! A member reports SERVING when it has a leader and is caught up: either it is the active
+//! master (leader with a recent quorum acknowledgement, `mastership::is_active`), or it is a
+//! follower of a known leader that has applied everything it holds, give or take
+//! `CAUGHT_UP_LAG` entries in flight. A member cut off from the majority stops being SERVING: a
+//! leader within the election timeout (its quorum acknowledgement ages), a follower when it
+//! campaigns (it then knows no leader). Stopping reports NOT_SERVING first, so balancers drain
+//! the member before it goes. The overall status ("") and every API service share one status.
+
+use crate::mastership::is_active;
+use crate::raft::types::{MemberNode, NodeId, Raft};
+use openraft::{RaftMetrics, ServerState};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// The services whose status the member reports ("" is the whole server).
+pub const SERVICES: [&str; 3] = ["", "chatfeed.master.Master", "chatfeed.control.Control"];
+/// A follower whose log holds more than this many entries beyond what it applied is still
+/// catching up (one full AppendEntries batch is 256 entries; a few may be in flight).
+pub const CAUGHT_UP_LAG: u64 = 1024;
+/// How often the status is recomputed: the quorum acknowledgement ages without any metrics
+/// change, so a change alone would miss a leader that lost its majority.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Whether the metrics show a member that should serve (see the module doc).
+pub fn serving(m: &RaftMetrics<NodeId, MemberNode>, lease: Duration) -> bool {
+    if m.running_state.is_err() {
+        return false;
+    }
+    match m.state {
+        ServerState::Leader => is_active(m, lease),
+        ServerState::Follower => {
+            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+            let held = m.last_log_index.unwrap_or(0);
+            m.current_leader.is_some_and(|l| l != m.id)
+                && m.vote.is_committed()
+                && held.saturating_sub(applied) <= CAUGHT_UP_LAG
+        }
+        _ => false,
+    }
+}
+
+/// Sets every service of `SERVICES` to `status`.
+pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    for s in SERVICES {
+        reporter.set_service_status(s, status).await;
+    }
+}
+
+/// Keeps the reported status in step with Raft until `shutdown`, then reports NOT_SERVING.
+pub async fn run(
+    raft: Raft,
+    lease: Duration,
+    reporter: HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = serving(&metrics.borrow_and_update(), lease);
+        if last != Some(now) {
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(%status, "health");
+            set_all(&reporter, status).await;
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            r = metrics.changed() => if r.is_err() { break },
+        }
+    }
+    set_all(&reporter, ServingStatus::NotServing).await;
+}
+
+/// The health service (starting NOT_SERVING) and its reporter.
+pub async fn service() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, server) = tonic_health::server::health_reporter();
+    set_all(&reporter, ServingStatus::NotServing).await;
+    (reporter, server)
+}
+
+/// gRPC server reflection (v1, and v1alpha, which older tools use) listing `services` plus the
+/// health and reflection services themselves.
+#[allow(clippy::type_complexity)]
+pub fn reflection(
+    services: &[&str],
+) -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chatfeed_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for s in services.iter().chain(&[
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ]) {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
