@@ -9,6 +9,7 @@ pub mod feed;
 pub mod health;
 pub mod launch;
 pub mod mastership;
+pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod process;

@@ -138,6 +138,14 @@ async fn run_member(
     let api = tokio::net::TcpListener::bind(&me.api_addr)
         .await
         .with_context(|| format!("binding the API address {}", me.api_addr))?;
+    let metrics = match &me.metrics_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the metrics address {a}"))?,
+        ),
+        None => None,
+    };
     let pid_file = process::pid_file(&config.run_dir, id);
     process::write_pid_file(&pid_file)
         .with_context(|| format!("writing {}", pid_file.display()))?;
@@ -174,7 +182,7 @@ async fn run_member(
     let res = node::run(
         Arc::new(config),
         opts,
-        node::Listeners { raft, api },
+        node::Listeners { raft, api, metrics },
         shutdown,
     )
     .await;

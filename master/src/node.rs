@@ -10,11 +10,13 @@ use crate::api::MasterApi;
 use crate::control::ControlService;
 use crate::directory::Directory;
 use crate::mastership::Mastership;
+use crate::metrics::{self, MasterMetrics};
 use crate::raft::db::{DataDirError, Reader, open_member_db};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Faults, Network};
 use crate::raft::service::RaftService;
 use crate::raft::state_machine::StateMachine;
+use crate::raft::timed::{TimedLog, TimedStateMachine};
 use crate::raft::types::{MemberNode, NodeId, Raft};
 use crate::{health, pool, supervisor, watchdog};
 use anyhow::Context;
@@ -49,16 +51,22 @@ pub struct Options {
     pub worker_spawn: Option<pool::LocalSpawn>,
 }
 
-/// The two listeners a member serves.
+/// The listeners a member serves.
 pub struct Listeners {
     pub raft: TcpListener,
     pub api: TcpListener,
+    /// The Prometheus endpoint (`GET /metrics`), when configured.
+    pub metrics: Option<TcpListener>,
 }
 
 /// A running member.
 pub struct Member {
     pub id: NodeId,
     pub raft: Raft,
+    pub metrics: Arc<MasterMetrics>,
+    /// Where the Prometheus endpoint listens, when it does.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    directory: Arc<Mutex<Directory>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -80,9 +88,17 @@ impl Member {
         let path = tokio::task::spawn_blocking(move || open_member_db(&dir, id, create))
             .await?
             .map_err(|e: DataDirError| anyhow::anyhow!(e))?;
-        let log = LogStore::open(&path).context("opening the log store")?;
+        let metrics = Arc::new(MasterMetrics::new());
+        let log = TimedLog {
+            inner: LogStore::open(&path).context("opening the log store")?,
+            metrics: metrics.store.clone(),
+        };
         let sm = StateMachine::open(&path).context("opening the state machine")?;
         let applied_seq = sm.applied_seq();
+        let sm = TimedStateMachine {
+            inner: sm,
+            metrics: metrics.store.clone(),
+        };
 
         let raft_config = openraft::Config {
             cluster_name: "chatfeed".into(),
@@ -152,6 +168,26 @@ impl Member {
             health_reporter,
             shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(metrics::follow_raft(
+            metrics.clone(),
+            raft.clone(),
+            mastership.lease(),
+            shutdown.clone(),
+        )));
+        let metrics_addr = match listeners.metrics {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                let (m, d) = (metrics.clone(), directory.clone());
+                tracing::info!(addr = ?addr, "metrics endpoint serving");
+                tasks.push(tokio::spawn(chatfeed_common::metrics::serve(
+                    l,
+                    Arc::new(move || m.text(&d)),
+                    shutdown.clone().cancelled_owned(),
+                )));
+                addr
+            }
+            None => None,
+        };
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone()).into_server();
         tasks.push(tokio::spawn(async move {
@@ -167,8 +203,10 @@ impl Member {
             }
         }));
         let token = shutdown.clone();
+        let rpc_layer = metrics.rpc.layer();
         tasks.push(tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
+                .layer(rpc_layer)
                 .add_service(api.into_server())
                 .add_service(control.into_server())
                 .add_service(health_server)
@@ -189,6 +227,7 @@ impl Member {
             id,
             shutdown.clone(),
         )));
+        let directory_for_metrics = directory.clone();
         tasks.push(tokio::spawn(pool::run(
             mastership,
             directory,
@@ -208,9 +247,17 @@ impl Member {
         Ok(Member {
             id,
             raft,
+            metrics,
+            metrics_addr,
+            directory: directory_for_metrics,
             shutdown,
             tasks,
         })
+    }
+
+    /// The metrics text, as the endpoint serves it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.text(&self.directory)
     }
 
     /// Stops serving, then stops Raft (see the shutdown order above).

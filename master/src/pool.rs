@@ -97,7 +97,7 @@ pub async fn run(
         }
         if !mastership.is_active() {
             if active_since.take().is_some() {
-                *directory.lock().unwrap_or_else(|p| p.into_inner()) = Directory::default();
+                directory.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 hosts.clear();
             }
             continue;
@@ -113,6 +113,7 @@ pub async fn run(
             continue;
         }
         // Respawn.
+        let mut respawned = 0;
         hosts.retain(|h, _| dir.hosts.contains_key(h));
         for (host, h) in &dir.hosts {
             let live = dir.on_host(host);
@@ -132,6 +133,7 @@ pub async fn run(
                 if host == &own_host && local.is_some() {
                     match local.as_ref().map(|l| l.spawn(h.pool_size)) {
                         Some(Ok(pid)) => {
+                            respawned += 1;
                             tracing::warn!(host = %host, pid, "started a replacement worker")
                         }
                         Some(Err(e)) => {
@@ -145,6 +147,7 @@ pub async fn run(
                     };
                     match w.commands.try_send(cmd) {
                         Ok(()) => {
+                            respawned += 1;
                             tracing::warn!(host = %host, via = %w.id, "asked a worker to start a replacement")
                         }
                         Err(e) => {
@@ -156,6 +159,7 @@ pub async fn run(
             state.next_try = now + state.backoff;
             state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
         }
+        dir.respawns_total += respawned;
         // Rebalance.
         if now.duration_since(last_rebalance) >= REBALANCE_EVERY {
             last_rebalance = now;
