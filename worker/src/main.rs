@@ -189,7 +189,18 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
         chatfeed_common::process::wait_for_signal().await;
         signals.cancel();
     });
-    let res = server::run(opts, listener, shutdown).await;
+    // Metrics are for watching, not serving: a range with no free port left only costs them.
+    let metrics = match &config.worker.metrics_listen {
+        Some(spec) => match chatfeed_common::metrics::bind(spec).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(listen = %spec, error = %e, "no metrics endpoint: cannot bind worker.metrics_listen");
+                None
+            }
+        },
+        None => None,
+    };
+    let res = server::run_with_metrics(opts, listener, metrics, shutdown).await;
     process::remove_pid_file(&pid_file);
     if let Err(e) = &res {
         tracing::error!(error = %format!("{e:#}"), "worker stopped");

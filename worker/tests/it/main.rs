@@ -8,5 +8,6 @@ mod boundary;
 mod control;
 mod fixture;
 mod health;
+mod metrics;
 mod process;
 mod timeline;
