@@ -9,8 +9,8 @@
 //! campaigns (it then knows no leader). Stopping reports NOT_SERVING first, so balancers drain
 //! the member before it goes. The overall status ("") and every API service share one status.
 
-use crate::mastership::is_active;
-use crate::raft::types::{MemberNode, NodeId, Raft};
+use crate::mastership::{Mastership, is_active};
+use crate::raft::types::{MemberNode, NodeId};
 use openraft::{RaftMetrics, ServerState};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -51,19 +51,16 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Keeps the reported status in step with Raft until `shutdown`, then reports NOT_SERVING.
-pub async fn run(
-    raft: Raft,
-    lease: Duration,
-    reporter: HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut metrics = raft.metrics();
+/// Keeps the reported status in step with Raft until `shutdown`, then reports NOT_SERVING (and
+/// from the moment the member starts handing its mastership over).
+pub async fn run(mastership: Mastership, reporter: HealthReporter, shutdown: CancellationToken) {
+    let lease = mastership.lease();
+    let mut metrics = mastership.raft.metrics();
     let mut last = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let now = serving(&metrics.borrow_and_update(), lease);
+        let now = serving(&metrics.borrow_and_update(), lease) && !mastership.is_stepping_down();
         if last != Some(now) {
             let status = if now {
                 ServingStatus::Serving

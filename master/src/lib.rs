@@ -6,6 +6,7 @@ pub mod api;
 pub mod control;
 pub mod directory;
 pub mod feed;
+pub mod handoff;
 pub mod health;
 pub mod launch;
 pub mod mastership;

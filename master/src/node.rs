@@ -9,6 +9,7 @@
 use crate::api::MasterApi;
 use crate::control::ControlService;
 use crate::directory::Directory;
+use crate::handoff;
 use crate::mastership::Mastership;
 use crate::metrics::{self, MasterMetrics};
 use crate::raft::db::{DataDirError, Reader, open_member_db};
@@ -67,6 +68,7 @@ pub struct Member {
     /// Where the Prometheus endpoint listens, when it does.
     pub metrics_addr: Option<std::net::SocketAddr>,
     directory: Arc<Mutex<Directory>>,
+    handoff: (Mastership, Option<Arc<Faults>>),
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -148,6 +150,7 @@ impl Member {
             id,
             config: config.clone(),
             raft: raft.clone(),
+            stepping_down: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::default()));
         let api = MasterApi::new(
@@ -163,8 +166,7 @@ impl Member {
         let (reflection_v1, reflection_v1alpha) =
             health::reflection(&health::SERVICES[1..]).context("building gRPC reflection")?;
         tasks.push(tokio::spawn(health::run(
-            raft.clone(),
-            mastership.lease(),
+            mastership.clone(),
             health_reporter,
             shutdown.clone(),
         )));
@@ -228,6 +230,7 @@ impl Member {
             shutdown.clone(),
         )));
         let directory_for_metrics = directory.clone();
+        let mastership_for_handoff = mastership.clone();
         tasks.push(tokio::spawn(pool::run(
             mastership,
             directory,
@@ -247,6 +250,7 @@ impl Member {
         Ok(Member {
             id,
             raft,
+            handoff: (mastership_for_handoff, opts.faults.clone()),
             metrics,
             metrics_addr,
             directory: directory_for_metrics,
@@ -260,8 +264,17 @@ impl Member {
         self.metrics.text(&self.directory)
     }
 
-    /// Stops serving, then stops Raft (see the shutdown order above).
+    /// A planned stop: hands the leadership over when this member leads (`handoff`), then stops
+    /// serving and stops Raft (see the shutdown order above).
     pub async fn stop(self) {
+        let (mastership, faults) = &self.handoff;
+        handoff::hand_off(mastership, faults.as_deref()).await;
+        self.halt().await;
+    }
+
+    /// Stops serving, then stops Raft, without handing leadership over (as a crash would leave
+    /// it; for tests).
+    pub async fn halt(self) {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;

@@ -41,27 +41,32 @@ pub struct TestCluster {
     pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>,
 }
 
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl TestCluster {
     /// Starts three members; member 1 bootstraps the group. `tune` may change the configuration.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> TestCluster {
         init_logs();
         let dir = TempDir::new().unwrap();
+        // Every port is picked while the others are still held, so no two are the same.
+        let mut held = Vec::new();
+        let mut pick = async || {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            held.push(l);
+            port
+        };
         let mut api = [0; 3];
         let mut raft = [0; 3];
+        let mut metrics = [0; 3];
         for i in 0..3 {
-            api[i] = free_port().await;
-            raft[i] = free_port().await;
+            api[i] = pick().await;
+            raft[i] = pick().await;
+            metrics[i] = pick().await;
         }
+        drop(held);
         let mut config = Config::for_test(dir.path(), api, raft);
+        for (m, port) in config.members.iter_mut().zip(metrics) {
+            m.metrics_addr = Some(format!("127.0.0.1:{port}"));
+        }
         tune(&mut config);
         config.validate().unwrap();
         let mut c = TestCluster {
@@ -84,7 +89,10 @@ impl TestCluster {
         let listeners = Listeners {
             raft: TcpListener::bind(&m.raft_addr).await.unwrap(),
             api: TcpListener::bind(&m.api_addr).await.unwrap(),
-            metrics: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            metrics: match &m.metrics_addr {
+                Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+                None => None,
+            },
         };
         let opts = Options {
             id,
@@ -120,7 +128,8 @@ impl TestCluster {
         self.members.insert(id, member);
     }
 
-    /// Stops member `id` (its data stays).
+    /// Stops member `id` as SIGTERM does (a leader hands its leadership over first); its data
+    /// stays.
     pub async fn stop_member(&mut self, id: NodeId) {
         if let Some(m) = self.members.remove(&id) {
             tokio::time::timeout(DEADLINE, m.stop())
@@ -259,10 +268,13 @@ impl TestCluster {
         }
     }
 
+    /// Stops every member at once, without handing leadership over (nothing is left to take it).
     pub async fn shutdown(mut self) {
-        for id in self.ids() {
-            self.stop_member(id).await;
-        }
+        let members = std::mem::take(&mut self.members);
+        let stops = members.into_values().map(|m| m.halt());
+        tokio::time::timeout(DEADLINE, futures::future::join_all(stops))
+            .await
+            .expect("the members did not stop in time");
     }
 }
 
