@@ -24,8 +24,8 @@ const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 /// A worker asked to shed is left alone this long, so its next heartbeats show the move.
 const SHED_COOLDOWN: Duration = Duration::from_secs(3);
 
-/// How this master starts a worker on its own host: `exe --config <config> --pool <n> <masters>`,
-/// output appended to `<run_dir>/workers.log`.
+/// How this master starts a worker on its own host: `exe --config <config> --pool <n> --log-file
+/// <run_dir>/worker-{pid}.log <masters>`, its early output appended to `<run_dir>/workers.log`.
 #[derive(Clone, Debug)]
 pub struct LocalSpawn {
     pub exe: PathBuf,
@@ -41,6 +41,8 @@ impl LocalSpawn {
             self.config_path.as_os_str().to_owned(),
             "--pool".into(),
             pool.to_string().into(),
+            "--log-file".into(),
+            self.run_dir.join("worker-{pid}.log").into_os_string(),
             self.masters.clone().into(),
         ];
         SpawnSpec {
