@@ -21,6 +21,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The name `--log-format` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 impl std::str::FromStr for LogFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

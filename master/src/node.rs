@@ -180,7 +180,9 @@ impl Member {
             Some(l) => {
                 let addr = l.local_addr().ok();
                 let (m, d) = (metrics.clone(), directory.clone());
-                tracing::info!(addr = ?addr, "metrics endpoint serving");
+                if let Some(a) = addr {
+                    tracing::info!(addr = %a, "metrics endpoint serving");
+                }
                 tasks.push(tokio::spawn(chatfeed_common::metrics::serve(
                     l,
                     Arc::new(move || m.text(&d)),

@@ -32,6 +32,8 @@ pub struct LocalSpawn {
     pub config_path: PathBuf,
     pub run_dir: PathBuf,
     pub masters: String,
+    /// `--log-format` of the workers it starts: this member's.
+    pub log_format: &'static str,
 }
 
 impl LocalSpawn {
@@ -43,6 +45,8 @@ impl LocalSpawn {
             pool.to_string().into(),
             "--log-file".into(),
             self.run_dir.join("worker-{pid}.log").into_os_string(),
+            "--log-format".into(),
+            self.log_format.into(),
             self.masters.clone().into(),
         ];
         SpawnSpec {

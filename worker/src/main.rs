@@ -30,7 +30,7 @@ struct Cli {
     #[arg(long, global = true)]
     pool: Option<u32>,
     /// Log format.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, global = true, env = "CHATFEED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Append the logs to this file instead of stderr; `{pid}` becomes the process id (workers
     /// started in the background log to `<run_dir>/worker-{pid}.log`).

@@ -132,7 +132,9 @@ pub async fn run_with_metrics(
     let (reflection_v1, reflection_v1alpha) =
         crate::health::reflection().context("building gRPC reflection")?;
     let metrics_server = metrics.map(|l| {
-        tracing::info!(addr = ?l.local_addr().ok(), "metrics endpoint serving");
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(addr = %a, "metrics endpoint serving");
+        }
         let page = crate::metrics::page(worker_metrics.clone(), hub.clone(), registered_rx.clone());
         tokio::spawn(chatfeed_common::metrics::serve(
             l,
