@@ -44,11 +44,10 @@ pub async fn hand_off(mastership: &Mastership, faults: Option<&Faults>) -> Optio
     if m.state != ServerState::Leader {
         return None;
     }
-    let term = m.current_term;
     let lease = Duration::from_millis(config.raft.election_max_ms);
     let heartbeat = Duration::from_millis(config.raft.heartbeat_ms);
     tracing::info!(
-        term,
+        term = m.current_term,
         "stopping as the active master: handing leadership over"
     );
 
@@ -59,9 +58,11 @@ pub async fn hand_off(mastership: &Mastership, faults: Option<&Faults>) -> Optio
     if let Some(at) = voted_at {
         tokio::time::sleep_until(at + lease + heartbeat).await;
     }
-    if raft.metrics().borrow().state != ServerState::Leader {
+    let m = raft.metrics().borrow().clone();
+    if m.state != ServerState::Leader {
         return None;
     }
+    let term = m.current_term;
 
     // 2. Stop acting as master, and stop campaigning.
     mastership.stepping_down.store(true, Ordering::Release);
