@@ -126,3 +126,101 @@ async fn active_master_sigterm_hands_leadership_over() {
     }
     c.assert_one_leader_per_term();
 }
+
+/// The real binaries serve what operators scrape and probe: every member's `metrics_addr` and
+/// every worker's `metrics_listen` port answer `GET /metrics` with a page that parses, the
+/// leader's showing it is the active master and counting the posts just made, the workers'
+/// showing they are registered; every member and worker answers the standard health check
+/// SERVING; and the logs of every process are in a file of its own whose lines carry its role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_processes_serve_metrics_and_health() {
+    use chatfeed_master::testing::{health_status, parse_metrics, scrape};
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let c = ProcCluster::with_config(
+        RESTART_AFTER_MS,
+        "[worker]\nmetrics_listen = \"127.0.0.1:0\"\n",
+    );
+    // One metrics port per member, on ports free now.
+    let ports: Vec<u16> = free_ports()[..3].to_vec();
+    let mut text = std::fs::read_to_string(&c.config_path).unwrap();
+    for (m, port) in c.members.iter().zip(&ports) {
+        let line = format!("api_addr = \"{}\"\n", m.api);
+        text = text.replace(
+            &line,
+            &format!("{line}metrics_addr = \"127.0.0.1:{port}\"\n"),
+        );
+    }
+    std::fs::write(&c.config_path, text).unwrap();
+    assert!(
+        c.run_script().await.status.success(),
+        "MasterStartup.sh failed"
+    );
+    let status = c.wait_healthy().await;
+    assert!(
+        c.start_workers().await.status.success(),
+        "WorkerStartup.sh failed"
+    );
+    let workers = c.wait_workers(3).await;
+    for i in 0..3 {
+        c.post("alice", &format!("counted {i}")).await;
+    }
+
+    let leader = status.leader.unwrap();
+    for (m, port) in c.members.iter().zip(&ports) {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let page = parse_metrics(&scrape(addr).await)
+            .unwrap_or_else(|e| panic!("member {}'s page: {e}", m.id));
+        let active = page.get("chatfeed_raft_active_master").copied();
+        assert_eq!(
+            active,
+            Some((m.id == leader) as u8 as f64),
+            "member {}",
+            m.id
+        );
+        eventually(
+            &format!("member {} to answer SERVING", m.id),
+            async || match health_status(&m.api, "").await {
+                Some(ServingStatus::Serving) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .await;
+    }
+    let leader_port = ports[c.members.iter().position(|m| m.id == leader).unwrap()];
+    let page =
+        parse_metrics(&scrape(format!("127.0.0.1:{leader_port}").parse().unwrap()).await).unwrap();
+    assert!(page["chatfeed_posts_committed_total"] >= 3.0, "{page:?}");
+
+    for w in &workers {
+        let log = std::fs::read_to_string(c.run_dir().join(format!("worker-{}.log", w.pid)))
+            .unwrap_or_else(|e| panic!("worker {}'s own log: {e}", w.pid));
+        let tag = format!("worker-{} ", w.pid);
+        assert!(log.lines().all(|l| l.starts_with(&tag)), "{log}");
+        // Port 0: the worker logs where its endpoint listens.
+        let addr = log
+            .lines()
+            .find_map(|l| l.split("metrics endpoint serving addr=").nth(1))
+            .unwrap_or_else(|| panic!("no metrics address in {log}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let page = parse_metrics(&scrape(addr).await).unwrap();
+        assert_eq!(
+            page.get("chatfeed_worker_registered"),
+            Some(&1.0),
+            "worker {}",
+            w.pid
+        );
+        assert_eq!(
+            health_status(&w.addr, "").await,
+            Some(ServingStatus::Serving)
+        );
+    }
+    for m in &c.members {
+        let log =
+            std::fs::read_to_string(c.run_dir().join(format!("master-{}.log", m.id))).unwrap();
+        let tag = format!("master-{} ", m.id);
+        assert!(log.lines().all(|l| l.starts_with(&tag)), "{log}");
+    }
+}
