@@ -21,7 +21,8 @@ fn get(m: &BTreeMap<String, f64>, series: &str) -> f64 {
 /// through the active master, its posts counter grew by exactly three (a retried post is not
 /// counted again), its Write RPC counter by the five calls and a refused write is counted under
 /// its status code; the commit and applied indexes, the append and apply histograms moved; and
-/// the replicas' posts counters reach the same three.
+/// the replicas' posts counters reach the same three, and the leader shows each replica's
+/// replication lag, down to zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_parse_and_move_with_the_work() {
     let c = TestCluster::start(|_| {}).await;
@@ -29,18 +30,29 @@ async fn metrics_parse_and_move_with_the_work() {
     let mut before = BTreeMap::new();
     let mut terms = Vec::new();
     for id in c.ids() {
-        let m = sample(&c, id).await;
         let is_leader = id == leader;
-        assert_eq!(
-            get(&m, "chatfeed_raft_role{role=\"leader\"}"),
-            is_leader as u8 as f64,
-            "member {id}"
-        );
-        assert_eq!(
-            get(&m, "chatfeed_raft_role{role=\"follower\"}"),
-            !is_leader as u8 as f64,
-            "member {id}"
-        );
+        let role = if is_leader { "leader" } else { "follower" };
+        // A member that has not heard from the new leader yet may still be a candidate.
+        let end = Instant::now() + DEADLINE;
+        let m = loop {
+            let m = sample(&c, id).await;
+            let settled = get(&m, &format!("chatfeed_raft_role{{role=\"{role}\"}}")) == 1.0
+                && get(&m, "chatfeed_raft_active_master") == is_leader as u8 as f64;
+            if settled {
+                break m;
+            }
+            assert!(
+                Instant::now() < end,
+                "member {id} never showed the role {role}: {m:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let others: f64 = ["leader", "follower", "candidate", "learner", "shutdown"]
+            .iter()
+            .filter(|r| **r != role)
+            .map(|r| get(&m, &format!("chatfeed_raft_role{{role=\"{r}\"}}")))
+            .sum();
+        assert_eq!(others, 0.0, "member {id} has one role");
         assert!(get(&m, "chatfeed_raft_leader_changes_total") >= 1.0);
         assert!(get(&m, "chatfeed_uptime_seconds") >= 0.0);
         terms.push(get(&m, "chatfeed_raft_term"));
@@ -102,12 +114,32 @@ async fn metrics_parse_and_move_with_the_work() {
                 - get(b, "chatfeed_posts_committed_total");
             assert!(grown <= 3.0, "member {id} counted {grown} posts");
             if grown == 3.0 {
-                assert!(get(&m, "chatfeed_raft_replication_lag_entries{peer=\"1\"}") == 0.0);
                 break;
             }
             assert!(Instant::now() < end, "member {id} never applied the posts");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    // The leader sees every replica caught up: a lag series per peer, at zero.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let m = sample(&c, leader).await;
+        let lags: Vec<Option<f64>> = c
+            .ids()
+            .into_iter()
+            .filter(|&id| id != leader)
+            .map(|id| {
+                m.get(&format!(
+                    "chatfeed_raft_replication_lag_entries{{peer=\"{id}\"}}"
+                ))
+                .copied()
+            })
+            .collect();
+        if lags.iter().all(|l| *l == Some(0.0)) {
+            break;
+        }
+        assert!(Instant::now() < end, "replication lags stay at {lags:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c.shutdown().await;
 }
