@@ -79,6 +79,9 @@ pub struct Member {
     pub raft_addr: String,
     /// `host:port` of the master API (workers, clients, operators).
     pub api_addr: String,
+    /// `host:port` of the member's Prometheus endpoint (`GET /metrics`); none when absent.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 impl Member {
@@ -149,6 +152,11 @@ pub struct WorkerSettings {
     pub heartbeat_ms: u64,
     /// A worker silent this long is dead: no longer assigned, and replaced.
     pub dead_after_ms: u64,
+    /// Where each worker serves its Prometheus endpoint (`GET /metrics`): `host:port` (port 0: a
+    /// free port, logged at start), or `host:first-last`, a range of ports of which each worker
+    /// of the pool takes the first free one (a fixed list for Prometheus to scrape). None when
+    /// absent.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -158,6 +166,7 @@ impl Default for WorkerSettings {
             pool_size: DEFAULT_POOL_SIZE,
             heartbeat_ms: DEFAULT_WORKER_HEARTBEAT_MS,
             dead_after_ms: DEFAULT_WORKER_DEAD_AFTER_MS,
+            metrics_listen: None,
         }
     }
 }
@@ -209,6 +218,25 @@ impl Config {
             }
             check_addr(&format!("member[{i}].raft_addr"), &m.raft_addr)?;
             check_addr(&format!("member[{i}].api_addr"), &m.api_addr)?;
+            if is_wildcard(m.host()) {
+                return Err(invalid(
+                    format!("member[{i}].api_addr"),
+                    format!(
+                        "{} is a wildcard address that workers and clients cannot connect to: \
+                         give the member host's own address",
+                        m.api_addr
+                    ),
+                ));
+            }
+            if let Some(a) = &m.metrics_addr {
+                check_addr(&format!("member[{i}].metrics_addr"), a)?;
+                if a == &m.raft_addr || a == &m.api_addr {
+                    return Err(invalid(
+                        format!("member[{i}].metrics_addr"),
+                        format!("{a} is already this member's raft_addr or api_addr"),
+                    ));
+                }
+            }
             for (j, other) in self.members.iter().enumerate().take(i) {
                 if other.id == m.id {
                     return Err(invalid(
@@ -216,8 +244,19 @@ impl Config {
                         format!("id {} is also member[{j}]'s", m.id),
                     ));
                 }
-                for (f, a) in [("raft_addr", &m.raft_addr), ("api_addr", &m.api_addr)] {
-                    if a == &other.raft_addr || a == &other.api_addr {
+                let mine = [
+                    ("raft_addr", Some(&m.raft_addr)),
+                    ("api_addr", Some(&m.api_addr)),
+                    ("metrics_addr", m.metrics_addr.as_ref()),
+                ];
+                let theirs = [
+                    Some(&other.raft_addr),
+                    Some(&other.api_addr),
+                    other.metrics_addr.as_ref(),
+                ];
+                for (f, a) in mine {
+                    let Some(a) = a else { continue };
+                    if theirs.contains(&Some(a)) {
                         return Err(invalid(
                             format!("member[{i}].{f}"),
                             format!("{a} is already used by member[{j}]"),
@@ -263,6 +302,13 @@ impl Config {
         if r.snapshot_logs == 0 {
             return Err(invalid("raft.snapshot_logs", "must be positive"));
         }
+        if self.supervisor.restart_after_ms < r.election_max_ms {
+            return Err(invalid(
+                "supervisor.restart_after_ms",
+                "must be at least raft.election_max_ms (a member is not down before an election \
+                 could have noticed it)",
+            ));
+        }
         let w = &self.worker;
         check_addr("worker.listen", &w.listen)?;
         if w.pool_size == 0 || w.pool_size > MAX_POOL_SIZE {
@@ -279,6 +325,9 @@ impl Config {
                 "worker.dead_after_ms",
                 "must be at least twice worker.heartbeat_ms",
             ));
+        }
+        if let Some(m) = &w.metrics_listen {
+            parse_listen_range(m).map_err(|reason| invalid("worker.metrics_listen", reason))?;
         }
         Ok(())
     }
@@ -326,10 +375,44 @@ impl Config {
                     id: i as u64 + 1,
                     raft_addr: format!("127.0.0.1:{}", raft_ports[i]),
                     api_addr: format!("127.0.0.1:{}", api_ports[i]),
+                    metrics_addr: None,
                 })
                 .collect(),
         }
     }
+}
+
+/// Whether `host` is an unspecified (wildcard) IP address, which nobody can connect to.
+fn is_wildcard(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+}
+
+/// Parses `host:port` or `host:first-last` into the host and the ports to try, in order.
+pub fn parse_listen_range(spec: &str) -> Result<(String, Vec<u16>), String> {
+    let bad = || format!("{spec:?} is not host:port or host:first-last");
+    let (host, ports) = spec.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if first > last || (first == 0 && last != 0) {
+        return Err(format!(
+            "{spec:?}: the port range must run from a low port to a higher one (port 0 alone \
+             means any free port)"
+        ));
+    }
+    Ok((host.to_string(), (first..=last).collect()))
 }
 
 fn check_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
@@ -374,27 +457,212 @@ api_addr = "127.0.0.1:7002"
         assert_eq!(c.member(2).unwrap().host(), "127.0.0.1");
     }
 
-    /// Each kind of mistake is reported with the field that holds it.
+    /// Each kind of mistake is reported with the field that holds it, and why: unknown fields
+    /// (at the top and in every section), wrong types, missing required fields, and every value
+    /// `validate` checks.
     #[test]
     fn mistakes_name_their_field() {
-        assert!(err_of(&format!("{GOOD}\nbogus = 1")).contains("bogus"));
-        assert!(err_of(&GOOD.replace("id = 2", "id = 1")).contains("member[1].id"));
-        assert!(
-            err_of(&GOOD.replace("127.0.0.1:7002", "127.0.0.1:7001"))
-                .contains("member[1].api_addr")
+        let m3 =
+            "[[member]]\nid = 3\nraft_addr = \"127.0.0.1:7103\"\napi_addr = \"127.0.0.1:7003\"\n";
+        // (the configuration, what the message must contain: the field, and a word of why)
+        let cases: Vec<(String, &[&str])> = vec![
+            // Unknown fields, in every section: a typo must never be silently ignored.
+            (format!("bogus = 1\n{GOOD}"), &["unknown field", "bogus"]),
+            (
+                format!("[raft]\nheartbeat = 50\n{GOOD}"),
+                &["unknown field", "heartbeat"],
+            ),
+            (
+                format!("[supervisor]\nrestart_after = 5\n{GOOD}"),
+                &["unknown field", "restart_after"],
+            ),
+            (
+                format!("[worker]\npool = 3\n{GOOD}"),
+                &["unknown field", "pool"],
+            ),
+            (format!("{GOOD}\nport = 1\n"), &["unknown field", "port"]),
+            (
+                format!("[metrics]\nlisten = \"x\"\n{GOOD}"),
+                &["unknown field", "metrics"],
+            ),
+            // Wrong types, missing fields, wrong shape.
+            ("[[member]]\nid = \"x\"".into(), &["id", "invalid type"]),
+            (
+                format!("[raft]\nheartbeat_ms = -5\n{GOOD}"),
+                &["heartbeat_ms"],
+            ),
+            (
+                "[[member]]\nid = 1\nraft_addr = \"127.0.0.1:1\"\n".into(),
+                &["missing field", "api_addr"],
+            ),
+            ("member = 3".into(), &["member"]),
+            ("".into(), &["missing field", "member"]),
+            ("max_post_chars = \n".into(), &["max_post_chars"]),
+            // Members.
+            ("member = []".into(), &["`member`", "at least one"]),
+            (
+                GOOD.replace("id = 1", "id = 0"),
+                &["`member[0].id`", "start at 1"],
+            ),
+            (
+                GOOD.replace("id = 2", "id = 1"),
+                &["`member[1].id`", "also member[0]"],
+            ),
+            (
+                GOOD.replace("127.0.0.1:7102", "nowhere"),
+                &["`member[1].raft_addr`", "host:port"],
+            ),
+            (
+                GOOD.replace("127.0.0.1:7002", "127.0.0.1:port"),
+                &["`member[1].api_addr`", "host:port"],
+            ),
+            (
+                GOOD.replace("127.0.0.1:7002", "127.0.0.1:7001"),
+                &["`member[1].api_addr`", "already used"],
+            ),
+            (
+                GOOD.replace("127.0.0.1:7002", "127.0.0.1:7102"),
+                &["`member[1].api_addr`", "differ"],
+            ),
+            (
+                GOOD.replace("127.0.0.1:7002", "0.0.0.0:7002"),
+                &["`member[1].api_addr`", "wildcard"],
+            ),
+            (
+                GOOD.replace(
+                    "api_addr = \"127.0.0.1:7002\"",
+                    "api_addr = \"127.0.0.1:7002\"\nmetrics_addr = \"127.0.0.1:7102\"",
+                ),
+                &["`member[1].metrics_addr`", "already"],
+            ),
+            (
+                GOOD.replace(
+                    "api_addr = \"127.0.0.1:7002\"",
+                    "api_addr = \"127.0.0.1:7002\"\nmetrics_addr = \"127.0.0.1:7001\"",
+                ),
+                &["`member[1].metrics_addr`", "already used by member[0]"],
+            ),
+            (
+                GOOD.replace(
+                    "api_addr = \"127.0.0.1:7002\"",
+                    "api_addr = \"127.0.0.1:7002\"\nmetrics_addr = \"9100\"",
+                ),
+                &["`member[1].metrics_addr`", "host:port"],
+            ),
+            // Limits and timing.
+            (
+                format!("max_post_chars = 0\n{GOOD}"),
+                &["`max_post_chars`", "between"],
+            ),
+            (
+                format!("max_post_chars = 100000\n{GOOD}"),
+                &["`max_post_chars`", "between"],
+            ),
+            (
+                format!("[raft]\nheartbeat_ms = 0\n{GOOD}"),
+                &["`raft.heartbeat_ms`", "positive"],
+            ),
+            (
+                format!("[raft]\nheartbeat_ms = 500\n{GOOD}"),
+                &["`raft.election_min_ms`", "larger"],
+            ),
+            (
+                format!("[raft]\nelection_max_ms = 150\n{GOOD}"),
+                &["`raft.election_max_ms`", "larger"],
+            ),
+            (
+                format!("[raft]\nwrite_timeout_ms = 100\n{GOOD}"),
+                &["`raft.write_timeout_ms`", "at least"],
+            ),
+            (
+                format!("[raft]\nsnapshot_logs = 0\n{GOOD}"),
+                &["`raft.snapshot_logs`", "positive"],
+            ),
+            (
+                format!("[supervisor]\nrestart_after_ms = 10\n{GOOD}"),
+                &["`supervisor.restart_after_ms`", "at least"],
+            ),
+            // Workers.
+            (
+                format!("[worker]\npool_size = 0\n{GOOD}"),
+                &["`worker.pool_size`", "between"],
+            ),
+            (
+                format!("[worker]\npool_size = 1000\n{GOOD}"),
+                &["`worker.pool_size`", "between"],
+            ),
+            (
+                format!("[worker]\nlisten = \"x\"\n{GOOD}"),
+                &["`worker.listen`", "host:port"],
+            ),
+            (
+                format!("[worker]\nheartbeat_ms = 0\n{GOOD}"),
+                &["`worker.heartbeat_ms`", "positive"],
+            ),
+            (
+                format!("[worker]\ndead_after_ms = 10\n{GOOD}"),
+                &["`worker.dead_after_ms`", "twice"],
+            ),
+            (
+                format!("[worker]\nmetrics_listen = \"127.0.0.1\"\n{GOOD}"),
+                &["`worker.metrics_listen`", "host:port"],
+            ),
+            (
+                format!("[worker]\nmetrics_listen = \"127.0.0.1:9300-9200\"\n{GOOD}"),
+                &["`worker.metrics_listen`", "range"],
+            ),
+        ];
+        for (text, wanted) in &cases {
+            let err = err_of(text);
+            for w in *wanted {
+                assert!(
+                    err.contains(w),
+                    "for\n{text}\nthe error {err:?} does not say {w:?}"
+                );
+            }
+        }
+        // And a good three-member file with every optional field is accepted.
+        let full = format!(
+            "[worker]\nmetrics_listen = \"127.0.0.1:9200-9209\"\n{}{m3}",
+            GOOD.replace(
+                "api_addr = \"127.0.0.1:7001\"",
+                "api_addr = \"127.0.0.1:7001\"\nmetrics_addr = \"127.0.0.1:9101\""
+            )
         );
-        assert!(err_of(&GOOD.replace("127.0.0.1:7102", "nowhere")).contains("member[1].raft_addr"));
-        assert!(err_of(&format!("max_post_chars = 0\n{GOOD}")).contains("max_post_chars"));
-        assert!(
-            err_of(&format!("[raft]\nheartbeat_ms = 500\n{GOOD}")).contains("raft.election_min_ms")
+        assert_eq!(err_of(&full), "ok");
+    }
+
+    /// A missing file and a file that is not TOML are reported with the path, and a TOML error
+    /// with the line it is on.
+    #[test]
+    fn unreadable_and_malformed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(&missing).unwrap_err().to_string();
+        assert!(e.contains("cannot read") && e.contains("nope.toml"), "{e}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, format!("{GOOD}\n[raft\nheartbeat_ms = 5\n")).unwrap();
+        let e = Config::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("line 11"), "{e}");
+    }
+
+    /// The shipped `chatfeed.toml` is valid.
+    #[test]
+    fn shipped_configuration_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../chatfeed.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.members.len(), 3);
+    }
+
+    /// Worker metrics addresses: one port, any port, or a range tried in order.
+    #[test]
+    fn listen_ranges() {
+        assert_eq!(
+            parse_listen_range("127.0.0.1:9200-9202").unwrap(),
+            ("127.0.0.1".to_string(), vec![9200, 9201, 9202])
         );
-        assert!(err_of("member = 3").contains("member"));
-        assert!(err_of(&format!("[worker]\npool_size = 0\n{GOOD}")).contains("worker.pool_size"));
-        assert!(err_of(&format!("[worker]\nlisten = \"x\"\n{GOOD}")).contains("worker.listen"));
-        assert!(
-            err_of(&format!("[worker]\ndead_after_ms = 10\n{GOOD}"))
-                .contains("worker.dead_after_ms")
-        );
-        assert!(err_of("[[member]]\nid = \"x\"").contains("id"));
+        assert_eq!(parse_listen_range("h:0").unwrap().1, vec![0]);
+        assert!(parse_listen_range("h:0-5").is_err());
+        assert!(parse_listen_range(":5").is_err());
     }
 }

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 
 pub use config::Config;

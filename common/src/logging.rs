@@ -1,11 +1,15 @@
-//! Logging set-up for every chatfeed binary: `tracing` with `RUST_LOG`-style filters, text or JSON.
-//! Text lines start with the process's role and id (`master-2`, `worker-4711`), which matters where
-//! several processes share a log file.
+//! Logging set-up for every chatfeed binary: `tracing` with `RUST_LOG`-style filters, text or JSON,
+//! to stderr or appended to a file of the process's own. Every line carries the process's role and
+//! id: text lines start with `master-2` or `worker-4711`; JSON objects have `"role"` and `"id"`
+//! fields first, on every line (not only inside a span).
 
 use std::fmt;
+use std::path::Path;
+use std::sync::Mutex;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -15,6 +19,16 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+impl LogFormat {
+    /// The name `--log-format` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 impl std::str::FromStr for LogFormat {
@@ -32,6 +46,34 @@ impl std::str::FromStr for LogFormat {
 struct Tagged<F> {
     tag: String,
     inner: F,
+}
+
+/// Puts `"role":…,"id":…` first in every JSON object of the wrapped format.
+struct TaggedJson<F> {
+    fields: String,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for TaggedJson<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{{},{rest}", self.fields),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 impl<S, N, F> FormatEvent<S, N> for Tagged<F>
@@ -52,33 +94,163 @@ where
 }
 
 /// Installs the global subscriber, writing to stderr. `default_filter` applies when `RUST_LOG` is
-/// unset. Text lines start with `role-id`; in JSON, the returned span (to be entered by the
-/// caller) carries them, on the lines of the tasks that run inside it.
+/// unset. The returned span is for the caller to enter (kept for callers; the role and id are on
+/// every line whatever the span).
 pub fn init(
     format: LogFormat,
     default_filter: &str,
     role: &'static str,
     id: &str,
 ) -> tracing::Span {
+    init_to(format, default_filter, role, id, None).unwrap_or_else(|_| tracing::Span::none())
+}
+
+/// Like `init`, appending to `file` when given (created with its directory if missing).
+pub fn init_to(
+    format: LogFormat,
+    default_filter: &str,
+    role: &'static str,
+    id: &str,
+    file: Option<&Path>,
+) -> std::io::Result<tracing::Span> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let writer = match file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            BoxMakeWriter::new(Mutex::new(f))
+        }
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    // A test binary may call this more than once: the first subscriber stays.
+    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, role, id, writer));
+    Ok(tracing::Span::none())
+}
+
+/// The subscriber `init_to` installs.
+fn subscriber(
+    format: LogFormat,
+    filter: EnvFilter,
+    role: &str,
+    id: &str,
+    writer: BoxMakeWriter,
+) -> Box<dyn Subscriber + Send + Sync> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init: a test binary may call this more than once.
+        .with_writer(writer)
+        .with_ansi(false);
     match format {
         LogFormat::Text => {
             let tag = format!("{role}-{id}");
             let inner = tracing_subscriber::fmt::format();
-            let _ = builder
-                .with_ansi(false)
-                .event_format(Tagged { tag, inner })
-                .try_init();
-            tracing::Span::none()
+            Box::new(builder.event_format(Tagged { tag, inner }).finish())
         }
         LogFormat::Json => {
-            let _ = builder.json().try_init();
-            tracing::info_span!("proc", role, id = %id)
+            let fields = format!("\"role\":{},\"id\":{}", json_string(role), json_string(id));
+            let inner = tracing_subscriber::fmt::format().json();
+            Box::new(
+                builder
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(TaggedJson { fields, inner })
+                    .finish(),
+            )
         }
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `template` with `{pid}` replaced by this process's id: one log file per process.
+pub fn per_process(template: &Path) -> std::path::PathBuf {
+    template
+        .to_string_lossy()
+        .replace("{pid}", &std::process::id().to_string())
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a subscriber of `format` writes for one event inside a task's span and one outside
+    /// any span.
+    fn lines(format: LogFormat) -> Vec<String> {
+        let buf: std::sync::Arc<Mutex<Vec<u8>>> = Default::default();
+        let b = buf.clone();
+        let writer = BoxMakeWriter::new(move || Capture(b.clone()));
+        let sub = subscriber(format, EnvFilter::new("info"), "worker", "4711", writer);
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(streams = 3, "outside any span");
+            let span = tracing::info_span!("task", n = 1);
+            let _e = span.enter();
+            tracing::warn!("inside a span");
+            tracing::debug!("filtered out");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Every text line starts with the role and id; the filter applies.
+    #[test]
+    fn text_lines_carry_role_and_id() {
+        let l = lines(LogFormat::Text);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert!(l.iter().all(|l| l.starts_with("worker-4711 ")), "{l:?}");
+        assert!(l[0].contains("outside any span") && l[0].contains("streams=3"));
+    }
+
+    /// Every JSON line is one valid JSON object whose `role` and `id` are set, inside a span or
+    /// not, with the event's level, fields and message.
+    #[test]
+    fn json_lines_carry_role_and_id() {
+        let l = lines(LogFormat::Json);
+        assert_eq!(l.len(), 2, "{l:?}");
+        for line in &l {
+            assert!(
+                line.starts_with("{\"role\":\"worker\",\"id\":\"4711\","),
+                "{line}"
+            );
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["role"], "worker");
+            assert_eq!(v["id"], "4711");
+        }
+        assert!(l[0].contains("\"level\":\"INFO\"") && l[0].contains("\"streams\":3"));
+        assert!(l[1].contains("\"message\":\"inside a span\""));
+    }
+
+    /// JSON strings are escaped.
+    #[test]
+    fn json_strings() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 }

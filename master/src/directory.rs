@@ -55,9 +55,20 @@ pub struct Host {
 pub struct Directory {
     pub workers: BTreeMap<String, Worker>,
     pub hosts: BTreeMap<String, Host>,
+    /// Clients assigned since this member started (metrics; survives `clear`).
+    pub assignments_total: u64,
+    /// Replacement workers started or asked for since this member started (metrics; survives
+    /// `clear`).
+    pub respawns_total: u64,
 }
 
 impl Directory {
+    /// Forgets every worker and host (mastership lost); keeps the running totals.
+    pub fn clear(&mut self) {
+        self.workers.clear();
+        self.hosts.clear();
+    }
+
     /// Records a heartbeat; the first one registers the worker. Returns true for a new worker.
     pub fn heartbeat(
         &mut self,
@@ -165,6 +176,7 @@ impl Directory {
         let id = ids.choose(&mut rand::thread_rng())?.clone();
         let w = self.workers.get_mut(&id)?;
         w.assigned.push_back(now);
+        self.assignments_total += 1;
         Some((w.id.clone(), w.addr.clone()))
     }
 

@@ -23,6 +23,8 @@ pub struct StartOptions {
     pub node: Option<u64>,
     /// The member is brand-new: create its data directory (with `node`).
     pub new: bool,
+    /// `--log-format` of the members.
+    pub log_format: &'static str,
 }
 
 pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
@@ -53,7 +55,7 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
             println!("member {id} is already running (pid {pid})");
             continue;
         }
-        let mut extra = Vec::new();
+        let mut extra = vec!["--log-format", opts.log_format];
         if fresh || (opts.new && !config.member_data_dir(id).exists()) {
             extra.push("--new");
             if id == bootstrapper {

@@ -29,8 +29,13 @@ struct Cli {
     /// Initialise a brand-new group with every configured member (implies --new).
     #[arg(long)]
     bootstrap: bool,
-    /// Log format: text or json.
-    #[arg(long, default_value = "text", global = true)]
+    /// Log format: text or json (members and workers started from here use the same).
+    #[arg(
+        long,
+        env = "CHATFEED_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -89,6 +94,7 @@ fn main() -> std::process::ExitCode {
                         config_path,
                         node,
                         new,
+                        log_format: cli.log_format.as_str(),
                     },
                 )
                 .await
@@ -138,6 +144,14 @@ async fn run_member(
     let api = tokio::net::TcpListener::bind(&me.api_addr)
         .await
         .with_context(|| format!("binding the API address {}", me.api_addr))?;
+    let metrics = match &me.metrics_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the metrics address {a}"))?,
+        ),
+        None => None,
+    };
     let pid_file = process::pid_file(&config.run_dir, id);
     process::write_pid_file(&pid_file)
         .with_context(|| format!("writing {}", pid_file.display()))?;
@@ -154,8 +168,13 @@ async fn run_member(
             .map(|m| m.api_addr.as_str())
             .collect::<Vec<_>>()
             .join(","),
+        log_format: fmt.as_str(),
     };
-    let respawn = supervisor::Respawn { exe, config_path };
+    let respawn = supervisor::Respawn {
+        exe,
+        config_path,
+        log_format: fmt.as_str(),
+    };
     let opts = node::Options {
         id,
         create: new,
@@ -174,7 +193,7 @@ async fn run_member(
     let res = node::run(
         Arc::new(config),
         opts,
-        node::Listeners { raft, api },
+        node::Listeners { raft, api, metrics },
         shutdown,
     )
     .await;

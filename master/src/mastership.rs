@@ -8,6 +8,7 @@ use chatfeed_common::Config;
 use chatfeed_proto::LEADER_METADATA_KEY;
 use openraft::{RaftMetrics, ServerState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tonic::Status;
 
@@ -24,6 +25,9 @@ pub struct Mastership {
     pub id: NodeId,
     pub config: Arc<Config>,
     pub raft: Raft,
+    /// Set when this member is stopping and hands its leadership over (`handoff`): from then on
+    /// it acts as master no more, whatever Raft says.
+    pub stepping_down: Arc<AtomicBool>,
 }
 
 impl Mastership {
@@ -32,11 +36,25 @@ impl Mastership {
     }
 
     pub fn is_active(&self) -> bool {
-        is_active(&self.raft.metrics().borrow(), self.lease())
+        !self.is_stepping_down() && is_active(&self.raft.metrics().borrow(), self.lease())
+    }
+
+    pub fn is_stepping_down(&self) -> bool {
+        self.stepping_down.load(Ordering::Acquire)
     }
 
     /// UNAVAILABLE unless this member is the active master.
     pub fn require_active(&self) -> Result<(), Status> {
+        if self.is_stepping_down() {
+            let leader = self.raft.metrics().borrow().current_leader;
+            if let Some(l) = leader.filter(|&l| l != self.id) {
+                return Err(self.not_leader(Some(l)));
+            }
+            return Err(Status::unavailable(format!(
+                "member {} is stopping and hands the mastership to another member; retry shortly",
+                self.id
+            )));
+        }
         let m = self.raft.metrics().borrow().clone();
         if is_active(&m, self.lease()) {
             return Ok(());

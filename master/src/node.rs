@@ -9,14 +9,17 @@
 use crate::api::MasterApi;
 use crate::control::ControlService;
 use crate::directory::Directory;
+use crate::handoff;
 use crate::mastership::Mastership;
+use crate::metrics::{self, MasterMetrics};
 use crate::raft::db::{DataDirError, Reader, open_member_db};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{Faults, Network};
 use crate::raft::service::RaftService;
 use crate::raft::state_machine::StateMachine;
+use crate::raft::timed::{TimedLog, TimedStateMachine};
 use crate::raft::types::{MemberNode, NodeId, Raft};
-use crate::{pool, supervisor, watchdog};
+use crate::{health, pool, supervisor, watchdog};
 use anyhow::Context;
 use chatfeed_common::Config;
 use openraft::SnapshotPolicy;
@@ -49,16 +52,23 @@ pub struct Options {
     pub worker_spawn: Option<pool::LocalSpawn>,
 }
 
-/// The two listeners a member serves.
+/// The listeners a member serves.
 pub struct Listeners {
     pub raft: TcpListener,
     pub api: TcpListener,
+    /// The Prometheus endpoint (`GET /metrics`), when configured.
+    pub metrics: Option<TcpListener>,
 }
 
 /// A running member.
 pub struct Member {
     pub id: NodeId,
     pub raft: Raft,
+    pub metrics: Arc<MasterMetrics>,
+    /// Where the Prometheus endpoint listens, when it does.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    directory: Arc<Mutex<Directory>>,
+    handoff: (Mastership, Option<Arc<Faults>>),
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -80,9 +90,17 @@ impl Member {
         let path = tokio::task::spawn_blocking(move || open_member_db(&dir, id, create))
             .await?
             .map_err(|e: DataDirError| anyhow::anyhow!(e))?;
-        let log = LogStore::open(&path).context("opening the log store")?;
+        let metrics = Arc::new(MasterMetrics::new());
+        let log = TimedLog {
+            inner: LogStore::open(&path).context("opening the log store")?,
+            metrics: metrics.store.clone(),
+        };
         let sm = StateMachine::open(&path).context("opening the state machine")?;
         let applied_seq = sm.applied_seq();
+        let sm = TimedStateMachine {
+            inner: sm,
+            metrics: metrics.store.clone(),
+        };
 
         let raft_config = openraft::Config {
             cluster_name: "chatfeed".into(),
@@ -132,6 +150,7 @@ impl Member {
             id,
             config: config.clone(),
             raft: raft.clone(),
+            stepping_down: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::default()));
         let api = MasterApi::new(
@@ -143,6 +162,36 @@ impl Member {
         );
         let control = ControlService::new(mastership.clone(), directory.clone(), shutdown.clone());
         let mut tasks = Vec::new();
+        let (health_reporter, health_server) = health::service().await;
+        let (reflection_v1, reflection_v1alpha) =
+            health::reflection(&health::SERVICES[1..]).context("building gRPC reflection")?;
+        tasks.push(tokio::spawn(health::run(
+            mastership.clone(),
+            health_reporter,
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(metrics::follow_raft(
+            metrics.clone(),
+            raft.clone(),
+            mastership.lease(),
+            shutdown.clone(),
+        )));
+        let metrics_addr = match listeners.metrics {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                let (m, d) = (metrics.clone(), directory.clone());
+                if let Some(a) = addr {
+                    tracing::info!(addr = %a, "metrics endpoint serving");
+                }
+                tasks.push(tokio::spawn(chatfeed_common::metrics::serve(
+                    l,
+                    Arc::new(move || m.text(&d)),
+                    shutdown.clone().cancelled_owned(),
+                )));
+                addr
+            }
+            None => None,
+        };
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone()).into_server();
         tasks.push(tokio::spawn(async move {
@@ -158,10 +207,15 @@ impl Member {
             }
         }));
         let token = shutdown.clone();
+        let rpc_layer = metrics.rpc.layer();
         tasks.push(tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
+                .layer(rpc_layer)
                 .add_service(api.into_server())
                 .add_service(control.into_server())
+                .add_service(health_server)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listeners.api),
                     token.cancelled(),
@@ -177,6 +231,8 @@ impl Member {
             id,
             shutdown.clone(),
         )));
+        let directory_for_metrics = directory.clone();
+        let mastership_for_handoff = mastership.clone();
         tasks.push(tokio::spawn(pool::run(
             mastership,
             directory,
@@ -196,13 +252,31 @@ impl Member {
         Ok(Member {
             id,
             raft,
+            handoff: (mastership_for_handoff, opts.faults.clone()),
+            metrics,
+            metrics_addr,
+            directory: directory_for_metrics,
             shutdown,
             tasks,
         })
     }
 
-    /// Stops serving, then stops Raft (see the shutdown order above).
+    /// The metrics text, as the endpoint serves it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.text(&self.directory)
+    }
+
+    /// A planned stop: hands the leadership over when this member leads (`handoff`), then stops
+    /// serving and stops Raft (see the shutdown order above).
     pub async fn stop(self) {
+        let (mastership, faults) = &self.handoff;
+        handoff::hand_off(mastership, faults.as_deref()).await;
+        self.halt().await;
+    }
+
+    /// Stops serving, then stops Raft, without handing leadership over (as a crash would leave
+    /// it; for tests).
+    pub async fn halt(self) {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;

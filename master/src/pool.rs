@@ -27,14 +27,16 @@ const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 /// A worker asked to shed is left alone this long, so its next heartbeats show the move.
 const SHED_COOLDOWN: Duration = Duration::from_secs(3);
 
-/// How this master starts a worker on its own host: `exe --config <config> --pool <n> <masters>`,
-/// output appended to `<run_dir>/workers.log`.
+/// How this master starts a worker on its own host: `exe --config <config> --pool <n> --log-file
+/// <run_dir>/worker-{pid}.log <masters>`, its early output appended to `<run_dir>/workers.log`.
 #[derive(Clone, Debug)]
 pub struct LocalSpawn {
     pub exe: PathBuf,
     pub config_path: PathBuf,
     pub run_dir: PathBuf,
     pub masters: String,
+    /// `--log-format` of the workers it starts: this member's.
+    pub log_format: &'static str,
 }
 
 impl LocalSpawn {
@@ -44,6 +46,10 @@ impl LocalSpawn {
             self.config_path.as_os_str().to_owned(),
             "--pool".into(),
             pool.to_string().into(),
+            "--log-file".into(),
+            self.run_dir.join("worker-{pid}.log").into_os_string(),
+            "--log-format".into(),
+            self.log_format.into(),
             self.masters.clone().into(),
         ];
         SpawnSpec {
@@ -108,7 +114,7 @@ pub async fn run(
         }
         if !mastership.is_active() {
             if active_since.take().is_some() {
-                *directory.lock().unwrap_or_else(|p| p.into_inner()) = Directory::default();
+                directory.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 hosts.clear();
             }
             continue;
@@ -124,6 +130,7 @@ pub async fn run(
             continue;
         }
         // Respawn.
+        let mut respawned = 0;
         hosts.retain(|h, _| dir.hosts.contains_key(h));
         for (host, h) in &dir.hosts {
             let live = dir.on_host(host);
@@ -160,6 +167,7 @@ pub async fn run(
                 if host == &own_host && local.is_some() {
                     match local.as_ref().map(|l| l.spawn(h.pool_size)) {
                         Some(Ok(pid)) => {
+                            respawned += 1;
                             tracing::warn!(host = %host, pid, "started a replacement worker")
                         }
                         Some(Err(e)) => {
@@ -173,6 +181,7 @@ pub async fn run(
                     };
                     match w.commands.try_send(cmd) {
                         Ok(()) => {
+                            respawned += 1;
                             tracing::warn!(host = %host, via = %w.id, "asked a worker to start a replacement")
                         }
                         Err(e) => {
@@ -184,6 +193,7 @@ pub async fn run(
             state.next_try = now + state.backoff;
             state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
         }
+        dir.respawns_total += respawned;
         // Retire surplus workers: spawning on a shortage races with workers coming back (from
         // behind a cut, or registering with a new active master that did not see a spawn in
         // flight); whatever the race, the pool converges to its size.

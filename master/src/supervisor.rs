@@ -27,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct Respawn {
     pub exe: PathBuf,
     pub config_path: PathBuf,
+    /// `--log-format` of the restarted member: this member's.
+    pub log_format: &'static str,
 }
 
 struct Watch {
@@ -100,7 +102,7 @@ pub async fn run(
                 &respawn.config_path,
                 &config.run_dir,
                 n.id,
-                &[],
+                &["--log-format", respawn.log_format],
             ) {
                 Ok(pid) => tracing::warn!(
                     member = n.id,

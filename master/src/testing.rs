@@ -41,27 +41,32 @@ pub struct TestCluster {
     pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>,
 }
 
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl TestCluster {
     /// Starts three members; member 1 bootstraps the group. `tune` may change the configuration.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> TestCluster {
         init_logs();
         let dir = TempDir::new().unwrap();
+        // Every port is picked while the others are still held, so no two are the same.
+        let mut held = Vec::new();
+        let mut pick = async || {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            held.push(l);
+            port
+        };
         let mut api = [0; 3];
         let mut raft = [0; 3];
+        let mut metrics = [0; 3];
         for i in 0..3 {
-            api[i] = free_port().await;
-            raft[i] = free_port().await;
+            api[i] = pick().await;
+            raft[i] = pick().await;
+            metrics[i] = pick().await;
         }
+        drop(held);
         let mut config = Config::for_test(dir.path(), api, raft);
+        for (m, port) in config.members.iter_mut().zip(metrics) {
+            m.metrics_addr = Some(format!("127.0.0.1:{port}"));
+        }
         tune(&mut config);
         config.validate().unwrap();
         let mut c = TestCluster {
@@ -84,6 +89,10 @@ impl TestCluster {
         let listeners = Listeners {
             raft: TcpListener::bind(&m.raft_addr).await.unwrap(),
             api: TcpListener::bind(&m.api_addr).await.unwrap(),
+            metrics: match &m.metrics_addr {
+                Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+                None => None,
+            },
         };
         let opts = Options {
             id,
@@ -119,7 +128,8 @@ impl TestCluster {
         self.members.insert(id, member);
     }
 
-    /// Stops member `id` (its data stays).
+    /// Stops member `id` as SIGTERM does (a leader hands its leadership over first); its data
+    /// stays.
     pub async fn stop_member(&mut self, id: NodeId) {
         if let Some(m) = self.members.remove(&id) {
             tokio::time::timeout(DEADLINE, m.stop())
@@ -258,10 +268,13 @@ impl TestCluster {
         }
     }
 
+    /// Stops every member at once, without handing leadership over (nothing is left to take it).
     pub async fn shutdown(mut self) {
-        for id in self.ids() {
-            self.stop_member(id).await;
-        }
+        let members = std::mem::take(&mut self.members);
+        let stops = members.into_values().map(|m| m.halt());
+        tokio::time::timeout(DEADLINE, futures::future::join_all(stops))
+            .await
+            .expect("the members did not stop in time");
     }
 }
 
@@ -319,4 +332,147 @@ pub async fn watched_events(api: &mut MasterClient<Channel>, upto: u64) -> Vec<p
         out.push(e);
     }
     out
+}
+
+/// What a generic gRPC health client (`grpc.health.v1.Health/Check`) gets from the server at
+/// `addr` for `service` ("" is the whole server); None when the call fails.
+pub async fn health_status(
+    addr: &str,
+    service: &str,
+) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let r = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(r.into_inner().status).ok()
+}
+
+/// The text a Prometheus endpoint at `addr` serves on `GET /metrics` (status line checked).
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nAccept: */*\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
+        .await
+        .expect("the metrics endpoint did not answer")
+        .unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("openmetrics-text"), "{head}");
+    body.to_string()
+}
+
+/// Parses Prometheus/OpenMetrics exposition text strictly enough to catch a malformed page:
+/// every sample is `name{label="value",…} number`, belongs to a family declared by `# TYPE`
+/// (counter samples end in `_total`, histogram ones in `_bucket`, `_sum` or `_count`), metric
+/// and label names are valid, and the page ends with `# EOF`. Returns every sample by its series
+/// (`name{labels}`, as written).
+pub fn parse_metrics(text: &str) -> Result<BTreeMap<String, f64>, String> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = BTreeMap::new();
+    let mut eof = false;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if eof {
+            return Err(format!("line {n}: text after # EOF"));
+        }
+        if line == "# EOF" {
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut w = rest.splitn(3, ' ');
+            let (kind, name) = (w.next().unwrap_or(""), w.next().unwrap_or(""));
+            if !valid_name(name) {
+                return Err(format!("line {n}: bad metric name {name:?}"));
+            }
+            match kind {
+                "TYPE" => {
+                    let t = w.next().unwrap_or("");
+                    if ![
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "info",
+                        "unknown",
+                        "stateset",
+                    ]
+                    .contains(&t)
+                    {
+                        return Err(format!("line {n}: unknown type {t:?}"));
+                    }
+                    types.insert(name.to_string(), t.to_string());
+                }
+                "HELP" | "UNIT" => {}
+                _ => return Err(format!("line {n}: unknown comment {kind:?}")),
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("line {n}: no value: {line:?}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .map_err(|_| format!("line {n}: bad value {v:?}"))?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (
+                name,
+                rest.strip_suffix('}')
+                    .ok_or_else(|| format!("line {n}: unclosed labels"))?,
+            ),
+            None => (series, ""),
+        };
+        if !valid_name(name) {
+            return Err(format!("line {n}: bad metric name {name:?}"));
+        }
+        if !labels.is_empty() {
+            for pair in labels.split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .ok_or_else(|| format!("line {n}: bad label {pair:?}"))?;
+                if !valid_name(k) || k.contains(':') || v.contains('\n') {
+                    return Err(format!("line {n}: bad label {pair:?}"));
+                }
+            }
+        }
+        let family = types.iter().find(|(f, t)| {
+            let suffixes: &[&str] = match t.as_str() {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            suffixes.iter().any(|s| name == format!("{f}{s}"))
+        });
+        if family.is_none() {
+            return Err(format!("line {n}: sample {name} of no declared family"));
+        }
+        samples.insert(series.to_string(), value);
+    }
+    if !eof {
+        return Err("no # EOF at the end".into());
+    }
+    Ok(samples)
 }

@@ -21,5 +21,8 @@ pub mod feed {
     tonic::include_proto!("chatfeed.feed");
 }
 
+/// The encoded descriptors of every chatfeed .proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chatfeed_descriptor");
+
 /// The metadata key that carries the active master's API address on an UNAVAILABLE answer.
 pub const LEADER_METADATA_KEY: &str = "x-chatfeed-leader";

@@ -69,6 +69,8 @@ pub struct Control {
     pub link: Arc<MasterLink>,
     pub hub: Arc<Hub>,
     pub spawn: Option<SpawnSpec>,
+    /// True while the worker is registered with an active master (what its health reports).
+    pub registered: tokio::sync::watch::Sender<bool>,
 }
 
 enum SessionEnd {
@@ -155,6 +157,8 @@ impl Control {
             }
         };
         self.link.set_active(addr);
+        self.registered.send_replace(true);
+        let _unregistered = Unregister(&self.registered);
         tracing::info!(master = %addr, worker = %self.identity.worker_id, addr = %self.identity.addr, "registered with the active master");
         let mut ticker = tokio::time::interval(self.heartbeat);
         ticker.tick().await;
@@ -256,6 +260,15 @@ impl Control {
             }
             None => {}
         }
+    }
+}
+
+/// Marks the worker unregistered when its session ends, however it ends.
+struct Unregister<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
     }
 }
 

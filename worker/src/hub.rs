@@ -72,8 +72,32 @@ struct Sub {
     phase: Phase,
 }
 
+/// What the hub records of its live deliveries (clones of registered metrics).
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    /// Posts handed to live timeline streams.
+    pub deliveries: prometheus_client::metrics::counter::Counter,
+    /// From the post's commit timestamp (the active master's clock) to its hand-over here.
+    pub latency_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl DeliveryMetrics {
+    fn delivered(&self, ts_ms: i64) {
+        self.deliveries.inc();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(ts_ms);
+        // Clocks of different hosts may disagree: a negative latency counts as zero.
+        self.latency_seconds
+            .observe((now_ms - ts_ms).max(0) as f64 / 1000.0);
+    }
+}
+
 #[derive(Default)]
 struct State {
+    /// Live deliveries are recorded here when the worker has metrics.
+    metrics: Option<DeliveryMetrics>,
     /// The seq of the last event processed; `None` until the watcher knows where to start.
     position: Option<u64>,
     /// Set once the worker stops: no new subscriptions.
@@ -101,6 +125,13 @@ impl Default for Hub {
 }
 
 impl Hub {
+    /// A hub that records its deliveries in `metrics`.
+    pub fn with_metrics(metrics: DeliveryMetrics) -> Hub {
+        let hub = Hub::default();
+        hub.lock().metrics = Some(metrics);
+        hub
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -374,7 +405,12 @@ impl State {
                     && p.seq > *last_sent =>
             {
                 match sub.tx.try_send(Ok(post_item(p))) {
-                    Ok(()) => *last_sent = p.seq,
+                    Ok(()) => {
+                        *last_sent = p.seq;
+                        if let Some(m) = &self.metrics {
+                            m.delivered(p.ts_ms);
+                        }
+                    }
                     Err(TrySendError::Full(_)) => self.end(id, Ending::Fail(fell_behind())),
                     Err(TrySendError::Closed(_)) => {
                         self.detach(id);

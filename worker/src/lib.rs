@@ -9,13 +9,15 @@
 pub mod backoff;
 pub mod control;
 pub mod event;
+pub mod health;
 pub mod hub;
 pub mod launch;
 pub mod master_link;
+pub mod metrics;
 pub mod process;
 pub mod server;
 pub mod service;
 pub mod timeline;
 pub mod watcher;
 
-pub use server::{WorkerOptions, run};
+pub use server::{WorkerOptions, run, run_with_metrics};

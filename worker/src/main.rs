@@ -30,8 +30,12 @@ struct Cli {
     #[arg(long, global = true)]
     pool: Option<u32>,
     /// Log format.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, global = true, env = "CHATFEED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Append the logs to this file instead of stderr; `{pid}` becomes the process id (workers
+    /// started in the background log to `<run_dir>/worker-{pid}.log`).
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
     /// Master endpoints, comma-separated host:port (a bare host means the configured API ports)
     /// [default: the configured members].
     masters: Option<String>,
@@ -79,6 +83,7 @@ fn main() -> std::process::ExitCode {
 /// What one worker process is started with: the options and the masters, resolved.
 struct Serve {
     config_path: PathBuf,
+    run_dir: PathBuf,
     masters: Vec<String>,
     pool: u32,
     listen: String,
@@ -105,6 +110,7 @@ fn resolve(cli: &Cli, config: &Config, masters: Option<&str>) -> anyhow::Result<
         std::fs::canonicalize(&cli.config).context("resolving the configuration path")?;
     Ok(Serve {
         config_path,
+        run_dir: config.run_dir.clone(),
         masters,
         pool,
         listen: cli
@@ -123,6 +129,8 @@ fn serve_args(cli: &Cli, s: &Serve) -> Vec<OsString> {
         s.pool.to_string().into(),
         "--log-format".into(),
         cli.log_format.clone().into(),
+        "--log-file".into(),
+        process::log_file_template(&s.run_dir).into(),
     ];
     if let Some(l) = &cli.listen {
         args.extend(["--listen".into(), l.into()]);
@@ -160,7 +168,15 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
         .log_format
         .parse::<logging::LogFormat>()
         .map_err(anyhow::Error::msg)?;
-    let span = logging::init(format, "info", "worker", &std::process::id().to_string());
+    let log_file = cli.log_file.as_deref().map(logging::per_process);
+    let span = logging::init_to(
+        format,
+        "info",
+        "worker",
+        &std::process::id().to_string(),
+        log_file.as_deref(),
+    )
+    .with_context(|| format!("opening the log file {:?}", log_file))?;
     let _enter = span.enter();
     let listener = tokio::net::TcpListener::bind(&s.listen)
         .await
@@ -189,7 +205,18 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
         chatfeed_common::process::wait_for_signal().await;
         signals.cancel();
     });
-    let res = server::run(opts, listener, shutdown).await;
+    // Metrics are for watching, not serving: a range with no free port left only costs them.
+    let metrics = match &config.worker.metrics_listen {
+        Some(spec) => match chatfeed_common::metrics::bind(spec).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(listen = %spec, error = %e, "no metrics endpoint: cannot bind worker.metrics_listen");
+                None
+            }
+        },
+        None => None,
+    };
+    let res = server::run_with_metrics(opts, listener, metrics, shutdown).await;
     process::remove_pid_file(&pid_file);
     if let Err(e) = &res {
         tracing::error!(error = %format!("{e:#}"), "worker stopped");

@@ -1,13 +1,20 @@
 //! Worker processes on this host: starting one detached in the background (own process group,
-//! stdin from /dev/null, output appended to `<run_dir>/workers.log`), used both by `start` and by
+//! stdin from /dev/null, its logs in `<run_dir>/worker-<pid>.log`, and what it prints before
+//! logging starts, or when it panics, appended to `<run_dir>/workers.log`), used both by `start` and by
 //! the master's `SpawnWorker` command; and the pid files (`<run_dir>/worker-<pid>.pid`, written by
 //! each worker itself) through which `start` and `make stop` find the running workers.
 
 use std::path::{Path, PathBuf};
 
-/// The log every worker process of this checkout appends to.
+/// Where every worker process of this checkout's output goes before its logging starts (start-up
+/// errors, panics).
 pub fn log_file(run_dir: &Path) -> PathBuf {
     run_dir.join("workers.log")
+}
+
+/// The log file of each background worker (`--log-file`; `{pid}` is its process id).
+pub fn log_file_template(run_dir: &Path) -> PathBuf {
+    run_dir.join("worker-{pid}.log")
 }
 
 pub fn pid_file(run_dir: &Path, pid: u32) -> PathBuf {

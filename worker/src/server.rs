@@ -11,6 +11,7 @@
 use crate::control::{self, Control, Identity};
 use crate::hub::Hub;
 use crate::master_link::{LinkTiming, MasterLink};
+use crate::metrics::WorkerMetrics;
 use crate::process::SpawnSpec;
 use crate::service::FeedService;
 use anyhow::Context;
@@ -94,6 +95,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with_metrics(opts, listener, None, shutdown).await
+}
+
+/// `run`, with a Prometheus endpoint (`GET /metrics`) on `metrics` when given.
+pub async fn run_with_metrics(
+    opts: WorkerOptions,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!opts.masters.is_empty(), "no master address given");
     let local = listener
         .local_addr()
@@ -106,7 +117,8 @@ pub async fn run(
         pool_size: opts.pool_size,
     };
     let link = Arc::new(MasterLink::new(opts.masters.clone(), opts.link));
-    let hub = Arc::new(Hub::default());
+    let worker_metrics = Arc::new(WorkerMetrics::new());
+    let hub = Arc::new(Hub::with_metrics(worker_metrics.delivery.clone()));
     let streams = TaskTracker::new();
 
     let watch_stop = CancellationToken::new();
@@ -115,6 +127,26 @@ pub async fn run(
         hub.clone(),
         watch_stop.clone(),
     ));
+    let (registered, registered_rx) = tokio::sync::watch::channel(false);
+    let (health_reporter, health_server) = crate::health::service().await;
+    let (reflection_v1, reflection_v1alpha) =
+        crate::health::reflection().context("building gRPC reflection")?;
+    let metrics_server = metrics.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(addr = %a, "metrics endpoint serving");
+        }
+        let page = crate::metrics::page(worker_metrics.clone(), hub.clone(), registered_rx.clone());
+        tokio::spawn(chatfeed_common::metrics::serve(
+            l,
+            page,
+            shutdown.clone().cancelled_owned(),
+        ))
+    });
+    let health = tokio::spawn(crate::health::run(
+        health_reporter,
+        registered_rx,
+        shutdown.clone(),
+    ));
     let control = tokio::spawn(
         Control {
             identity: identity.clone(),
@@ -122,18 +154,24 @@ pub async fn run(
             link: link.clone(),
             hub: hub.clone(),
             spawn: opts.spawn.clone(),
+            registered,
         }
         .run(shutdown.clone()),
     );
     let serve_stop = CancellationToken::new();
     let service = FeedService::new(link.clone(), hub.clone(), streams.clone()).into_server();
     let stop = serve_stop.clone();
+    let rpc_layer = worker_metrics.rpc.layer();
     let mut server = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .layer(rpc_layer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .add_service(service)
+            .add_service(health_server)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
             .await
     });
@@ -173,6 +211,10 @@ pub async fn run(
     }
     watch_stop.cancel();
     let _ = watcher.await;
+    let _ = health.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     tracing::info!(worker = %identity.worker_id, "worker stopped");
     match failed {
         Some(e) => Err(e),

@@ -5,3 +5,4 @@ mod faults;
 mod feed;
 mod hosts;
 mod masters;
+mod ops;

@@ -10,6 +10,7 @@ pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod state_machine;
+pub mod timed;
 pub mod types;
 
 #[cfg(test)]

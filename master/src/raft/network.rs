@@ -53,7 +53,8 @@ impl Faults {
         self.cut.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
+    /// Whether messages from `from` to `to` are dropped.
+    pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
         self.cut
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -3,8 +3,9 @@
 //! remote Raft error reaches the caller as data (openraft's RemoteError), not as a gRPC failure.
 
 use crate::raft::types::Raft;
-use chatfeed_proto::raft::RaftMessage;
 use chatfeed_proto::raft::raft_server;
+use chatfeed_proto::raft::{RaftMessage, TimeoutNowReply, TimeoutNowRequest};
+use openraft::ServerState;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
@@ -53,5 +54,36 @@ impl raft_server::Raft for RaftService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         encode(&self.raft.install_snapshot(decode(req)?).await)
+    }
+
+    /// Campaigns at once, when the caller is this member's leader in the current term (see
+    /// `handoff`).
+    async fn timeout_now(
+        &self,
+        req: Request<TimeoutNowRequest>,
+    ) -> Result<Response<TimeoutNowReply>, Status> {
+        let r = req.into_inner();
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Follower
+            || m.current_term != r.term
+            || m.current_leader != Some(r.leader_id)
+        {
+            return Err(Status::failed_precondition(format!(
+                "member {} will not campaign for member {} at term {}: it is a {:?} at term {} \
+                 with leader {:?}",
+                m.id, r.leader_id, r.term, m.state, m.current_term, m.current_leader
+            )));
+        }
+        tracing::info!(
+            from = r.leader_id,
+            term = r.term,
+            "leadership handed over: campaigning now"
+        );
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot campaign: {e}")))?;
+        Ok(Response::new(TimeoutNowReply {}))
     }
 }

@@ -7,5 +7,7 @@ mod api;
 mod boundary;
 mod control;
 mod fixture;
+mod health;
+mod metrics;
 mod process;
 mod timeline;

@@ -48,8 +48,8 @@ async fn run_start(config: &Path, args: &[&str]) -> std::process::Output {
 
 /// `start` launches the requested number of detached worker processes, returns 0 once the active
 /// master lists every one of them (by pid), and prints their addresses; run again it starts none.
-/// Each worker writes its pid file; on SIGTERM it leaves the master's directory, removes its pid
-/// file and exits. A worker that cannot start makes `start` fail with the end of the log.
+/// Each worker writes its pid file and logs to its own file (`worker-<pid>.log`, every line
+/// tagged); on SIGTERM it leaves the master's directory, removes its pid file and exits. A worker that cannot start makes `start` fail with the end of the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn start_and_sigterm() {
     let cluster = TestCluster::start(|_| {}).await;
@@ -105,8 +105,15 @@ async fn start_and_sigterm() {
         (!st.workers.iter().any(|w| pids.contains(&w.pid))).then_some(())
     })
     .await;
-    let log = std::fs::read_to_string(process::log_file(&run_dir)).unwrap();
-    assert!(log.contains("worker stopped"), "{log}");
+    // Each worker logs to its own file, every line tagged with its role and pid.
+    for pid in &pids {
+        let path = run_dir.join(format!("worker-{pid}.log"));
+        let log =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(log.contains("worker stopped"), "{log}");
+        let tag = format!("worker-{pid} ");
+        assert!(log.lines().all(|l| l.starts_with(&tag)), "{log}");
+    }
 
     let bad = run_start(
         &config,

@@ -1,0 +1,270 @@
+//! A member's Prometheus metrics (all named `chatfeed_…`), served on `member.metrics_addr`:
+//! Raft (term, role, leader changes, commit/applied/log indexes, replication lag per peer on the
+//! leader, append and apply latency), the feed (posts committed), the workers as the active
+//! master sees them (registered workers, their streams, assignments, respawns), and every API
+//! call by method and status. Raft figures come from openraft's metrics channel, followed by
+//! `follow_raft`; storage figures from the timed store wrappers (`raft::timed`); the worker
+//! directory is read at each scrape (`refresh`).
+
+use crate::directory::Directory;
+use crate::mastership::is_active;
+use crate::raft::timed::StoreMetrics;
+use crate::raft::types::{MemberNode, NodeId, Raft};
+use chatfeed_common::metrics::{RpcMetrics, latency_histogram};
+use openraft::{RaftMetrics, ServerState};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The roles a member can be in (`chatfeed_raft_role{role=…}` is 1 for the current one).
+const ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
+/// How often the Raft figures are read even without a change (the quorum acknowledgement ages).
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+/// Every metric of a member (clones share their values with the registered ones).
+pub struct MasterMetrics {
+    pub registry: Registry,
+    pub term: Gauge,
+    pub role: Family<RoleLabels, Gauge>,
+    pub active_master: Gauge,
+    pub leader_changes: Counter,
+    pub applied_index: Gauge,
+    pub last_log_index: Gauge,
+    pub replication_lag: Family<PeerLabels, Gauge>,
+    pub store: StoreMetrics,
+    pub workers: Gauge,
+    pub worker_streams: Gauge,
+    pub assignments: Counter,
+    pub respawns: Counter,
+    pub uptime: Gauge,
+    pub rpc: RpcMetrics,
+    started: Instant,
+    /// The directory totals already added to the counters (see `refresh`).
+    counted: Mutex<(u64, u64)>,
+}
+
+impl Default for MasterMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MasterMetrics {
+    pub fn new() -> MasterMetrics {
+        let mut r = Registry::with_prefix("chatfeed");
+        let store = StoreMetrics {
+            append_seconds: latency_histogram(),
+            apply_seconds: latency_histogram(),
+            commit_index: Gauge::default(),
+            posts_committed: Counter::default(),
+        };
+        let m = MasterMetrics {
+            term: Gauge::default(),
+            role: Family::default(),
+            active_master: Gauge::default(),
+            leader_changes: Counter::default(),
+            applied_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            replication_lag: Family::default(),
+            store,
+            workers: Gauge::default(),
+            worker_streams: Gauge::default(),
+            assignments: Counter::default(),
+            respawns: Counter::default(),
+            uptime: Gauge::default(),
+            rpc: RpcMetrics::register(&mut r),
+            started: Instant::now(),
+            counted: Mutex::new((0, 0)),
+            registry: Registry::default(),
+        };
+        r.register("raft_term", "Current Raft term", m.term.clone());
+        r.register(
+            "raft_role",
+            "1 for the member's current Raft role, 0 for the others",
+            m.role.clone(),
+        );
+        r.register(
+            "raft_active_master",
+            "1 while this member is the active master (leader with a recent quorum)",
+            m.active_master.clone(),
+        );
+        r.register(
+            "raft_leader_changes",
+            "Times this member saw a new leader (including the first one it learnt of)",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "raft_commit_index",
+            "Highest log index known committed, as saved by this member",
+            m.store.commit_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Highest log index applied to this member's state machine",
+            m.applied_index.clone(),
+        );
+        r.register(
+            "raft_last_log_index",
+            "Highest log index in this member's log",
+            m.last_log_index.clone(),
+        );
+        r.register(
+            "raft_replication_lag_entries",
+            "On the leader: log entries each peer has yet to receive",
+            m.replication_lag.clone(),
+        );
+        r.register_with_unit(
+            "raft_append_duration",
+            "Time to append a batch of entries to the log, fsync included",
+            Unit::Seconds,
+            m.store.append_seconds.clone(),
+        );
+        r.register_with_unit(
+            "raft_apply_duration",
+            "Time to apply a batch of committed entries to the state machine",
+            Unit::Seconds,
+            m.store.apply_seconds.clone(),
+        );
+        r.register(
+            "posts_committed",
+            "Posts applied by this member's state machine (retried duplicates not counted)",
+            m.store.posts_committed.clone(),
+        );
+        r.register(
+            "workers_registered",
+            "Workers registered with this member (the active master; 0 elsewhere)",
+            m.workers.clone(),
+        );
+        r.register(
+            "worker_streams",
+            "Timeline streams the registered workers reported in their last heartbeats",
+            m.worker_streams.clone(),
+        );
+        r.register(
+            "worker_assignments",
+            "Clients this member assigned to a worker (GetWorker) while active master",
+            m.assignments.clone(),
+        );
+        r.register(
+            "worker_respawns",
+            "Replacement workers this member started or had started while active master",
+            m.respawns.clone(),
+        );
+        r.register_with_unit(
+            "uptime",
+            "Seconds since this process started",
+            Unit::Seconds,
+            m.uptime.clone(),
+        );
+        MasterMetrics { registry: r, ..m }
+    }
+
+    /// Records one reading of openraft's metrics; `leader` is the last leader seen.
+    pub fn observe(
+        &self,
+        m: &RaftMetrics<NodeId, MemberNode>,
+        lease: Duration,
+        leader: &mut Option<NodeId>,
+    ) {
+        self.term.set(clamp(m.current_term));
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        for r in ROLES {
+            self.role
+                .get_or_create(&RoleLabels { role: r })
+                .set((r == role) as i64);
+        }
+        self.active_master.set(is_active(m, lease) as i64);
+        if m.current_leader.is_some() && m.current_leader != *leader {
+            self.leader_changes.inc();
+        }
+        if m.current_leader.is_some() {
+            *leader = m.current_leader;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        self.applied_index
+            .set(clamp(m.last_applied.map(|l| l.index).unwrap_or(0)));
+        self.last_log_index.set(clamp(last));
+        match &m.replication {
+            Some(peers) if m.state == ServerState::Leader => {
+                for (peer, matched) in peers.iter().filter(|(p, _)| **p != m.id) {
+                    let have = matched.map(|l| l.index).unwrap_or(0);
+                    self.replication_lag
+                        .get_or_create(&PeerLabels {
+                            peer: peer.to_string(),
+                        })
+                        .set(clamp(last.saturating_sub(have)));
+                }
+            }
+            _ => self.replication_lag.clear(),
+        }
+    }
+
+    /// Reads what is read, not pushed: the worker directory and the uptime.
+    pub fn refresh(&self, directory: &Mutex<Directory>) {
+        self.uptime.set(clamp(self.started.elapsed().as_secs()));
+        let dir = directory.lock().unwrap_or_else(|p| p.into_inner());
+        self.workers.set(dir.workers.len() as i64);
+        self.worker_streams
+            .set(dir.workers.values().map(|w| i64::from(w.clients)).sum());
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        self.assignments
+            .inc_by(dir.assignments_total.saturating_sub(counted.0));
+        self.respawns
+            .inc_by(dir.respawns_total.saturating_sub(counted.1));
+        *counted = (
+            counted.0.max(dir.assignments_total),
+            counted.1.max(dir.respawns_total),
+        );
+    }
+
+    /// The exposition text, refreshed.
+    pub fn text(&self, directory: &Mutex<Directory>) -> String {
+        self.refresh(directory);
+        chatfeed_common::metrics::encode(&self.registry)
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Follows openraft's metrics into `metrics` until `shutdown`.
+pub async fn follow_raft(
+    metrics: Arc<MasterMetrics>,
+    raft: Raft,
+    lease: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut rx = raft.metrics();
+    let mut leader = None;
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    loop {
+        metrics.observe(&rx.borrow_and_update(), lease, &mut leader);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}

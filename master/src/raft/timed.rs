@@ -1,0 +1,161 @@
+//! Instrumented storage: `TimedLog` and `TimedStateMachine` wrap the log store and the state
+//! machine, delegating every call, and record what an operator watches: how long appending
+//! entries (their fsync included) and applying batches take, the committed index openraft saves,
+//! and the posts that took effect. Wrapping keeps the storage code itself free of metrics; the
+//! conformance suite tests the unwrapped stores, which these only forward to.
+
+use crate::raft::log_store::LogStore;
+use crate::raft::state_machine::{SnapshotBuilder, StateMachine};
+use crate::raft::types::{
+    Command, Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote,
+};
+use chatfeed_common::metrics::seconds_since;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::time::Instant;
+
+/// What the stores record (clones of registered metrics).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub append_seconds: Histogram,
+    pub apply_seconds: Histogram,
+    pub commit_index: Gauge,
+    pub posts_committed: Counter,
+}
+
+/// The log store, timed.
+#[derive(Clone)]
+pub struct TimedLog {
+    pub inner: LogStore,
+    pub metrics: StoreMetrics,
+}
+
+impl RaftLogReader<TypeConfig> for TimedLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for TimedLog {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.inner.get_log_state().await
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.inner.get_log_reader().await
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.inner.save_vote(vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.inner.read_vote().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let index = committed.map(|c| c.index).unwrap_or(0);
+        self.inner.save_committed(committed).await?;
+        self.metrics
+            .commit_index
+            .set(i64::try_from(index).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.inner.read_committed().await
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let start = Instant::now();
+        let res = self.inner.append(entries, callback).await;
+        self.metrics.append_seconds.observe(seconds_since(start));
+        res
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.inner.truncate(log_id).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.inner.purge(log_id).await
+    }
+}
+
+/// The state machine, timed.
+pub struct TimedStateMachine {
+    pub inner: StateMachine,
+    pub metrics: StoreMetrics,
+}
+
+impl RaftStateMachine<TypeConfig> for TimedStateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.inner.applied_state().await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let is_post: Vec<bool> = entries
+            .iter()
+            .map(|e| {
+                matches!(&e.payload, EntryPayload::Normal(r) if matches!(r.command, Command::Post { .. }))
+            })
+            .collect();
+        let start = Instant::now();
+        let replies = self.inner.apply(entries).await?;
+        self.metrics.apply_seconds.observe(seconds_since(start));
+        let posts = replies
+            .iter()
+            .zip(is_post)
+            .filter(|(r, post)| *post && matches!(&r.0, Some(Ok(a)) if !a.duplicate))
+            .count();
+        self.metrics.posts_committed.inc_by(posts as u64);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.inner.get_snapshot_builder().await
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        self.inner.begin_receiving_snapshot().await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        self.inner.install_snapshot(meta, snapshot).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.inner.get_current_snapshot().await
+    }
+}
