@@ -1,0 +1,918 @@
+//! The five scenarios of `make bench` (issue 5). Each drives real clients (`load`) against the
+//! cluster (`target`), checks its answers (`check`: every acknowledged post is in the timeline,
+//! every stream got every post once, in order) and returns its figures. Every wait is bounded.
+
+use crate::check::{StreamCheck, check_timeline};
+use crate::load::{self, Poster, Sent, Stream, ms};
+use crate::stats::{Latency, median};
+use crate::target::Target;
+use anyhow::{Context, Result, anyhow, ensure};
+use chatfeed_e2e::cluster::healthy;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// How big each scenario is (full run, or `--quick`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub throughput_clients: Vec<usize>,
+    pub throughput_secs: u64,
+    pub fanout_authors: usize,
+    pub fanout_followers: usize,
+    pub fanout_rates: Vec<u64>,
+    pub fanout_secs: u64,
+    pub master_failover_runs: usize,
+    pub master_failover_writers: usize,
+    pub worker_failover_streams: usize,
+    pub idle_streams: usize,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            throughput_clients: vec![1, 16, 64],
+            throughput_secs: 10,
+            fanout_authors: 100,
+            fanout_followers: 50,
+            fanout_rates: vec![500, 2000],
+            fanout_secs: 10,
+            master_failover_runs: 5,
+            master_failover_writers: 8,
+            worker_failover_streams: 1000,
+            idle_streams: 10_000,
+        }
+    }
+
+    /// About a minute in all.
+    pub fn quick() -> Plan {
+        Plan {
+            throughput_clients: vec![1, 16, 64],
+            throughput_secs: 2,
+            fanout_authors: 100,
+            fanout_followers: 10,
+            fanout_rates: vec![500, 2000],
+            fanout_secs: 3,
+            master_failover_runs: 2,
+            master_failover_writers: 8,
+            worker_failover_streams: 300,
+            idle_streams: 2000,
+        }
+    }
+}
+
+/// A progress line every second while `work` runs: `line()` says how far it is.
+async fn with_progress<T>(
+    label: &str,
+    line: impl Fn() -> String,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => eprintln!("    {label} [{:>3.0} s] {}", started.elapsed().as_secs_f64(), line()),
+        }
+    }
+}
+
+/// Reads back each poster's own timeline and checks it holds exactly its acknowledged posts.
+async fn verify_posters(posters: &[Arc<Poster>], acked: &HashMap<String, Vec<Sent>>) -> Result<()> {
+    let reader = posters.first().context("no poster")?.session.clone();
+    for p in posters {
+        let tl = load::read_timeline(&reader, &p.user).await?;
+        let mine: Vec<_> = acked
+            .get(&p.user)
+            .map(|v| v.iter().map(|s| s.post.clone()).collect())
+            .unwrap_or_default();
+        check_timeline(&p.user, &mine, &tl).map_err(|e| anyhow!("lost or extra post: {e}"))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Write throughput
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub clients: usize,
+    pub secs: f64,
+    /// Posts acknowledged within the window.
+    pub acked: usize,
+    pub posts_per_s: f64,
+    pub latency: Latency,
+    pub term_before: u64,
+    pub term_after: u64,
+    pub leader_before: Option<u64>,
+    pub leader_after: Option<u64>,
+    /// The term or the leader changed during the run: an election happened under load.
+    pub election: bool,
+    /// Every acknowledged post was read back from its author's timeline.
+    pub verified: bool,
+}
+
+pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> Result<Throughput> {
+    let users: Vec<String> = (0..clients)
+        .map(|i| format!("{tag}c{clients}x{i}"))
+        .collect();
+    let posters: Vec<Arc<Poster>> = load::many("posters log in", users, |u| {
+        let masters = t.masters.clone();
+        async move { Ok(Arc::new(Poster::login(&masters, &u, "tp").await?)) }
+    })
+    .await?;
+    let (term_before, leader_before) = t.term().await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let window = Duration::from_secs(plan.throughput_secs);
+    let start = Instant::now();
+    let end = start + window;
+    let tasks: Vec<JoinHandle<Result<Vec<Sent>>>> = posters
+        .iter()
+        .map(|p| {
+            let p = p.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                while Instant::now() < end {
+                    out.push(p.post().await?);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(out)
+            })
+        })
+        .collect();
+    let results = with_progress(
+        &format!("{clients} clients"),
+        || format!("{} acknowledged", count.load(Ordering::Relaxed)),
+        futures::future::join_all(tasks),
+    )
+    .await;
+    let mut acked: HashMap<String, Vec<Sent>> = HashMap::new();
+    for (p, r) in posters.iter().zip(results) {
+        acked.insert(p.user.clone(), r.context("a poster panicked")??);
+    }
+    let (term_after, leader_after) = t.term().await?;
+    let all: Vec<&Sent> = acked.values().flatten().collect();
+    let in_window = all.iter().filter(|s| s.acked <= end).count();
+    let latency = Latency::of(all.iter().map(|s| ms(s.acked - s.sent)).collect());
+    verify_posters(&posters, &acked).await?;
+    Ok(Throughput {
+        clients,
+        secs: window.as_secs_f64(),
+        acked: in_window,
+        posts_per_s: in_window as f64 / window.as_secs_f64(),
+        latency,
+        term_before,
+        term_after,
+        leader_before,
+        leader_after,
+        election: term_before != term_after || leader_before != leader_after,
+        verified: true,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users shared by the stream scenarios: u0, u1, … (created once, through the client API).
+
+pub fn user(i: usize) -> String {
+    format!("u{i}")
+}
+
+/// Creates users `u0..u{n}` (a login each), then closes their sessions.
+pub async fn create_users(t: &Target, n: usize) -> Result<()> {
+    load::many("users created", (0..n).collect(), |i| {
+        let masters = t.masters.clone();
+        async move {
+            load::login(&masters, &user(i)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Fan-out
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutRate {
+    pub target_posts_per_s: u64,
+    pub posts: usize,
+    pub posts_per_s: f64,
+    /// How far behind its open-loop schedule the sender fell at most.
+    pub max_send_lag_ms: f64,
+    pub post_ack: Latency,
+    /// Post (just before the call) to arrival in a follower's stream.
+    pub delivery: Latency,
+    pub deliveries: usize,
+    pub expected_deliveries: usize,
+    pub deliveries_per_s: f64,
+    /// Every follower got every post of its author, once, in order.
+    pub all_arrived: bool,
+    pub check: StreamCheckJson,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StreamCheckJson {
+    pub missing: usize,
+    pub out_of_order: usize,
+    pub unexpected: usize,
+}
+
+impl From<&StreamCheck> for StreamCheckJson {
+    fn from(c: &StreamCheck) -> Self {
+        StreamCheckJson {
+            missing: c.missing,
+            out_of_order: c.out_of_order,
+            unexpected: c.unexpected,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Fanout {
+    pub authors: usize,
+    pub followers_per_author: usize,
+    pub streams: usize,
+    pub rates: Vec<FanoutRate>,
+    pub verified: bool,
+}
+
+/// Posts `rate` posts per second for `secs` (open loop: each post is sent at its scheduled
+/// instant whether or not earlier ones were acknowledged), round robin over `posters`.
+async fn open_loop(
+    posters: &[Arc<Poster>],
+    rate: f64,
+    secs: f64,
+    stop: Option<Arc<AtomicBool>>,
+    sent_count: Arc<AtomicU64>,
+) -> Result<(Vec<(String, Sent)>, f64)> {
+    let total = (rate * secs).round() as u64;
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut max_lag = 0.0f64;
+    for k in 0..total {
+        if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            break;
+        }
+        let at = start + Duration::from_secs_f64(k as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        max_lag = max_lag.max(ms(Instant::now().saturating_duration_since(at)));
+        let p = posters[k as usize % posters.len()].clone();
+        let c = sent_count.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = p.post().await;
+            c.fetch_add(1, Ordering::Relaxed);
+            s.map(|s| (p.user.clone(), s))
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.context("a post task panicked")??);
+    }
+    Ok((out, max_lag))
+}
+
+pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
+    let (na, nf) = (plan.fanout_authors, plan.fanout_followers);
+    let authors: Vec<Arc<Poster>> = load::many(
+        "authors log in",
+        (0..na).map(|i| format!("fa{i}")).collect(),
+        |u| {
+            let masters = t.masters.clone();
+            async move { Ok(Arc::new(Poster::login(&masters, &u, "fan").await?)) }
+        },
+    )
+    .await?;
+    let follower_of = |i: usize| format!("fa{}", i / nf);
+    let sessions = load::many("followers log in and follow", (0..na * nf).collect(), |i| {
+        let masters = t.masters.clone();
+        let author = follower_of(i);
+        async move {
+            let s = load::login(&masters, &user(i)).await?;
+            load::follow(&s, &author).await?;
+            Ok(s)
+        }
+    })
+    .await?;
+    let streams: Vec<Stream> = load::many("streams open", sessions, |s| async move {
+        Stream::open(s, None, None).await
+    })
+    .await?;
+    let author_of: Vec<String> = (0..streams.len()).map(follower_of).collect();
+
+    // Warm-up: one post per author, which every stream must receive (all streams are live).
+    let mut acked: HashMap<String, Vec<Sent>> = HashMap::new();
+    let warm = load::many("warm-up posts", authors.clone(), |p| async move {
+        Ok((p.user.clone(), p.post().await?))
+    })
+    .await?;
+    for (u, s) in warm {
+        acked.entry(u).or_default().push(s);
+    }
+    let last_of = |acked: &HashMap<String, Vec<Sent>>| -> HashMap<String, u64> {
+        acked
+            .iter()
+            .map(|(u, v)| (u.clone(), v.iter().map(|s| s.post.seq).max().unwrap_or(0)))
+            .collect()
+    };
+    {
+        let last = last_of(&acked);
+        let idx: HashMap<&str, usize> = streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.user.as_str(), i))
+            .collect();
+        load::wait_delivered(&streams, Duration::from_secs(60), |s| {
+            last[&author_of[idx[s.user.as_str()]]]
+        })
+        .await
+        .context("warm-up: not every stream is live")?;
+    }
+
+    let mut rates = Vec::new();
+    for &rate in &plan.fanout_rates {
+        eprintln!(
+            "  fan-out at {rate} posts/s for {} s ({} streams)",
+            plan.fanout_secs,
+            streams.len()
+        );
+        let count = Arc::new(AtomicU64::new(0));
+        let (sent, max_lag) = with_progress(
+            &format!("{rate} posts/s"),
+            || format!("{} posts acknowledged", count.load(Ordering::Relaxed)),
+            open_loop(
+                &authors,
+                rate as f64,
+                plan.fanout_secs as f64,
+                None,
+                count.clone(),
+            ),
+        )
+        .await?;
+        let phase_first = sent.iter().map(|(_, s)| s.sent).min();
+        let mut per_author: HashMap<String, Vec<&Sent>> = HashMap::new();
+        for (u, s) in &sent {
+            per_author.entry(u.clone()).or_default().push(s);
+        }
+        let want: HashMap<String, u64> = per_author
+            .iter()
+            .map(|(u, v)| (u.clone(), v.iter().map(|s| s.post.seq).max().unwrap_or(0)))
+            .collect();
+        let idx: HashMap<&str, usize> = streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.user.as_str(), i))
+            .collect();
+        let arrived_in_time = load::wait_delivered(&streams, Duration::from_secs(30), |s| {
+            want.get(&author_of[idx[s.user.as_str()]])
+                .copied()
+                .unwrap_or(0)
+        })
+        .await;
+        if let Err(e) = &arrived_in_time {
+            eprintln!("    warning: {e}");
+        }
+        let sent_at: HashMap<u64, Instant> =
+            sent.iter().map(|(_, s)| (s.post.seq, s.sent)).collect();
+        let mut lat = Vec::new();
+        let mut check = StreamCheck::default();
+        let mut expected_total = 0usize;
+        let mut last_arrival = phase_first;
+        for (i, s) in streams.iter().enumerate() {
+            let expected: Vec<u64> = per_author
+                .get(&author_of[i])
+                .map(|v| {
+                    let mut e: Vec<u64> = v.iter().map(|s| s.post.seq).collect();
+                    e.sort_unstable();
+                    e
+                })
+                .unwrap_or_default();
+            expected_total += expected.len();
+            let d = s.snapshot();
+            let phase: Vec<(u64, Instant)> = d
+                .into_iter()
+                .filter(|(seq, _)| sent_at.contains_key(seq))
+                .collect();
+            for (seq, at) in &phase {
+                lat.push(ms(*at - sent_at[seq]));
+                last_arrival = last_arrival.max(Some(*at));
+            }
+            let seqs: Vec<u64> = phase.iter().map(|(s, _)| *s).collect();
+            check.add(&StreamCheck::of(&seqs, &expected));
+        }
+        let span = match (phase_first, last_arrival) {
+            (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        let post_ack = Latency::of(sent.iter().map(|(_, s)| ms(s.acked - s.sent)).collect());
+        let n = lat.len();
+        rates.push(FanoutRate {
+            target_posts_per_s: rate,
+            posts: sent.len(),
+            posts_per_s: sent.len() as f64 / plan.fanout_secs as f64,
+            max_send_lag_ms: max_lag,
+            post_ack,
+            delivery: Latency::of(lat),
+            deliveries: n,
+            expected_deliveries: expected_total,
+            deliveries_per_s: n as f64 / span,
+            all_arrived: check.ok() && arrived_in_time.is_ok(),
+            check: (&check).into(),
+        });
+        for (u, s) in sent {
+            acked.entry(u).or_default().push(s);
+        }
+    }
+
+    // The whole run, stream by stream: every post of the author since the stream opened, once,
+    // in order (the warm-up post included).
+    let delivered = load::stop_all(streams).await?;
+    let mut whole = StreamCheck::default();
+    for (i, d) in delivered.iter().enumerate() {
+        let mut expected: Vec<u64> = acked
+            .get(&author_of[i])
+            .map(|v| v.iter().map(|s| s.post.seq).collect())
+            .unwrap_or_default();
+        expected.sort_unstable();
+        let seqs: Vec<u64> = d.iter().map(|(s, _)| *s).collect();
+        whole.add(&StreamCheck::of(&seqs, &expected));
+    }
+    ensure!(
+        whole.ok(),
+        "the streams did not get exactly their authors' posts: {whole:?}"
+    );
+    verify_posters(&authors, &acked).await?;
+    let _ = last_of;
+    Ok(Fanout {
+        authors: na,
+        followers_per_author: nf,
+        streams: na * nf,
+        rates,
+        verified: true,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Master fail-over
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MasterFailoverRun {
+    pub killed_member: u64,
+    pub killed_pid: u32,
+    /// From the kill to the first acknowledgement of a post sent after the kill.
+    pub failover_ms: f64,
+    pub term_before: u64,
+    pub term_after: u64,
+    /// From the kill until the killed member was back (restarted by the supervisor) and caught up.
+    pub back_after_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MasterFailover {
+    pub writers: usize,
+    pub probe_interval_ms: f64,
+    pub runs: Vec<MasterFailoverRun>,
+    pub median_ms: f64,
+    pub max_ms: f64,
+    pub posts: usize,
+    pub verified: bool,
+}
+
+/// The probe's post interval: bounds how precisely the end of the outage is seen.
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+
+pub async fn master_failover(t: &Target, plan: &Plan) -> Result<MasterFailover> {
+    let mut posters: Vec<Arc<Poster>> = load::many(
+        "writers log in",
+        (0..plan.master_failover_writers)
+            .map(|i| format!("mfw{i}"))
+            .collect(),
+        |u| {
+            let masters = t.masters.clone();
+            async move { Ok(Arc::new(Poster::login(&masters, &u, "mf").await?)) }
+        },
+    )
+    .await?;
+    let probe = Arc::new(Poster::login(&t.masters, "mfprobe", "mf").await?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<HashMap<String, Vec<Sent>>>> = Arc::default();
+    // The steady load: closed-loop writers.
+    let mut tasks: Vec<JoinHandle<Result<()>>> = Vec::new();
+    for p in &posters {
+        let (p, stop, acked) = (p.clone(), stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let s = p.post().await?;
+                acked
+                    .lock()
+                    .unwrap()
+                    .entry(p.user.clone())
+                    .or_default()
+                    .push(s);
+            }
+            Ok(())
+        }));
+    }
+    // The probe: a post every PROBE_INTERVAL, each on its own task (open loop).
+    {
+        let (p, stop, acked) = (probe.clone(), stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            let mut inflight: Vec<JoinHandle<Result<()>>> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (p, acked) = (p.clone(), acked.clone());
+                inflight.push(tokio::spawn(async move {
+                    let s = p.post().await?;
+                    acked
+                        .lock()
+                        .unwrap()
+                        .entry(p.user.clone())
+                        .or_default()
+                        .push(s);
+                    Ok(())
+                }));
+                inflight.retain(|h| !h.is_finished());
+            }
+            for h in inflight {
+                h.await??;
+            }
+            Ok(())
+        }));
+    }
+    posters.push(probe.clone());
+    let result = async {
+        let mut runs = Vec::new();
+        for run in 1..=plan.master_failover_runs {
+            let s = t.wait_healthy(Duration::from_secs(60)).await?;
+            let leader = s.leader.context("no leader")?;
+            let m = s
+                .members
+                .iter()
+                .find(|m| m.id == leader)
+                .context("leader")?;
+            let (pid, term_before) = (m.pid, s.term);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let killed = t.kill9(pid)?;
+            // The first acknowledgement of a probe post sent after the kill.
+            let first_ack = || -> Option<Instant> {
+                acked
+                    .lock()
+                    .unwrap()
+                    .get("mfprobe")?
+                    .iter()
+                    .filter(|s| s.sent > killed)
+                    .map(|s| s.acked)
+                    .min()
+            };
+            let end = killed + Duration::from_secs(30);
+            while first_ack().is_none() {
+                ensure!(
+                    Instant::now() < end,
+                    "run {run}: no write acknowledged within 30 s of the kill"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            // Posts sent a little later may have been acknowledged a little earlier.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let failover = first_ack().context("ack")? - killed;
+            let term_after = t.term().await?.0;
+            let applied = t
+                .wait_leader_status("a new leader", Duration::from_secs(30), |s| {
+                    let l = s.leader.ok_or("no leader")?;
+                    Ok(s.members
+                        .iter()
+                        .find(|m| m.id == l)
+                        .map_or(0, |m| m.last_applied))
+                })
+                .await?;
+            t.wait_leader_status(
+                &format!("member {leader} back and caught up"),
+                Duration::from_secs(60),
+                |s| {
+                    healthy(s)?;
+                    let m = s
+                        .members
+                        .iter()
+                        .find(|m| m.id == leader)
+                        .ok_or("member missing")?;
+                    if m.pid == pid {
+                        return Err("still the old pid".into());
+                    }
+                    if m.last_applied < applied {
+                        return Err(format!("applied {} < {applied}", m.last_applied));
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+            let r = MasterFailoverRun {
+                killed_member: leader,
+                killed_pid: pid,
+                failover_ms: ms(failover),
+                term_before,
+                term_after,
+                back_after_ms: ms(killed.elapsed()),
+            };
+            eprintln!(
+                "    run {run}/{}: killed member {leader} (pid {pid}); writes acknowledged again \
+                 after {:.0} ms; member back after {:.1} s",
+                plan.master_failover_runs,
+                r.failover_ms,
+                r.back_after_ms / 1000.0
+            );
+            runs.push(r);
+        }
+        Ok::<_, anyhow::Error>(runs)
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for h in tasks {
+        h.await.context("a writer panicked")??;
+    }
+    let runs = result?;
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    verify_posters(&posters, &acked).await?;
+    let f: Vec<f64> = runs.iter().map(|r| r.failover_ms).collect();
+    Ok(MasterFailover {
+        writers: plan.master_failover_writers,
+        probe_interval_ms: ms(PROBE_INTERVAL),
+        median_ms: median(&f),
+        max_ms: f.iter().copied().fold(f64::NAN, f64::max),
+        runs,
+        posts: acked.values().map(Vec::len).sum(),
+        verified: true,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Worker fail-over
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerFailover {
+    pub streams: usize,
+    pub killed_pid: u32,
+    pub post_interval_ms: f64,
+    /// Streams that received a post sent after the kill (through another worker).
+    pub resumed: usize,
+    /// Per stream: from the kill to the arrival of its first post sent after the kill.
+    pub resume: Latency,
+    /// Every stream got every post once, in order, across the kill.
+    pub no_gap: bool,
+    pub check: StreamCheckJson,
+    pub posts: usize,
+}
+
+const WF_INTERVAL: Duration = Duration::from_millis(10);
+
+pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Result<WorkerFailover> {
+    let n = plan.worker_failover_streams;
+    let speaker = Arc::new(Poster::login(&t.masters, "wfspeaker", "wf").await?);
+    let sessions = load::many(
+        "listeners log in and follow",
+        (first_user..first_user + n).collect(),
+        |i| {
+            let masters = t.masters.clone();
+            async move {
+                let s = load::login(&masters, &user(i)).await?;
+                load::follow(&s, "wfspeaker").await?;
+                Ok(s)
+            }
+        },
+    )
+    .await?;
+    let s = t
+        .wait_leader_status("three workers", Duration::from_secs(30), |s| {
+            if s.workers.len() >= 2 {
+                Ok(s.clone())
+            } else {
+                Err(format!("{} workers", s.workers.len()))
+            }
+        })
+        .await?;
+    let mut workers = s.workers.clone();
+    workers.sort_by_key(|w| w.clients);
+    let victim = workers[0].clone();
+    let other = workers[1].clone();
+    ensure!(
+        t.is_ours(victim.pid),
+        "worker pid {} is not a process of the bench's cluster",
+        victim.pid
+    );
+    speaker
+        .session
+        .lease_on(&other.addr)
+        .await
+        .map_err(|e| anyhow!("the speaker on worker {}: {e:?}", other.addr))?;
+    let streams: Vec<Stream> = load::many("streams open on one worker", sessions, |s| {
+        let addr = victim.addr.clone();
+        async move { Stream::open(s, None, Some(&addr)).await }
+    })
+    .await?;
+    let mut acked: Vec<Sent> = vec![speaker.post().await?];
+    let warm = acked[0].post.seq;
+    load::wait_delivered(&streams, Duration::from_secs(60), |_| warm)
+        .await
+        .context("warm-up: not every stream is live")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let posting = {
+        let (p, stop, count) = (vec![speaker.clone()], stop.clone(), count.clone());
+        tokio::spawn(async move {
+            open_loop(&p, 1.0 / WF_INTERVAL.as_secs_f64(), 60.0, Some(stop), count).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "    {n} streams on worker {} (pid {}); killing it",
+        victim.addr, victim.pid
+    );
+    let killed = t.kill9(victim.pid)?;
+    // Each stream's first arrival of a post sent after the kill: posts committed after the kill
+    // can only come through another worker.
+    let resumed_at = |streams: &[Stream], sent_after: &BTreeSet<u64>| -> Vec<Option<Instant>> {
+        streams
+            .iter()
+            .map(|s| {
+                s.snapshot()
+                    .into_iter()
+                    .find(|(seq, _)| sent_after.contains(seq))
+                    .map(|(_, at)| at)
+            })
+            .collect()
+    };
+    // Posting goes on until every stream resumed (or 15 s); the seqs come from the acks so far,
+    // which the posting task does not share: watch the streams' progress instead.
+    let limit = killed + Duration::from_secs(15);
+    let all_moved = with_progress(
+        "worker fail-over",
+        || {
+            let moving = streams
+                .iter()
+                .filter(|s| {
+                    s.snapshot()
+                        .last()
+                        .is_none_or(|(_, at)| *at < killed + Duration::from_millis(1))
+                })
+                .count();
+            format!("{moving} streams not streaming since the kill")
+        },
+        async {
+            loop {
+                let moving = streams
+                    .iter()
+                    .filter(|s| {
+                        s.snapshot()
+                            .last()
+                            .is_none_or(|(_, at)| *at < killed + Duration::from_millis(200))
+                    })
+                    .count();
+                if moving == 0 || Instant::now() > limit {
+                    return moving == 0;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, _) = posting.await.context("the posting task")??;
+    let sent_after: BTreeSet<u64> = sent
+        .iter()
+        .filter(|(_, s)| s.sent > killed)
+        .map(|(_, s)| s.post.seq)
+        .collect();
+    acked.extend(sent.into_iter().map(|(_, s)| s));
+    let last = acked.iter().map(|s| s.post.seq).max().unwrap_or(0);
+    let arrived = load::wait_delivered(&streams, Duration::from_secs(30), |_| last).await;
+    let resumed = resumed_at(&streams, &sent_after);
+    let delivered = load::stop_all(streams).await?;
+    arrived.context("after the fail-over")?;
+    let mut expected: Vec<u64> = acked.iter().map(|s| s.post.seq).collect();
+    expected.sort_unstable();
+    let mut check = StreamCheck::default();
+    for d in &delivered {
+        let seqs: Vec<u64> = d.iter().map(|(s, _)| *s).collect();
+        check.add(&StreamCheck::of(&seqs, &expected));
+    }
+    let mut acked_map = HashMap::new();
+    acked_map.insert("wfspeaker".to_string(), acked.clone());
+    verify_posters(&[speaker], &acked_map).await?;
+    let resume: Vec<f64> = resumed
+        .iter()
+        .flatten()
+        .map(|at| ms(*at - killed))
+        .collect();
+    if !all_moved {
+        eprintln!("    warning: not every stream was streaming again within 15 s");
+    }
+    Ok(WorkerFailover {
+        streams: n,
+        killed_pid: victim.pid,
+        post_interval_ms: ms(WF_INTERVAL),
+        resumed: resume.len(),
+        resume: Latency::of(resume),
+        no_gap: check.ok(),
+        check: (&check).into(),
+        posts: acked.len(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Idle connections
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    pub streams: usize,
+    pub worker_pid: u32,
+    pub worker_nofile_limit: Option<u64>,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub bytes_per_stream: f64,
+    /// The streams the active master counted on the worker once they were open.
+    pub counted_by_master: u32,
+}
+
+pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
+    let n = plan.idle_streams;
+    let s = t
+        .wait_leader_status("workers", Duration::from_secs(30), |s| {
+            if s.workers.is_empty() {
+                Err("no worker".into())
+            } else {
+                Ok(s.clone())
+            }
+        })
+        .await?;
+    let w = s
+        .workers
+        .iter()
+        .min_by_key(|w| w.clients)
+        .cloned()
+        .context("no worker")?;
+    let before = crate::machine::rss_kib(w.pid).with_context(|| {
+        format!(
+            "reading the resident memory of worker pid {}: it must run on this host",
+            w.pid
+        )
+    })?;
+    let base = w.clients;
+    eprintln!(
+        "    worker {} (pid {}): {before} KiB resident with {base} streams",
+        w.addr, w.pid
+    );
+    let streams: Vec<Stream> = load::many("idle streams open", (0..n).collect(), |i| {
+        let masters = t.masters.clone();
+        let addr = w.addr.clone();
+        async move {
+            let s = Arc::new(chatfeed_client::session::Session::quiet(masters, user(i)));
+            Stream::open(s, None, Some(&addr)).await
+        }
+    })
+    .await?;
+    let counted = t
+        .wait_leader_status(
+            &format!("{n} streams on worker {}", w.addr),
+            Duration::from_secs(60),
+            |s| {
+                let c = s
+                    .workers
+                    .iter()
+                    .find(|x| x.id == w.id)
+                    .map_or(0, |x| x.clients);
+                if c >= base + n as u32 {
+                    Ok(c)
+                } else {
+                    Err(format!("{c} streams"))
+                }
+            },
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = crate::machine::rss_kib(w.pid).context("the worker died")?;
+    let limit = crate::machine::nofile_limit(w.pid);
+    let failed: Vec<String> = streams
+        .iter()
+        .filter(|s| s.last.load(Ordering::Relaxed) != 0)
+        .map(|s| s.user.clone())
+        .take(3)
+        .collect();
+    load::stop_all(streams).await?;
+    ensure!(failed.is_empty(), "idle streams received posts: {failed:?}");
+    Ok(Memory {
+        streams: n,
+        worker_pid: w.pid,
+        worker_nofile_limit: limit,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        bytes_per_stream: (after as f64 - before as f64) * 1024.0 / n as f64,
+        counted_by_master: counted,
+    })
+}
