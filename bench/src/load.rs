@@ -188,6 +188,7 @@ pub async fn read_timeline(session: &Session, user: &str) -> Result<Vec<StoredPo
 /// A timeline stream running in the background, recording each delivery (seq, arrival).
 pub struct Stream {
     pub user: String,
+    session: Arc<Session>,
     pub deliveries: Arc<Mutex<Vec<(u64, Instant)>>>,
     /// The largest seq delivered so far.
     pub last: Arc<AtomicU64>,
@@ -215,6 +216,7 @@ impl Stream {
         let cancel = CancellationToken::new();
         let (d, l, c) = (deliveries.clone(), last.clone(), cancel.clone());
         let user = session.user().to_string();
+        let me = session.clone();
         let task = tokio::spawn(async move {
             let mut cursor = Cursor::new(after);
             timeline::stream(
@@ -238,6 +240,7 @@ impl Stream {
         });
         Ok(Stream {
             user,
+            session: me,
             deliveries,
             last,
             cancel,
@@ -256,6 +259,11 @@ impl Stream {
         }
         let d = std::mem::take(&mut *self.deliveries.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(d)
+    }
+
+    /// The worker the stream's session uses now.
+    pub async fn worker(&self) -> Option<String> {
+        self.session.lease().await.ok().map(|l| l.addr)
     }
 
     /// Deliveries so far, without stopping.

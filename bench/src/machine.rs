@@ -143,3 +143,16 @@ pub fn raise_nofile() -> u64 {
         r.rlim_cur
     }
 }
+
+/// CPU time (user + system) `pid` has used so far, in milliseconds (from /proc/<pid>/stat).
+pub fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = read(&format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based) of the whole line.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((utime + stime) * 1000.0 / hz)
+}

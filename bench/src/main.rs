@@ -91,6 +91,26 @@ async fn main() -> Result<()> {
     }
 
     let t0 = Instant::now();
+    // Idle streams first, on a cluster of their own with a pool of one worker, so that every
+    // stream is on that worker (the active master spreads streams over a pool and rebalances)
+    // and its allocator holds no memory freed by other scenarios.
+    let mut memory = None;
+    if want("memory") && args.master.is_none() {
+        eprintln!(
+            "\n5. idle streams: {} on one worker (a cluster with a pool of one worker)",
+            plan.idle_streams
+        );
+        let r = tokio::select! {
+            r = async {
+                let one = Target::start_local_with("[worker]\npool_size = 1\n")
+                    .await
+                    .context("starting the one-worker cluster")?;
+                scenarios::memory(&one, &plan).await
+            } => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        };
+        memory = Some(r.map_err(fail));
+    }
     let target = match &args.master {
         Some(m) => Target::remote(m.split(',').map(|s| s.trim().to_string()).collect()),
         None => {
@@ -103,19 +123,10 @@ async fn main() -> Result<()> {
     };
     let destructive = target.local.is_some();
     let mut report = Report::new(&plan, &target, args.quick, command, started);
+    report.memory = memory;
     let run = async {
-        // Users u0.. for the stream scenarios (idle streams, fan-out followers, listeners).
-        let users = plan
-            .idle_streams
-            .max(plan.fanout_authors * plan.fanout_followers + plan.worker_failover_streams);
-        if want("memory") || want("fanout") || want("worker-failover") {
-            eprintln!("\nsetup: {users} users");
-            scenarios::create_users(&target, users).await?;
-        }
-        // Idle streams first: the worker measured has served nothing yet, so its allocator holds
-        // no memory freed by earlier scenarios that would hide the streams' cost.
-        if want("memory") {
-            eprintln!("\n5. idle streams: {} on one worker", plan.idle_streams);
+        if want("memory") && !destructive {
+            eprintln!("\n5. idle streams: {} over the workers", plan.idle_streams);
             report.memory = Some(scenarios::memory(&target, &plan).await.map_err(fail));
         }
         if want("throughput") {
@@ -139,6 +150,12 @@ async fn main() -> Result<()> {
                             ""
                         }
                     );
+                    let cpu: Vec<String> = r
+                        .cpu_us_per_post
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.0}"))
+                        .collect();
+                    eprintln!("    CPU µs per post: {}", cpu.join(", "));
                 }
                 report.throughput.push(r.map_err(fail));
             }
@@ -153,7 +170,7 @@ async fn main() -> Result<()> {
         if want("worker-failover") {
             if destructive {
                 eprintln!(
-                    "\n4. worker fail-over: {} streams on one worker",
+                    "\n4. worker fail-over: {} streams per worker",
                     plan.worker_failover_streams
                 );
                 let first = plan.fanout_authors * plan.fanout_followers;

@@ -9,7 +9,7 @@ use crate::target::Target;
 use anyhow::{Context, Result, anyhow, ensure};
 use chatfeed_e2e::cluster::healthy;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,6 +96,59 @@ async fn verify_posters(posters: &[Arc<Poster>], acked: &HashMap<String, Vec<Sen
 }
 
 // ---------------------------------------------------------------------------------------------
+// CPU accounting: where the cycles go, per role, read from /proc (works on a noisy machine,
+// where wall-clock rates mostly say how much CPU the other tenants left).
+
+/// The processes of the cluster by role, as the active master reports them, and this one.
+async fn roles(t: &Target) -> Vec<(&'static str, u32)> {
+    let mut out = vec![("bench", std::process::id())];
+    if let Some(s) = t.leader_status().await {
+        for m in &s.members {
+            if m.pid != 0 {
+                out.push((
+                    if Some(m.id) == s.leader {
+                        "leader"
+                    } else {
+                        "followers"
+                    },
+                    m.pid,
+                ));
+            }
+        }
+        for w in &s.workers {
+            out.push(("workers", w.pid));
+        }
+    }
+    out
+}
+
+/// CPU time per role so far (ms).
+fn cpu_now(roles: &[(&'static str, u32)]) -> BTreeMap<&'static str, f64> {
+    let mut m = BTreeMap::new();
+    for (role, pid) in roles {
+        if let Some(c) = crate::machine::cpu_ms(*pid) {
+            *m.entry(*role).or_insert(0.0) += c;
+        }
+    }
+    m
+}
+
+/// CPU microseconds per post, per role, between two readings.
+fn cpu_per_post(
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+    posts: usize,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, a)| {
+            let b = before.get(k).copied().unwrap_or(0.0);
+            (k.to_string(), (a - b) * 1000.0 / posts.max(1) as f64)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // 1. Write throughput
 
 #[derive(Clone, Debug, Serialize)]
@@ -114,6 +167,9 @@ pub struct Throughput {
     pub election: bool,
     /// Every acknowledged post was read back from its author's timeline.
     pub verified: bool,
+    /// CPU time per acknowledged post, by role (µs): leader, followers (both), workers (all),
+    /// bench (the clients).
+    pub cpu_us_per_post: BTreeMap<String, f64>,
 }
 
 pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> Result<Throughput> {
@@ -126,6 +182,8 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
     })
     .await?;
     let (term_before, leader_before) = t.term().await?;
+    let procs = roles(t).await;
+    let cpu_before = cpu_now(&procs);
     let count = Arc::new(AtomicU64::new(0));
     let window = Duration::from_secs(plan.throughput_secs);
     let start = Instant::now();
@@ -151,6 +209,7 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
         futures::future::join_all(tasks),
     )
     .await;
+    let cpu_after = cpu_now(&procs);
     let mut acked: HashMap<String, Vec<Sent>> = HashMap::new();
     for (p, r) in posters.iter().zip(results) {
         acked.insert(p.user.clone(), r.context("a poster panicked")??);
@@ -172,6 +231,7 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
         leader_after,
         election: term_before != term_after || leader_before != leader_after,
         verified: true,
+        cpu_us_per_post: cpu_per_post(&cpu_before, &cpu_after, all.len()),
     })
 }
 
@@ -180,19 +240,6 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
 
 pub fn user(i: usize) -> String {
     format!("u{i}")
-}
-
-/// Creates users `u0..u{n}` (a login each), then closes their sessions.
-pub async fn create_users(t: &Target, n: usize) -> Result<()> {
-    load::many("users created", (0..n).collect(), |i| {
-        let masters = t.masters.clone();
-        async move {
-            load::login(&masters, &user(i)).await?;
-            Ok(())
-        }
-    })
-    .await?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,8 +289,13 @@ pub struct Fanout {
     pub verified: bool,
 }
 
+/// Posts in flight at once in an open loop: beyond it the sender falls behind its schedule
+/// (reported as its lag) instead of piling up retries on an overloaded cluster.
+const MAX_IN_FLIGHT: usize = 512;
+
 /// Posts `rate` posts per second for `secs` (open loop: each post is sent at its scheduled
-/// instant whether or not earlier ones were acknowledged), round robin over `posters`.
+/// instant whether or not earlier ones were acknowledged, up to `MAX_IN_FLIGHT`), round robin
+/// over `posters`.
 async fn open_loop(
     posters: &[Arc<Poster>],
     rate: f64,
@@ -255,16 +307,19 @@ async fn open_loop(
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
     let mut max_lag = 0.0f64;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     for k in 0..total {
         if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
             break;
         }
         let at = start + Duration::from_secs_f64(k as f64 / rate);
         tokio::time::sleep_until(at.into()).await;
+        let slot = slots.clone().acquire_owned().await?;
         max_lag = max_lag.max(ms(Instant::now().saturating_duration_since(at)));
         let p = posters[k as usize % posters.len()].clone();
         let c = sent_count.clone();
         tasks.push(tokio::spawn(async move {
+            let _slot = slot;
             let s = p.post().await;
             c.fetch_add(1, Ordering::Relaxed);
             s.map(|s| (p.user.clone(), s))
@@ -655,14 +710,18 @@ pub async fn master_failover(t: &Target, plan: &Plan) -> Result<MasterFailover> 
 
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkerFailover {
+    /// Streams open in all (spread over the workers by the active master).
     pub streams: usize,
+    /// Streams on the killed worker (their session's worker just before the kill).
+    pub on_victim: usize,
     pub killed_pid: u32,
     pub post_interval_ms: f64,
-    /// Streams that received a post sent after the kill (through another worker).
+    /// Streams of the killed worker that received a post sent after the kill.
     pub resumed: usize,
-    /// Per stream: from the kill to the arrival of its first post sent after the kill.
+    /// Per stream of the killed worker: from the kill to the arrival of its first post sent
+    /// after the kill (which only another worker can deliver).
     pub resume: Latency,
-    /// Every stream got every post once, in order, across the kill.
+    /// Every stream (moved or not) got every post once, in order, across the kill.
     pub no_gap: bool,
     pub check: StreamCheckJson,
     pub posts: usize,
@@ -670,8 +729,19 @@ pub struct WorkerFailover {
 
 const WF_INTERVAL: Duration = Duration::from_millis(10);
 
+/// `per_worker` streams per worker (the master spreads them), then kill -9 of the worker with
+/// the most.
 pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Result<WorkerFailover> {
-    let n = plan.worker_failover_streams;
+    let s = t
+        .wait_leader_status("workers", Duration::from_secs(30), |s| {
+            if s.workers.len() >= 2 {
+                Ok(s.clone())
+            } else {
+                Err(format!("{} workers", s.workers.len()))
+            }
+        })
+        .await?;
+    let n = plan.worker_failover_streams * s.workers.len();
     let speaker = Arc::new(Poster::login(&t.masters, "wfspeaker", "wf").await?);
     let sessions = load::many(
         "listeners log in and follow",
@@ -686,19 +756,42 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         },
     )
     .await?;
-    let s = t
-        .wait_leader_status("three workers", Duration::from_secs(30), |s| {
-            if s.workers.len() >= 2 {
-                Ok(s.clone())
-            } else {
-                Err(format!("{} workers", s.workers.len()))
-            }
-        })
-        .await?;
-    let mut workers = s.workers.clone();
-    workers.sort_by_key(|w| w.clients);
-    let victim = workers[0].clone();
-    let other = workers[1].clone();
+    let streams: Vec<Stream> = load::many("streams open", sessions, |s| async move {
+        Stream::open(s, None, None).await
+    })
+    .await?;
+    let mut acked: Vec<Sent> = vec![speaker.post().await?];
+    let warm = acked[0].post.seq;
+    load::wait_delivered(&streams, Duration::from_secs(60), |_| warm)
+        .await
+        .context("warm-up: not every stream is live")?;
+    // Where each stream is now (its session's worker), and the worker with the most.
+    let mut on: Vec<String> = Vec::with_capacity(streams.len());
+    for st in &streams {
+        on.push(st.worker().await.unwrap_or_default());
+    }
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for a in &on {
+        *count.entry(a.as_str()).or_default() += 1;
+    }
+    let (victim_addr, _) = count
+        .iter()
+        .max_by_key(|(_, c)| **c)
+        .map(|(a, c)| (a.to_string(), *c))
+        .context("no stream")?;
+    let s = t.leader_status().await.context("no active master")?;
+    let victim = s
+        .workers
+        .iter()
+        .find(|w| w.addr == victim_addr)
+        .cloned()
+        .with_context(|| format!("worker {victim_addr} is not in the status"))?;
+    let other = s
+        .workers
+        .iter()
+        .find(|w| w.addr != victim_addr)
+        .cloned()
+        .context("no other worker")?;
     ensure!(
         t.is_ours(victim.pid),
         "worker pid {} is not a process of the bench's cluster",
@@ -709,73 +802,45 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         .lease_on(&other.addr)
         .await
         .map_err(|e| anyhow!("the speaker on worker {}: {e:?}", other.addr))?;
-    let streams: Vec<Stream> = load::many("streams open on one worker", sessions, |s| {
-        let addr = victim.addr.clone();
-        async move { Stream::open(s, None, Some(&addr)).await }
-    })
-    .await?;
-    let mut acked: Vec<Sent> = vec![speaker.post().await?];
-    let warm = acked[0].post.seq;
-    load::wait_delivered(&streams, Duration::from_secs(60), |_| warm)
-        .await
-        .context("warm-up: not every stream is live")?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
+    let sent_count = Arc::new(AtomicU64::new(0));
     let posting = {
-        let (p, stop, count) = (vec![speaker.clone()], stop.clone(), count.clone());
+        let (p, stop, c) = (vec![speaker.clone()], stop.clone(), sent_count.clone());
         tokio::spawn(async move {
-            open_loop(&p, 1.0 / WF_INTERVAL.as_secs_f64(), 60.0, Some(stop), count).await
+            open_loop(&p, 1.0 / WF_INTERVAL.as_secs_f64(), 60.0, Some(stop), c).await
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let moved: Vec<usize> = (0..streams.len())
+        .filter(|&i| on[i] == victim_addr)
+        .collect();
     eprintln!(
-        "    {n} streams on worker {} (pid {}); killing it",
-        victim.addr, victim.pid
+        "    {n} streams, {} on worker {} (pid {}); killing it",
+        moved.len(),
+        victim.addr,
+        victim.pid
     );
     let killed = t.kill9(victim.pid)?;
-    // Each stream's first arrival of a post sent after the kill: posts committed after the kill
-    // can only come through another worker.
-    let resumed_at = |streams: &[Stream], sent_after: &BTreeSet<u64>| -> Vec<Option<Instant>> {
-        streams
+    // A moved stream is streaming again once it received anything after the kill (the first
+    // arrivals after the kill come from another worker: the dead one sends nothing).
+    let not_back = |streams: &[Stream]| {
+        moved
             .iter()
-            .map(|s| {
-                s.snapshot()
-                    .into_iter()
-                    .find(|(seq, _)| sent_after.contains(seq))
-                    .map(|(_, at)| at)
+            .filter(|&&i| {
+                streams[i]
+                    .snapshot()
+                    .last()
+                    .is_none_or(|(_, at)| *at < killed + Duration::from_millis(50))
             })
-            .collect()
+            .count()
     };
-    // Posting goes on until every stream resumed (or 15 s); the seqs come from the acks so far,
-    // which the posting task does not share: watch the streams' progress instead.
     let limit = killed + Duration::from_secs(15);
-    let all_moved = with_progress(
+    with_progress(
         "worker fail-over",
-        || {
-            let moving = streams
-                .iter()
-                .filter(|s| {
-                    s.snapshot()
-                        .last()
-                        .is_none_or(|(_, at)| *at < killed + Duration::from_millis(1))
-                })
-                .count();
-            format!("{moving} streams not streaming since the kill")
-        },
+        || format!("{} streams not streaming again yet", not_back(&streams)),
         async {
-            loop {
-                let moving = streams
-                    .iter()
-                    .filter(|s| {
-                        s.snapshot()
-                            .last()
-                            .is_none_or(|(_, at)| *at < killed + Duration::from_millis(200))
-                    })
-                    .count();
-                if moving == 0 || Instant::now() > limit {
-                    return moving == 0;
-                }
+            while not_back(&streams) > 0 && Instant::now() < limit {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         },
@@ -792,7 +857,16 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
     acked.extend(sent.into_iter().map(|(_, s)| s));
     let last = acked.iter().map(|s| s.post.seq).max().unwrap_or(0);
     let arrived = load::wait_delivered(&streams, Duration::from_secs(30), |_| last).await;
-    let resumed = resumed_at(&streams, &sent_after);
+    let resume: Vec<f64> = moved
+        .iter()
+        .filter_map(|&i| {
+            streams[i]
+                .snapshot()
+                .into_iter()
+                .find(|(seq, _)| sent_after.contains(seq))
+                .map(|(_, at)| ms(at - killed))
+        })
+        .collect();
     let delivered = load::stop_all(streams).await?;
     arrived.context("after the fail-over")?;
     let mut expected: Vec<u64> = acked.iter().map(|s| s.post.seq).collect();
@@ -805,16 +879,9 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
     let mut acked_map = HashMap::new();
     acked_map.insert("wfspeaker".to_string(), acked.clone());
     verify_posters(&[speaker], &acked_map).await?;
-    let resume: Vec<f64> = resumed
-        .iter()
-        .flatten()
-        .map(|at| ms(*at - killed))
-        .collect();
-    if !all_moved {
-        eprintln!("    warning: not every stream was streaming again within 15 s");
-    }
     Ok(WorkerFailover {
         streams: n,
+        on_victim: moved.len(),
         killed_pid: victim.pid,
         post_interval_ms: ms(WF_INTERVAL),
         resumed: resume.len(),
@@ -831,15 +898,19 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
 #[derive(Clone, Debug, Serialize)]
 pub struct Memory {
     pub streams: usize,
-    pub worker_pid: u32,
+    /// The workers that held them (one, on the bench's own cluster: a pool of one worker).
+    pub workers: Vec<u32>,
     pub worker_nofile_limit: Option<u64>,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub bytes_per_stream: f64,
-    /// The streams the active master counted on the worker once they were open.
+    /// The streams the active master counted on the workers once they were open.
     pub counted_by_master: u32,
 }
 
+/// Opens `idle_streams` idle streams (users with nothing to read) through the active master's
+/// assignment, and reads the workers' resident memory (VmRSS) before and after. On the bench's
+/// own cluster this runs with a pool of one worker, so every stream is on it.
 pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
     let n = plan.idle_streams;
     let s = t
@@ -851,43 +922,65 @@ pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
             }
         })
         .await?;
-    let w = s
-        .workers
-        .iter()
-        .min_by_key(|w| w.clients)
-        .cloned()
-        .context("no worker")?;
-    let before = crate::machine::rss_kib(w.pid).with_context(|| {
-        format!(
-            "reading the resident memory of worker pid {}: it must run on this host",
-            w.pid
-        )
-    })?;
-    let base = w.clients;
-    eprintln!(
-        "    worker {} (pid {}): {before} KiB resident with {base} streams",
-        w.addr, w.pid
-    );
-    let streams: Vec<Stream> = load::many("idle streams open", (0..n).collect(), |i| {
+    let pids: Vec<u32> = s.workers.iter().map(|w| w.pid).collect();
+    let rss = |pids: &[u32]| -> Result<u64> {
+        pids.iter()
+            .map(|&p| {
+                crate::machine::rss_kib(p).with_context(|| {
+                    format!(
+                        "reading the resident memory of worker pid {p}: it must run on this host"
+                    )
+                })
+            })
+            .sum()
+    };
+    let base: u32 = s.workers.iter().map(|w| w.clients).sum();
+    // Warm the workers' allocators and connection paths with a few streams first, so the figure
+    // is the streams' own cost, not one-time start-up allocations.
+    let warm: Vec<Stream> = load::many("warm-up streams", (n..n + 20).collect(), |i| {
         let masters = t.masters.clone();
-        let addr = w.addr.clone();
         async move {
-            let s = Arc::new(chatfeed_client::session::Session::quiet(masters, user(i)));
-            Stream::open(s, None, Some(&addr)).await
+            Stream::open(
+                load::login(&masters, &format!("idle{i}")).await?,
+                None,
+                None,
+            )
+            .await
         }
     })
     .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss(&pids)?;
+    eprintln!(
+        "    {} worker(s) {pids:?}: {before} KiB resident with {} streams",
+        pids.len(),
+        base as usize + warm.len()
+    );
+    let streams: Vec<Stream> = load::many("idle streams open", (0..n).collect(), |i| {
+        let masters = t.masters.clone();
+        async move {
+            Stream::open(
+                load::login(&masters, &format!("idle{i}")).await?,
+                None,
+                None,
+            )
+            .await
+        }
+    })
+    .await?;
+    let want = base + (n + warm.len()) as u32;
     let counted = t
         .wait_leader_status(
-            &format!("{n} streams on worker {}", w.addr),
+            &format!("{want} streams on the workers"),
             Duration::from_secs(60),
             |s| {
-                let c = s
+                let c: u32 = s
                     .workers
                     .iter()
-                    .find(|x| x.id == w.id)
-                    .map_or(0, |x| x.clients);
-                if c >= base + n as u32 {
+                    .filter(|w| pids.contains(&w.pid))
+                    .map(|w| w.clients)
+                    .sum();
+                if c >= want {
                     Ok(c)
                 } else {
                     Err(format!("{c} streams"))
@@ -896,19 +989,23 @@ pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
         )
         .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = crate::machine::rss_kib(w.pid).context("the worker died")?;
-    let limit = crate::machine::nofile_limit(w.pid);
-    let failed: Vec<String> = streams
+    let after = rss(&pids)?;
+    let limit = crate::machine::nofile_limit(pids[0]);
+    let got_posts: Vec<String> = streams
         .iter()
         .filter(|s| s.last.load(Ordering::Relaxed) != 0)
         .map(|s| s.user.clone())
         .take(3)
         .collect();
     load::stop_all(streams).await?;
-    ensure!(failed.is_empty(), "idle streams received posts: {failed:?}");
+    load::stop_all(warm).await?;
+    ensure!(
+        got_posts.is_empty(),
+        "idle streams received posts: {got_posts:?}"
+    );
     Ok(Memory {
         streams: n,
-        worker_pid: w.pid,
+        workers: pids,
         worker_nofile_limit: limit,
         rss_before_kib: before,
         rss_after_kib: after,

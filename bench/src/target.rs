@@ -41,6 +41,11 @@ impl Target {
     /// Starts a local cluster: three masters (MasterStartup.sh) and a pool of workers
     /// (WorkerStartup.sh), with the product's Raft timing.
     pub async fn start_local() -> Result<Target> {
+        Self::start_local_with("").await
+    }
+
+    /// Like `start_local`, with `extra` TOML tables (e.g. `[worker]`) in the configuration.
+    pub async fn start_local_with(extra: &str) -> Result<Target> {
         let text = std::fs::read_to_string(PRODUCT_CONFIG)
             .with_context(|| format!("reading {PRODUCT_CONFIG}"))?;
         let raft = raft_table(&text);
@@ -48,7 +53,7 @@ impl Target {
             raft.starts_with("[raft]"),
             "{PRODUCT_CONFIG} has no [raft] table"
         );
-        let c = ProcCluster::with_raft(&raft, RESTART_AFTER_MS, "");
+        let c = ProcCluster::with_raft(&raft, RESTART_AFTER_MS, extra);
         let out = c.run_script().await;
         ensure!(out.status.success(), "MasterStartup.sh failed");
         c.wait_healthy().await;
