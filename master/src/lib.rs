@@ -3,6 +3,7 @@
 //! on this host (what `scripts/MasterStartup.sh` runs); `main.rs` is the thin binary.
 
 pub mod api;
+pub mod batch;
 pub mod control;
 pub mod directory;
 pub mod feed;

@@ -41,10 +41,7 @@ fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
 }
 
 fn cmd(command: Command) -> EntryPayload<TypeConfig> {
-    EntryPayload::Normal(Request {
-        ts_ms: 1_700_000_000_000,
-        command,
-    })
+    EntryPayload::Normal(Request::one(1_700_000_000_000, command))
 }
 
 fn post(author: &str, text: &str, id: &str) -> Command {
@@ -62,7 +59,10 @@ fn user(name: &str) -> Command {
 fn answers(replies: Vec<Reply>) -> Vec<Result<Applied, FeedError>> {
     replies
         .into_iter()
-        .map(|r| r.0.expect("a normal entry has an answer"))
+        .map(|r| {
+            let [a]: [_; 1] = r.0.try_into().expect("a one-command entry has one answer");
+            a
+        })
         .collect()
 }
 
