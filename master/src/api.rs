@@ -9,6 +9,7 @@ use crate::feed::{self, FeedError};
 use crate::mastership::{Mastership, is_active};
 use crate::raft::db::Reader;
 use crate::raft::types::{Command, NodeId, Raft};
+use crate::read_barrier::ReadBarrier;
 use chatfeed_common::Config;
 use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_client::MasterClient;
@@ -41,6 +42,8 @@ pub struct MasterApi {
     config: Arc<Config>,
     raft: Raft,
     batcher: Batcher,
+    /// Concurrent linearizable reads share quorum rounds.
+    barrier: Arc<ReadBarrier>,
     mastership: Mastership,
     directory: Arc<Mutex<Directory>>,
     reader: Arc<Reader>,
@@ -62,6 +65,7 @@ impl MasterApi {
             config: mastership.config.clone(),
             raft: mastership.raft.clone(),
             batcher: Batcher::start(mastership.raft.clone()),
+            barrier: Arc::default(),
             mastership,
             directory,
             reader,
@@ -111,7 +115,8 @@ impl MasterApi {
         let deadline = Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let res = tokio::time::timeout(left, self.raft.ensure_linearizable()).await;
+            let round = || async { self.raft.ensure_linearizable().await.map(|_| ()) };
+            let res = tokio::time::timeout(left, self.barrier.confirm(round)).await;
             match res {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {

@@ -13,6 +13,7 @@ pub mod node;
 pub mod pool;
 pub mod process;
 pub mod raft;
+pub mod read_barrier;
 pub mod supervisor;
 pub mod testing;
 pub mod watchdog;
