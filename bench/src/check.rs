@@ -48,6 +48,8 @@ pub fn check_timeline(
                 a.client_post_id
             ));
         }
+    }
+    for a in acked {
         match stored.get(&a.seq) {
             None => {
                 return Err(format!(
