@@ -249,9 +249,9 @@ impl Stream {
     }
 
     /// Stops the stream; an error if it had failed by itself.
-    pub async fn stop(self) -> Result<Vec<(u64, Instant)>> {
+    pub async fn stop(mut self) -> Result<Vec<(u64, Instant)>> {
         self.cancel.cancel();
-        match tokio::time::timeout(Duration::from_secs(10), self.task).await {
+        match tokio::time::timeout(Duration::from_secs(10), &mut self.task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => bail!("{}'s stream failed: {e}", self.user),
             Ok(Err(e)) => bail!("{}'s stream task: {e}", self.user),
@@ -272,6 +272,14 @@ impl Stream {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+impl Drop for Stream {
+    /// A stream dropped without `stop` (a scenario that failed) stops too, instead of retrying
+    /// against the cluster in the background.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

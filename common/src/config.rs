@@ -12,8 +12,8 @@ pub const DEFAULT_MAX_POST_CHARS: u32 = 280;
 /// different `max_post_chars` can never diverge on what it accepts.
 pub const HARD_MAX_POST_CHARS: u32 = 4096;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
-pub const DEFAULT_ELECTION_MIN_MS: u64 = 100;
-pub const DEFAULT_ELECTION_MAX_MS: u64 = 200;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 150;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 300;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 3000;
 /// The relaxed Raft timing of `Config::for_test` (the same as e2e's `RELAXED_RAFT`).
 pub const TEST_HEARTBEAT_MS: u64 = 100;
@@ -310,9 +310,8 @@ impl Config {
     }
 
     /// A three-member configuration on 127.0.0.1 with the given ports, rooted at `dir`; for tests.
-    /// Its Raft timing is relaxed (`TEST_RAFT`, twice the heartbeat and the election timing the
-    /// defaults had before make bench tuned them): tests run many members at once on debug
-    /// builds, and they check behaviour, not speed (benchmarks do that).
+    /// Its Raft timing is relaxed (the `TEST_*` constants, twice the defaults): tests run many
+    /// members at once on debug builds, and they check behaviour, not speed (benchmarks do that).
     pub fn for_test(dir: &Path, api_ports: [u16; 3], raft_ports: [u16; 3]) -> Config {
         Config {
             data_dir: dir.join(DEFAULT_DATA_DIR),

@@ -94,7 +94,7 @@ pub const RELAXED_RAFT: &str =
 /// The product's default Raft timing, as the root `chatfeed.toml` sets it (and as the defaults
 /// of `chatfeed_common::config` are): what measurements must run with.
 pub const DEFAULT_RAFT: &str =
-    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 100\nelection_max_ms = 200\n";
+    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 150\nelection_max_ms = 300\n";
 
 pub fn config_text(members: &[MemberAddr], restart_after_ms: u64, extra: &str) -> String {
     config_text_with_raft(members, RELAXED_RAFT, restart_after_ms, extra)
