@@ -242,6 +242,52 @@ pub fn user(i: usize) -> String {
     format!("u{i}")
 }
 
+/// Opens a stream for each session in waves of `WAVE`, each wave counted by the active master
+/// (its workers' stream counts) before the next starts: thousands of streams opening in the same
+/// instant is a connection storm, not the steady state the fan-out measures.
+async fn open_streams(
+    t: &Target,
+    sessions: Vec<Arc<chatfeed_client::session::Session>>,
+) -> Result<Vec<Stream>> {
+    const WAVE: usize = 250;
+    let base: u32 = t
+        .leader_status()
+        .await
+        .map_or(0, |s| s.workers.iter().map(|w| w.clients).sum());
+    let total = sessions.len();
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(total);
+    let mut it = sessions.into_iter();
+    loop {
+        let wave: Vec<_> = it.by_ref().take(WAVE).collect();
+        if wave.is_empty() {
+            break;
+        }
+        for s in wave {
+            out.push(Stream::open(s, None, None).await?);
+        }
+        let want = base + out.len() as u32;
+        t.wait_leader_status(
+            &format!("{} streams counted by the workers", out.len()),
+            Duration::from_secs(60),
+            |s| {
+                let c: u32 = s.workers.iter().map(|w| w.clients).sum();
+                if c >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{c} of {want}"))
+                }
+            },
+        )
+        .await?;
+    }
+    eprintln!(
+        "    streams open: {total} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Fan-out
 
@@ -354,10 +400,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
         }
     })
     .await?;
-    let streams: Vec<Stream> = load::many("streams open", sessions, |s| async move {
-        Stream::open(s, None, None).await
-    })
-    .await?;
+    let streams = open_streams(t, sessions).await?;
     let author_of: Vec<String> = (0..streams.len()).map(follower_of).collect();
 
     // Warm-up: one post per author, which every stream must receive (all streams are live).
@@ -756,10 +799,7 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         },
     )
     .await?;
-    let streams: Vec<Stream> = load::many("streams open", sessions, |s| async move {
-        Stream::open(s, None, None).await
-    })
-    .await?;
+    let streams = open_streams(t, sessions).await?;
     let mut acked: Vec<Sent> = vec![speaker.post().await?];
     let warm = acked[0].post.seq;
     load::wait_delivered(&streams, Duration::from_secs(60), |_| warm)
