@@ -1,5 +1,5 @@
 # chatfeed: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: all build run stop test verify clean soak
+.PHONY: all build run stop test verify clean soak bench
 
 all: build
 
@@ -37,6 +37,14 @@ soak:
 	$(if $(HOSTS),scripts/test-deps.sh)
 	cargo build --release --bins
 	cargo run --release -p chatfeed-e2e --example soak -- --secs $(SECS) --seed $(SEED) --raft $(RAFT) $(if $(HOSTS),--hosts) $(if $(CANARIES),--canaries)
+
+# The benchmark suite (issue 5): starts its own local cluster from the release binaries (or, with
+# MASTER=host:port,..., measures a running one without killing anything), runs the scenarios,
+# checks every answer, prints a table with the targets and writes bench/results/<time>.json and
+# latest.json. QUICK=1: about a minute. ONLY=throughput,fanout,...: some scenarios.
+bench:
+	cargo build --release --bins
+	target/release/chatfeed-bench $(if $(QUICK),--quick) $(if $(MASTER),--master $(MASTER)) $(if $(ONLY),--only $(ONLY))
 
 verify:
 	cargo fmt --all --check

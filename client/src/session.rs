@@ -186,11 +186,29 @@ impl Session {
             }
         };
         conn.hint = Some(master);
-        let addr = reply.addr;
+        self.login_on(&mut conn, reply.addr, reply.worker_id).await
+    }
+
+    /// Connects to the worker at `addr` and logs in there, making it this session's worker; later
+    /// failures go back through the active master as usual. For benchmarks and tests that must
+    /// place streams on a given worker (the cluster normally picks the least-loaded one).
+    pub async fn lease_on(&self, addr: &str) -> Result<Lease, CallError> {
+        let mut conn = self.conn.lock().await;
+        conn.worker = None;
+        self.login_on(&mut conn, addr.to_string(), String::new())
+            .await
+    }
+
+    /// Connects to the worker `worker_id` at `addr`, logs in and keeps it as the worker.
+    async fn login_on(
+        &self,
+        conn: &mut Conn,
+        addr: String,
+        worker_id: String,
+    ) -> Result<Lease, CallError> {
         let no_worker = |why: String| {
             CallError::Retry(format!(
-                "no worker available: worker {} at {addr} {why}",
-                reply.worker_id
+                "no worker available: worker {worker_id} at {addr} {why}"
             ))
         };
         let channel = match connect_worker(&addr).await {
@@ -222,7 +240,7 @@ impl Session {
         conn.generation += 1;
         let lease = Lease {
             addr: addr.clone(),
-            worker_id: reply.worker_id.clone(),
+            worker_id: worker_id.clone(),
             client,
             created,
             generation: conn.generation,

@@ -15,6 +15,10 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
 pub const DEFAULT_ELECTION_MIN_MS: u64 = 150;
 pub const DEFAULT_ELECTION_MAX_MS: u64 = 300;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 3000;
+/// The relaxed Raft timing of `Config::for_test` (the same as e2e's `RELAXED_RAFT`).
+pub const TEST_HEARTBEAT_MS: u64 = 100;
+pub const TEST_ELECTION_MIN_MS: u64 = 300;
+pub const TEST_ELECTION_MAX_MS: u64 = 600;
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 5000;
 pub const DEFAULT_KEEP_LOGS: u64 = 1000;
 pub const DEFAULT_RESTART_AFTER_MS: u64 = 2000;
@@ -355,17 +359,17 @@ impl Config {
     }
 
     /// A three-member configuration on 127.0.0.1 with the given ports, rooted at `dir`; for tests.
-    /// Its Raft timing is twice the default: tests run many members at once on debug builds, and
-    /// they check behaviour, not speed (benchmarks do that).
+    /// Its Raft timing is relaxed (the `TEST_*` constants, twice the defaults): tests run many
+    /// members at once on debug builds, and they check behaviour, not speed (benchmarks do that).
     pub fn for_test(dir: &Path, api_ports: [u16; 3], raft_ports: [u16; 3]) -> Config {
         Config {
             data_dir: dir.join(DEFAULT_DATA_DIR),
             run_dir: dir.join(DEFAULT_RUN_DIR),
             max_post_chars: DEFAULT_MAX_POST_CHARS,
             raft: RaftTiming {
-                heartbeat_ms: 2 * DEFAULT_HEARTBEAT_MS,
-                election_min_ms: 2 * DEFAULT_ELECTION_MIN_MS,
-                election_max_ms: 2 * DEFAULT_ELECTION_MAX_MS,
+                heartbeat_ms: TEST_HEARTBEAT_MS,
+                election_min_ms: TEST_ELECTION_MIN_MS,
+                election_max_ms: TEST_ELECTION_MAX_MS,
                 ..RaftTiming::default()
             },
             supervisor: Supervisor::default(),

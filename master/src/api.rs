@@ -3,17 +3,19 @@
 //! member's applied state. Errors become `tonic::Status` in `feed_status` and `raft_status`, the
 //! two places where that mapping lives.
 
+use crate::batch::{Batcher, Stopped, WriteFailed};
 use crate::directory::Directory;
 use crate::feed::{self, FeedError};
 use crate::mastership::{Mastership, is_active};
 use crate::raft::db::Reader;
-use crate::raft::types::{Command, NodeId, Raft, Request as RaftRequest};
+use crate::raft::types::{Command, NodeId, Raft};
+use crate::read_barrier::ReadBarrier;
 use chatfeed_common::Config;
 use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::master_server::{Master, MasterServer};
 use openraft::ServerState;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -39,6 +41,9 @@ pub struct MasterApi {
     id: NodeId,
     config: Arc<Config>,
     raft: Raft,
+    batcher: Batcher,
+    /// Concurrent linearizable reads share quorum rounds.
+    barrier: Arc<ReadBarrier>,
     mastership: Mastership,
     directory: Arc<Mutex<Directory>>,
     reader: Arc<Reader>,
@@ -59,6 +64,8 @@ impl MasterApi {
             id: mastership.id,
             config: mastership.config.clone(),
             raft: mastership.raft.clone(),
+            batcher: Batcher::start(mastership.raft.clone()),
+            barrier: Arc::default(),
             mastership,
             directory,
             reader,
@@ -108,7 +115,8 @@ impl MasterApi {
         let deadline = Instant::now() + Duration::from_millis(self.config.raft.write_timeout_ms);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let res = tokio::time::timeout(left, self.raft.ensure_linearizable()).await;
+            let round = || async { self.raft.ensure_linearizable().await.map(|_| ()) };
+            let res = tokio::time::timeout(left, self.barrier.confirm(round)).await;
             match res {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
@@ -309,15 +317,8 @@ impl Master for MasterApi {
         feed::validate_command(&command, self.config.max_post_chars as usize)
             .map_err(|e| feed_status(&e))?;
         self.mastership.require_active()?;
-        let ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
         let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
-        let res =
-            tokio::time::timeout(wait, self.raft.client_write(RaftRequest { ts_ms, command }))
-                .await;
-        let res = match res {
+        let res = match tokio::time::timeout(wait, self.batcher.write(command)).await {
             Err(_) => {
                 return Err(Status::unavailable(format!(
                     "the write was not committed within {} ms (the master may have lost its quorum); \
@@ -325,30 +326,30 @@ impl Master for MasterApi {
                     wait.as_millis()
                 )));
             }
-            Ok(r) => r,
+            Ok(Err(Stopped)) => {
+                return Err(Status::unavailable(format!(
+                    "member {} is stopping",
+                    self.id
+                )));
+            }
+            Ok(Ok(r)) => r,
         };
         match res {
-            Ok(resp) => match resp.data.0 {
-                Some(Ok(a)) => Ok(Response::new(pb::WriteReply {
-                    seq: a.seq,
-                    ts_ms: a.ts_ms,
-                    duplicate: a.duplicate,
-                })),
-                Some(Err(e)) => Err(feed_status(&e)),
-                None => Err(Status::internal(
-                    "the state machine gave no answer for a command",
-                )),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(self.mastership.not_leader(f.leader_id))
-            }
-            Err(RaftError::APIError(e)) => {
+            Ok(Ok(a)) => Ok(Response::new(pb::WriteReply {
+                seq: a.seq,
+                ts_ms: a.ts_ms,
+                duplicate: a.duplicate,
+            })),
+            Ok(Err(e)) => Err(feed_status(&e)),
+            Err(WriteFailed::NotLeader(leader)) => Err(self.mastership.not_leader(leader)),
+            Err(WriteFailed::Unavailable(e)) => {
                 Err(Status::unavailable(format!("cannot write now: {e}")))
             }
-            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!(
+            Err(WriteFailed::Stopping(e)) => Err(Status::unavailable(format!(
                 "member {} is stopping: {e}",
                 self.id
             ))),
+            Err(WriteFailed::Internal(e)) => Err(Status::internal(e)),
         }
     }
 

@@ -129,24 +129,23 @@ pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), Feed
 
 /// The seq of the last event, 0 when there is none.
 pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map(|s| s as u64)
+    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|s| s as u64)
 }
 
 fn user_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(()))
+    conn.prepare_cached("SELECT 1 FROM users WHERE name = ?1")?
+        .query_row([name], |_| Ok(()))
         .optional()
         .map(|o| o.is_some())
 }
 
 fn follows_now(conn: &Connection, follower: &str, followee: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT 1 FROM follows WHERE follower = ?1 AND followee = ?2 AND to_seq IS NULL",
-        [follower, followee],
-        |_| Ok(()),
-    )
+    )?
+    .query_row([follower, followee], |_| Ok(()))
     .optional()
     .map(|o| o.is_some())
 }
@@ -172,10 +171,8 @@ pub fn apply_command(
             if user_exists(conn, name)? {
                 return Ok(Err(FeedError::UserExists(name.clone())));
             }
-            conn.execute(
-                "INSERT INTO users (name, seq) VALUES (?1, ?2)",
-                params![name, seq as i64],
-            )?;
+            conn.prepare_cached("INSERT INTO users (name, seq) VALUES (?1, ?2)")?
+                .execute(params![name, seq as i64])?;
             insert_event(conn, seq, KIND_USER, name, None, None, ts_ms, None)?;
         }
         Command::Follow { follower, followee } => {
@@ -190,10 +187,10 @@ pub fn apply_command(
                     followee: followee.clone(),
                 }));
             }
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO follows (follower, followee, from_seq) VALUES (?1, ?2, ?3)",
-                params![follower, followee, seq as i64],
-            )?;
+            )?
+            .execute(params![follower, followee, seq as i64])?;
             insert_event(
                 conn,
                 seq,
@@ -211,10 +208,11 @@ pub fn apply_command(
                     return Ok(Err(FeedError::UserNotFound(u.clone())));
                 }
             }
-            let changed = conn.execute(
-                "UPDATE follows SET to_seq = ?3 WHERE follower = ?1 AND followee = ?2 AND to_seq IS NULL",
-                params![follower, followee, seq as i64],
-            )?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE follows SET to_seq = ?3 WHERE follower = ?1 AND followee = ?2 AND to_seq IS NULL",
+                )?
+                .execute(params![follower, followee, seq as i64])?;
             if changed == 0 {
                 return Ok(Err(FeedError::NotFollowing {
                     follower: follower.clone(),
@@ -243,11 +241,12 @@ pub fn apply_command(
             }
             if !client_post_id.is_empty() {
                 let earlier = conn
-                    .query_row(
+                    .prepare_cached(
                         "SELECT seq, ts_ms FROM events WHERE kind = 3 AND actor = ?1 AND client_post_id = ?2",
-                        [author, client_post_id],
-                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
-                    )
+                    )?
+                    .query_row([author, client_post_id], |r| {
+                        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
+                    })
                     .optional()?;
                 if let Some((seq, ts_ms)) = earlier {
                     return Ok(Ok(Applied {

@@ -3,6 +3,7 @@
 //! on this host (what `scripts/MasterStartup.sh` runs); `main.rs` is the thin binary.
 
 pub mod api;
+pub mod batch;
 pub mod control;
 pub mod directory;
 pub mod feed;
@@ -15,6 +16,7 @@ pub mod node;
 pub mod pool;
 pub mod process;
 pub mod raft;
+pub mod read_barrier;
 pub mod supervisor;
 pub mod testing;
 pub mod watchdog;

@@ -5,11 +5,12 @@
 use rand::Rng;
 use std::time::Duration;
 
-/// First delay: long enough not to spin on a refused connection, short next to an election.
-pub const BASE: Duration = Duration::from_millis(100);
+/// First delay (after every member was tried once): long enough not to spin on refusals, short
+/// next to an election, so a write waits little once a new leader is there.
+pub const BASE: Duration = Duration::from_millis(25);
 /// Longest delay: a new leader is usually elected within a few hundred milliseconds
 /// (`raft.election_max_ms`), so waiting longer only adds latency.
-pub const MAX: Duration = Duration::from_millis(500);
+pub const MAX: Duration = Duration::from_millis(250);
 
 /// A growing, jittered delay; `reset` after a success.
 #[derive(Debug, Clone)]

@@ -168,6 +168,9 @@ impl MasterLink {
         let mut backoff = Backoff::default();
         let mut hint: Option<String> = None;
         let mut redirected = false;
+        // Failures since the last pause: every member is tried once before pausing, so a dead
+        // active master costs one refused connection, not a backoff delay.
+        let mut failed_in_round = 0usize;
         let mut last_error = String::from("no master was tried");
         loop {
             let addr = self.pick(hint.take());
@@ -217,6 +220,11 @@ impl MasterLink {
                 Some(leader) => hint = Some(leader),
                 None => redirected = false,
             }
+            failed_in_round += 1;
+            if failed_in_round < self.masters.len() {
+                continue;
+            }
+            failed_in_round = 0;
             let left = end.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.next_delay().min(left)).await;
         }

@@ -235,11 +235,17 @@ pub fn storage_error(e: &(impl std::error::Error + 'static)) -> StorageError {
 /// never wait behind the state machine's writer.
 pub struct Reader {
     path: PathBuf,
-    /// Idle connections; at most `MAX_IDLE` are kept (more may be open during a burst).
+    /// Idle connections; at most `MAX_IDLE` are kept.
     idle: Mutex<Vec<Connection>>,
+    /// Reads running at once. Without a bound, a burst (thousands of timeline streams opening
+    /// after a worker died) took a blocking thread and a new connection each, up to the
+    /// blocking pool's 512 threads, and the member stopped answering for seconds; beyond the
+    /// bound, reads wait their turn without a thread.
+    running: tokio::sync::Semaphore,
 }
 
-/// Idle read connections kept open: enough for the blocking pool's usual concurrency here.
+/// Read connections kept open, and reads running at once: SQLite reads in WAL mode run in
+/// parallel, but a 2-core host gains nothing from more threads than this.
 const MAX_IDLE: usize = 8;
 
 impl Reader {
@@ -247,6 +253,7 @@ impl Reader {
         Reader {
             path,
             idle: Mutex::new(Vec::new()),
+            running: tokio::sync::Semaphore::new(MAX_IDLE),
         }
     }
 
@@ -256,6 +263,7 @@ impl Reader {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        let _turn = self.running.acquire().await?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<T> {
             let popped = me.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();

@@ -99,13 +99,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for e in &entries {
                     last = Some(e.log_id);
                     match &e.payload {
-                        EntryPayload::Blank => replies.push(Reply(None)),
+                        EntryPayload::Blank => replies.push(Reply(Vec::new())),
                         EntryPayload::Normal(req) => {
-                            replies.push(Reply(Some(feed::apply_command(
-                                &tx,
-                                &req.command,
-                                req.ts_ms,
-                            )?)));
+                            let answers = req
+                                .commands
+                                .iter()
+                                .map(|cmd| feed::apply_command(&tx, cmd, req.ts_ms))
+                                .collect::<rusqlite::Result<Vec<_>>>()?;
+                            replies.push(Reply(answers));
                         }
                         EntryPayload::Membership(m) => {
                             put_meta(
@@ -114,7 +115,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 "membership",
                                 &StoredMembership::new(Some(e.log_id), m.clone()),
                             )?;
-                            replies.push(Reply(None));
+                            replies.push(Reply(Vec::new()));
                         }
                     }
                 }

@@ -41,10 +41,7 @@ fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
 }
 
 fn cmd(command: Command) -> EntryPayload<TypeConfig> {
-    EntryPayload::Normal(Request {
-        ts_ms: 1_700_000_000_000,
-        command,
-    })
+    EntryPayload::Normal(Request::one(1_700_000_000_000, command))
 }
 
 fn post(author: &str, text: &str, id: &str) -> Command {
@@ -62,7 +59,10 @@ fn user(name: &str) -> Command {
 fn answers(replies: Vec<Reply>) -> Vec<Result<Applied, FeedError>> {
     replies
         .into_iter()
-        .map(|r| r.0.expect("a normal entry has an answer"))
+        .map(|r| {
+            let [a]: [_; 1] = r.0.try_into().expect("a one-command entry has one answer");
+            a
+        })
         .collect()
 }
 
@@ -242,4 +242,41 @@ async fn timeline_follows_commit_points() {
         crate::feed::following(&conn, "bob").unwrap().unwrap(),
         vec!["alice".to_string()]
     );
+}
+
+/// A batched entry applies its commands in order, each with its own seq and its own answer (a
+/// refused command in the middle takes no seq and does not affect the others); and an entry
+/// stored before batching (one `command`) still decodes.
+#[tokio::test]
+async fn batched_entry_answers_each_command() {
+    let dir = TempDir::new().unwrap();
+    let path = open_member_db(&dir.path().join("m"), 1, true).unwrap();
+    let mut sm = StateMachine::open(&path).unwrap();
+    let batch = Request {
+        ts_ms: 1_700_000_000_000,
+        commands: vec![
+            user("alice"),
+            user("alice"),
+            post("alice", "hello", "p1"),
+            post("alice", "hello again", "p1"),
+        ],
+    };
+    let replies = sm
+        .apply([entry(1, 1, EntryPayload::Normal(batch))])
+        .await
+        .unwrap();
+    assert_eq!(replies.len(), 1);
+    let a = &replies[0].0;
+    assert_eq!(a.len(), 4);
+    assert_eq!(a[0].as_ref().unwrap().seq, 1);
+    assert_eq!(a[1], Err(FeedError::UserExists("alice".into())));
+    assert_eq!(a[2].as_ref().unwrap().seq, 2);
+    let dup = a[3].as_ref().unwrap();
+    assert_eq!((dup.seq, dup.duplicate), (2, true));
+
+    let old: Request =
+        serde_json::from_str(r#"{"ts_ms":5,"command":{"CreateUser":{"name":"bob"}}}"#).unwrap();
+    assert_eq!(old, Request::one(5, user("bob")));
+    let new = serde_json::to_string(&Request::one(5, user("bob"))).unwrap();
+    assert_eq!(serde_json::from_str::<Request>(&new).unwrap(), old);
 }

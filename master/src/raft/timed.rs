@@ -121,10 +121,17 @@ impl RaftStateMachine<TypeConfig> for TimedStateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let is_post: Vec<bool> = entries
+        // Per entry, which of its commands are posts (an entry carries a batch of commands, and
+        // its reply one answer per command).
+        let is_post: Vec<Vec<bool>> = entries
             .iter()
-            .map(|e| {
-                matches!(&e.payload, EntryPayload::Normal(r) if matches!(r.command, Command::Post { .. }))
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(r) => r
+                    .commands
+                    .iter()
+                    .map(|c| matches!(c, Command::Post { .. }))
+                    .collect(),
+                _ => Vec::new(),
             })
             .collect();
         let start = Instant::now();
@@ -132,8 +139,9 @@ impl RaftStateMachine<TypeConfig> for TimedStateMachine {
         self.metrics.apply_seconds.observe(seconds_since(start));
         let posts = replies
             .iter()
-            .zip(is_post)
-            .filter(|(r, post)| *post && matches!(&r.0, Some(Ok(a)) if !a.duplicate))
+            .zip(&is_post)
+            .flat_map(|(r, posts)| r.0.iter().zip(posts))
+            .filter(|(answer, post)| **post && matches!(answer, Ok(a) if !a.duplicate))
             .count();
         self.metrics.posts_committed.inc_by(posts as u64);
         Ok(replies)

@@ -41,12 +41,46 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, MemberNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, MemberNode>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 
-/// What a log entry carries: a command and the time the active master proposed it, so every
-/// member applies the same timestamp.
+/// What a log entry carries: commands and the time the active master proposed them, so every
+/// member applies the same timestamp. The active master batches the writes that arrive together
+/// into one entry (`batch.rs`): one log append, one fsync and one apply transaction for all of
+/// them. Each command still takes its own seq and gets its own answer, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RequestWire")]
 pub struct Request {
     pub ts_ms: i64,
-    pub command: Command,
+    pub commands: Vec<Command>,
+}
+
+impl Request {
+    /// An entry with one command.
+    pub fn one(ts_ms: i64, command: Command) -> Request {
+        Request {
+            ts_ms,
+            commands: vec![command],
+        }
+    }
+}
+
+/// The stored form of `Request`: entries written before batching hold one `command`.
+#[derive(Deserialize)]
+struct RequestWire {
+    ts_ms: i64,
+    #[serde(default)]
+    command: Option<Command>,
+    #[serde(default)]
+    commands: Vec<Command>,
+}
+
+impl From<RequestWire> for Request {
+    fn from(w: RequestWire) -> Request {
+        let mut commands: Vec<Command> = w.command.into_iter().collect();
+        commands.extend(w.commands);
+        Request {
+            ts_ms: w.ts_ms,
+            commands,
+        }
+    }
 }
 
 /// A command of the replicated state machine.
@@ -70,9 +104,10 @@ pub enum Command {
     },
 }
 
-/// What applying one log entry answered. Blank and membership entries answer `None`.
+/// What applying one log entry answered: one answer per command, in order. Blank and
+/// membership entries answer nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply(pub Option<Result<Applied, crate::feed::FeedError>>);
+pub struct Reply(pub Vec<Result<Applied, crate::feed::FeedError>>);
 
 /// A command that took effect (or a post that had already).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

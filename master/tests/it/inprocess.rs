@@ -45,14 +45,14 @@ async fn isolated_leader_loses_mastership_and_rejoins() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let direct = c.members[&old].raft.client_write(Request {
-        ts_ms: 0,
-        command: Command::Post {
+    let direct = c.members[&old].raft.client_write(Request::one(
+        0,
+        Command::Post {
             author: "alice".into(),
             text: "direct".into(),
             client_post_id: "p3".into(),
         },
-    });
+    ));
     assert!(
         !matches!(
             tokio::time::timeout(Duration::from_secs(2), direct).await,

@@ -1,0 +1,324 @@
+//! The load: real clients of the real API. Each user is a `chatfeed_client::session::Session`
+//! (active master → `GetWorker` → its own worker connection → `Login`, retried elsewhere on
+//! failure) posting with `Feed/Post` and a client post id, or streaming with the client's
+//! resumable `timeline::stream` (it reconnects through the active master and resumes after the
+//! last seq it received). Every delivery is recorded with its arrival instant.
+
+use crate::check::{AckedPost, StoredPost};
+use anyhow::{Context, Result, anyhow, bail};
+use chatfeed_client::cursor::Cursor;
+use chatfeed_client::failure::Failure;
+use chatfeed_client::session::Session;
+use chatfeed_client::timeline::{self, Until};
+use chatfeed_proto::feed::{FollowRequest, PostRequest};
+use chatfeed_proto::master as pb;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+/// How long one call may keep retrying (through fail-overs) before the run fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+/// The length of every post, in bytes (the 140-byte posts).
+pub const POST_BYTES: usize = 140;
+/// Setup calls (logins, follows) in flight at once.
+pub const SETUP_CONCURRENCY: usize = 64;
+
+/// A post's text: its client post id, then filler up to `POST_BYTES` bytes.
+pub fn post_text(id: &str) -> String {
+    let mut t = format!("{id} ");
+    while t.len() < POST_BYTES {
+        t.push(char::from(b'a' + (t.len() % 26) as u8));
+    }
+    t.truncate(POST_BYTES);
+    t
+}
+
+/// One acknowledged post and its timing.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub post: AckedPost,
+    /// Just before the Post call.
+    pub sent: Instant,
+    pub acked: Instant,
+}
+
+/// A user posting through its own session.
+pub struct Poster {
+    pub user: String,
+    pub session: Arc<Session>,
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Poster {
+    /// A poster logged in as `user` (created if new), on a worker the active master picks.
+    pub async fn login(masters: &[String], user: &str, prefix: &str) -> Result<Poster> {
+        let session = login(masters, user).await?;
+        Ok(Poster {
+            user: user.into(),
+            session,
+            prefix: prefix.into(),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// Posts one new post (fresh client post id), retried with the same id until acknowledged.
+    pub async fn post(&self) -> Result<Sent> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{}-{n}", self.prefix, self.user);
+        let text = post_text(&id);
+        let req = PostRequest {
+            user: self.user.clone(),
+            text: text.clone(),
+            client_post_id: id.clone(),
+        };
+        let sent = Instant::now();
+        let reply = self
+            .session
+            .call(Some(PATIENCE), |mut c| {
+                let req = req.clone();
+                async move { c.post(req).await.map(tonic::Response::into_inner) }
+            })
+            .await
+            .map_err(|f| anyhow!("post {id} by {}: {f}", self.user))?;
+        Ok(Sent {
+            post: AckedPost {
+                seq: reply.seq,
+                client_post_id: id,
+                text,
+            },
+            sent,
+            acked: Instant::now(),
+        })
+    }
+}
+
+/// A session of `user`, connected and logged in (which creates the user at first login).
+pub async fn login(masters: &[String], user: &str) -> Result<Arc<Session>> {
+    let s = Session::quiet(masters.to_vec(), user.into());
+    s.connect(Some(PATIENCE))
+        .await
+        .map_err(|f| anyhow!("login of {user}: {f}"))?;
+    Ok(Arc::new(s))
+}
+
+/// `session`'s user follows `target`; an earlier attempt that committed counts.
+pub async fn follow(session: &Session, target: &str) -> Result<()> {
+    let req = FollowRequest {
+        user: session.user().into(),
+        target: target.into(),
+    };
+    match session
+        .call(Some(PATIENCE), |mut c| {
+            let req = req.clone();
+            async move { c.follow(req).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(Failure::Refused(s)) if s.code() == Code::AlreadyExists => Ok(()),
+        Err(f) => bail!("{} follows {target}: {f}", session.user()),
+    }
+}
+
+/// Runs `f` over `items`, `SETUP_CONCURRENCY` at once; the results in order.
+pub async fn many<T, R, F, Fut>(what: &str, items: Vec<T>, f: F) -> Result<Vec<R>>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<R>>,
+{
+    let total = items.len();
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut last_note = Instant::now();
+    let mut out = Vec::with_capacity(total);
+    let mut s = futures::stream::iter(items.into_iter().map(f)).buffered(SETUP_CONCURRENCY);
+    while let Some(r) = s.next().await {
+        out.push(r?);
+        done += 1;
+        if last_note.elapsed() > Duration::from_secs(2) {
+            last_note = Instant::now();
+            eprintln!("    {what}: {done}/{total}");
+        }
+    }
+    eprintln!(
+        "    {what}: {total} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// The whole timeline of `user` (a linearizable read on the active master, in pages).
+pub async fn read_timeline(session: &Session, user: &str) -> Result<Vec<StoredPost>> {
+    let mut out: Vec<StoredPost> = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let req = pb::TimelineRequest {
+            user: user.into(),
+            after_seq: Some(after),
+            limit: timeline::PAGE,
+        };
+        let reply = session
+            .call_master(Some(PATIENCE), |mut m| {
+                let req = req.clone();
+                async move { m.timeline(req).await.map(tonic::Response::into_inner) }
+            })
+            .await
+            .map_err(|f| anyhow!("reading {user}'s timeline: {f}"))?;
+        let n = reply.posts.len();
+        for p in reply.posts {
+            after = after.max(p.seq);
+            out.push(StoredPost {
+                seq: p.seq,
+                author: p.author,
+                client_post_id: p.client_post_id,
+                text: p.text,
+            });
+        }
+        if n < timeline::PAGE as usize {
+            return Ok(out);
+        }
+    }
+}
+
+/// A timeline stream running in the background, recording each delivery (seq, arrival).
+pub struct Stream {
+    pub user: String,
+    session: Arc<Session>,
+    pub deliveries: Arc<Mutex<Vec<(u64, Instant)>>>,
+    /// The largest seq delivered so far.
+    pub last: Arc<AtomicU64>,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), String>>,
+}
+
+impl Stream {
+    /// Streams `session`'s timeline from after `after` (`None`: the latest 20 first). With
+    /// `pin`, the first connection goes to that worker (reconnections go through the active
+    /// master as usual).
+    pub async fn open(
+        session: Arc<Session>,
+        after: Option<u64>,
+        pin: Option<&str>,
+    ) -> Result<Stream> {
+        if let Some(addr) = pin {
+            session
+                .lease_on(addr)
+                .await
+                .map_err(|e| anyhow!("{} on worker {addr}: {e:?}", session.user()))?;
+        }
+        let deliveries: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+        let last = Arc::new(AtomicU64::new(after.unwrap_or(0)));
+        let cancel = CancellationToken::new();
+        let (d, l, c) = (deliveries.clone(), last.clone(), cancel.clone());
+        let user = session.user().to_string();
+        let me = session.clone();
+        let task = tokio::spawn(async move {
+            let mut cursor = Cursor::new(after);
+            timeline::stream(
+                &session,
+                &mut cursor,
+                Until::default(),
+                Some(PATIENCE),
+                &c,
+                |p| {
+                    let now = Instant::now();
+                    d.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((p.seq, now));
+                    l.fetch_max(p.seq, Ordering::Relaxed);
+                    Ok(())
+                },
+            )
+            .await
+            .map(|_| ())
+            .map_err(|f| f.to_string())
+        });
+        Ok(Stream {
+            user,
+            session: me,
+            deliveries,
+            last,
+            cancel,
+            task,
+        })
+    }
+
+    /// Stops the stream; an error if it had failed by itself.
+    pub async fn stop(mut self) -> Result<Vec<(u64, Instant)>> {
+        self.cancel.cancel();
+        match tokio::time::timeout(Duration::from_secs(10), &mut self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => bail!("{}'s stream failed: {e}", self.user),
+            Ok(Err(e)) => bail!("{}'s stream task: {e}", self.user),
+            Err(_) => bail!("{}'s stream did not stop", self.user),
+        }
+        let d = std::mem::take(&mut *self.deliveries.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(d)
+    }
+
+    /// The worker the stream's session uses now.
+    pub async fn worker(&self) -> Option<String> {
+        self.session.lease().await.ok().map(|l| l.addr)
+    }
+
+    /// Deliveries so far, without stopping.
+    pub fn snapshot(&self) -> Vec<(u64, Instant)> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Stream {
+    /// A stream dropped without `stop` (a scenario that failed) stops too, instead of retrying
+    /// against the cluster in the background.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Waits until every stream in `streams` has delivered a seq >= `want(stream)`; fails after
+/// `limit`, naming how many are behind.
+pub async fn wait_delivered(
+    streams: &[Stream],
+    limit: Duration,
+    want: impl Fn(&Stream) -> u64,
+) -> Result<()> {
+    let end = Instant::now() + limit;
+    loop {
+        let behind = streams
+            .iter()
+            .filter(|s| s.last.load(Ordering::Relaxed) < want(s))
+            .count();
+        if behind == 0 {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!(
+                "{behind} of {} streams did not receive their last post within {limit:?}",
+                streams.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops every stream; their deliveries in the same order.
+pub async fn stop_all(streams: Vec<Stream>) -> Result<Vec<Vec<(u64, Instant)>>> {
+    let mut out = Vec::with_capacity(streams.len());
+    let mut s = futures::stream::iter(streams.into_iter().map(Stream::stop)).buffered(256);
+    while let Some(r) = s.next().await {
+        out.push(r.context("stopping the streams")?);
+    }
+    Ok(out)
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

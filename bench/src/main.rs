@@ -1,0 +1,233 @@
+//! `make bench`: chatfeed's benchmark suite (issue 5). Starts its own local cluster from the
+//! release binaries and the real scripts (or, with `--master`, measures a running one), runs the
+//! scenarios with real gRPC clients, checks every answer (a run that loses a post fails), prints
+//! a table with the targets and writes the figures as JSON to `bench/results/<timestamp>.json`
+//! and `bench/results/latest.json`, with the machine it ran on.
+//!
+//! Modules: `scenarios` (the five measurements), `load` (posting and streaming clients: the real
+//! client's `Session` and resumable stream), `check` (answer checking), `stats` (percentiles),
+//! `target` (the cluster under test), `machine` (/proc facts), `report` (table, targets, JSON).
+
+mod check;
+mod load;
+mod machine;
+mod report;
+mod scenarios;
+mod stats;
+mod target;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use report::Report;
+use scenarios::Plan;
+use std::path::PathBuf;
+use std::time::Instant;
+use target::Target;
+
+#[derive(Parser, Debug)]
+#[command(about = "chatfeed's benchmarks: throughput, fan-out, fail-over, idle streams")]
+struct Args {
+    /// About a minute: shorter runs, fewer streams.
+    #[arg(long)]
+    quick: bool,
+    /// Measure the running cluster with these master API endpoints (comma-separated host:port)
+    /// instead of starting one. Scenarios that kill processes are skipped.
+    #[arg(long)]
+    master: Option<String>,
+    /// Only these scenarios (comma-separated: throughput, fanout, master-failover,
+    /// worker-failover, memory).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where the JSON goes.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    results: PathBuf,
+}
+
+const SCENARIOS: [&str; 5] = [
+    "memory",
+    "throughput",
+    "fanout",
+    "worker-failover",
+    "master-failover",
+];
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    for s in &args.only {
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
+        }
+    }
+    let nofile = machine::raise_nofile();
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let mut machine = machine::Machine::now();
+    let started = chrono::Utc::now();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    eprintln!(
+        "chatfeed-bench{}: {} ({} cores, kernel {}), open-files limit {nofile}",
+        if args.quick { " (quick)" } else { "" },
+        machine.cpu_model,
+        machine.cores,
+        machine.kernel
+    );
+    if machine.foreign_chatfeed_processes > 0 {
+        eprintln!(
+            "warning: {} chatfeed processes of others are running and compete for the CPUs",
+            machine.foreign_chatfeed_processes
+        );
+    }
+    let needed = plan.idle_streams as u64 + 1000;
+    if nofile < needed {
+        eprintln!(
+            "warning: the open-files limit ({nofile}) is below the {needed} the idle-stream \
+             scenario needs; raise the hard limit (ulimit -Hn)"
+        );
+    }
+
+    let t0 = Instant::now();
+    // Idle streams first, on a cluster of their own with a pool of one worker, so that every
+    // stream is on that worker (the active master spreads streams over a pool and rebalances)
+    // and its allocator holds no memory freed by other scenarios.
+    let mut memory = None;
+    if want("memory") && args.master.is_none() {
+        eprintln!(
+            "\n5. idle streams: {} on one worker (a cluster with a pool of one worker)",
+            plan.idle_streams
+        );
+        let r = tokio::select! {
+            r = async {
+                let one = Target::start_local_with("[worker]\npool_size = 1\n")
+                    .await
+                    .context("starting the one-worker cluster")?;
+                scenarios::memory(&one, &plan).await
+            } => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        };
+        memory = Some(r.map_err(fail));
+    }
+    let target = match &args.master {
+        Some(m) => Target::remote(m.split(',').map(|s| s.trim().to_string()).collect()),
+        None => {
+            eprintln!("starting a local cluster (MasterStartup.sh, WorkerStartup.sh)");
+            tokio::select! {
+                t = Target::start_local() => t.context("starting the local cluster")?,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        }
+    };
+    let destructive = target.local.is_some();
+    let mut report = Report::new(&plan, &target, args.quick, command, started);
+    report.memory = memory;
+    let run = async {
+        if want("memory") && !destructive {
+            eprintln!("\n5. idle streams: {} over the workers", plan.idle_streams);
+            report.memory = Some(scenarios::memory(&target, &plan).await.map_err(fail));
+        }
+        if want("throughput") {
+            let tag = format!("t{}", started.timestamp() % 100_000);
+            for &c in &plan.throughput_clients {
+                eprintln!(
+                    "\n1. write throughput: {c} clients, {} s",
+                    plan.throughput_secs
+                );
+                let r = scenarios::throughput(&target, &plan, c, &tag).await;
+                if let Ok(r) = &r {
+                    eprintln!(
+                        "    {:.0} acknowledged posts/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",
+                        r.posts_per_s,
+                        r.latency.p50_ms,
+                        r.latency.p99_ms,
+                        r.latency.max_ms,
+                        if r.election {
+                            "; AN ELECTION HAPPENED"
+                        } else {
+                            ""
+                        }
+                    );
+                    let cpu: Vec<String> = r
+                        .cpu_us_per_post
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.0}"))
+                        .collect();
+                    eprintln!("    CPU µs per post: {}", cpu.join(", "));
+                }
+                report.throughput.push(r.map_err(fail));
+            }
+        }
+        if want("fanout") {
+            eprintln!(
+                "\n2. fan-out: {} authors x {} followers",
+                plan.fanout_authors, plan.fanout_followers
+            );
+            report.fanout = Some(scenarios::fanout(&target, &plan).await.map_err(fail));
+        }
+        if want("worker-failover") {
+            if destructive {
+                eprintln!(
+                    "\n4. worker fail-over: {} streams per worker",
+                    plan.worker_failover_streams
+                );
+                let first = plan.fanout_authors * plan.fanout_followers;
+                report.worker_failover = Some(
+                    scenarios::worker_failover(&target, &plan, first)
+                        .await
+                        .map_err(fail),
+                );
+            } else {
+                report.skipped(
+                    "worker-failover",
+                    "it kills a worker: only on the bench's own cluster",
+                );
+            }
+        }
+        if want("master-failover") {
+            if destructive {
+                eprintln!(
+                    "\n3. master fail-over: {} kills of the active master",
+                    plan.master_failover_runs
+                );
+                report.master_failover = Some(
+                    scenarios::master_failover(&target, &plan)
+                        .await
+                        .map_err(fail),
+                );
+            } else {
+                report.skipped(
+                    "master-failover",
+                    "it kills masters: only on the bench's own cluster",
+                );
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let outcome = tokio::select! {
+        r = run => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(e) = &outcome {
+        report.error(format!("{e:#}"));
+    }
+    machine.load_end = machine::load_average();
+    report.finish(machine, t0.elapsed());
+    report.print();
+    let path = report.write(&args.results)?;
+    eprintln!("\nwritten: {} and latest.json", path.display());
+    drop(target);
+    if !report.ok() {
+        bail!("the benchmark failed: see the errors above");
+    }
+    Ok(())
+}
+
+/// A scenario's error, printed once where it happened and kept for the report.
+fn fail(e: anyhow::Error) -> String {
+    let s = format!("{e:#}");
+    eprintln!("    FAILED: {s}");
+    s
+}

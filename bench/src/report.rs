@@ -1,0 +1,458 @@
+//! The report: every scenario's figures (or its error), the targets of issue 5 judged against
+//! them, the machine; printed as a table and written as JSON (`<timestamp>.json`, `latest.json`).
+
+use crate::machine::Machine;
+use crate::scenarios::{Fanout, MasterFailover, Memory, Plan, Throughput, WorkerFailover};
+use crate::target::Target;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+type Outcome<T> = Result<T, String>;
+
+pub struct Report {
+    plan: Plan,
+    quick: bool,
+    command: String,
+    started: chrono::DateTime<chrono::Utc>,
+    cluster: Value,
+    pub throughput: Vec<Outcome<Throughput>>,
+    pub fanout: Option<Outcome<Fanout>>,
+    pub master_failover: Option<Outcome<MasterFailover>>,
+    pub worker_failover: Option<Outcome<WorkerFailover>>,
+    pub memory: Option<Outcome<Memory>>,
+    skipped: Vec<(String, String)>,
+    errors: Vec<String>,
+    machine: Option<Machine>,
+    elapsed: Duration,
+}
+
+/// One target of the issue and what this run measured against it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    /// None: not measured in this run.
+    pub met: Option<bool>,
+}
+
+fn outcome_json<T: Serialize>(o: &Outcome<T>) -> Value {
+    match o {
+        Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
+        Err(e) => json!({ "error": e }),
+    }
+}
+
+fn f(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+impl Report {
+    pub fn new(
+        plan: &Plan,
+        target: &Target,
+        quick: bool,
+        command: String,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> Report {
+        Report {
+            plan: plan.clone(),
+            quick,
+            command,
+            started,
+            cluster: json!({
+                "local": target.local.is_some(),
+                "masters": target.masters,
+                "raft": target.raft,
+            }),
+            throughput: Vec::new(),
+            fanout: None,
+            master_failover: None,
+            worker_failover: None,
+            memory: None,
+            skipped: Vec::new(),
+            errors: Vec::new(),
+            machine: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    pub fn skipped(&mut self, what: &str, why: &str) {
+        eprintln!("\n{what}: skipped ({why})");
+        self.skipped.push((what.into(), why.into()));
+    }
+
+    pub fn error(&mut self, e: String) {
+        eprintln!("FAILED: {e}");
+        self.errors.push(e);
+    }
+
+    pub fn finish(&mut self, machine: Machine, elapsed: Duration) {
+        self.machine = Some(machine);
+        self.elapsed = elapsed;
+    }
+
+    /// Every scenario that ran answered correctly (its failures are errors, not slow figures).
+    pub fn ok(&self) -> bool {
+        fn good<T>(o: &Option<Outcome<T>>) -> bool {
+            o.as_ref().is_none_or(|r| r.is_ok())
+        }
+        self.errors.is_empty()
+            && self.throughput.iter().all(|r| r.is_ok())
+            && good(&self.fanout)
+            && good(&self.master_failover)
+            && good(&self.worker_failover)
+            && good(&self.memory)
+    }
+
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        let mut v = Vec::new();
+        let tp64 = self.throughput.iter().flatten().find(|t| t.clients == 64);
+        v.push(Verdict {
+            what: "write throughput, 64 clients".into(),
+            target: ">= 7000 posts/s, p99 < 30 ms".into(),
+            measured: tp64.map_or("-".into(), |t| {
+                format!(
+                    "{} posts/s, p99 {} ms",
+                    f(t.posts_per_s),
+                    f(t.latency.p99_ms)
+                )
+            }),
+            met: tp64.map(|t| t.posts_per_s >= 7000.0 && t.latency.p99_ms < 30.0),
+        });
+        let tps: Vec<&Throughput> = self.throughput.iter().flatten().collect();
+        v.push(Verdict {
+            what: "no election during the throughput runs".into(),
+            target: "term and leader unchanged".into(),
+            measured: if tps.is_empty() {
+                "-".into()
+            } else {
+                tps.iter()
+                    .map(|t| format!("term {}->{}", t.term_before, t.term_after))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            met: (!tps.is_empty()).then(|| tps.iter().all(|t| !t.election)),
+        });
+        let fan = self.fanout.as_ref().and_then(|r| r.as_ref().ok());
+        let rate = |r: u64| fan.and_then(|f| f.rates.iter().find(|x| x.target_posts_per_s == r));
+        let r500 = rate(500);
+        v.push(Verdict {
+            what: "fan-out 500 posts/s x 50 followers".into(),
+            target: "p99 < 10 ms".into(),
+            measured: r500.map_or("-".into(), |r| format!("p99 {} ms", f(r.delivery.p99_ms))),
+            met: r500.map(|r| r.delivery.p99_ms < 10.0 && r.all_arrived),
+        });
+        let r2k = rate(2000);
+        v.push(Verdict {
+            what: "fan-out 2000 posts/s x 50 followers".into(),
+            target: "every delivery arrives, p99 < 50 ms".into(),
+            measured: r2k.map_or("-".into(), |r| {
+                format!(
+                    "{}/{} delivered, p99 {} ms",
+                    r.deliveries,
+                    r.expected_deliveries,
+                    f(r.delivery.p99_ms)
+                )
+            }),
+            met: r2k.map(|r| r.all_arrived && r.delivery.p99_ms < 50.0),
+        });
+        let mf = self.master_failover.as_ref().and_then(|r| r.as_ref().ok());
+        v.push(Verdict {
+            what: "master fail-over (kill -9 of the active master)".into(),
+            target: "median < 500 ms, max < 1 s".into(),
+            measured: mf.map_or("-".into(), |m| {
+                format!("median {} ms, max {} ms", f(m.median_ms), f(m.max_ms))
+            }),
+            met: mf.map(|m| m.median_ms < 500.0 && m.max_ms < 1000.0),
+        });
+        let wf = self.worker_failover.as_ref().and_then(|r| r.as_ref().ok());
+        v.push(Verdict {
+            what: "worker fail-over, >= 1000 streams on the killed worker".into(),
+            target: "all resumed < 1 s, no gap".into(),
+            measured: wf.map_or("-".into(), |w| {
+                format!(
+                    "{}/{} resumed, max {} ms, {}",
+                    w.resumed,
+                    w.on_victim,
+                    f(w.resume.max_ms),
+                    if w.no_gap { "no gap" } else { "GAPS" }
+                )
+            }),
+            met: wf.map(|w| {
+                w.resumed == w.on_victim
+                    && w.no_gap
+                    && w.resume.max_ms < 1000.0
+                    && w.on_victim >= 1000
+            }),
+        });
+        let mem = self.memory.as_ref().and_then(|r| r.as_ref().ok());
+        v.push(Verdict {
+            what: "memory per idle stream".into(),
+            target: "< 20 KB".into(),
+            measured: mem.map_or("-".into(), |m| {
+                format!(
+                    "{:.1} KB ({} streams)",
+                    m.bytes_per_stream / 1000.0,
+                    m.streams
+                )
+            }),
+            met: mem.map(|m| m.bytes_per_stream < 20_000.0 && m.streams >= 10_000),
+        });
+        v
+    }
+
+    pub fn print(&self) {
+        let p = println_table;
+        println!();
+        println!(
+            "chatfeed benchmarks{} — {} UTC — {}",
+            if self.quick {
+                " (QUICK: smaller, not comparable)"
+            } else {
+                ""
+            },
+            self.started.format("%Y-%m-%d %H:%M"),
+            self.machine
+                .as_ref()
+                .map(|m| format!(
+                    "{} x {} cores, {} MB, kernel {}",
+                    m.cpu_model, m.cores, m.memory_mb, m.kernel
+                ))
+                .unwrap_or_default()
+        );
+        println!("command: {}", self.command);
+        if !self.throughput.is_empty() {
+            println!(
+                "\n1. write throughput ({} s per run, 140-byte posts through Feed/Post)",
+                self.plan.throughput_secs
+            );
+            let mut rows = vec![vec![
+                "clients".into(),
+                "posts/s".into(),
+                "p50 ms".into(),
+                "p99 ms".into(),
+                "max ms".into(),
+                "term".into(),
+                "checked".into(),
+            ]];
+            for r in &self.throughput {
+                match r {
+                    Ok(t) => rows.push(vec![
+                        t.clients.to_string(),
+                        f(t.posts_per_s),
+                        f(t.latency.p50_ms),
+                        f(t.latency.p99_ms),
+                        f(t.latency.max_ms),
+                        format!(
+                            "{}->{}{}",
+                            t.term_before,
+                            t.term_after,
+                            if t.election { " ELECTION" } else { "" }
+                        ),
+                        "ok".into(),
+                    ]),
+                    Err(e) => rows.push(vec!["?".into(), format!("FAILED: {e}")]),
+                }
+            }
+            p(&rows);
+        }
+        if let Some(r) = &self.fanout {
+            match r {
+                Ok(fan) => {
+                    println!(
+                        "\n2. fan-out ({} authors x {} followers = {} streams, {} s per rate; latency = post sent -> arrival in a stream)",
+                        fan.authors, fan.followers_per_author, fan.streams, self.plan.fanout_secs
+                    );
+                    let mut rows = vec![vec![
+                        "posts/s".into(),
+                        "sent/s".into(),
+                        "p50 ms".into(),
+                        "p99 ms".into(),
+                        "max ms".into(),
+                        "deliveries/s".into(),
+                        "delivered".into(),
+                        "all arrived".into(),
+                    ]];
+                    for x in &fan.rates {
+                        rows.push(vec![
+                            x.target_posts_per_s.to_string(),
+                            f(x.posts_per_s),
+                            f(x.delivery.p50_ms),
+                            f(x.delivery.p99_ms),
+                            f(x.delivery.max_ms),
+                            f(x.deliveries_per_s),
+                            format!("{}/{}", x.deliveries, x.expected_deliveries),
+                            if x.all_arrived { "yes" } else { "NO" }.into(),
+                        ]);
+                    }
+                    p(&rows);
+                }
+                Err(e) => println!("\n2. fan-out FAILED: {e}"),
+            }
+        }
+        if let Some(r) = &self.master_failover {
+            match r {
+                Ok(m) => {
+                    println!(
+                        "\n3. master fail-over (kill -9 of the active master under {} writers -> first post sent after the kill acknowledged; probe every {} ms)",
+                        m.writers, m.probe_interval_ms
+                    );
+                    let runs: Vec<String> = m.runs.iter().map(|r| f(r.failover_ms)).collect();
+                    println!(
+                        "   runs: {} ms; median {} ms, max {} ms; {} posts, all read back",
+                        runs.join(", "),
+                        f(m.median_ms),
+                        f(m.max_ms),
+                        m.posts
+                    );
+                }
+                Err(e) => println!("\n3. master fail-over FAILED: {e}"),
+            }
+        }
+        if let Some(r) = &self.worker_failover {
+            match r {
+                Ok(w) => {
+                    println!(
+                        "\n4. worker fail-over ({} streams over the workers, kill -9 of the one with {}, a post every {} ms through another worker)",
+                        w.streams, w.on_victim, w.post_interval_ms
+                    );
+                    println!(
+                        "   resumed {}/{}; kill -> first post sent after the kill arrived: p50 {} ms, p99 {} ms, max {} ms; {}",
+                        w.resumed,
+                        w.streams,
+                        f(w.resume.p50_ms),
+                        f(w.resume.p99_ms),
+                        f(w.resume.max_ms),
+                        if w.no_gap {
+                            "every stream got every post once, in order".to_string()
+                        } else {
+                            format!("GAPS: {:?}", w.check)
+                        }
+                    );
+                }
+                Err(e) => println!("\n4. worker fail-over FAILED: {e}"),
+            }
+        }
+        if let Some(r) = &self.memory {
+            match r {
+                Ok(m) => {
+                    println!(
+                        "\n5. idle streams ({} on worker pid(s) {:?}, open-files limit {})",
+                        m.streams,
+                        m.workers,
+                        m.worker_nofile_limit.map_or("?".into(), |l| l.to_string())
+                    );
+                    println!(
+                        "   VmRSS {} KiB -> {} KiB: {:.0} bytes per stream",
+                        m.rss_before_kib, m.rss_after_kib, m.bytes_per_stream
+                    );
+                }
+                Err(e) => println!("\n5. idle streams FAILED: {e}"),
+            }
+        }
+        for (what, why) in &self.skipped {
+            println!("\n{what}: skipped ({why})");
+        }
+        println!("\ntargets (issue 5):");
+        let mut rows = vec![vec![
+            "".into(),
+            "target".into(),
+            "measured".into(),
+            "".into(),
+        ]];
+        for v in self.verdicts() {
+            rows.push(vec![
+                v.what,
+                v.target,
+                v.measured,
+                match v.met {
+                    Some(true) => "met",
+                    Some(false) => "NOT MET",
+                    None => "not measured",
+                }
+                .into(),
+            ]);
+        }
+        p(&rows);
+        for e in &self.errors {
+            println!("ERROR: {e}");
+        }
+        if let Some(m) = &self.machine {
+            println!(
+                "\nload average {} -> {}; chatfeed processes of others running at the start: {}; {:.0} s in all",
+                m.load_start.map_or("?".into(), |l| format!("{l:.2}")),
+                m.load_end.map_or("?".into(), |l| format!("{l:.2}")),
+                m.foreign_chatfeed_processes,
+                self.elapsed.as_secs_f64()
+            );
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "started": self.started.to_rfc3339(),
+            "command": self.command,
+            "quick": self.quick,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "machine": self.machine,
+            "cluster": self.cluster,
+            "plan": self.plan,
+            "throughput": self.throughput.iter().map(outcome_json).collect::<Vec<_>>(),
+            "fanout": self.fanout.as_ref().map(outcome_json),
+            "master_failover": self.master_failover.as_ref().map(outcome_json),
+            "worker_failover": self.worker_failover.as_ref().map(outcome_json),
+            "memory": self.memory.as_ref().map(outcome_json),
+            "skipped": self.skipped.iter().map(|(w, y)| json!({"scenario": w, "why": y})).collect::<Vec<_>>(),
+            "targets": self.verdicts(),
+            "errors": self.errors,
+            "ok": self.ok(),
+        })
+    }
+
+    /// Writes `<dir>/<timestamp>.json` and `<dir>/latest.json`; returns the first.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let text = serde_json::to_string_pretty(&self.to_json())? + "\n";
+        let name = format!(
+            "{}{}.json",
+            self.started.format("%Y%m%dT%H%M%SZ"),
+            if self.quick { "-quick" } else { "" }
+        );
+        let path = dir.join(name);
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(dir.join("latest.json"), &text)?;
+        Ok(path)
+    }
+}
+
+/// Prints rows as columns (the first row is the header), each column as wide as its widest cell.
+fn println_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = width[i]))
+            .collect();
+        println!("   {}", line.join(" | ").trim_end());
+    }
+}

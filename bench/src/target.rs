@@ -1,0 +1,161 @@
+//! The cluster under measurement: a local one the bench starts itself from the release binaries
+//! and the real scripts (`chatfeed_e2e::cluster::ProcCluster`, with the checkout's own Raft timing
+//! from `chatfeed.toml`), or a running one named with `--master` (measured without killing
+//! anything). Status, the Raft term and the workers as the active master sees them.
+
+use anyhow::{Context, Result, bail, ensure};
+use chatfeed_e2e::cluster::{self, ProcCluster, RESTART_AFTER_MS};
+use chatfeed_proto::master::{self as pb, master_client::MasterClient};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The checkout's configuration: its `[raft]` table is what the local cluster runs with.
+pub const PRODUCT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../chatfeed.toml");
+
+pub struct Target {
+    pub masters: Vec<String>,
+    /// The local cluster, when the bench started it (killed, every process, when dropped).
+    pub local: Option<ProcCluster>,
+    /// The `[raft]` table in force (the local cluster's), for the report.
+    pub raft: String,
+}
+
+/// The `[raft]` table of a `chatfeed.toml` text, comments dropped.
+pub fn raft_table(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            inside = line == "[raft]";
+        }
+        if inside && !line.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl Target {
+    /// Starts a local cluster: three masters (MasterStartup.sh) and a pool of workers
+    /// (WorkerStartup.sh), with the product's Raft timing.
+    pub async fn start_local() -> Result<Target> {
+        Self::start_local_with("").await
+    }
+
+    /// Like `start_local`, with `extra` TOML tables (e.g. `[worker]`) in the configuration.
+    pub async fn start_local_with(extra: &str) -> Result<Target> {
+        let text = std::fs::read_to_string(PRODUCT_CONFIG)
+            .with_context(|| format!("reading {PRODUCT_CONFIG}"))?;
+        let raft = raft_table(&text);
+        ensure!(
+            raft.starts_with("[raft]"),
+            "{PRODUCT_CONFIG} has no [raft] table"
+        );
+        let c = ProcCluster::with_raft(&raft, RESTART_AFTER_MS, extra);
+        let out = c.run_script().await;
+        ensure!(out.status.success(), "MasterStartup.sh failed");
+        c.wait_healthy().await;
+        let out = c.start_workers().await;
+        ensure!(out.status.success(), "WorkerStartup.sh failed");
+        Ok(Target {
+            masters: c.members.iter().map(|m| m.api.clone()).collect(),
+            local: Some(c),
+            raft,
+        })
+    }
+
+    pub fn remote(masters: Vec<String>) -> Target {
+        Target {
+            masters,
+            local: None,
+            raft: "(the running cluster's)".into(),
+        }
+    }
+
+    /// The group as the first member that answers sees it.
+    pub async fn status(&self) -> Option<pb::ClusterStatus> {
+        if let Some(c) = &self.local {
+            return c.status().await;
+        }
+        for m in &self.masters {
+            if let Some(mut c) = client(m).await
+                && let Ok(r) = c.status(pb::StatusRequest {}).await
+            {
+                return Some(r.into_inner());
+            }
+        }
+        None
+    }
+
+    /// The group as the active master sees it (with its workers).
+    pub async fn leader_status(&self) -> Option<pb::ClusterStatus> {
+        let s = self.status().await?;
+        if s.leader == Some(s.answered_by) {
+            return Some(s);
+        }
+        let leader = s.members.iter().find(|m| Some(m.id) == s.leader)?;
+        let mut c = client(&leader.api_addr).await?;
+        let s = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
+        (s.leader == Some(s.answered_by)).then_some(s)
+    }
+
+    /// Waits up to `limit` for a status of the active master that `check` accepts.
+    pub async fn wait_leader_status<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut(&pb::ClusterStatus) -> Result<T, String>,
+    ) -> Result<T> {
+        let end = Instant::now() + limit;
+        loop {
+            let why = match self.leader_status().await {
+                None => "no active master answers".to_string(),
+                Some(s) => match check(&s) {
+                    Ok(t) => return Ok(t),
+                    Err(e) => e,
+                },
+            };
+            if Instant::now() > end {
+                bail!("timed out after {limit:?} waiting for {what}: {why}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for an active master and three members answering with a pid.
+    pub async fn wait_healthy(&self, limit: Duration) -> Result<pb::ClusterStatus> {
+        self.wait_leader_status("a leader and three reachable members", limit, |s| {
+            cluster::healthy(s)?;
+            Ok(s.clone())
+        })
+        .await
+    }
+
+    /// The Raft term and leader now.
+    pub async fn term(&self) -> Result<(u64, Option<u64>)> {
+        let s = self.status().await.context("no member answers Status")?;
+        Ok((s.term, s.leader))
+    }
+
+    /// Whether `pid` is a live process the bench itself started (only those may be killed).
+    pub fn is_ours(&self, pid: u32) -> bool {
+        self.local.as_ref().is_some_and(|c| c.is_ours(pid))
+    }
+
+    /// Sends SIGKILL to `pid`, a process of the local cluster.
+    pub fn kill9(&self, pid: u32) -> Result<Instant> {
+        ensure!(
+            self.is_ours(pid),
+            "pid {pid} is not a live process of the bench's own cluster"
+        );
+        cluster::signal(pid, "KILL");
+        Ok(Instant::now())
+    }
+}
+
+/// A master API client of `addr`, when it accepts a connection.
+pub async fn client(addr: &str) -> Option<MasterClient<Channel>> {
+    cluster::client(addr).await
+}
