@@ -291,3 +291,24 @@ impl Stream {
         );
     }
 }
+
+/// Starts masters (MasterStartup.sh, supervised restarts on) and the worker pool (WorkerStartup.sh)
+/// with `extra` appended to the configuration; waits until the group serves.
+pub async fn feed_cluster(extra: &str) -> ProcCluster {
+    let c = ProcCluster::with_config(crate::cluster::RESTART_AFTER_MS, extra);
+    assert!(
+        c.run_script().await.status.success(),
+        "MasterStartup.sh failed"
+    );
+    c.wait_healthy().await;
+    assert!(
+        c.start_workers().await.status.success(),
+        "WorkerStartup.sh failed"
+    );
+    c
+}
+
+/// The seqs of `posts`, in order.
+pub fn seqs(posts: &[PrintedPost]) -> Vec<u64> {
+    posts.iter().map(|p| p.seq).collect()
+}

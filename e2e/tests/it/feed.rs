@@ -5,25 +5,6 @@ use chatfeed_e2e::cluster::*;
 use chatfeed_e2e::feed::*;
 use std::collections::BTreeMap;
 
-/// Starts masters (supervised restarts on) and the worker pool; waits until all serve.
-async fn feed_cluster(extra: &str) -> ProcCluster {
-    let c = ProcCluster::with_config(RESTART_AFTER_MS, extra);
-    assert!(
-        c.run_script().await.status.success(),
-        "MasterStartup.sh failed"
-    );
-    c.wait_healthy().await;
-    assert!(
-        c.start_workers().await.status.success(),
-        "WorkerStartup.sh failed"
-    );
-    c
-}
-
-fn seqs(posts: &[PrintedPost]) -> Vec<u64> {
-    posts.iter().map(|p| p.seq).collect()
-}
-
 /// Timelines follow PRODUCT.md §5: a user's own posts and the posts of users it followed at the
 /// moment they committed, none from before the follow or after the unfollow; the latest 20 when
 /// opened without --after, and exactly the later posts with it.

@@ -5,14 +5,10 @@
 
 use chatfeed_e2e::cluster::{client, eventually, healthy, retryable, role};
 use chatfeed_e2e::deployment::Deployment;
-use chatfeed_e2e::feed::{Clients, PrintedPost, Stream};
+use chatfeed_e2e::feed::{Clients, Stream, seqs};
 use chatfeed_e2e::netns::NetCluster;
 use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::time::{Duration, Instant};
-
-fn seqs(posts: &[PrintedPost]) -> Vec<u64> {
-    posts.iter().map(|p| p.seq).collect()
-}
 
 async fn started() -> NetCluster {
     let mut c = NetCluster::new();

@@ -6,32 +6,13 @@ use chatfeed_e2e::feed::*;
 use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::time::{Duration, Instant};
 
-/// Starts masters and the worker pool; waits until all serve.
-async fn feed_cluster() -> ProcCluster {
-    let c = ProcCluster::with_config(RESTART_AFTER_MS, "");
-    assert!(
-        c.run_script().await.status.success(),
-        "MasterStartup.sh failed"
-    );
-    c.wait_healthy().await;
-    assert!(
-        c.start_workers().await.status.success(),
-        "WorkerStartup.sh failed"
-    );
-    c
-}
-
-fn seqs(posts: &[PrintedPost]) -> Vec<u64> {
-    posts.iter().map(|p| p.seq).collect()
-}
-
 /// SIGTERM to the worker serving a streaming client while another client keeps posting: the
 /// worker tells the stream to move before it exits, and the stream prints every post of its
 /// timeline exactly once, in order, from another worker; the stopped worker is gone from the
 /// active master's directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_sigterm_loses_no_delivery() {
-    let c = feed_cluster().await;
+    let c = feed_cluster("").await;
     c.wait_workers(3).await;
     c.client_ok("alice", &["list"]).await;
     c.client_ok("bob", &["follow", "alice"]).await;
@@ -69,7 +50,7 @@ async fn worker_sigterm_loses_no_delivery() {
 /// heartbeat). Every acknowledged post reaches every follower's stream exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn active_master_sigterm_hands_leadership_over() {
-    let c = feed_cluster().await;
+    let c = feed_cluster("").await;
     c.wait_workers(3).await;
     c.client_ok("alice", &["list"]).await;
     for u in ["bob", "carol"] {
