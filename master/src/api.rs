@@ -409,7 +409,7 @@ impl Master for MasterApi {
             .directory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .assign(&exclude, Instant::now());
+            .assign(&exclude);
         match picked {
             Some((worker_id, addr)) => Ok(Response::new(pb::GetWorkerReply { worker_id, addr })),
             None => Err(Status::unavailable(

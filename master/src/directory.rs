@@ -6,15 +6,9 @@
 use chatfeed_proto::control::{ControlCommand, WorkerHeartbeat};
 use chatfeed_proto::master::WorkerStatus;
 use rand::seq::SliceRandom;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// How long an assignment counts as on its way to the worker: a client connects within a few
-/// round trips, and the worker's next heartbeat (every 250 ms by default) shows it. A heartbeat
-/// does not clear younger assignments: the client may connect just after it was sent (counting
-/// one twice for a moment is harmless; missing one sent the next clients to the same worker).
-pub const PENDING_FOR: Duration = Duration::from_millis(500);
 
 /// One live worker.
 #[derive(Debug)]
@@ -25,9 +19,8 @@ pub struct Worker {
     pub pid: u32,
     /// Streams it reported at its last heartbeat.
     pub clients: u32,
-    /// When clients were last assigned to it, oldest first: those a heartbeat cannot show yet
-    /// (see `PENDING_FOR`).
-    pub assigned: VecDeque<Instant>,
+    /// Clients assigned to it since its last heartbeat (they may not have connected yet).
+    pub assigned: u32,
     pub registered: Instant,
     pub last_seen: Instant,
     /// Asked to retire (its host has more workers than its pool): no new clients; when it says it
@@ -40,7 +33,7 @@ pub struct Worker {
 impl Worker {
     /// The load used for assignment: streams it has plus the ones on their way.
     pub fn load(&self) -> u32 {
-        self.clients + self.assigned.len() as u32
+        self.clients + self.assigned
     }
 }
 
@@ -99,15 +92,7 @@ impl Directory {
         match self.workers.get_mut(&hb.worker_id) {
             Some(w) => {
                 w.clients = hb.clients;
-                // Assignments older than `PENDING_FOR` are in this count by now (the client
-                // connected); younger ones may not be, and still count as on their way.
-                while w
-                    .assigned
-                    .front()
-                    .is_some_and(|&t| now.saturating_duration_since(t) > PENDING_FOR)
-                {
-                    w.assigned.pop_front();
-                }
+                w.assigned = 0;
                 w.last_seen = now;
                 w.commands = commands.clone();
                 false
@@ -121,7 +106,7 @@ impl Directory {
                         host: hb.host.clone(),
                         pid: hb.pid,
                         clients: hb.clients,
-                        assigned: VecDeque::new(),
+                        assigned: 0,
                         registered: now,
                         last_seen: now,
                         retiring: false,
@@ -155,7 +140,7 @@ impl Directory {
 
     /// The least-loaded live worker not in `exclude` (if every worker is excluded, the least
     /// loaded of all), random among equals; counts the assignment (made at `now`).
-    pub fn assign(&mut self, exclude: &[String], now: Instant) -> Option<(String, String)> {
+    pub fn assign(&mut self, exclude: &[String]) -> Option<(String, String)> {
         let pick = |skip: bool| -> Vec<String> {
             let candidates: Vec<&Worker> = self
                 .workers
@@ -175,7 +160,7 @@ impl Directory {
         }
         let id = ids.choose(&mut rand::thread_rng())?.clone();
         let w = self.workers.get_mut(&id)?;
-        w.assigned.push_back(now);
+        w.assigned += 1;
         self.assignments_total += 1;
         Some((w.id.clone(), w.addr.clone()))
     }
@@ -325,32 +310,6 @@ mod tests {
         assert_eq!(asked, vec!["2"], "a worker heard from just now is asked");
     }
 
-    /// An assignment keeps counting through a heartbeat sent before its client could have
-    /// connected, and stops counting once a heartbeat comes `PENDING_FOR` after it: two clients
-    /// assigned on either side of a heartbeat go to different workers.
-    #[test]
-    fn assignments_count_until_a_heartbeat_can_show_them() {
-        let (tx, _rx) = mpsc::channel(1);
-        let mut d = Directory::default();
-        let t0 = Instant::now();
-        d.heartbeat(&hb("1", "h", 0), &tx, t0);
-        d.heartbeat(&hb("2", "h", 0), &tx, t0);
-        let (first, _) = d.assign(&[], t0).unwrap();
-        // A heartbeat right after, which does not show the client yet.
-        let soon = t0 + Duration::from_millis(10);
-        d.heartbeat(&hb(&first, "h", 0), &tx, soon);
-        assert_eq!(d.workers[&first].load(), 1, "still on its way");
-        let (second, _) = d.assign(&[], soon).unwrap();
-        assert_ne!(first, second, "the second client goes to the other worker");
-        let later = t0 + PENDING_FOR + Duration::from_millis(50);
-        d.heartbeat(&hb(&first, "h", 1), &tx, later);
-        assert_eq!(
-            d.workers[&first].load(),
-            1,
-            "counted once, by the heartbeat"
-        );
-    }
-
     /// A host with more workers than its pool retires the surplus, emptiest (then youngest)
     /// first; a retiring worker gets no new clients, and its leaving does not shrink the pool.
     #[test]
@@ -370,7 +329,7 @@ mod tests {
         assert_eq!(d.on_host("h").len(), 3);
         for _ in 0..5 {
             assert_ne!(
-                d.assign(&[], t0).unwrap().0,
+                d.assign(&[]).unwrap().0,
                 "4",
                 "no clients for a retiring worker"
             );
@@ -406,7 +365,7 @@ mod tests {
         d.heartbeat(&hb("3", "h", 0), &tx, now);
         let mut counts = BTreeMap::new();
         for _ in 0..10 {
-            let (id, _) = d.assign(&[], now).unwrap();
+            let (id, _) = d.assign(&[]).unwrap();
             *counts.entry(id).or_insert(0u32) += 1;
         }
         assert_eq!(
@@ -416,12 +375,12 @@ mod tests {
         );
         assert_eq!(counts["2"] + counts["3"], 10);
         assert!(counts["2"].abs_diff(counts["3"]) <= 1);
-        let (id, _) = d.assign(&["h:2".into(), "h:3".into()], now).unwrap();
+        let (id, _) = d.assign(&["h:2".into(), "h:3".into()]).unwrap();
         assert_eq!(id, "1", "excluded workers are skipped");
         let mut only = Directory::default();
         only.heartbeat(&hb("9", "h", 0), &tx, now);
         assert_eq!(
-            only.assign(&["h:9".into()], now).unwrap().0,
+            only.assign(&["h:9".into()]).unwrap().0,
             "9",
             "excluding the only worker still answers"
         );
