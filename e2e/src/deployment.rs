@@ -107,6 +107,23 @@ pub trait Deployment: Clients + Sync {
     }
 }
 
+/// Waits until the active master counts one stream on a worker (a test's only stream so far);
+/// returns that worker.
+pub async fn worker_serving_the_stream<D: Deployment>(d: &D) -> pb::WorkerStatus {
+    crate::cluster::eventually("the stream to be counted by a worker", async || {
+        let s = d
+            .status()
+            .await
+            .filter(|s| s.leader == Some(s.answered_by))
+            .ok_or("no active master")?;
+        s.workers
+            .into_iter()
+            .find(|w| w.clients == 1)
+            .ok_or_else(|| "no worker serves it yet".to_string())
+    })
+    .await
+}
+
 /// The last `lines` lines of a finished command's output, for error messages.
 pub fn output_tail(out: &Output, lines: usize) -> String {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -4,7 +4,7 @@
 //! They need root and iptables/nftables (`scripts/test-deps.sh`, which `make test` runs).
 
 use chatfeed_e2e::cluster::{client, eventually, healthy, retryable, role};
-use chatfeed_e2e::deployment::Deployment;
+use chatfeed_e2e::deployment::{Deployment, worker_serving_the_stream};
 use chatfeed_e2e::feed::{Clients, Stream, seqs};
 use chatfeed_e2e::netns::NetCluster;
 use chatfeed_proto::master::{self as pb, write_request::Command};
@@ -87,14 +87,7 @@ async fn service_spans_hosts() {
     c.client_ok("alice", &["list"]).await;
     c.client_ok("bob", &["follow", "alice"]).await;
     let stream = c.stream("bob", &[]);
-    let serving = eventually("bob's stream to be counted by a worker", async || {
-        let s = c.leader_status().await.ok_or("no active master")?;
-        s.workers
-            .into_iter()
-            .find(|w| w.clients == 1)
-            .ok_or_else(|| "no worker serves it yet".to_string())
-    })
-    .await;
+    let serving = worker_serving_the_stream(&c).await;
     assert!(
         c.worker_hosts
             .iter()

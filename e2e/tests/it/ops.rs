@@ -2,6 +2,7 @@
 //! master and of a worker, while clients post and stream.
 
 use chatfeed_e2e::cluster::*;
+use chatfeed_e2e::deployment::worker_serving_the_stream;
 use chatfeed_e2e::feed::*;
 use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::time::{Duration, Instant};
@@ -17,14 +18,7 @@ async fn worker_sigterm_loses_no_delivery() {
     c.client_ok("alice", &["list"]).await;
     c.client_ok("bob", &["follow", "alice"]).await;
     let stream = c.stream("bob", &[]);
-    let serving = eventually("bob's stream to be counted by a worker", async || {
-        let s = c.leader_status().await.ok_or("no active master")?;
-        s.workers
-            .into_iter()
-            .find(|w| w.clients == 1)
-            .ok_or_else(|| "no worker serves it yet".to_string())
-    })
-    .await;
+    let serving = worker_serving_the_stream(&c).await;
     let mut acked = Vec::new();
     for i in 0..20 {
         if i == 8 {
