@@ -28,6 +28,34 @@ pub const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:0";
 pub const DEFAULT_POOL_SIZE: u32 = 3;
 pub const DEFAULT_WORKER_HEARTBEAT_MS: u64 = 250;
 pub const DEFAULT_WORKER_DEAD_AFTER_MS: u64 = 1000;
+/// A session token is valid this long (24 h): a day's work without logging in again.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// argon2id parameters: OWASP's minimum recommendation (19 MiB, 2 passes, 1 lane).
+pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
+pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
+pub const DEFAULT_ARGON2_PARALLELISM: u32 = 1;
+/// Password hashes computed at once on the active master. Each takes `argon2_memory_kib` of
+/// memory and a core for tens of milliseconds: two bound the memory (2 × 19 MiB) and leave the
+/// other cores to Raft and the API while a crowd logs in.
+pub const DEFAULT_MAX_CONCURRENT_HASHES: u32 = 2;
+/// Wrong passwords for one user accepted without delay.
+pub const DEFAULT_FAILURES_BEFORE_DELAY: u32 = 3;
+/// The first delay after that, doubled at each further failure up to the cap.
+pub const DEFAULT_FAILURE_DELAY_MS: u64 = 500;
+pub const DEFAULT_FAILURE_DELAY_MAX_MS: u64 = 30_000;
+/// Posts per user per second, sustained, and the burst above it (a token bucket on the active
+/// master). 50/s is far above what a person types and what a bot needs, far below what would
+/// let one user crowd the group's commit rate.
+pub const DEFAULT_POSTS_PER_SEC: u32 = 50;
+pub const DEFAULT_POST_BURST: u32 = 100;
+/// Timeline streams one user may hold open on one worker: a few devices and terminals.
+pub const DEFAULT_STREAMS_PER_USER: u32 = 16;
+/// The largest gRPC request a worker accepts: a post is at most 4096 characters (16 KiB of
+/// UTF-8), so 64 KiB leaves room and refuses junk early.
+pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 64 * 1024;
+/// Client connections one worker keeps open at once (each stream uses its own HTTP/2
+/// connection today): the benchmark holds 10,000 idle streams on one worker.
+pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 20_000;
 
 /// An error in the configuration: which field, and why.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +97,10 @@ pub struct Config {
     pub supervisor: Supervisor,
     #[serde(default)]
     pub worker: WorkerSettings,
+    #[serde(default)]
+    pub accounts: Accounts,
+    #[serde(default)]
+    pub limits: Limits,
     /// The members of the master group.
     #[serde(rename = "member")]
     pub members: Vec<Member>,
@@ -171,6 +203,69 @@ impl Default for WorkerSettings {
             heartbeat_ms: DEFAULT_WORKER_HEARTBEAT_MS,
             dead_after_ms: DEFAULT_WORKER_DEAD_AFTER_MS,
             metrics_listen: None,
+        }
+    }
+}
+
+/// User accounts: password hashing, sessions, and the slow-down after wrong passwords.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Accounts {
+    /// How long a session token stays valid after login.
+    pub token_ttl_secs: u64,
+    /// argon2id memory cost (KiB), passes and lanes of new password hashes (existing hashes
+    /// keep the parameters they were made with: they are in the PHC string).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Password hashes the active master computes at once (the others wait their turn).
+    pub max_concurrent_hashes: u32,
+    /// Wrong passwords for one user before each further attempt waits.
+    pub failures_before_delay: u32,
+    /// The first such wait; it doubles with every further failure, up to `failure_delay_max_ms`.
+    pub failure_delay_ms: u64,
+    pub failure_delay_max_ms: u64,
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Accounts {
+            token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
+            argon2_memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
+            argon2_iterations: DEFAULT_ARGON2_ITERATIONS,
+            argon2_parallelism: DEFAULT_ARGON2_PARALLELISM,
+            max_concurrent_hashes: DEFAULT_MAX_CONCURRENT_HASHES,
+            failures_before_delay: DEFAULT_FAILURES_BEFORE_DELAY,
+            failure_delay_ms: DEFAULT_FAILURE_DELAY_MS,
+            failure_delay_max_ms: DEFAULT_FAILURE_DELAY_MAX_MS,
+        }
+    }
+}
+
+/// What one user or one client may use (over it: RESOURCE_EXHAUSTED).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Posts per user per second, sustained (active master).
+    pub posts_per_sec: u32,
+    /// Posts a user may send at once above that rate.
+    pub post_burst: u32,
+    /// Timeline streams per user on one worker.
+    pub streams_per_user: u32,
+    /// The largest request a worker accepts, in bytes.
+    pub max_request_bytes: u32,
+    /// Client connections one worker keeps open at once.
+    pub connections_per_worker: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            posts_per_sec: DEFAULT_POSTS_PER_SEC,
+            post_burst: DEFAULT_POST_BURST,
+            streams_per_user: DEFAULT_STREAMS_PER_USER,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            connections_per_worker: DEFAULT_CONNECTIONS_PER_WORKER,
         }
     }
 }
@@ -333,6 +428,58 @@ impl Config {
         if let Some(m) = &w.metrics_listen {
             parse_listen_range(m).map_err(|reason| invalid("worker.metrics_listen", reason))?;
         }
+        let a = &self.accounts;
+        if a.token_ttl_secs == 0 {
+            return Err(invalid("accounts.token_ttl_secs", "must be positive"));
+        }
+        // argon2's own bounds: at least 8 KiB per lane, at least one pass and one lane.
+        if a.argon2_parallelism == 0 || a.argon2_parallelism > 64 {
+            return Err(invalid(
+                "accounts.argon2_parallelism",
+                "must be between 1 and 64",
+            ));
+        }
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism || a.argon2_memory_kib > 4 * 1024 * 1024
+        {
+            return Err(invalid(
+                "accounts.argon2_memory_kib",
+                "must be at least 8 × argon2_parallelism and at most 4194304 (4 GiB)",
+            ));
+        }
+        if a.argon2_iterations == 0 {
+            return Err(invalid("accounts.argon2_iterations", "must be positive"));
+        }
+        if a.max_concurrent_hashes == 0 {
+            return Err(invalid(
+                "accounts.max_concurrent_hashes",
+                "must be positive",
+            ));
+        }
+        if a.failure_delay_max_ms < a.failure_delay_ms {
+            return Err(invalid(
+                "accounts.failure_delay_max_ms",
+                "must be at least accounts.failure_delay_ms",
+            ));
+        }
+        let l = &self.limits;
+        for (field, v) in [
+            ("limits.posts_per_sec", l.posts_per_sec),
+            ("limits.post_burst", l.post_burst),
+            ("limits.streams_per_user", l.streams_per_user),
+            ("limits.connections_per_worker", l.connections_per_worker),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        // A request must fit the longest post the state machine accepts (4 bytes a character).
+        let min_request = 4 * HARD_MAX_POST_CHARS + 1024;
+        if l.max_request_bytes < min_request {
+            return Err(invalid(
+                "limits.max_request_bytes",
+                format!("must be at least {min_request} (room for the longest possible post)"),
+            ));
+        }
         Ok(())
     }
 
@@ -374,6 +521,13 @@ impl Config {
             },
             supervisor: Supervisor::default(),
             worker: WorkerSettings::default(),
+            // Cheap hashes: tests log many users in on debug builds; the algorithm is the same.
+            accounts: Accounts {
+                argon2_memory_kib: 1024,
+                argon2_iterations: 1,
+                ..Accounts::default()
+            },
+            limits: Limits::default(),
             members: (0..3)
                 .map(|i| Member {
                     id: i as u64 + 1,
@@ -485,6 +639,38 @@ api_addr = "127.0.0.1:7002"
                 &["unknown field", "pool"],
             ),
             (format!("{GOOD}\nport = 1\n"), &["unknown field", "port"]),
+            (
+                format!("[accounts]\nttl = 5\n{GOOD}"),
+                &["unknown field", "ttl"],
+            ),
+            (
+                format!("[limits]\nposts = 5\n{GOOD}"),
+                &["unknown field", "posts"],
+            ),
+            (
+                format!("[accounts]\ntoken_ttl_secs = 0\n{GOOD}"),
+                &["`accounts.token_ttl_secs`", "positive"],
+            ),
+            (
+                format!("[accounts]\nargon2_memory_kib = 4\n{GOOD}"),
+                &["`accounts.argon2_memory_kib`", "at least"],
+            ),
+            (
+                format!("[accounts]\nfailure_delay_ms = 100\nfailure_delay_max_ms = 10\n{GOOD}"),
+                &["`accounts.failure_delay_max_ms`", "at least"],
+            ),
+            (
+                format!("[limits]\nposts_per_sec = 0\n{GOOD}"),
+                &["`limits.posts_per_sec`", "positive"],
+            ),
+            (
+                format!("[limits]\nconnections_per_worker = 0\n{GOOD}"),
+                &["`limits.connections_per_worker`", "positive"],
+            ),
+            (
+                format!("[limits]\nmax_request_bytes = 100\n{GOOD}"),
+                &["`limits.max_request_bytes`", "longest possible post"],
+            ),
             (
                 format!("[metrics]\nlisten = \"x\"\n{GOOD}"),
                 &["unknown field", "metrics"],

@@ -1,7 +1,8 @@
-//! Code shared by the chatfeed processes: the typed configuration (`config`), logging set-up
+//! Code shared by the chatfeed processes: session tokens (`accounts`), the typed configuration (`config`), logging set-up
 //! (`logging`) and master address parsing (`addr`), and
 //! background processes, pid files and signals (`process`).
 
+pub mod accounts;
 pub mod addr;
 pub mod config;
 pub mod logging;
