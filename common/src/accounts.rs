@@ -27,6 +27,9 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// The start of the UNAUTHENTICATED message for an expired token: clients recognise it and log
 /// in again.
 pub const SESSION_EXPIRED: &str = "session expired";
+/// The start of the RESOURCE_EXHAUSTED message of a worker over its connection limit: clients
+/// recognise it and ask the active master for another worker.
+pub const WORKER_FULL: &str = "worker full";
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

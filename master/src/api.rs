@@ -3,12 +3,14 @@
 //! member's applied state. Errors become `tonic::Status` in `feed_status` and `raft_status`, the
 //! two places where that mapping lives.
 
+use crate::accounts::{self, Accounts};
 use crate::batch::{Batcher, Stopped, WriteFailed};
+use crate::post_rate::PostRate;
 use crate::directory::Directory;
 use crate::feed::{self, FeedError};
 use crate::mastership::{Mastership, is_active};
 use crate::raft::db::Reader;
-use crate::raft::types::{Command, NodeId, Raft};
+use crate::raft::types::{Applied, Command, NodeId, Raft};
 use crate::read_barrier::ReadBarrier;
 use chatfeed_common::Config;
 use chatfeed_proto::master as pb;
@@ -50,6 +52,8 @@ pub struct MasterApi {
     applied_seq: watch::Receiver<u64>,
     started: Instant,
     shutdown: CancellationToken,
+    accounts: Arc<Accounts>,
+    post_rate: Arc<PostRate>,
 }
 
 impl MasterApi {
@@ -60,6 +64,7 @@ impl MasterApi {
         applied_seq: watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) -> Self {
+        let config = mastership.config.clone();
         MasterApi {
             id: mastership.id,
             config: mastership.config.clone(),
@@ -72,6 +77,11 @@ impl MasterApi {
             applied_seq,
             started: Instant::now(),
             shutdown,
+            accounts: Arc::new(Accounts::new(config.accounts.clone())),
+            post_rate: Arc::new(PostRate::new(
+                config.limits.posts_per_sec,
+                config.limits.post_burst,
+            )),
         }
     }
 
@@ -148,6 +158,117 @@ impl MasterApi {
         }
     }
 
+    /// Commits `command` through the batcher on the active master: the command's own answer,
+    /// or the status of why it could not be committed.
+    async fn commit(&self, command: Command) -> Result<Result<Applied, FeedError>, Status> {
+        self.mastership.require_active()?;
+        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
+        let res = match tokio::time::timeout(wait, self.batcher.write(command)).await {
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "the write was not committed within {} ms (the master may have lost its quorum); \
+                     it may still commit: retry it (a post with the same client post id commits once)",
+                    wait.as_millis()
+                )));
+            }
+            Ok(Err(Stopped)) => {
+                return Err(Status::unavailable(format!(
+                    "member {} is stopping",
+                    self.id
+                )));
+            }
+            Ok(Ok(r)) => r,
+        };
+        match res {
+            Ok(r) => Ok(r),
+            Err(WriteFailed::NotLeader(leader)) => Err(self.mastership.not_leader(leader)),
+            Err(WriteFailed::Unavailable(e)) => {
+                Err(Status::unavailable(format!("cannot write now: {e}")))
+            }
+            Err(WriteFailed::Stopping(e)) => Err(Status::unavailable(format!(
+                "member {} is stopping: {e}",
+                self.id
+            ))),
+            Err(WriteFailed::Internal(e)) => Err(Status::internal(e)),
+        }
+    }
+
+    /// The token key of the replicated state; the first active master that needs it and finds
+    /// none commits a random one (`SetTokenKey` applies only while none is stored, so every
+    /// member ends with the first one committed).
+    pub async fn token_key(&self) -> Result<Arc<Vec<u8>>, Status> {
+        if let Some(k) = self.accounts.cached_key() {
+            return Ok(k);
+        }
+        for _ in 0..3 {
+            self.linearize().await?;
+            if let Some(hex) = self.read(feed::token_key_hex).await? {
+                let key = accounts::from_hex(&hex)
+                    .ok_or_else(|| Status::internal("the stored token key is not hex"))?;
+                let key = Arc::new(key);
+                self.accounts.cache_key(key.clone());
+                return Ok(key);
+            }
+            let key_hex = accounts::to_hex(&chatfeed_common::accounts::new_token_key());
+            match self.commit(Command::SetTokenKey { key_hex }).await? {
+                Ok(_) => tracing::info!("generated the cluster's token key"),
+                Err(FeedError::TokenKeySet) => {}
+                Err(e) => return Err(feed_status(&e)),
+            }
+        }
+        Err(Status::unavailable("could not read the token key back; retry"))
+    }
+
+    /// Checks `password` for `user` (creating the user, or setting its first password), and
+    /// answers whether the login created it. UNAUTHENTICATED for a wrong password.
+    async fn check_password(&self, user: &str, password: String) -> Result<bool, Status> {
+        // At most: a create or set that lost a race, then the check against the winner's hash.
+        for _ in 0..3 {
+            self.linearize().await?;
+            let u = user.to_string();
+            let stored = self.read(move |c| feed::credential(c, &u)).await?;
+            let creating = match stored {
+                feed::Credential::Hash(hash) => {
+                    return if self.accounts.verify(password, hash).await? {
+                        Ok(false)
+                    } else {
+                        Err(Status::unauthenticated(format!(
+                            "wrong password for user {user}"
+                        )))
+                    };
+                }
+                feed::Credential::NoUser => true,
+                feed::Credential::NoPassword => false,
+            };
+            chatfeed_common::accounts::check_new_password(&password)
+                .map_err(Status::invalid_argument)?;
+            let password_hash = self.accounts.hash(password.clone()).await?;
+            let command = if creating {
+                Command::CreateUser {
+                    name: user.to_string(),
+                    password_hash: Some(password_hash),
+                }
+            } else {
+                Command::SetPassword {
+                    name: user.to_string(),
+                    password_hash,
+                }
+            };
+            match self.commit(command).await? {
+                Ok(_) => {
+                    tracing::info!(user, created = creating, "password set at first login");
+                    return Ok(true);
+                }
+                // Another login of the same user won the race: check against its hash.
+                Err(FeedError::UserExists(_) | FeedError::PasswordAlreadySet(_)) => continue,
+                Err(e) => return Err(feed_status(&e)),
+            }
+        }
+        Err(Status::unavailable(
+            "the user's password changed during the login; retry",
+        ))
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
@@ -169,9 +290,11 @@ pub fn feed_status(e: &FeedError) -> Status {
         | FeedError::PostTooLong { .. }
         | FeedError::InvalidPostId(_)
         | FeedError::FollowSelf => Status::invalid_argument(msg),
-        FeedError::UserExists(_) | FeedError::AlreadyFollowing { .. } => {
-            Status::already_exists(msg)
-        }
+        FeedError::UserExists(_)
+        | FeedError::AlreadyFollowing { .. }
+        | FeedError::PasswordAlreadySet(_)
+        | FeedError::TokenKeySet => Status::already_exists(msg),
+        FeedError::Invalid(_) => Status::invalid_argument(msg),
         FeedError::UserNotFound(_) => Status::not_found(msg),
         FeedError::NotFollowing { .. } => Status::failed_precondition(msg),
     }
@@ -184,7 +307,12 @@ fn command_of(req: pb::WriteRequest) -> Result<Command, Status> {
             .command
             .ok_or_else(|| Status::invalid_argument("a write needs a command"))?
         {
-            C::CreateUser(c) => Command::CreateUser { name: c.name },
+            // A user without a password: its first login sets one. Logins create users through
+            // Authenticate, with the password's hash.
+            C::CreateUser(c) => Command::CreateUser {
+                name: c.name,
+                password_hash: None,
+            },
             C::Follow(c) => Command::Follow {
                 follower: c.follower,
                 followee: c.followee,
@@ -317,40 +445,94 @@ impl Master for MasterApi {
         feed::validate_command(&command, self.config.max_post_chars as usize)
             .map_err(|e| feed_status(&e))?;
         self.mastership.require_active()?;
-        let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
-        let res = match tokio::time::timeout(wait, self.batcher.write(command)).await {
-            Err(_) => {
-                return Err(Status::unavailable(format!(
-                    "the write was not committed within {} ms (the master may have lost its quorum); \
-                     it may still commit: retry it (a post with the same client post id commits once)",
-                    wait.as_millis()
+        if let Command::Post {
+            author,
+            client_post_id,
+            ..
+        } = &command
+            && let Err(wait) = self.post_rate.take(author, Instant::now())
+        {
+            // A retry of a post that committed only answers its seq: never refuse it.
+            let (a, id) = (author.clone(), client_post_id.clone());
+            let retry = !id.is_empty() && self.read(move |c| feed::post_exists(c, &a, &id)).await?;
+            if !retry {
+                let l = &self.config.limits;
+                return Err(Status::resource_exhausted(format!(
+                    "user {author} posts faster than {} posts per second (limits.posts_per_sec, \
+                     bursts of {}): slow down, retry in {} ms",
+                    l.posts_per_sec,
+                    l.post_burst,
+                    wait.as_millis().max(1)
                 )));
             }
-            Ok(Err(Stopped)) => {
-                return Err(Status::unavailable(format!(
-                    "member {} is stopping",
-                    self.id
-                )));
-            }
-            Ok(Ok(r)) => r,
-        };
-        match res {
-            Ok(Ok(a)) => Ok(Response::new(pb::WriteReply {
+        }
+        match self.commit(command).await? {
+            Ok(a) => Ok(Response::new(pb::WriteReply {
                 seq: a.seq,
                 ts_ms: a.ts_ms,
                 duplicate: a.duplicate,
             })),
-            Ok(Err(e)) => Err(feed_status(&e)),
-            Err(WriteFailed::NotLeader(leader)) => Err(self.mastership.not_leader(leader)),
-            Err(WriteFailed::Unavailable(e)) => {
-                Err(Status::unavailable(format!("cannot write now: {e}")))
-            }
-            Err(WriteFailed::Stopping(e)) => Err(Status::unavailable(format!(
-                "member {} is stopping: {e}",
-                self.id
-            ))),
-            Err(WriteFailed::Internal(e)) => Err(Status::internal(e)),
+            Err(e) => Err(feed_status(&e)),
         }
+    }
+
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateReply>, Status> {
+        let pb::AuthenticateRequest {
+            user,
+            password,
+            probe,
+        } = req.into_inner();
+        feed::validate_name(&user).map_err(|e| feed_status(&e))?;
+        self.mastership.require_active()?;
+        if probe {
+            self.linearize().await?;
+            let u = user.clone();
+            let stored = self.read(move |c| feed::credential(c, &u)).await?;
+            return Ok(Response::new(pb::AuthenticateReply {
+                has_password: matches!(stored, feed::Credential::Hash(_)),
+                ..Default::default()
+            }));
+        }
+        if password.is_empty() {
+            return Err(Status::unauthenticated(format!(
+                "no password given for user {user}"
+            )));
+        }
+        if password.len() > chatfeed_common::accounts::MAX_PASSWORD_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a password has at most {} bytes",
+                chatfeed_common::accounts::MAX_PASSWORD_BYTES
+            )));
+        }
+        // Repeated failures for this user: this attempt waits its turn first.
+        let wait = self.accounts.wait_before_attempt(&user, Instant::now());
+        if !wait.is_zero() {
+            tracing::info!(user, wait_ms = wait.as_millis() as u64, "login after failures waits");
+            tokio::time::sleep(wait).await;
+        }
+        let key = self.token_key().await?;
+        let created = match self.check_password(&user, password).await {
+            Ok(c) => c,
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                let next = self.accounts.failed(&user, Instant::now());
+                tracing::warn!(user, next_wait_ms = next.as_millis() as u64, "wrong password");
+                return Err(s);
+            }
+            Err(s) => return Err(s),
+        };
+        self.accounts.succeeded(&user);
+        let expires_at_ms = chatfeed_common::accounts::now_ms()
+            + self.accounts.token_ttl().as_millis() as i64;
+        let token = chatfeed_common::accounts::issue(&key, &user, expires_at_ms);
+        Ok(Response::new(pb::AuthenticateReply {
+            token,
+            expires_at_ms,
+            created,
+            has_password: true,
+        }))
     }
 
     async fn list_users(

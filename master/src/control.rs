@@ -1,11 +1,13 @@
 //! The `chatfeed.control.Control` service: workers' heartbeat streams to the active master.
 //! Each incoming heartbeat updates the `Directory`; commands for the worker (shed load, spawn a
-//! sibling) go back on the same stream.
+//! sibling) go back on the same stream. The first command on every accepted stream is `Keys`: the
+//! token key, so the worker checks its clients' session tokens itself.
 
+use crate::api::MasterApi;
 use crate::directory::Directory;
 use crate::mastership::Mastership;
 use chatfeed_proto::control::control_server::{Control, ControlServer};
-use chatfeed_proto::control::{ControlCommand, WorkerHeartbeat};
+use chatfeed_proto::control::{ControlCommand, Keys, WorkerHeartbeat, control_command};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -20,6 +22,8 @@ pub struct ControlService {
     mastership: Mastership,
     directory: Arc<Mutex<Directory>>,
     shutdown: CancellationToken,
+    /// For the token key.
+    api: MasterApi,
 }
 
 impl ControlService {
@@ -27,11 +31,13 @@ impl ControlService {
         mastership: Mastership,
         directory: Arc<Mutex<Directory>>,
         shutdown: CancellationToken,
+        api: MasterApi,
     ) -> Self {
         ControlService {
             mastership,
             directory,
             shutdown,
+            api,
         }
     }
 
@@ -49,8 +55,15 @@ impl Control for ControlService {
         req: Request<Streaming<WorkerHeartbeat>>,
     ) -> Result<Response<Self::HeartbeatsStream>, Status> {
         self.mastership.require_active()?;
+        let token_key = self.api.token_key().await?;
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel::<ControlCommand>(COMMAND_BUFFER);
+        // The channel is new and empty: the keys go first.
+        let _ = tx.try_send(ControlCommand {
+            command: Some(control_command::Command::Keys(Keys {
+                token_key: token_key.to_vec(),
+            })),
+        });
         let (out_tx, out_rx) = mpsc::channel(COMMAND_BUFFER);
         let directory = self.directory.clone();
         let mastership = self.mastership.clone();

@@ -34,7 +34,23 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS post_ids ON events(actor, client_post_id)
     WHERE kind = 3 AND client_post_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS posts_by_author ON events(actor, seq) WHERE kind = 3;
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// The `secrets` row that holds the token key (hex).
+const TOKEN_KEY: &str = "token_key";
+
+/// Brings a database made before accounts up to date: `users.pw_hash` (NULL: no password yet).
+/// Idempotent; runs when a member opens its database.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_hash = conn
+        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'pw_hash'")?
+        .exists([])?;
+    if !has_hash {
+        conn.execute_batch("ALTER TABLE users ADD COLUMN pw_hash TEXT")?;
+    }
+    Ok(())
+}
 
 /// Why a command was refused. Deterministic: the same state and command give the same error on
 /// every member.
@@ -58,6 +74,12 @@ pub enum FeedError {
     PostTooLong { chars: usize, max: usize },
     #[error("invalid client post id: {0}")]
     InvalidPostId(String),
+    #[error("user {0:?} has a password already")]
+    PasswordAlreadySet(String),
+    #[error("the token key is set already")]
+    TokenKeySet,
+    #[error("invalid command: {0}")]
+    Invalid(String),
 }
 
 /// Checks a user name: 1 to 32 characters of `[A-Za-z0-9_.-]`.
@@ -100,7 +122,27 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), FeedError> {
 /// `apply_command` again (with the hard limit) so the log cannot carry a bad command.
 pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), FeedError> {
     match cmd {
-        Command::CreateUser { name } => validate_name(name),
+        Command::CreateUser { name, .. } => validate_name(name),
+        Command::SetPassword {
+            name,
+            password_hash,
+        } => {
+            validate_name(name)?;
+            if password_hash.is_empty() {
+                return Err(FeedError::Invalid("an empty password hash".into()));
+            }
+            Ok(())
+        }
+        Command::SetTokenKey { key_hex } => {
+            if key_hex.len() != 2 * chatfeed_common::accounts::TOKEN_KEY_LEN
+                || !key_hex.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                return Err(FeedError::Invalid(
+                    "a token key is 32 bytes in hex".into(),
+                ));
+            }
+            Ok(())
+        }
         Command::Follow { follower, followee } | Command::Unfollow { follower, followee } => {
             validate_name(follower)?;
             validate_name(followee)?;
@@ -166,14 +208,49 @@ pub fn apply_command(
         ts_ms,
         duplicate: false,
     };
+    // Commands that change no feed table take no seq: they answer the last one.
+    let no_event = Applied {
+        seq: seq - 1,
+        ts_ms,
+        duplicate: false,
+    };
     match cmd {
-        Command::CreateUser { name } => {
+        Command::CreateUser {
+            name,
+            password_hash,
+        } => {
             if user_exists(conn, name)? {
                 return Ok(Err(FeedError::UserExists(name.clone())));
             }
-            conn.prepare_cached("INSERT INTO users (name, seq) VALUES (?1, ?2)")?
-                .execute(params![name, seq as i64])?;
+            conn.prepare_cached("INSERT INTO users (name, seq, pw_hash) VALUES (?1, ?2, ?3)")?
+                .execute(params![name, seq as i64, password_hash])?;
             insert_event(conn, seq, KIND_USER, name, None, None, ts_ms, None)?;
+        }
+        Command::SetPassword {
+            name,
+            password_hash,
+        } => {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE users SET pw_hash = ?2 WHERE name = ?1 AND pw_hash IS NULL",
+                )?
+                .execute(params![name, password_hash])?;
+            if changed == 0 {
+                return Ok(Err(if user_exists(conn, name)? {
+                    FeedError::PasswordAlreadySet(name.clone())
+                } else {
+                    FeedError::UserNotFound(name.clone())
+                }));
+            }
+            return Ok(Ok(no_event));
+        }
+        Command::SetTokenKey { key_hex } => {
+            if token_key_hex(conn)?.is_some() {
+                return Ok(Err(FeedError::TokenKeySet));
+            }
+            conn.prepare_cached("INSERT INTO secrets (name, value) VALUES (?1, ?2)")?
+                .execute(params![TOKEN_KEY, key_hex])?;
+            return Ok(Ok(no_event));
         }
         Command::Follow { follower, followee } => {
             for u in [follower, followee] {
@@ -358,6 +435,46 @@ pub fn timeline(
     }
 }
 
+/// The stored token key (hex), if one was committed.
+pub fn token_key_hex(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM secrets WHERE name = ?1")?
+        .query_row([TOKEN_KEY], |r| r.get(0))
+        .optional()
+}
+
+/// What is stored about a user's password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// No such user.
+    NoUser,
+    /// The user exists without a password (created before accounts).
+    NoPassword,
+    /// The user's argon2id PHC string.
+    Hash(String),
+}
+
+/// `user`'s stored credential.
+pub fn credential(conn: &Connection, user: &str) -> rusqlite::Result<Credential> {
+    let row: Option<Option<String>> = conn
+        .prepare_cached("SELECT pw_hash FROM users WHERE name = ?1")?
+        .query_row([user], |r| r.get(0))
+        .optional()?;
+    Ok(match row {
+        None => Credential::NoUser,
+        Some(None) => Credential::NoPassword,
+        Some(Some(h)) => Credential::Hash(h),
+    })
+}
+
+/// Whether `author` committed a post with `client_post_id` (a retry of it only answers the
+/// original seq).
+pub fn post_exists(conn: &Connection, author: &str, client_post_id: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM events WHERE kind = 3 AND actor = ?1 AND client_post_id = ?2",
+    )?
+    .exists([author, client_post_id])
+}
+
 /// Every user, by name.
 pub fn users(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT name FROM users ORDER BY name")?;
@@ -384,6 +501,12 @@ pub fn following(
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Dump {
     pub users: Vec<(String, u64)>,
+    /// Password hashes by user (snapshots from before accounts have none).
+    #[serde(default)]
+    pub password_hashes: Vec<(String, String)>,
+    /// The token key (hex), once set.
+    #[serde(default)]
+    pub token_key_hex: Option<String>,
     pub follows: Vec<(String, String, u64, Option<u64>)>,
     pub events: Vec<Event>,
 }
@@ -395,6 +518,11 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<Dump> {
     d.users = s
         .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
         .collect::<Result<_, _>>()?;
+    let mut s = conn.prepare("SELECT name, pw_hash FROM users WHERE pw_hash IS NOT NULL")?;
+    d.password_hashes = s
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    d.token_key_hex = token_key_hex(conn)?;
     let mut s = conn.prepare("SELECT follower, followee, from_seq, to_seq FROM follows")?;
     d.follows = s
         .query_map([], |r| {
@@ -412,11 +540,25 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<Dump> {
 
 /// Replaces the feed tables with `d` (inside the caller's write transaction).
 pub fn restore(conn: &Connection, d: &Dump) -> rusqlite::Result<()> {
-    conn.execute_batch("DELETE FROM users; DELETE FROM follows; DELETE FROM events;")?;
+    conn.execute_batch(
+        "DELETE FROM users; DELETE FROM follows; DELETE FROM events; DELETE FROM secrets;",
+    )?;
     for (name, seq) in &d.users {
         conn.execute(
             "INSERT INTO users (name, seq) VALUES (?1, ?2)",
             params![name, *seq as i64],
+        )?;
+    }
+    for (name, hash) in &d.password_hashes {
+        conn.execute(
+            "UPDATE users SET pw_hash = ?2 WHERE name = ?1",
+            params![name, hash],
+        )?;
+    }
+    if let Some(k) = &d.token_key_hex {
+        conn.execute(
+            "INSERT INTO secrets (name, value) VALUES (?1, ?2)",
+            params![TOKEN_KEY, k],
         )?;
     }
     for (a, b, from, to) in &d.follows {

@@ -2,6 +2,7 @@
 //! `node::run` hosts a member on listeners the caller bound; `launch` starts the group's processes
 //! on this host (what `scripts/MasterStartup.sh` runs); `main.rs` is the thin binary.
 
+pub mod accounts;
 pub mod api;
 pub mod batch;
 pub mod control;
@@ -14,6 +15,7 @@ pub mod mastership;
 pub mod metrics;
 pub mod node;
 pub mod pool;
+pub mod post_rate;
 pub mod process;
 pub mod raft;
 pub mod read_barrier;

@@ -160,7 +160,12 @@ impl Member {
             applied_seq,
             shutdown.clone(),
         );
-        let control = ControlService::new(mastership.clone(), directory.clone(), shutdown.clone());
+        let control = ControlService::new(
+            mastership.clone(),
+            directory.clone(),
+            shutdown.clone(),
+            api.clone(),
+        );
         let mut tasks = Vec::new();
         let (health_reporter, health_server) = health::service().await;
         let (reflection_v1, reflection_v1alpha) =

@@ -5,8 +5,9 @@
 //! active master refuses the stream naming the leader, and the worker goes there; when the stream
 //! ends (the master failed or lost its mastership) the worker registers again, paced by a
 //! jittered backoff. The master answers with commands: `Shed` (move some streams away),
-//! `SpawnWorker` (start one more worker process on this host) and `Retire` (the host has more
-//! workers than its pool: shut down, as on SIGTERM). On shutdown the worker sends a
+//! `SpawnWorker` (start one more worker process on this host), `Retire` (the host has more
+//! workers than its pool: shut down, as on SIGTERM) and `Keys` (the token key that checks
+//! clients' session tokens, first on every stream). On shutdown the worker sends a
 //! last heartbeat with `leaving`, so the master forgets it at once and does not replace it.
 
 use crate::backoff::Backoff;
@@ -71,6 +72,8 @@ pub struct Control {
     pub spawn: Option<SpawnSpec>,
     /// True while the worker is registered with an active master (what its health reports).
     pub registered: tokio::sync::watch::Sender<bool>,
+    /// Where the token key from `Keys` goes.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 enum SessionEnd {
@@ -252,6 +255,16 @@ impl Control {
                     "the master asked for another worker, but this worker was not started as a process that can start others"
                 ),
             },
+            Some(Command::Keys(keys)) => {
+                if keys.token_key.len() == chatfeed_common::accounts::TOKEN_KEY_LEN {
+                    self.auth.set_key(keys.token_key);
+                } else {
+                    tracing::error!(
+                        len = keys.token_key.len(),
+                        "the master sent a token key of the wrong length; session tokens cannot be checked"
+                    );
+                }
+            }
             Some(Command::Retire(_)) => {
                 tracing::warn!(
                     "the master says this host runs more workers than its pool: moving every stream and exiting"

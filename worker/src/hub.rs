@@ -170,7 +170,13 @@ impl Hub {
 
     /// Registers a pending subscription for `user`'s timeline, sending on `tx`. Refused when the
     /// hub has no position yet, is closed, or is full.
-    pub fn register(&self, user: &str, tx: StreamTx) -> Result<Subscription, Status> {
+    /// At most `per_user` streams of one user (RESOURCE_EXHAUSTED past it).
+    pub fn register(
+        &self,
+        user: &str,
+        tx: StreamTx,
+        per_user: usize,
+    ) -> Result<Subscription, Status> {
         let mut st = self.lock();
         if let Some(reason) = &st.closed {
             return Err(Status::unavailable(format!(
@@ -185,6 +191,12 @@ impl Hub {
         if st.subs.len() >= MAX_STREAMS {
             return Err(Status::resource_exhausted(format!(
                 "this worker already serves {MAX_STREAMS} timeline streams; ask the master for another worker"
+            )));
+        }
+        if st.by_user.get(user).map_or(0, |s| s.len()) >= per_user {
+            return Err(Status::resource_exhausted(format!(
+                "user {user} has {per_user} timeline streams open on this worker already \
+                 (limits.streams_per_user): close one first"
             )));
         }
         st.next_id += 1;
@@ -510,7 +522,7 @@ mod tests {
         let hub = Hub::default();
         hub.start_at(10);
         let (tx, mut rx) = mpsc::channel(100);
-        let sub = hub.register("u", tx).unwrap();
+        let sub = hub.register("u", tx, usize::MAX).unwrap();
         hub.process(post(11, "a")); // covered by the read (read_seq 12)
         hub.process(post(12, "u"));
         hub.process(follow(13, "u", "b"));
@@ -533,7 +545,7 @@ mod tests {
         let hub = Hub::default();
         hub.start_at(0);
         let (tx, mut rx) = mpsc::channel(100);
-        let sub = hub.register("u", tx).unwrap();
+        let sub = hub.register("u", tx, usize::MAX).unwrap();
         assert!(hub.activate(sub.id, vec![], 3, 5));
         hub.process(follow(1, "u", "a")); // before the read: `following` already says
         hub.process(post(2, "a"));
@@ -553,8 +565,8 @@ mod tests {
         hub.start_at(0);
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (ok_tx, mut ok_rx) = mpsc::channel(100);
-        let mut slow = hub.register("u", slow_tx).unwrap();
-        let ok = hub.register("u", ok_tx).unwrap();
+        let mut slow = hub.register("u", slow_tx, usize::MAX).unwrap();
+        let ok = hub.register("u", ok_tx, usize::MAX).unwrap();
         assert!(hub.activate(slow.id, vec![], 0, 0));
         assert!(hub.activate(ok.id, vec![], 0, 0));
         hub.process(post(1, "u"));
@@ -568,7 +580,7 @@ mod tests {
         assert_eq!(hub.len(), 1);
 
         let (tx, _rx) = mpsc::channel(1);
-        let mut pending = hub.register("v", tx).unwrap();
+        let mut pending = hub.register("v", tx, usize::MAX).unwrap();
         for seq in 4..(5 + PENDING_LIMIT as u64) {
             hub.process(post(seq, "x"));
         }
@@ -584,7 +596,7 @@ mod tests {
         let mut subs = Vec::new();
         for _ in 0..5 {
             let (tx, rx) = mpsc::channel(10);
-            let s = hub.register("u", tx).unwrap();
+            let s = hub.register("u", tx, usize::MAX).unwrap();
             hub.activate(s.id, vec![], 0, 0);
             subs.push((s, rx));
         }
@@ -600,7 +612,7 @@ mod tests {
         assert!(hub.is_empty());
         let (tx, _rx) = mpsc::channel(1);
         assert_eq!(
-            hub.register("u", tx).unwrap_err().code(),
+            hub.register("u", tx, usize::MAX).unwrap_err().code(),
             tonic::Code::Unavailable
         );
     }
@@ -611,7 +623,7 @@ mod tests {
         let hub = Hub::default();
         hub.start_at(0);
         let (tx, mut rx) = mpsc::channel(10);
-        let mut s = hub.register("u", tx).unwrap();
+        let mut s = hub.register("u", tx, usize::MAX).unwrap();
         hub.activate(s.id, vec![], 0, 0);
         hub.process(post(1, "u"));
         hub.process(post(1, "u"));

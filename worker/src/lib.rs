@@ -6,12 +6,14 @@
 //! `server::run` assembles one worker on a listener the caller bound; `launch` is the `start`
 //! command behind `scripts/WorkerStartup.sh`; `process` starts detached worker processes.
 
+pub mod auth;
 pub mod backoff;
 pub mod control;
 pub mod event;
 pub mod health;
 pub mod hub;
 pub mod launch;
+pub mod limits;
 pub mod master_link;
 pub mod metrics;
 pub mod process;

@@ -257,6 +257,26 @@ impl MasterLink {
         Ok(reply.users)
     }
 
+    /// Checks a password on the active master and gets a session token (or, `probe`, whether
+    /// the user has a password). A wrong password is not retried.
+    pub async fn authenticate(
+        &self,
+        user: String,
+        password: String,
+        probe: bool,
+    ) -> Result<pb::AuthenticateReply, Status> {
+        let req = pb::AuthenticateRequest {
+            user,
+            password,
+            probe,
+        };
+        self.call("log in", |mut c| {
+            let req = req.clone();
+            async move { c.authenticate(req).await }
+        })
+        .await
+    }
+
     /// One page of `user`'s timeline (linearizable).
     pub async fn timeline(
         &self,

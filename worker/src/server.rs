@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,6 +53,8 @@ pub struct WorkerOptions {
     /// How to start another worker like this one (`SpawnWorker`); `None` when this worker is not
     /// a process of its own (tests).
     pub spawn: Option<SpawnSpec>,
+    /// Streams per user, request size and connections (`[limits]`).
+    pub limits: chatfeed_common::config::Limits,
 }
 
 impl WorkerOptions {
@@ -71,6 +72,7 @@ impl WorkerOptions {
                 attempt: write + Duration::from_secs(1),
             },
             spawn: None,
+            limits: config.limits.clone(),
         }
     }
 }
@@ -120,6 +122,7 @@ pub async fn run_with_metrics(
     let worker_metrics = Arc::new(WorkerMetrics::new());
     let hub = Arc::new(Hub::with_metrics(worker_metrics.delivery.clone()));
     let streams = TaskTracker::new();
+    let auth = Arc::new(crate::auth::Auth::default());
 
     let watch_stop = CancellationToken::new();
     let watcher = tokio::spawn(crate::watcher::run(
@@ -155,16 +158,31 @@ pub async fn run_with_metrics(
             hub: hub.clone(),
             spawn: opts.spawn.clone(),
             registered,
+            auth: auth.clone(),
         }
         .run(shutdown.clone()),
     );
     let serve_stop = CancellationToken::new();
-    let service = FeedService::new(link.clone(), hub.clone(), streams.clone()).into_server();
+    let limits = opts.limits.clone();
+    let service = FeedService::new(
+        link.clone(),
+        hub.clone(),
+        streams.clone(),
+        auth,
+        limits.streams_per_user as usize,
+    )
+    .into_server()
+    .max_decoding_message_size(limits.max_request_bytes as usize);
     let stop = serve_stop.clone();
     let rpc_layer = worker_metrics.rpc.layer();
+    let size_layer = crate::limits::RequestSizeLayer {
+        max: limits.max_request_bytes,
+    };
+    let incoming = crate::limits::limited(listener, limits.connections_per_worker);
     let mut server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .layer(rpc_layer)
+            .layer(size_layer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
@@ -172,7 +190,7 @@ pub async fn run_with_metrics(
             .add_service(health_server)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+            .serve_with_incoming_shutdown(incoming, stop.cancelled())
             .await
     });
     tracing::info!(worker = %identity.worker_id, addr = %identity.addr, host = %identity.host, masters = ?opts.masters, "worker serving");

@@ -2,30 +2,56 @@
 //! active master through `MasterLink`, whose statuses are the answers (the master's domain errors
 //! pass through unchanged; UNAVAILABLE when no active master answered in time). Timelines are
 //! opened by `timeline::open`.
+//!
+//! Every call but `Login` starts with `Auth::caller` (the session token's user) and, where the
+//! request names a user, `acting_as`: a post's author, a follower, a timeline's owner are the
+//! token's user, never someone a request names. `Login` is proxied to the active master's
+//! `Authenticate`, which checks or sets the password and issues the token.
 
+use crate::auth::{Auth, acting_as};
+use crate::event::Post;
 use crate::hub::Hub;
 use crate::master_link::MasterLink;
 use crate::timeline::{self, TimelineStream};
 use chatfeed_proto::feed::feed_server::{Feed, FeedServer};
 use chatfeed_proto::feed::{
-    FollowReply, FollowRequest, ListReply, ListRequest, LoginReply, LoginRequest, PostReply,
-    PostRequest, TimelineRequest,
+    self as fpb, FollowReply, FollowRequest, HistoryReply, HistoryRequest, ListReply, ListRequest,
+    LoginReply, LoginRequest, PostReply, PostRequest, TimelineRequest,
 };
 use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
+
+/// History pages: the latest 20 without `after_seq`, at most the master's largest page.
+const HISTORY_DEFAULT: u32 = timeline::LATEST;
+const HISTORY_MAX: u32 = timeline::PAGE;
 
 pub struct FeedService {
     link: Arc<MasterLink>,
     hub: Arc<Hub>,
     streams: TaskTracker,
+    auth: Arc<Auth>,
+    streams_per_user: usize,
 }
 
 impl FeedService {
-    /// `streams` tracks the timeline streams' tasks, so that shutdown can wait for their last item.
-    pub fn new(link: Arc<MasterLink>, hub: Arc<Hub>, streams: TaskTracker) -> Self {
-        FeedService { link, hub, streams }
+    /// `streams` tracks the timeline streams' tasks, so that shutdown can wait for their last
+    /// item; `auth` checks session tokens; a user holds at most `streams_per_user` streams here.
+    pub fn new(
+        link: Arc<MasterLink>,
+        hub: Arc<Hub>,
+        streams: TaskTracker,
+        auth: Arc<Auth>,
+        streams_per_user: usize,
+    ) -> Self {
+        FeedService {
+            link,
+            hub,
+            streams,
+            auth,
+            streams_per_user,
+        }
     }
 
     pub fn into_server(self) -> FeedServer<Self> {
@@ -36,27 +62,27 @@ impl FeedService {
 #[tonic::async_trait]
 impl Feed for FeedService {
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
-        let name = req.into_inner().user;
-        match self
+        crate::limits::check_connection(&req)?;
+        let r = req.into_inner();
+        let reply = self
             .link
-            .write(Command::CreateUser(pb::CreateUser { name }))
-            .await
-        {
-            Ok(_) => Ok(Response::new(LoginReply { created: true })),
-            // The user exists already: logging in again is fine.
-            Err(s) if s.code() == Code::AlreadyExists => {
-                Ok(Response::new(LoginReply { created: false }))
-            }
-            Err(s) => Err(s),
-        }
+            .authenticate(r.user, r.password, r.probe)
+            .await?;
+        Ok(Response::new(LoginReply {
+            created: reply.created,
+            token: reply.token,
+            expires_at_ms: reply.expires_at_ms,
+            has_password: reply.has_password,
+        }))
     }
 
     async fn follow(&self, req: Request<FollowRequest>) -> Result<Response<FollowReply>, Status> {
+        let caller = self.auth.caller(&req)?;
         let r = req.into_inner();
         let reply = self
             .link
             .write(Command::Follow(pb::Follow {
-                follower: r.user,
+                follower: acting_as(caller, &r.user)?,
                 followee: r.target,
             }))
             .await?;
@@ -64,11 +90,12 @@ impl Feed for FeedService {
     }
 
     async fn unfollow(&self, req: Request<FollowRequest>) -> Result<Response<FollowReply>, Status> {
+        let caller = self.auth.caller(&req)?;
         let r = req.into_inner();
         let reply = self
             .link
             .write(Command::Unfollow(pb::Unfollow {
-                follower: r.user,
+                follower: acting_as(caller, &r.user)?,
                 followee: r.target,
             }))
             .await?;
@@ -76,7 +103,8 @@ impl Feed for FeedService {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        let user = req.into_inner().user;
+        let caller = self.auth.caller(&req)?;
+        let user = acting_as(caller, &req.into_inner().user)?;
         // Following first: it answers NOT_FOUND for an unknown user.
         let following = self.link.list_users(Some(user)).await?;
         let users = self.link.list_users(None).await?;
@@ -84,7 +112,9 @@ impl Feed for FeedService {
     }
 
     async fn post(&self, req: Request<PostRequest>) -> Result<Response<PostReply>, Status> {
+        let caller = self.auth.caller(&req)?;
         let r = req.into_inner();
+        let author = acting_as(caller, &r.user)?;
         if r.client_post_id.is_empty() {
             return Err(Status::invalid_argument(
                 "a post needs a client post id (chosen by the client, reused on every retry of \
@@ -95,7 +125,7 @@ impl Feed for FeedService {
         let reply = self
             .link
             .write(Command::Post(pb::Post {
-                author: r.user,
+                author,
                 text: r.text,
                 client_post_id: r.client_post_id,
             }))
@@ -113,15 +143,39 @@ impl Feed for FeedService {
         &self,
         req: Request<TimelineRequest>,
     ) -> Result<Response<Self::TimelineStream>, Status> {
+        let caller = self.auth.caller(&req)?;
         let r = req.into_inner();
+        let user = acting_as(caller, &r.user)?;
         let stream = timeline::open(
             self.link.clone(),
             self.hub.clone(),
             &self.streams,
-            r.user,
+            user,
             r.after_seq,
+            self.streams_per_user,
         )
         .await?;
         Ok(Response::new(stream))
+    }
+
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryReply>, Status> {
+        let user = self.auth.caller(&req)?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => HISTORY_DEFAULT,
+            n => n.min(HISTORY_MAX),
+        };
+        let page = self.link.timeline(&user, r.after_seq, limit).await?;
+        Ok(Response::new(HistoryReply {
+            posts: page
+                .posts
+                .into_iter()
+                .map(|p| fpb::Post::from(&Post::from(p)))
+                .collect(),
+            last_seq: page.last_seq,
+        }))
     }
 }

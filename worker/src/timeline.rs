@@ -59,6 +59,7 @@ pub async fn open(
     tracker: &TaskTracker,
     user: String,
     after_seq: Option<u64>,
+    streams_per_user: usize,
 ) -> Result<TimelineStream, Status> {
     if !hub.wait_ready(link.timing().deadline).await {
         return Err(Status::unavailable(
@@ -66,7 +67,7 @@ pub async fn open(
         ));
     }
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    let sub = hub.register(&user, tx.clone())?;
+    let sub = hub.register(&user, tx.clone(), streams_per_user)?;
     let guard = Unregister {
         hub: hub.clone(),
         id: sub.id,

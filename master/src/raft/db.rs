@@ -88,6 +88,7 @@ pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<PathBuf, D
     }
     conn.execute_batch(RAFT_SCHEMA).map_err(corrupt)?;
     conn.execute_batch(crate::feed::SCHEMA).map_err(corrupt)?;
+    crate::feed::migrate(&conn).map_err(corrupt)?;
     let version: Option<i64> = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .optional()

@@ -53,7 +53,10 @@ fn post(author: &str, text: &str, id: &str) -> Command {
 }
 
 fn user(name: &str) -> Command {
-    Command::CreateUser { name: name.into() }
+    Command::CreateUser {
+        name: name.into(),
+        password_hash: None,
+    }
 }
 
 fn answers(replies: Vec<Reply>) -> Vec<Result<Applied, FeedError>> {

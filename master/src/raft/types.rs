@@ -86,8 +86,23 @@ impl From<RequestWire> for Request {
 /// A command of the replicated state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// A new user; with a password hash (argon2id PHC string) when created by a login. Entries
+    /// from before accounts carry none.
     CreateUser {
         name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_hash: Option<String>,
+    },
+    /// Sets the password hash of a user that has none (a user created before accounts, at its
+    /// first login since). Refused when the user has one: the first login wins.
+    SetPassword {
+        name: String,
+        password_hash: String,
+    },
+    /// The key that signs session tokens (hex), applied only when none is stored: every member
+    /// ends with the first one committed.
+    SetTokenKey {
+        key_hex: String,
     },
     Follow {
         follower: String,

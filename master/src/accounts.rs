@@ -1,0 +1,232 @@
+//! What the active master keeps for user accounts besides the replicated state: password hashing
+//! (argon2id, on blocking threads, a few at a time), the slow-down after wrong passwords (in
+//! memory: a fail-over starts every user's count afresh) and the token key once read.
+//!
+//! Passwords and hashes are never logged: the functions here take them by value, hand them to
+//! the blocking pool and return only a PHC string or a yes/no.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use chatfeed_common::config::Accounts as Settings;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tonic::Status;
+
+/// Users whose failures are remembered at once; past it, the ones whose delay ran out long ago
+/// are forgotten (a flood of made-up names cannot grow the map without bound).
+const MAX_TRACKED_USERS: usize = 100_000;
+
+/// Failed logins of one user.
+#[derive(Clone, Copy, Debug)]
+struct Failures {
+    count: u32,
+    /// The next attempt is not checked before this.
+    not_before: Instant,
+}
+
+/// The active master's account helpers (see the module doc).
+pub struct Accounts {
+    settings: Settings,
+    /// Bounds the password hashes computed at once: each takes `argon2_memory_kib` and a core
+    /// for tens of milliseconds, and a crowd logging in must not starve Raft's heartbeats or
+    /// use memory without bound.
+    hashing: Arc<Semaphore>,
+    failures: Mutex<HashMap<String, Failures>>,
+    key: Mutex<Option<Arc<Vec<u8>>>>,
+}
+
+impl Accounts {
+    pub fn new(settings: Settings) -> Accounts {
+        Accounts {
+            hashing: Arc::new(Semaphore::new(settings.max_concurrent_hashes as usize)),
+            settings,
+            failures: Mutex::default(),
+            key: Mutex::default(),
+        }
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.token_ttl_secs)
+    }
+
+    fn argon2(settings: &Settings) -> Result<Argon2<'static>, Status> {
+        let params = Params::new(
+            settings.argon2_memory_kib,
+            settings.argon2_iterations,
+            settings.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| Status::internal(format!("bad argon2 parameters: {e}")))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+
+    /// A salted argon2id PHC string of `password`.
+    pub async fn hash(&self, password: String) -> Result<String, Status> {
+        let settings = self.settings.clone();
+        self.blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Self::argon2(&settings)?
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| Status::internal(format!("cannot hash the password: {e}")))
+        })
+        .await
+    }
+
+    /// Whether `password` matches the PHC string `hash` (its own parameters and salt).
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, Status> {
+        let settings = self.settings.clone();
+        self.blocking(move || {
+            let parsed = PasswordHash::new(&hash)
+                .map_err(|e| Status::internal(format!("a stored password hash is unreadable: {e}")))?;
+            Ok(Self::argon2(&settings)?
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
+        })
+        .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let _turn = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the master is stopping"))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Status::internal(format!("password hashing failed: {e}")))?
+    }
+
+    /// How long an attempt for `user` must wait before it is checked (zero when it may go now).
+    pub fn wait_before_attempt(&self, user: &str, now: Instant) -> Duration {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures
+            .get(user)
+            .map(|f| f.not_before.saturating_duration_since(now))
+            .unwrap_or_default()
+    }
+
+    /// The delay after the `count`th failure in a row.
+    pub fn delay_after(&self, count: u32) -> Duration {
+        let s = &self.settings;
+        if count < s.failures_before_delay {
+            return Duration::ZERO;
+        }
+        let doublings = (count - s.failures_before_delay).min(30);
+        let ms = s
+            .failure_delay_ms
+            .saturating_mul(1u64 << doublings)
+            .min(s.failure_delay_max_ms);
+        Duration::from_millis(ms)
+    }
+
+    /// Records a wrong password for `user`; returns the delay the next attempt will wait.
+    pub fn failed(&self, user: &str, now: Instant) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_TRACKED_USERS && !failures.contains_key(user) {
+            let max = Duration::from_millis(self.settings.failure_delay_max_ms);
+            failures.retain(|_, f| now.saturating_duration_since(f.not_before) < max);
+        }
+        let count = failures.get(user).map(|f| f.count).unwrap_or(0) + 1;
+        let delay = self.delay_after(count);
+        failures.insert(
+            user.to_string(),
+            Failures {
+                count,
+                not_before: now + delay,
+            },
+        );
+        delay
+    }
+
+    /// A right password for `user`: its failures are forgotten.
+    pub fn succeeded(&self, user: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+    }
+
+    /// The token key, once known (it never changes once committed).
+    pub fn cached_key(&self) -> Option<Arc<Vec<u8>>> {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn cache_key(&self, key: Arc<Vec<u8>>) {
+        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+}
+
+/// Hex encoding of the token key (how it is stored).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string, if it is one.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> Settings {
+        Settings {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            failures_before_delay: 2,
+            failure_delay_ms: 100,
+            failure_delay_max_ms: 350,
+            ..Settings::default()
+        }
+    }
+
+    /// A hash verifies its own password only, and is a salted argon2id PHC string (two hashes
+    /// of one password differ).
+    #[tokio::test]
+    async fn hashes_verify_their_password_only() {
+        let a = Accounts::new(cheap());
+        let h = a.hash("correct horse".into()).await.unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(!h.contains("correct horse"));
+        assert!(a.verify("correct horse".into(), h.clone()).await.unwrap());
+        assert!(!a.verify("wrong horse".into(), h.clone()).await.unwrap());
+        assert_ne!(h, a.hash("correct horse".into()).await.unwrap());
+    }
+
+    /// Failures below the threshold cost nothing; then each one doubles the wait, up to the cap;
+    /// a success forgets them.
+    #[test]
+    fn failures_slow_down_then_reset() {
+        let a = Accounts::new(cheap());
+        let t = Instant::now();
+        assert_eq!(a.failed("u", t), Duration::ZERO);
+        assert_eq!(a.failed("u", t), Duration::from_millis(100));
+        assert_eq!(a.wait_before_attempt("u", t), Duration::from_millis(100));
+        assert_eq!(a.failed("u", t), Duration::from_millis(200));
+        assert_eq!(a.failed("u", t), Duration::from_millis(350));
+        assert_eq!(a.wait_before_attempt("other", t), Duration::ZERO);
+        a.succeeded("u");
+        assert_eq!(a.wait_before_attempt("u", t), Duration::ZERO);
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let k = vec![0u8, 1, 0xab, 0xff];
+        assert_eq!(from_hex(&to_hex(&k)).unwrap(), k);
+        assert!(from_hex("zz").is_none());
+    }
+}
