@@ -24,6 +24,8 @@ use tonic::Code;
 pub const PATIENCE: Duration = Duration::from_secs(30);
 /// The length of every post, in bytes (the 140-byte posts).
 pub const POST_BYTES: usize = 140;
+/// The password of every benchmark user.
+pub const PASSWORD: &str = "bench-password";
 /// Setup calls (logins, follows) in flight at once.
 pub const SETUP_CONCURRENCY: usize = 64;
 
@@ -99,7 +101,7 @@ impl Poster {
 
 /// A session of `user`, connected and logged in (which creates the user at first login).
 pub async fn login(masters: &[String], user: &str) -> Result<Arc<Session>> {
-    let s = Session::quiet(masters.to_vec(), user.into());
+    let s = Session::quiet(masters.to_vec(), user.into(), PASSWORD.into());
     s.connect(Some(PATIENCE))
         .await
         .map_err(|f| anyhow!("login of {user}: {f}"))?;

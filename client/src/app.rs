@@ -21,10 +21,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         .user
         .clone()
         .ok_or_else(|| Failure::Usage("--user NAME is required".into()))?;
+    let password = crate::password::password_for(&user)?;
     let Some(cmd) = &cli.command else {
-        return interactive::run(addrs, user).await;
+        return interactive::run(addrs, user, password).await;
     };
-    let session = Session::quiet(addrs, user);
+    let session = Session::quiet(addrs, user, password);
     let cancel = CancellationToken::new();
     // Ctrl-C ends a followed timeline normally (exit 0); any other command keeps the default
     // action (the process ends), so the handler is only installed for that one.

@@ -29,9 +29,12 @@ pub fn classify(code: Code) -> Class {
         | Code::FailedPrecondition
         | Code::OutOfRange
         | Code::PermissionDenied
-        | Code::Unauthenticated => Class::Answer,
+        | Code::Unauthenticated
+        // A limit (posts per second, streams per user, request size): the user must act. A
+        // full worker ("worker full") is the exception, retried by the session elsewhere.
+        | Code::ResourceExhausted => Class::Answer,
         // UNAVAILABLE, DEADLINE_EXCEEDED, transport errors (UNKNOWN, INTERNAL, CANCELLED),
-        // ABORTED, RESOURCE_EXHAUSTED and UNIMPLEMENTED (a process that does not serve the feed
+        // ABORTED and UNIMPLEMENTED (a process that does not serve the feed
         // yet): another worker, or the same one a little later, may do better.
         _ => Class::Retry,
     }
@@ -145,6 +148,7 @@ mod tests {
             Code::OutOfRange,
             Code::PermissionDenied,
             Code::Unauthenticated,
+            Code::ResourceExhausted,
         ] {
             assert_eq!(classify(c), Class::Answer, "{c:?}");
         }
@@ -155,7 +159,6 @@ mod tests {
             Code::Internal,
             Code::Cancelled,
             Code::Aborted,
-            Code::ResourceExhausted,
             Code::Unimplemented,
         ] {
             assert_eq!(classify(c), Class::Retry, "{c:?}");

@@ -21,6 +21,7 @@ pub mod interactive;
 pub mod master_link;
 pub mod masters;
 pub mod outage;
+pub mod password;
 pub mod post_id;
 pub mod retry;
 pub mod session;

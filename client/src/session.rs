@@ -1,6 +1,9 @@
 //! The client's connection to the cluster, used by every command: find the active master
 //! (`master_link`), ask it for a worker (`GetWorker`), connect to that worker and `Login` the user
-//! (which creates it at first login). A call that fails because a worker or master failed
+//! with its password (which creates it at first login) for a session token, which every later
+//! call carries (`authorization: Bearer`, added by `Bearer`). The token is kept for the session's
+//! life and reused on other workers; a call answered "session expired" logs in again. The
+//! password and the token live in memory only and are never printed or logged. A call that fails because a worker or master failed
 //! (UNAVAILABLE, DEADLINE_EXCEEDED, transport errors) drops that worker, goes back through the
 //! active master for another one (the failed one in `exclude_addrs`) and is retried after a
 //! backoff; a domain answer (INVALID_ARGUMENT, NOT_FOUND, …) is returned as it is. Concurrent users
@@ -10,6 +13,7 @@ use crate::failure::{Failure, describe, is_answer};
 use crate::master_link::{self, MasterError};
 use crate::outage::{Notice, Outage};
 use crate::retry::{Retrier, secs};
+use chatfeed_common::accounts::{AUTHORIZATION, SESSION_EXPIRED, WORKER_FULL, bearer};
 use chatfeed_proto::feed::LoginRequest;
 use chatfeed_proto::feed::feed_client::FeedClient;
 use chatfeed_proto::master::GetWorkerRequest;
@@ -17,8 +21,36 @@ use chatfeed_proto::master::master_client::MasterClient;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::Status;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Adds the session token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert(AUTHORIZATION, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A worker's client API, every call carrying the session token.
+pub type WorkerClient = FeedClient<InterceptedService<Channel, Bearer>>;
+
+/// Whether `status` says the session token expired (log in again and retry).
+pub fn is_expired(status: &Status) -> bool {
+    status.code() == Code::Unauthenticated && status.message().starts_with(SESSION_EXPIRED)
+}
+
+/// Whether `status` says the worker is over its connection limit (ask for another worker).
+pub fn is_worker_full(status: &Status) -> bool {
+    status.code() == Code::ResourceExhausted && status.message().starts_with(WORKER_FULL)
+}
 
 /// Connecting to a worker the master just named: it is live, so this is quick or it is dead.
 pub const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,7 +74,7 @@ pub type NoticeSink = Arc<dyn Fn(Notice) + Send + Sync>;
 pub struct Lease {
     pub addr: String,
     pub worker_id: String,
-    pub client: FeedClient<Channel>,
+    pub client: WorkerClient,
     /// Whether logging in created the user.
     pub created: bool,
     generation: u64,
@@ -64,6 +96,8 @@ struct Conn {
     hint: Option<String>,
     excluded: Vec<(String, Instant)>,
     generation: u64,
+    /// The session token (as metadata), once logged in.
+    token: Option<MetadataValue<Ascii>>,
 }
 
 impl Conn {
@@ -87,6 +121,7 @@ impl Conn {
 pub struct Session {
     masters: Vec<String>,
     user: String,
+    password: String,
     conn: tokio::sync::Mutex<Conn>,
     outage: Mutex<Outage>,
     notify: NoticeSink,
@@ -108,11 +143,13 @@ async fn connect_worker(addr: &str) -> Result<Channel, String> {
 }
 
 impl Session {
-    /// A session of `user` with the masters at `masters`; notices go to `notify`.
-    pub fn new(masters: Vec<String>, user: String, notify: NoticeSink) -> Self {
+    /// A session of `user` (logging in with `password`) with the masters at `masters`; notices
+    /// go to `notify`.
+    pub fn new(masters: Vec<String>, user: String, password: String, notify: NoticeSink) -> Self {
         Session {
             masters,
             user,
+            password,
             conn: tokio::sync::Mutex::new(Conn::default()),
             outage: Mutex::new(Outage::default()),
             notify,
@@ -121,8 +158,8 @@ impl Session {
 
     /// A session whose notices are dropped (scriptable commands: stderr is for the one failure
     /// line).
-    pub fn quiet(masters: Vec<String>, user: String) -> Self {
-        Self::new(masters, user, Arc::new(|_| {}))
+    pub fn quiet(masters: Vec<String>, user: String, password: String) -> Self {
+        Self::new(masters, user, password, Arc::new(|_| {}))
     }
 
     pub fn user(&self) -> &str {
@@ -218,25 +255,41 @@ impl Session {
                 return Err(no_worker(format!("did not accept a connection: {e}")));
             }
         };
-        let mut client = FeedClient::new(channel);
-        let login = LoginRequest {
-            user: self.user.clone(),
-        };
-        let created = match tokio::time::timeout(WORKER_CALL_TIMEOUT, client.login(login)).await {
-            Ok(Ok(r)) => r.into_inner().created,
-            Ok(Err(s)) if is_answer(&s) => return Err(CallError::Answer(s)),
-            Ok(Err(s)) => {
-                conn.exclude(&addr);
-                return Err(no_worker(format!("failed to log in: {}", describe(&s))));
-            }
-            Err(_) => {
-                conn.exclude(&addr);
-                return Err(no_worker(format!(
-                    "did not answer the login within {}",
-                    secs(WORKER_CALL_TIMEOUT)
-                )));
-            }
-        };
+        let mut created = false;
+        if conn.token.is_none() {
+            let mut client = FeedClient::new(channel.clone());
+            let login = LoginRequest {
+                user: self.user.clone(),
+                password: self.password.clone(),
+                probe: false,
+            };
+            let reply = match tokio::time::timeout(WORKER_CALL_TIMEOUT, client.login(login)).await
+            {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(s)) if is_worker_full(&s) => {
+                    conn.exclude(&addr);
+                    return Err(no_worker(describe(&s)));
+                }
+                Ok(Err(s)) if is_answer(&s) => return Err(CallError::Answer(s)),
+                Ok(Err(s)) => {
+                    conn.exclude(&addr);
+                    return Err(no_worker(format!("failed to log in: {}", describe(&s))));
+                }
+                Err(_) => {
+                    conn.exclude(&addr);
+                    return Err(no_worker(format!(
+                        "did not answer the login within {}",
+                        secs(WORKER_CALL_TIMEOUT)
+                    )));
+                }
+            };
+            created = reply.created;
+            let value = MetadataValue::try_from(bearer(&reply.token)).map_err(|_| {
+                CallError::Answer(Status::internal("the session token is not valid metadata"))
+            })?;
+            conn.token = Some(value);
+        }
+        let client = FeedClient::with_interceptor(channel, Bearer(conn.token.clone()));
         conn.generation += 1;
         let lease = Lease {
             addr: addr.clone(),
@@ -247,6 +300,29 @@ impl Session {
         };
         conn.worker = Some(lease.clone());
         Ok(lease)
+    }
+
+    /// Handles the answers that call for another attempt rather than a final answer: an expired
+    /// session (forget the token: the next lease logs in again) and a full worker (ask the
+    /// master for another one). Returns why, when the call should be retried.
+    pub async fn retry_reason(&self, lease: &Lease, status: &Status) -> Option<String> {
+        if is_expired(status) {
+            let mut conn = self.conn.lock().await;
+            conn.token = None;
+            if conn
+                .worker
+                .as_ref()
+                .is_some_and(|w| w.generation == lease.generation)
+            {
+                conn.worker = None;
+            }
+            return Some("the session expired; logging in again".into());
+        }
+        if is_worker_full(status) {
+            self.drop_worker(lease).await;
+            return Some(format!("worker {}: {}", lease.addr, status.message()));
+        }
+        None
     }
 
     /// `lease`'s worker failed: forget it (unless another caller already replaced it) and keep
@@ -281,13 +357,17 @@ impl Session {
     /// One attempt of `call` on the current (or a new) worker.
     async fn attempt<T, F, Fut>(&self, call: &mut F) -> Result<T, CallError>
     where
-        F: FnMut(FeedClient<Channel>) -> Fut,
+        F: FnMut(WorkerClient) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let lease = self.lease().await?;
         let failed =
             match tokio::time::timeout(WORKER_CALL_TIMEOUT, call(lease.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
+                Ok(Err(s)) if is_expired(&s) || is_worker_full(&s) => {
+                    let why = self.retry_reason(&lease, &s).await.unwrap_or_default();
+                    return Err(CallError::Retry(why));
+                }
                 Ok(Err(s)) if is_answer(&s) => return Err(CallError::Answer(s)),
                 Ok(Err(s)) => format!("worker {} failed: {}", lease.addr, describe(&s)),
                 Err(_) => format!(
@@ -309,7 +389,7 @@ impl Session {
         mut call: F,
     ) -> Result<T, Failure>
     where
-        F: FnMut(FeedClient<Channel>) -> Fut,
+        F: FnMut(WorkerClient) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut r = self.retrier(patience, Some(Instant::now()));

@@ -1,5 +1,5 @@
-//! A user's timeline: the one-shot read (`timeline` without `--follow`: a linearizable read on
-//! the active master, which says exactly where the timeline ends) and the live stream from a
+//! A user's timeline: the one-shot read (`timeline` without `--follow`: a worker's `History`,
+//! a linearizable read on the active master, which says exactly where the timeline ends) and the live stream from a
 //! worker (`--follow`, the interactive TIMELINE), which survives worker deaths, master
 //! fail-overs and moves by resuming after the last post shown (`cursor`).
 
@@ -7,9 +7,8 @@ use crate::cursor::Cursor;
 use crate::failure::{Failure, describe, is_answer};
 use crate::format::PostView;
 use crate::session::{CallError, Session, WORKER_CALL_TIMEOUT};
-use chatfeed_proto::feed::TimelineRequest;
 use chatfeed_proto::feed::timeline_item::Item;
-use chatfeed_proto::master;
+use chatfeed_proto::feed::{HistoryRequest, TimelineRequest};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -49,15 +48,14 @@ pub async fn read_once(
     let limit = if paged { PAGE } else { LATEST };
     let mut end: Option<u64> = None;
     loop {
-        let req = master::TimelineRequest {
-            user: session.user().to_string(),
+        let req = HistoryRequest {
             after_seq: cursor.after_seq(),
             limit,
         };
         let reply = session
-            .call_master(patience, |mut m| {
+            .call(patience, |mut w| {
                 let req = req.clone();
-                async move { m.timeline(req).await.map(tonic::Response::into_inner) }
+                async move { w.history(req).await.map(tonic::Response::into_inner) }
             })
             .await?;
         // The first read fixes where this timeline ends: later pages do not chase new posts.
@@ -124,6 +122,12 @@ pub async fn stream(
                 .await?;
             let mut items = match opened {
                 Ok(Ok(resp)) => resp.into_inner(),
+                Ok(Err(s)) if session.retry_reason(&lease, &s).await.is_some() => {
+                    let why = format!("worker {}: {}", lease.addr, describe(&s));
+                    failed(&why);
+                    r.failed(why, true).await?;
+                    continue;
+                }
                 Ok(Err(s)) if is_answer(&s) => return Err(Failure::Refused(s)),
                 Ok(Err(s)) => {
                     session.drop_worker(&lease).await;
@@ -161,6 +165,9 @@ pub async fn stream(
                         None => {}
                     },
                     Ok(None) => break (format!("worker {} ended the stream", lease.addr), true),
+                    Err(s) if session.retry_reason(&lease, &s).await.is_some() => {
+                        break (format!("worker {}: {}", lease.addr, describe(&s)), true);
+                    }
                     Err(s) if is_answer(&s) => return Err(Failure::Refused(s)),
                     Err(s) => break (format!("worker {}: {}", lease.addr, describe(&s)), true),
                 }

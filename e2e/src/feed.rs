@@ -138,6 +138,8 @@ pub trait Clients {
     /// A `chatfeed --master <masters> [--user U] <args>` command, ready to run.
     fn chatfeed(&self, user: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("chatfeed"));
+        // Every user of the tests logs in with the same password, given as scripts give it.
+        cmd.env("CHATFEED_PASSWORD", crate::PASSWORD);
         cmd.arg("--master").arg(self.masters_arg());
         if let Some(u) = user {
             cmd.arg("--user").arg(u);

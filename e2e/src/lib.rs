@@ -6,6 +6,10 @@
 //! clients recording a `history`, a seeded `nemesis`, the `checker` of the history, and the
 //! `scenario` that runs them together (the bounded tests and `make soak`).
 
+/// The password every user of the tests logs in with (the client gets it from
+/// `CHATFEED_PASSWORD`, as scripts give it).
+pub const PASSWORD: &str = "e2e-test-password";
+
 pub mod checker;
 pub mod cluster;
 pub mod delay;

@@ -437,7 +437,7 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
         // One post per author after recovery: every stream must deliver those of its timeline.
         let mut probes: Vec<(String, u64)> = Vec::new();
         for a in &graph.authors {
-            let session = Session::quiet(masters.clone(), a.clone());
+            let session = Session::quiet(masters.clone(), a.clone(), crate::PASSWORD.into());
             let id = format!("{a}-after-recovery");
             let text = format!("{id} (seed {})", sc.seed);
             match workload::post_resolved(&session, &rec, id, text, true).await {

@@ -97,13 +97,13 @@ impl Graph {
 /// ambiguous failure may find itself done already ("already follows"): that counts.
 pub async fn setup(masters: &[String], graph: &Graph) -> Result<(), String> {
     for user in graph.users() {
-        Session::quiet(masters.to_vec(), user.clone())
+        Session::quiet(masters.to_vec(), user.clone(), crate::PASSWORD.into())
             .connect(Some(SETUP_PATIENCE))
             .await
             .map_err(|f| format!("logging in {user}: {f}"))?;
     }
     for (follower, authors) in &graph.followers {
-        let session = Session::quiet(masters.to_vec(), follower.clone());
+        let session = Session::quiet(masters.to_vec(), follower.clone(), crate::PASSWORD.into());
         for a in authors {
             let req = FollowRequest {
                 user: follower.clone(),
@@ -226,7 +226,7 @@ pub fn spawn_posters(
         .iter()
         .enumerate()
         .map(|(i, author)| {
-            let session = Session::quiet(masters.to_vec(), author.clone());
+            let session = Session::quiet(masters.to_vec(), author.clone(), crate::PASSWORD.into());
             let rec = rec.clone();
             let stop = stop.clone();
             let author = author.clone();
@@ -349,7 +349,7 @@ pub fn spawn_library_stream(
             }
         })
     };
-    let session = Session::new(masters.to_vec(), user.to_string(), notify);
+    let session = Session::new(masters.to_vec(), user.to_string(), crate::PASSWORD.into(), notify);
     let rec = rec.clone();
     let cancel = cancel.clone();
     tokio::spawn(async move {
@@ -512,7 +512,7 @@ pub async fn read_timelines(
 ) -> Result<BTreeMap<String, Vec<pb::PostEvent>>, String> {
     let mut all = BTreeMap::new();
     for user in users {
-        let session = Session::quiet(masters.to_vec(), user.clone());
+        let session = Session::quiet(masters.to_vec(), user.clone(), crate::PASSWORD.into());
         let mut posts: Vec<pb::PostEvent> = Vec::new();
         let mut end: Option<u64> = None;
         loop {

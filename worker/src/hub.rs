@@ -190,7 +190,8 @@ impl Hub {
         }
         if st.subs.len() >= MAX_STREAMS {
             return Err(Status::resource_exhausted(format!(
-                "this worker already serves {MAX_STREAMS} timeline streams; ask the master for another worker"
+                "{} ({MAX_STREAMS} timeline streams): reconnect through the master, which assigns another worker",
+                chatfeed_common::accounts::WORKER_FULL
             )));
         }
         if st.by_user.get(user).map_or(0, |s| s.len()) >= per_user {

@@ -106,7 +106,27 @@ impl Feed for FakeWorker {
             .unwrap()
             .users
             .insert(req.into_inner().user);
-        Ok(Response::new(feed::LoginReply { created }))
+        Ok(Response::new(feed::LoginReply {
+            created,
+            token: "fake-token".into(),
+            expires_at_ms: i64::MAX,
+            has_password: true,
+        }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<feed::HistoryRequest>,
+    ) -> Result<Response<feed::HistoryReply>, Status> {
+        let r = req.into_inner();
+        let s = self.store.lock().unwrap();
+        let limit = if r.limit == 0 { 20 } else { r.limit as usize };
+        let mut posts = s.after(r.after_seq, limit);
+        posts.truncate(limit);
+        Ok(Response::new(feed::HistoryReply {
+            posts,
+            last_seq: s.seq,
+        }))
     }
 
     async fn follow(
@@ -324,6 +344,13 @@ impl Master for FakeMaster {
             last_seq: s.seq,
             following: vec![],
         }))
+    }
+
+    async fn authenticate(
+        &self,
+        _: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateReply>, Status> {
+        Err(Status::unimplemented("fake"))
     }
 
     type WatchStream = ReceiverStream<Result<pb::Event, Status>>;

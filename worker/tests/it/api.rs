@@ -9,33 +9,23 @@ use tonic::Code;
 /// Login creates a user once (created, then not); follow, unfollow, list and post work, and each
 /// refused request carries its own code: self-follow INVALID_ARGUMENT, unknown user NOT_FOUND,
 /// duplicate follow ALREADY_EXISTS, unfollowing someone not followed FAILED_PRECONDITION, empty or
-/// over-long post and empty client post id INVALID_ARGUMENT. A retried post with the same client
-/// post id commits once and returns the original seq.
+/// over-long post and empty client post id INVALID_ARGUMENT, a request naming another user than
+/// the token's PERMISSION_DENIED. A retried post with the same client post id commits once and
+/// returns the original seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn calls_and_their_errors() {
     let cluster = TestCluster::start(|_| {}).await;
     let worker = TestWorker::start(&cluster, |_| {}).await;
     let mut c = worker.client().await;
 
-    let created = c
-        .login(feed::LoginRequest {
-            user: "alice".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(created.created);
-    let again = c
-        .login(feed::LoginRequest {
-            user: "alice".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!again.created, "a second login finds the user");
+    assert!(login(&mut c, "alice").await);
+    assert!(!login(&mut c, "alice").await, "a second login finds the user");
     let bad = c
+        .anonymous()
         .login(feed::LoginRequest {
             user: "no spaces!".into(),
+            password: PASSWORD.into(),
+            probe: false,
         })
         .await
         .unwrap_err();
@@ -49,20 +39,21 @@ async fn calls_and_their_errors() {
         user: user.into(),
         target: target.into(),
     };
-    let e = c.follow(req("alice", "alice")).await.unwrap_err();
+    let e = c.as_("alice").follow(req("alice", "alice")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("yourself"), "{e:?}");
-    let e = c.follow(req("alice", "nobody")).await.unwrap_err();
+    let e = c.as_("alice").follow(req("alice", "nobody")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("nobody"), "{e:?}");
-    let e = c.follow(req("alice", "bob")).await.unwrap_err();
+    let e = c.as_("alice").follow(req("alice", "bob")).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
-    let e = c.unfollow(req("alice", "carol")).await.unwrap_err();
+    let e = c.as_("alice").unfollow(req("alice", "carol")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let e = c.follow(req("ghost", "bob")).await.unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = c.as_("alice").follow(req("ghost", "bob")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     let list = c
+        .as_("alice")
         .list(feed::ListRequest {
             user: "alice".into(),
         })
@@ -72,14 +63,16 @@ async fn calls_and_their_errors() {
     assert_eq!(list.users, vec!["alice", "bob", "carol"]);
     assert_eq!(list.following, vec!["bob"]);
     let e = c
+        .as_("alice")
         .list(feed::ListRequest {
             user: "ghost".into(),
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     unfollow(&mut c, "alice", "bob").await;
     let list = c
+        .as_("alice")
         .list(feed::ListRequest {
             user: "alice".into(),
         })
@@ -88,27 +81,29 @@ async fn calls_and_their_errors() {
         .into_inner();
     assert!(list.following.is_empty());
 
-    let e = c.post(post_req("alice", "", "p0")).await.unwrap_err();
+    let e = c.as_("alice").post(post_req("alice", "", "p0")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = c.post(post_req("alice", "   ", "p0")).await.unwrap_err();
+    let e = c.as_("alice").post(post_req("alice", "   ", "p0")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let long = "x".repeat(281);
-    let e = c.post(post_req("alice", &long, "p0")).await.unwrap_err();
+    let e = c.as_("alice").post(post_req("alice", &long, "p0")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("280"), "{e:?}");
-    let e = c.post(post_req("alice", "hello", "")).await.unwrap_err();
+    let e = c.as_("alice").post(post_req("alice", "hello", "")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = c.post(post_req("ghost", "hello", "g1")).await.unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = c.as_("alice").post(post_req("ghost", "hello", "g1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     let full = "é".repeat(280);
     let first = c
+        .as_("alice")
         .post(post_req("alice", &full, "p1"))
         .await
         .unwrap()
         .into_inner();
     assert!(!first.duplicate && first.seq > seq && first.ts_ms > 0);
     let retry = c
+        .as_("alice")
         .post(post_req("alice", &full, "p1"))
         .await
         .unwrap()
@@ -137,11 +132,12 @@ async fn no_master_means_unavailable() {
         cluster.stop_member(id).await;
     }
     let started = std::time::Instant::now();
-    let e = c.post(post_req("alice", "hello", "p1")).await.unwrap_err();
+    let e = c.as_("alice").post(post_req("alice", "hello", "p1")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("no active master"), "{e:?}");
     assert!(started.elapsed() < DEADLINE);
     let e = c
+        .as_("alice")
         .timeline(feed::TimelineRequest {
             user: "alice".into(),
             after_seq: None,

@@ -46,14 +46,11 @@ async fn no_gap_no_duplicate_across_reopens() {
         let (target_tx, mut target_rx) = watch::channel(None::<u64>);
         targets.insert(r, target_tx);
         let addrs = addrs.clone();
+        let key = cluster.masters().join(",");
         reader_tasks.push(tokio::spawn(async move {
             let mut clients = Vec::new();
             for a in &addrs {
-                clients.push(
-                    chatfeed_proto::feed::feed_client::FeedClient::connect(format!("http://{a}"))
-                        .await
-                        .unwrap(),
-                );
+                clients.push(TestClient::connect_keyed(key.clone(), a).await);
             }
             let mut seen: Vec<Seen> = Vec::new();
             let mut last: Option<u64> = None;
@@ -114,9 +111,9 @@ async fn no_gap_no_duplicate_across_reopens() {
                 target: "w2".into(),
             };
             let res = if toggles % 2 == 0 {
-                tc.follow(req).await
+                tc.as_("r1").follow(req).await
             } else {
-                tc.unfollow(req).await
+                tc.as_("r1").unfollow(req).await
             };
             match res {
                 Ok(_) => {}

@@ -12,13 +12,90 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub use chatfeed_master::testing::{DEADLINE, TestCluster};
+
+/// The password of every test user.
+pub const PASSWORD: &str = "worker-test-password";
+
+/// Session tokens by (cluster, user), shared by every client of a test's cluster (the clusters
+/// of tests running at once have different ports, so different keys here).
+fn tokens() -> &'static Mutex<HashMap<(String, String), String>> {
+    static T: std::sync::OnceLock<Mutex<HashMap<(String, String), String>>> =
+        std::sync::OnceLock::new();
+    T.get_or_init(Mutex::default)
+}
+
+/// Adds the current user's token to every call.
+#[derive(Clone, Default)]
+pub struct TestAuth(Arc<Mutex<Option<MetadataValue<Ascii>>>>);
+
+impl tonic::service::Interceptor for TestAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = self.0.lock().unwrap().clone() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+/// A worker client whose calls carry the session token of the user named by `as_`.
+pub struct TestClient {
+    inner: FeedClient<InterceptedService<Channel, TestAuth>>,
+    auth: TestAuth,
+    cluster: String,
+}
+
+impl TestClient {
+    /// A client of the worker at `addr` of `cluster`.
+    pub async fn connect(cluster: &TestCluster, addr: &str) -> TestClient {
+        Self::connect_keyed(cluster.masters().join(","), addr).await
+    }
+
+    /// A client of the worker at `addr` of the cluster whose masters are `cluster_key`
+    /// (`masters().join(",")`).
+    pub async fn connect_keyed(cluster_key: String, addr: &str) -> TestClient {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let auth = TestAuth::default();
+        TestClient {
+            inner: FeedClient::with_interceptor(channel, auth.clone()),
+            auth,
+            cluster: cluster_key,
+        }
+    }
+
+    /// The client, calling as `user` (logged in before with `login`) from now on.
+    pub fn as_(&mut self, user: &str) -> &mut FeedClient<InterceptedService<Channel, TestAuth>> {
+        let token = tokens()
+            .lock()
+            .unwrap()
+            .get(&(self.cluster.clone(), user.to_string()))
+            .cloned();
+        *self.auth.0.lock().unwrap() =
+            token.map(|t| MetadataValue::try_from(format!("Bearer {t}")).unwrap());
+        &mut self.inner
+    }
+
+    /// The client without a token (logins, and tests of refusals).
+    pub fn anonymous(&mut self) -> &mut FeedClient<InterceptedService<Channel, TestAuth>> {
+        *self.auth.0.lock().unwrap() = None;
+        &mut self.inner
+    }
+}
 
 /// A worker hosted in the test process.
 pub struct TestWorker {
     pub addr: String,
+    cluster: String,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -35,15 +112,14 @@ impl TestWorker {
         let handle = tokio::spawn(chatfeed_worker::run(opts, listener, shutdown.clone()));
         TestWorker {
             addr,
+            cluster: cluster.masters().join(","),
             shutdown,
             handle,
         }
     }
 
-    pub async fn client(&self) -> FeedClient<Channel> {
-        FeedClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+    pub async fn client(&self) -> TestClient {
+        TestClient::connect_keyed(self.cluster.clone(), &self.addr).await
     }
 
     /// Stops the worker gracefully; returns what `run` returned.
@@ -72,14 +148,29 @@ where
     }
 }
 
-pub async fn login(c: &mut FeedClient<Channel>, user: &str) {
-    c.login(feed::LoginRequest { user: user.into() })
+/// Logs `user` in with `PASSWORD` (creating it the first time); later calls as `user` carry
+/// its token. Returns whether the login created the user.
+pub async fn login(c: &mut TestClient, user: &str) -> bool {
+    let reply = c
+        .anonymous()
+        .login(feed::LoginRequest {
+            user: user.into(),
+            password: PASSWORD.into(),
+            probe: false,
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    tokens()
+        .lock()
+        .unwrap()
+        .insert((c.cluster.clone(), user.to_string()), reply.token);
+    c.as_(user);
+    reply.created
 }
 
-pub async fn follow(c: &mut FeedClient<Channel>, user: &str, target: &str) -> u64 {
-    c.follow(feed::FollowRequest {
+pub async fn follow(c: &mut TestClient, user: &str, target: &str) -> u64 {
+    c.as_(user).follow(feed::FollowRequest {
         user: user.into(),
         target: target.into(),
     })
@@ -89,8 +180,8 @@ pub async fn follow(c: &mut FeedClient<Channel>, user: &str, target: &str) -> u6
     .seq
 }
 
-pub async fn unfollow(c: &mut FeedClient<Channel>, user: &str, target: &str) -> u64 {
-    c.unfollow(feed::FollowRequest {
+pub async fn unfollow(c: &mut TestClient, user: &str, target: &str) -> u64 {
+    c.as_(user).unfollow(feed::FollowRequest {
         user: user.into(),
         target: target.into(),
     })
@@ -109,9 +200,9 @@ pub fn post_req(user: &str, text: &str, id: &str) -> feed::PostRequest {
 }
 
 /// Posts `text` as `user` (a fresh client post id); returns the seq.
-pub async fn post(c: &mut FeedClient<Channel>, user: &str, text: &str) -> u64 {
+pub async fn post(c: &mut TestClient, user: &str, text: &str) -> u64 {
     let id = format!("{user}-{}", rand_id());
-    c.post(post_req(user, text, &id))
+    c.as_(user).post(post_req(user, text, &id))
         .await
         .unwrap()
         .into_inner()
@@ -129,11 +220,11 @@ pub fn rand_id() -> String {
 }
 
 pub async fn open(
-    c: &mut FeedClient<Channel>,
+    c: &mut TestClient,
     user: &str,
     after_seq: Option<u64>,
 ) -> Streaming<feed::TimelineItem> {
-    c.timeline(feed::TimelineRequest {
+    c.as_(user).timeline(feed::TimelineRequest {
         user: user.into(),
         after_seq,
     })

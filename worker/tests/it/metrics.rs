@@ -36,9 +36,7 @@ async fn worker_metrics_move_with_deliveries() {
     ));
     cluster.wait_registered(&addr).await;
 
-    let mut c = chatfeed_proto::feed::feed_client::FeedClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut c = TestClient::connect(&cluster, &addr).await;
     login(&mut c, "mo").await;
     let mut s = open(&mut c, "mo", None).await;
     // Once the warm-up post arrived, the stream's history read is behind us: later posts can
@@ -54,7 +52,7 @@ async fn worker_metrics_move_with_deliveries() {
         seqs.push(post(&mut c, "mo", &format!("live {i}")).await);
     }
     assert_eq!(next_seqs(&mut s, 3).await, seqs);
-    let refused = c.post(post_req("mo", "", "empty")).await.unwrap_err();
+    let refused = c.as_("mo").post(post_req("mo", "", "empty")).await.unwrap_err();
     let after = parse_metrics(&scrape(metrics_addr).await).unwrap();
     for series in [
         "chatfeed_worker_deliveries_total",

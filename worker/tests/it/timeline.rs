@@ -61,7 +61,7 @@ async fn follows_decide_what_is_shown() {
 
 /// Opened without `after_seq`, a stream shows the latest 20 posts, oldest first, then new ones;
 /// with `after_seq` it shows exactly the posts after it, then new ones; resumed at its last seq it
-/// shows nothing old. An unknown user's timeline is NOT_FOUND.
+/// shows nothing old. Another user's timeline is PERMISSION_DENIED (the token names the user).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn latest_twenty_and_resume() {
     let cluster = TestCluster::start(|_| {}).await;
@@ -88,14 +88,16 @@ async fn latest_twenty_and_resume() {
     let last = post(&mut c, "dave", "the only new one").await;
     assert_eq!(next_post(&mut tail).await.seq, last);
 
+    // Another user's timeline cannot be opened with dave's token.
     let e = c
+        .as_("dave")
         .timeline(chatfeed_proto::feed::TimelineRequest {
             user: "ghost".into(),
             after_seq: None,
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     worker.stop().await.unwrap();
     cluster.shutdown().await;
