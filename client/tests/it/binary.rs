@@ -28,6 +28,7 @@ async fn chatfeed(args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatfeed"))
         .args(args)
         .env_remove("CHATFEED_MASTER")
+        .env("CHATFEED_PASSWORD", "client-test-password")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

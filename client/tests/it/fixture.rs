@@ -20,6 +20,7 @@ pub fn chatfeed(args: &[&str], limit: Duration) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatfeed"))
         .args(args)
         .env_remove("CHATFEED_MASTER")
+        .env("CHATFEED_PASSWORD", "client-test-password")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -178,3 +178,18 @@ fn follow_that_never_opened_fails() {
     );
     assert!(run.took < Duration::from_secs(20), "took {:?}", run.took);
 }
+
+/// Without CHATFEED_PASSWORD and with no terminal to ask on, the client refuses at once with a
+/// usage error (exit 2) that says how to give the password; it never takes one as an argument.
+#[test]
+fn no_password_without_a_terminal_is_a_usage_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatfeed"))
+        .args(["--master", "127.0.0.1:1", "--user", "alice", "list"])
+        .env_remove("CHATFEED_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chatfeed");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CHATFEED_PASSWORD"), "{err}");
+}

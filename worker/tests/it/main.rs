@@ -3,6 +3,7 @@
 //! writes (`boundary`), and the worker's life with the masters: registration, fail-over, shedding,
 //! graceful stop, respawn requests (`control`); and real worker processes (`process`).
 
+mod accounts;
 mod api;
 mod boundary;
 mod control;
