@@ -14,6 +14,8 @@
 # Needs root, iproute2 and perl; no iptables. A trap kills every process in the namespaces and
 # removes the namespaces, veths, bridge and temporary directory (kept with KEEP=1 or on failure).
 set -euo pipefail
+# Every client of the walkthrough logs in with this password (README: scripting with CHATFEED_PASSWORD).
+export CHATFEED_PASSWORD="${CHATFEED_PASSWORD:-walkthrough-password}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src_bin="${CHATFEED_BIN_DIR:-$repo/target/release}"
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 2; }

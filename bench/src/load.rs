@@ -10,8 +10,7 @@ use chatfeed_client::cursor::Cursor;
 use chatfeed_client::failure::Failure;
 use chatfeed_client::session::Session;
 use chatfeed_client::timeline::{self, Until};
-use chatfeed_proto::feed::{FollowRequest, PostRequest};
-use chatfeed_proto::master as pb;
+use chatfeed_proto::feed::{FollowRequest, HistoryRequest, PostRequest};
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,20 +153,21 @@ where
     Ok(out)
 }
 
-/// The whole timeline of `user` (a linearizable read on the active master, in pages).
-pub async fn read_timeline(session: &Session, user: &str) -> Result<Vec<StoredPost>> {
+/// The whole timeline of the session's user (`Feed.History`: a linearizable read on the active
+/// master, in pages). A post's client post id is the first word of its text (`post_text`).
+pub async fn read_timeline(session: &Session) -> Result<Vec<StoredPost>> {
+    let user = session.user().to_string();
     let mut out: Vec<StoredPost> = Vec::new();
     let mut after = 0u64;
     loop {
-        let req = pb::TimelineRequest {
-            user: user.into(),
+        let req = HistoryRequest {
             after_seq: Some(after),
             limit: timeline::PAGE,
         };
         let reply = session
-            .call_master(Some(PATIENCE), |mut m| {
+            .call(Some(PATIENCE), |mut w| {
                 let req = req.clone();
-                async move { m.timeline(req).await.map(tonic::Response::into_inner) }
+                async move { w.history(req).await.map(tonic::Response::into_inner) }
             })
             .await
             .map_err(|f| anyhow!("reading {user}'s timeline: {f}"))?;
@@ -177,7 +177,7 @@ pub async fn read_timeline(session: &Session, user: &str) -> Result<Vec<StoredPo
             out.push(StoredPost {
                 seq: p.seq,
                 author: p.author,
-                client_post_id: p.client_post_id,
+                client_post_id: p.text.split(' ').next().unwrap_or_default().to_string(),
                 text: p.text,
             });
         }

@@ -83,9 +83,8 @@ async fn with_progress<T>(
 
 /// Reads back each poster's own timeline and checks it holds exactly its acknowledged posts.
 async fn verify_posters(posters: &[Arc<Poster>], acked: &HashMap<String, Vec<Sent>>) -> Result<()> {
-    let reader = posters.first().context("no poster")?.session.clone();
     for p in posters {
-        let tl = load::read_timeline(&reader, &p.user).await?;
+        let tl = load::read_timeline(&p.session).await?;
         let mine: Vec<_> = acked
             .get(&p.user)
             .map(|v| v.iter().map(|s| s.post.clone()).collect())

@@ -37,6 +37,12 @@ pub fn raft_table(text: &str) -> String {
     out
 }
 
+/// The bench's own `[limits]`: each throughput client is one user posting in a closed loop as fast
+/// as the cluster answers, above the product's 50 posts/s per user; the figures measure the
+/// cluster's capacity, not the per-user limit (which `worker/tests/it/accounts.rs` checks). Every
+/// other limit keeps its default.
+pub const BENCH_LIMITS: &str = "[limits]\nposts_per_sec = 1000000\npost_burst = 1000000\n";
+
 impl Target {
     /// Starts a local cluster: three masters (MasterStartup.sh) and a pool of workers
     /// (WorkerStartup.sh), with the product's Raft timing.
@@ -45,7 +51,10 @@ impl Target {
     }
 
     /// Like `start_local`, with `extra` TOML tables (e.g. `[worker]`) in the configuration.
+    /// Always with `BENCH_LIMITS`.
     pub async fn start_local_with(extra: &str) -> Result<Target> {
+        let extra = format!("{extra}{BENCH_LIMITS}");
+        let extra = extra.as_str();
         let text = std::fs::read_to_string(PRODUCT_CONFIG)
             .with_context(|| format!("reading {PRODUCT_CONFIG}"))?;
         let raft = raft_table(&text);

@@ -21,7 +21,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         .user
         .clone()
         .ok_or_else(|| Failure::Usage("--user NAME is required".into()))?;
-    let password = crate::password::password_for(&user)?;
+    let password = crate::password::password_for(&addrs, &user, Some(cli.timeout)).await?;
     let Some(cmd) = &cli.command else {
         return interactive::run(addrs, user, password).await;
     };

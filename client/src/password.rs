@@ -8,9 +8,14 @@ use std::io::IsTerminal;
 /// The environment variable scripts give the password in.
 pub const PASSWORD_ENV: &str = "CHATFEED_PASSWORD";
 
-/// The password for `user`: `CHATFEED_PASSWORD` when set, else asked on the terminal. Without
-/// either (stdin is not a terminal): a usage error (exit 2).
-pub fn password_for(user: &str) -> Result<String, Failure> {
+/// The password for `user`: `CHATFEED_PASSWORD` when set, else asked on the terminal: "choose
+/// a password" (twice) for a user without one (`has_password` asks the cluster), "password"
+/// otherwise. Without either (stdin is not a terminal): a usage error (exit 2).
+pub async fn password_for(
+    masters: &[String],
+    user: &str,
+    patience: Option<std::time::Duration>,
+) -> Result<String, Failure> {
     if let Ok(p) = std::env::var(PASSWORD_ENV)
         && !p.is_empty()
     {
@@ -21,13 +26,28 @@ pub fn password_for(user: &str) -> Result<String, Failure> {
             "no password for {user}: set {PASSWORD_ENV} (standard input is not a terminal to ask on)"
         )));
     }
-    let p = rpassword::prompt_password(format!(
-        "password for {user} (a new user chooses it now, at least {} characters): ",
-        chatfeed_common::accounts::MIN_PASSWORD_CHARS
-    ))
-    .map_err(|e| Failure::Other(format!("reading the password: {e}")))?;
-    if p.is_empty() {
-        return Err(Failure::Usage("an empty password".into()));
+    let probe = crate::session::Session::quiet(masters.to_vec(), user.into(), String::new());
+    let existing = probe.has_password(patience).await?;
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| Failure::Other(format!("reading the password: {e}")))
+    };
+    if existing {
+        return ask(format!("password for {user}: "));
     }
-    Ok(p)
+    let min = chatfeed_common::accounts::MIN_PASSWORD_CHARS;
+    for _ in 0..3 {
+        let p = ask(format!(
+            "choose a password for {user} (new user, at least {min} characters): "
+        ))?;
+        if let Err(why) = chatfeed_common::accounts::check_new_password(&p) {
+            eprintln!("{why}");
+            continue;
+        }
+        if ask("repeat it: ".into())? == p {
+            return Ok(p);
+        }
+        eprintln!("the two passwords differ");
+    }
+    Err(Failure::Usage("no password chosen".into()))
 }

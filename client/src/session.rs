@@ -380,6 +380,62 @@ impl Session {
         Err(CallError::Retry(failed))
     }
 
+    /// Whether the user exists with a password (so the interactive client asks "password" rather
+    /// than "choose a password"): a probe through a worker, which checks nothing and counts no
+    /// failure. Retried like `connect`.
+    pub async fn has_password(&self, patience: Option<Duration>) -> Result<bool, Failure> {
+        let mut r = self.retrier(patience, Some(Instant::now()));
+        loop {
+            let once = async {
+                let exclude = self.conn.lock().await.excluded_now();
+                let picked = master_link::on_active_master(&self.masters, None, |mut m| {
+                    let exclude_addrs = exclude.clone();
+                    async move {
+                        m.get_worker(GetWorkerRequest { exclude_addrs })
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await;
+                let addr = match picked {
+                    Ok((_, w)) => w.addr,
+                    Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
+                    Err(MasterError::Trouble(t)) => return Err(CallError::Retry(t.summary())),
+                };
+                let channel = connect_worker(&addr).await.map_err(CallError::Retry)?;
+                let probe = LoginRequest {
+                    user: self.user.clone(),
+                    password: String::new(),
+                    probe: true,
+                };
+                match tokio::time::timeout(
+                    WORKER_CALL_TIMEOUT,
+                    FeedClient::new(channel).login(probe),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => Ok(r.into_inner().has_password),
+                    Ok(Err(s)) if is_answer(&s) && !is_worker_full(&s) => {
+                        Err(CallError::Answer(s))
+                    }
+                    Ok(Err(s)) => {
+                        self.conn.lock().await.exclude(&addr);
+                        Err(CallError::Retry(format!("worker {addr}: {}", describe(&s))))
+                    }
+                    Err(_) => Err(CallError::Retry(format!("worker {addr} did not answer"))),
+                }
+            };
+            match r.bound(once).await? {
+                Ok(v) => {
+                    r.succeeded();
+                    return Ok(v);
+                }
+                Err(CallError::Answer(s)) => return Err(Failure::Refused(s)),
+                Err(CallError::Retry(why)) => r.failed(why, true).await?,
+            }
+        }
+    }
+
     /// `call` on a worker, retried on other workers until it succeeds, the cluster refuses it,
     /// or `patience` (`None`: forever) has passed. `call` gets a fresh client each attempt and
     /// must send the same request each time (a post: the same client_post_id).

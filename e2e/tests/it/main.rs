@@ -1,6 +1,7 @@
 //! End-to-end tests with real processes (the binaries and scripts of this checkout). They need the
 //! binaries built: `cargo test --workspace --all-targets` (what `make test` runs) builds them.
 
+mod accounts;
 mod faults;
 mod feed;
 mod hosts;
