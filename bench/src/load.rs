@@ -165,9 +165,8 @@ pub async fn read_timeline(session: &Session) -> Result<Vec<StoredPost>> {
             limit: timeline::PAGE,
         };
         let reply = session
-            .call(Some(PATIENCE), |mut w| {
-                let req = req.clone();
-                async move { w.history(req).await.map(tonic::Response::into_inner) }
+            .call(Some(PATIENCE), |mut w| async move {
+                w.history(req).await.map(tonic::Response::into_inner)
             })
             .await
             .map_err(|f| anyhow!("reading {user}'s timeline: {f}"))?;

@@ -263,8 +263,7 @@ impl Session {
                 password: self.password.clone(),
                 probe: false,
             };
-            let reply = match tokio::time::timeout(WORKER_CALL_TIMEOUT, client.login(login)).await
-            {
+            let reply = match tokio::time::timeout(WORKER_CALL_TIMEOUT, client.login(login)).await {
                 Ok(Ok(r)) => r.into_inner(),
                 Ok(Err(s)) if is_worker_full(&s) => {
                     conn.exclude(&addr);
@@ -415,9 +414,7 @@ impl Session {
                 .await
                 {
                     Ok(Ok(r)) => Ok(r.into_inner().has_password),
-                    Ok(Err(s)) if is_answer(&s) && !is_worker_full(&s) => {
-                        Err(CallError::Answer(s))
-                    }
+                    Ok(Err(s)) if is_answer(&s) && !is_worker_full(&s) => Err(CallError::Answer(s)),
                     Ok(Err(s)) => {
                         self.conn.lock().await.exclude(&addr);
                         Err(CallError::Retry(format!("worker {addr}: {}", describe(&s))))

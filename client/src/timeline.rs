@@ -53,9 +53,8 @@ pub async fn read_once(
             limit,
         };
         let reply = session
-            .call(patience, |mut w| {
-                let req = req.clone();
-                async move { w.history(req).await.map(tonic::Response::into_inner) }
+            .call(patience, |mut w| async move {
+                w.history(req).await.map(tonic::Response::into_inner)
             })
             .await?;
         // The first read fixes where this timeline ends: later pages do not chase new posts.

@@ -34,7 +34,9 @@ pub const WORKER_FULL: &str = "worker full";
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("no session token: log in first (the `authorization: Bearer <token>` metadata is missing)")]
+    #[error(
+        "no session token: log in first (the `authorization: Bearer <token>` metadata is missing)"
+    )]
     Missing,
     #[error("the session token is malformed: log in again")]
     Malformed,

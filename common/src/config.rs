@@ -439,8 +439,7 @@ impl Config {
                 "must be between 1 and 64",
             ));
         }
-        if a.argon2_memory_kib < 8 * a.argon2_parallelism || a.argon2_memory_kib > 4 * 1024 * 1024
-        {
+        if a.argon2_memory_kib < 8 * a.argon2_parallelism || a.argon2_memory_kib > 4 * 1024 * 1024 {
             return Err(invalid(
                 "accounts.argon2_memory_kib",
                 "must be at least 8 × argon2_parallelism and at most 4194304 (4 GiB)",

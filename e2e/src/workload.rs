@@ -349,7 +349,12 @@ pub fn spawn_library_stream(
             }
         })
     };
-    let session = Session::new(masters.to_vec(), user.to_string(), crate::PASSWORD.into(), notify);
+    let session = Session::new(
+        masters.to_vec(),
+        user.to_string(),
+        crate::PASSWORD.into(),
+        notify,
+    );
     let rec = rec.clone();
     let cancel = cancel.clone();
     tokio::spawn(async move {

@@ -80,8 +80,9 @@ impl Accounts {
     pub async fn verify(&self, password: String, hash: String) -> Result<bool, Status> {
         let settings = self.settings.clone();
         self.blocking(move || {
-            let parsed = PasswordHash::new(&hash)
-                .map_err(|e| Status::internal(format!("a stored password hash is unreadable: {e}")))?;
+            let parsed = PasswordHash::new(&hash).map_err(|e| {
+                Status::internal(format!("a stored password hash is unreadable: {e}"))
+            })?;
             Ok(Self::argon2(&settings)?
                 .verify_password(password.as_bytes(), &parsed)
                 .is_ok())
@@ -170,7 +171,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// The bytes of a hex string, if it is one.
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -5,10 +5,10 @@
 
 use crate::accounts::{self, Accounts};
 use crate::batch::{Batcher, Stopped, WriteFailed};
-use crate::post_rate::PostRate;
 use crate::directory::Directory;
 use crate::feed::{self, FeedError};
 use crate::mastership::{Mastership, is_active};
+use crate::post_rate::PostRate;
 use crate::raft::db::Reader;
 use crate::raft::types::{Applied, Command, NodeId, Raft};
 use crate::read_barrier::ReadBarrier;
@@ -216,7 +216,9 @@ impl MasterApi {
                 Err(e) => return Err(feed_status(&e)),
             }
         }
-        Err(Status::unavailable("could not read the token key back; retry"))
+        Err(Status::unavailable(
+            "could not read the token key back; retry",
+        ))
     }
 
     /// Checks `password` for `user` (creating the user, or setting its first password), and
@@ -510,7 +512,11 @@ impl Master for MasterApi {
         // Repeated failures for this user: this attempt waits its turn first.
         let wait = self.accounts.wait_before_attempt(&user, Instant::now());
         if !wait.is_zero() {
-            tracing::info!(user, wait_ms = wait.as_millis() as u64, "login after failures waits");
+            tracing::info!(
+                user,
+                wait_ms = wait.as_millis() as u64,
+                "login after failures waits"
+            );
             tokio::time::sleep(wait).await;
         }
         let key = self.token_key().await?;
@@ -518,14 +524,18 @@ impl Master for MasterApi {
             Ok(c) => c,
             Err(s) if s.code() == tonic::Code::Unauthenticated => {
                 let next = self.accounts.failed(&user, Instant::now());
-                tracing::warn!(user, next_wait_ms = next.as_millis() as u64, "wrong password");
+                tracing::warn!(
+                    user,
+                    next_wait_ms = next.as_millis() as u64,
+                    "wrong password"
+                );
                 return Err(s);
             }
             Err(s) => return Err(s),
         };
         self.accounts.succeeded(&user);
-        let expires_at_ms = chatfeed_common::accounts::now_ms()
-            + self.accounts.token_ttl().as_millis() as i64;
+        let expires_at_ms =
+            chatfeed_common::accounts::now_ms() + self.accounts.token_ttl().as_millis() as i64;
         let token = chatfeed_common::accounts::issue(&key, &user, expires_at_ms);
         Ok(Response::new(pb::AuthenticateReply {
             token,

@@ -137,9 +137,7 @@ pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), Feed
             if key_hex.len() != 2 * chatfeed_common::accounts::TOKEN_KEY_LEN
                 || !key_hex.chars().all(|c| c.is_ascii_hexdigit())
             {
-                return Err(FeedError::Invalid(
-                    "a token key is 32 bytes in hex".into(),
-                ));
+                return Err(FeedError::Invalid("a token key is 32 bytes in hex".into()));
             }
             Ok(())
         }
@@ -468,7 +466,11 @@ pub fn credential(conn: &Connection, user: &str) -> rusqlite::Result<Credential>
 
 /// Whether `author` committed a post with `client_post_id` (a retry of it only answers the
 /// original seq).
-pub fn post_exists(conn: &Connection, author: &str, client_post_id: &str) -> rusqlite::Result<bool> {
+pub fn post_exists(
+    conn: &Connection,
+    author: &str,
+    client_post_id: &str,
+) -> rusqlite::Result<bool> {
     conn.prepare_cached(
         "SELECT 1 FROM events WHERE kind = 3 AND actor = ?1 AND client_post_id = ?2",
     )?

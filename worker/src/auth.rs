@@ -22,10 +22,7 @@ impl Auth {
     }
 
     pub fn has_key(&self) -> bool {
-        self.key
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.key.read().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// The user whose token `req` carries. UNAUTHENTICATED for a missing, malformed, forged or

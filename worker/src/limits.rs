@@ -61,7 +61,11 @@ pub fn limited(
 
 /// RESOURCE_EXHAUSTED when `req` came on a connection over the worker's limit.
 pub fn check_connection<T>(req: &Request<T>) -> Result<(), Status> {
-    match req.extensions().get::<ConnInfo>().and_then(|i| i.over_limit) {
+    match req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|i| i.over_limit)
+    {
         Some(n) => Err(Status::resource_exhausted(format!(
             "{WORKER_FULL} ({n} connections, limits.connections_per_worker): reconnect through \
              the master, which assigns another worker"
@@ -173,7 +177,10 @@ where
                     "request too large: a request is at most {max} bytes (limits.max_request_bytes); \
                      send a shorter one"
                 );
-                h.insert("grpc-status", http::HeaderValue::from_static(RESOURCE_EXHAUSTED));
+                h.insert(
+                    "grpc-status",
+                    http::HeaderValue::from_static(RESOURCE_EXHAUSTED),
+                );
                 if let Ok(v) = http::HeaderValue::from_str(&msg) {
                     h.insert("grpc-message", v);
                 }

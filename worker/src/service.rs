@@ -64,10 +64,7 @@ impl Feed for FeedService {
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         crate::limits::check_connection(&req)?;
         let r = req.into_inner();
-        let reply = self
-            .link
-            .authenticate(r.user, r.password, r.probe)
-            .await?;
+        let reply = self.link.authenticate(r.user, r.password, r.probe).await?;
         Ok(Response::new(LoginReply {
             created: reply.created,
             token: reply.token,

@@ -41,7 +41,10 @@ async fn passwords_appear_nowhere() {
     c.wait_workers(3).await;
     let secret = "Zq-unique-secret-4711-password";
 
-    let mut stream = c.chatfeed(Some("pwuser"), &["--json", "timeline", "--follow", "--for", "60"]);
+    let mut stream = c.chatfeed(
+        Some("pwuser"),
+        &["--json", "timeline", "--follow", "--for", "60"],
+    );
     stream
         .env("CHATFEED_PASSWORD", secret)
         .stdout(Stdio::piped())
@@ -74,7 +77,10 @@ async fn passwords_appear_nowhere() {
     assert!(line.contains("hello with a password"), "{line}");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("reading cmdline");
     assert!(!cmdline.is_empty());
-    assert!(!contains(&cmdline, secret.as_bytes()), "the password is in the arguments");
+    assert!(
+        !contains(&cmdline, secret.as_bytes()),
+        "the password is in the arguments"
+    );
 
     let wrong = c
         .chatfeed(Some("pwuser"), &["list"])
@@ -93,19 +99,34 @@ async fn passwords_appear_nowhere() {
         for f in files(&c.data_dir(id)) {
             let bytes = std::fs::read(&f).unwrap_or_default();
             searched += 1;
-            assert!(!contains(&bytes, secret.as_bytes()), "the password is in {f:?}");
+            assert!(
+                !contains(&bytes, secret.as_bytes()),
+                "the password is in {f:?}"
+            );
             if contains(&bytes, b"$argon2id$") {
                 hashes += 1;
             }
         }
     }
-    assert!(searched >= 3 && hashes >= 1, "no argon2id hash in the data files");
+    assert!(
+        searched >= 3 && hashes >= 1,
+        "no argon2id hash in the data files"
+    );
     let logs = files(&c.run_dir());
-    assert!(logs.iter().any(|f| f.extension().is_some_and(|e| e == "log")));
+    assert!(
+        logs.iter()
+            .any(|f| f.extension().is_some_and(|e| e == "log"))
+    );
     for f in logs {
         let bytes = std::fs::read(&f).unwrap_or_default();
-        assert!(!contains(&bytes, secret.as_bytes()), "the password is in {f:?}");
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "the password is in {f:?}"
+        );
         assert!(!contains(&bytes, b"Bearer "), "a token is in {f:?}");
-        assert!(!contains(&bytes, b"$argon2id$"), "a password hash is in {f:?}");
+        assert!(
+            !contains(&bytes, b"$argon2id$"),
+            "a password hash is in {f:?}"
+        );
     }
 }

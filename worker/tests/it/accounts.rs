@@ -8,7 +8,11 @@ use chatfeed_proto::feed;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-async fn try_login(c: &mut TestClient, user: &str, password: &str) -> Result<feed::LoginReply, tonic::Status> {
+async fn try_login(
+    c: &mut TestClient,
+    user: &str,
+    password: &str,
+) -> Result<feed::LoginReply, tonic::Status> {
     c.anonymous()
         .login(feed::LoginRequest {
             user: user.into(),
@@ -20,7 +24,12 @@ async fn try_login(c: &mut TestClient, user: &str, password: &str) -> Result<fee
 }
 
 /// A post request carrying `token` (or none) as its bearer.
-fn with_token(token: Option<&str>, user: &str, text: &str, id: &str) -> tonic::Request<feed::PostRequest> {
+fn with_token(
+    token: Option<&str>,
+    user: &str,
+    text: &str,
+    id: &str,
+) -> tonic::Request<feed::PostRequest> {
     let mut r = tonic::Request::new(post_req(user, text, id));
     if let Some(t) = token {
         r.metadata_mut()
@@ -42,12 +51,20 @@ async fn nobody_posts_as_another_user() {
     login(&mut c, "alice").await;
     login(&mut c, "bob").await;
 
-    let e = try_login(&mut c, "alice", "not-the-password").await.unwrap_err();
+    let e = try_login(&mut c, "alice", "not-the-password")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    assert!(e.message().contains("wrong password for user alice"), "{e:?}");
+    assert!(
+        e.message().contains("wrong password for user alice"),
+        "{e:?}"
+    );
 
     let mut raw = c.anonymous().clone();
-    let e = raw.post(with_token(None, "alice", "x", "n1")).await.unwrap_err();
+    let e = raw
+        .post(with_token(None, "alice", "x", "n1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("log in"), "{e:?}");
 
@@ -59,11 +76,17 @@ async fn nobody_posts_as_another_user() {
     let payload = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
     let (exp, _) = payload.split_once(':').unwrap();
     let forged = format!("v1.{}.{}", b64.encode(format!("{exp}:alice")), parts[2]);
-    let e = raw.post(with_token(Some(&forged), "", "x", "f1")).await.unwrap_err();
+    let e = raw
+        .post(with_token(Some(&forged), "", "x", "f1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("bad signature"), "{e:?}");
     let other_key = chatfeed_common::accounts::issue(&[7u8; 32], "alice", i64::MAX);
-    let e = raw.post(with_token(Some(&other_key), "", "x", "f2")).await.unwrap_err();
+    let e = raw
+        .post(with_token(Some(&other_key), "", "x", "f2"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 
     let e = raw
@@ -71,7 +94,11 @@ async fn nobody_posts_as_another_user() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(e.message().contains("logged in as bob; cannot act as alice"), "{e:?}");
+    assert!(
+        e.message()
+            .contains("logged in as bob; cannot act as alice"),
+        "{e:?}"
+    );
 
     let seq = raw
         .post(with_token(Some(&bob), "", "mine", "p2"))
@@ -80,8 +107,16 @@ async fn nobody_posts_as_another_user() {
         .into_inner()
         .seq;
     let bobs = cluster.timeline("bob").await;
-    assert_eq!(bobs.iter().map(|p| (p.seq, p.author.as_str())).collect::<Vec<_>>(), vec![(seq, "bob")]);
-    assert!(cluster.timeline("alice").await.is_empty(), "nothing committed as alice");
+    assert_eq!(
+        bobs.iter()
+            .map(|p| (p.seq, p.author.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(seq, "bob")]
+    );
+    assert!(
+        cluster.timeline("alice").await.is_empty(),
+        "nothing committed as alice"
+    );
     worker.stop().await.unwrap();
     cluster.shutdown().await;
 }
@@ -96,9 +131,7 @@ async fn expired_tokens_are_refused() {
     login(&mut c, "eve").await;
     let e = eventually("the token to expire", || {
         let mut cl = c.as_("eve").clone();
-        async move {
-            cl.post(post_req("eve", "hi", &rand_id())).await.err()
-        }
+        async move { cl.post(post_req("eve", "hi", &rand_id())).await.err() }
     })
     .await;
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -118,10 +151,22 @@ async fn first_login_chooses_the_password() {
     let worker = TestWorker::start(&cluster, |_| {}).await;
     cluster.wait_registered(&worker.addr).await;
     let mut c = worker.client().await;
-    assert!(try_login(&mut c, "carol", "carol-pass-1").await.unwrap().created);
-    let e = try_login(&mut c, "carol", "carol-pass-2").await.unwrap_err();
+    assert!(
+        try_login(&mut c, "carol", "carol-pass-1")
+            .await
+            .unwrap()
+            .created
+    );
+    let e = try_login(&mut c, "carol", "carol-pass-2")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    assert!(!try_login(&mut c, "carol", "carol-pass-1").await.unwrap().created);
+    assert!(
+        !try_login(&mut c, "carol", "carol-pass-1")
+            .await
+            .unwrap()
+            .created
+    );
     let e = try_login(&mut c, "dan", "short").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
@@ -133,9 +178,17 @@ async fn first_login_chooses_the_password() {
         .write(chatfeed_master::testing::create_user("legacy"))
         .await
         .unwrap();
-    assert!(try_login(&mut c, "legacy", "legacy-pass-1").await.unwrap().created);
+    assert!(
+        try_login(&mut c, "legacy", "legacy-pass-1")
+            .await
+            .unwrap()
+            .created
+    );
     assert_eq!(
-        try_login(&mut c, "legacy", "legacy-pass-2").await.unwrap_err().code(),
+        try_login(&mut c, "legacy", "legacy-pass-2")
+            .await
+            .unwrap_err()
+            .code(),
         Code::Unauthenticated
     );
 
@@ -166,12 +219,20 @@ async fn repeated_failures_slow_down() {
     let mut c = worker.client().await;
     login(&mut c, "frank").await;
     for _ in 0..2 {
-        try_login(&mut c, "frank", "wrong-password").await.unwrap_err();
+        try_login(&mut c, "frank", "wrong-password")
+            .await
+            .unwrap_err();
     }
     let started = Instant::now();
-    let e = try_login(&mut c, "frank", "wrong-password").await.unwrap_err();
+    let e = try_login(&mut c, "frank", "wrong-password")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(started.elapsed() >= delay, "answered after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= delay,
+        "answered after {:?}",
+        started.elapsed()
+    );
     // The right password still gets in (after the wait the last failure set).
     try_login(&mut c, "frank", PASSWORD).await.unwrap();
     let started = Instant::now();
@@ -211,7 +272,10 @@ async fn token_key_survives_a_leader_change() {
     })
     .await;
     assert!(seq > 0);
-    let e = raw.post(with_token(Some("v1.AAAA.BBBB"), "", "x", "k2")).await.unwrap_err();
+    let e = raw
+        .post(with_token(Some("v1.AAAA.BBBB"), "", "x", "k2"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     fresh.stop().await.unwrap();
     cluster.shutdown().await;
@@ -271,7 +335,10 @@ async fn limits_hold_and_others_keep_going() {
     let _s2 = open(&mut c, "flood", None).await;
     let e = c
         .as_("flood")
-        .timeline(feed::TimelineRequest { user: String::new(), after_seq: None })
+        .timeline(feed::TimelineRequest {
+            user: String::new(),
+            after_seq: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
@@ -280,7 +347,11 @@ async fn limits_hold_and_others_keep_going() {
 
     // Request size.
     let huge = "x".repeat(30_000);
-    let e = c.as_("flood").post(post_req("flood", &huge, "big")).await.unwrap_err();
+    let e = c
+        .as_("flood")
+        .post(post_req("flood", &huge, "big"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("limits.max_request_bytes"), "{e:?}");
     let seq = post(&mut c, "calm", "after the big one").await;

@@ -19,7 +19,10 @@ async fn calls_and_their_errors() {
     let mut c = worker.client().await;
 
     assert!(login(&mut c, "alice").await);
-    assert!(!login(&mut c, "alice").await, "a second login finds the user");
+    assert!(
+        !login(&mut c, "alice").await,
+        "a second login finds the user"
+    );
     let bad = c
         .anonymous()
         .login(feed::LoginRequest {
@@ -39,17 +42,37 @@ async fn calls_and_their_errors() {
         user: user.into(),
         target: target.into(),
     };
-    let e = c.as_("alice").follow(req("alice", "alice")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .follow(req("alice", "alice"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("yourself"), "{e:?}");
-    let e = c.as_("alice").follow(req("alice", "nobody")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .follow(req("alice", "nobody"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("nobody"), "{e:?}");
-    let e = c.as_("alice").follow(req("alice", "bob")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .follow(req("alice", "bob"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
-    let e = c.as_("alice").unfollow(req("alice", "carol")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .unfollow(req("alice", "carol"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let e = c.as_("alice").follow(req("ghost", "bob")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .follow(req("ghost", "bob"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     let list = c
@@ -81,17 +104,37 @@ async fn calls_and_their_errors() {
         .into_inner();
     assert!(list.following.is_empty());
 
-    let e = c.as_("alice").post(post_req("alice", "", "p0")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .post(post_req("alice", "", "p0"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = c.as_("alice").post(post_req("alice", "   ", "p0")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .post(post_req("alice", "   ", "p0"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let long = "x".repeat(281);
-    let e = c.as_("alice").post(post_req("alice", &long, "p0")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .post(post_req("alice", &long, "p0"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("280"), "{e:?}");
-    let e = c.as_("alice").post(post_req("alice", "hello", "")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .post(post_req("alice", "hello", ""))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = c.as_("alice").post(post_req("ghost", "hello", "g1")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .post(post_req("ghost", "hello", "g1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     let full = "é".repeat(280);
@@ -132,7 +175,11 @@ async fn no_master_means_unavailable() {
         cluster.stop_member(id).await;
     }
     let started = std::time::Instant::now();
-    let e = c.as_("alice").post(post_req("alice", "hello", "p1")).await.unwrap_err();
+    let e = c
+        .as_("alice")
+        .post(post_req("alice", "hello", "p1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("no active master"), "{e:?}");
     assert!(started.elapsed() < DEADLINE);

@@ -6,7 +6,9 @@
 use chatfeed_proto::feed::feed_client::FeedClient;
 use chatfeed_proto::feed::{self, timeline_item::Item};
 use chatfeed_worker::WorkerOptions;
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -15,8 +17,6 @@ use tonic::Streaming;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 pub use chatfeed_master::testing::{DEADLINE, TestCluster};
 
@@ -170,25 +170,27 @@ pub async fn login(c: &mut TestClient, user: &str) -> bool {
 }
 
 pub async fn follow(c: &mut TestClient, user: &str, target: &str) -> u64 {
-    c.as_(user).follow(feed::FollowRequest {
-        user: user.into(),
-        target: target.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .seq
+    c.as_(user)
+        .follow(feed::FollowRequest {
+            user: user.into(),
+            target: target.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .seq
 }
 
 pub async fn unfollow(c: &mut TestClient, user: &str, target: &str) -> u64 {
-    c.as_(user).unfollow(feed::FollowRequest {
-        user: user.into(),
-        target: target.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .seq
+    c.as_(user)
+        .unfollow(feed::FollowRequest {
+            user: user.into(),
+            target: target.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .seq
 }
 
 pub fn post_req(user: &str, text: &str, id: &str) -> feed::PostRequest {
@@ -202,7 +204,8 @@ pub fn post_req(user: &str, text: &str, id: &str) -> feed::PostRequest {
 /// Posts `text` as `user` (a fresh client post id); returns the seq.
 pub async fn post(c: &mut TestClient, user: &str, text: &str) -> u64 {
     let id = format!("{user}-{}", rand_id());
-    c.as_(user).post(post_req(user, text, &id))
+    c.as_(user)
+        .post(post_req(user, text, &id))
         .await
         .unwrap()
         .into_inner()
@@ -224,13 +227,14 @@ pub async fn open(
     user: &str,
     after_seq: Option<u64>,
 ) -> Streaming<feed::TimelineItem> {
-    c.as_(user).timeline(feed::TimelineRequest {
-        user: user.into(),
-        after_seq,
-    })
-    .await
-    .unwrap()
-    .into_inner()
+    c.as_(user)
+        .timeline(feed::TimelineRequest {
+            user: user.into(),
+            after_seq,
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// The next item of a stream: `Some(item)`, or `None` when the stream ended. Fails the test on

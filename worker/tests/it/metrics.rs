@@ -52,7 +52,11 @@ async fn worker_metrics_move_with_deliveries() {
         seqs.push(post(&mut c, "mo", &format!("live {i}")).await);
     }
     assert_eq!(next_seqs(&mut s, 3).await, seqs);
-    let refused = c.as_("mo").post(post_req("mo", "", "empty")).await.unwrap_err();
+    let refused = c
+        .as_("mo")
+        .post(post_req("mo", "", "empty"))
+        .await
+        .unwrap_err();
     let after = parse_metrics(&scrape(metrics_addr).await).unwrap();
     for series in [
         "chatfeed_worker_deliveries_total",
