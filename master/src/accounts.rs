@@ -5,10 +5,10 @@
 //! Passwords and hashes are never logged: the functions here take them by value, hand them to
 //! the blocking pool and return only a PHC string or a yes/no.
 
-use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use chatfeed_common::config::Accounts as Settings;
+use rand::rngs::OsRng;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
