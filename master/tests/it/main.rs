@@ -1,6 +1,7 @@
 //! Integration tests of the master group: in-process clusters with faults injected on the Raft
 //! transport (`inprocess`, on `chatfeed_master::testing`). Real processes are tested in the `e2e` crate.
 
+mod accounts;
 mod handoff;
 mod health;
 mod inprocess;

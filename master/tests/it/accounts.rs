@@ -1,0 +1,88 @@
+//! The token key in the replicated state: one key on every member, kept across a leader change.
+
+use chatfeed_master::testing::*;
+use chatfeed_proto::master as pb;
+use std::time::{Duration, Instant};
+
+/// The token key each member stored (hex), read from its own database.
+fn stored_key(cluster: &TestCluster, id: u64) -> Option<String> {
+    let path = cluster
+        .config
+        .member_data_dir(id)
+        .join(chatfeed_master::raft::db::DB_FILE);
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.busy_timeout(Duration::from_secs(5)).ok()?;
+    conn.query_row(
+        "SELECT value FROM secrets WHERE name = 'token_key'",
+        [],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+async fn authenticate(cluster: &TestCluster, id: u64, user: &str) -> pb::AuthenticateReply {
+    cluster
+        .api(id)
+        .await
+        .authenticate(pb::AuthenticateRequest {
+            user: user.into(),
+            password: "a-good-password".into(),
+            probe: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The first login makes the active master commit a token key; every member then stores the
+/// same one, the login's token verifies with it, and after the active master stops, the new
+/// one issues tokens with that same key (and accepts the old password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_token_key_on_every_member_across_a_leader_change() {
+    let mut cluster = TestCluster::start(|_| {}).await;
+    let leader = cluster.wait_active(&cluster.ids()).await;
+    let first = authenticate(&cluster, leader, "kim").await;
+    assert!(first.created);
+    let end = Instant::now() + DEADLINE;
+    let key = loop {
+        let keys: Vec<Option<String>> = cluster
+            .ids()
+            .iter()
+            .map(|&id| stored_key(&cluster, id))
+            .collect();
+        if keys[0].is_some() && keys.iter().all(|k| *k == keys[0]) {
+            break keys[0].clone().unwrap();
+        }
+        assert!(
+            Instant::now() < end,
+            "members do not agree on a token key: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let key = chatfeed_master::accounts::from_hex(&key).unwrap();
+    let now = chatfeed_common::accounts::now_ms();
+    assert_eq!(
+        chatfeed_common::accounts::verify(&key, &first.token, now).unwrap(),
+        "kim"
+    );
+
+    cluster.stop_member(leader).await;
+    let rest: Vec<u64> = cluster.ids().into_iter().filter(|&i| i != leader).collect();
+    let next = cluster.wait_active(&rest).await;
+    assert_ne!(next, leader);
+    let again = authenticate(&cluster, next, "kim").await;
+    assert!(!again.created, "the new active master found kim's password");
+    assert_eq!(
+        chatfeed_common::accounts::verify(&key, &again.token, now).unwrap(),
+        "kim"
+    );
+    for id in rest {
+        assert_eq!(
+            stored_key(&cluster, id).map(|k| chatfeed_master::accounts::from_hex(&k).unwrap()),
+            Some(key.clone())
+        );
+    }
+    cluster.shutdown().await;
+}
