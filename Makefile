@@ -13,7 +13,7 @@ run: build
 	@echo
 	@target/release/chatfeed status
 	@echo
-	@echo "Start a client:  scripts/ClientStartup.sh <user>      Stop everything:  make stop"
+	@echo "Start a client:  scripts/ClientStartup.sh <user>  (asks for the password; a new user chooses it)      Stop everything:  make stop"
 
 # Stops every process this checkout started (by the pid files in run/).
 stop:
