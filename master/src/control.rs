@@ -48,6 +48,8 @@ impl Control for ControlService {
         &self,
         req: Request<Streaming<WorkerHeartbeat>>,
     ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        self.mastership
+            .require_cluster_peer(&req, "Control.Heartbeats (worker registration)")?;
         self.mastership.require_active()?;
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel::<ControlCommand>(COMMAND_BUFFER);

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod certs;
 pub mod control;
 pub mod directory;
 pub mod feed;

@@ -5,3 +5,4 @@ mod handoff;
 mod health;
 mod inprocess;
 mod metrics;
+mod tls;

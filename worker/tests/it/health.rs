@@ -21,7 +21,7 @@ async fn not_serving_until_registered() {
 
     let worker = TestWorker::start(&cluster, |o| o.pool_size = 1).await;
     let first = eventually("the worker's health service to answer", || {
-        health_status(&worker.addr, "")
+        health_status(&chatfeed_common::tls::Tls::plaintext(), &worker.addr, "")
     })
     .await;
     assert_eq!(
@@ -30,7 +30,12 @@ async fn not_serving_until_registered() {
         "a worker with no active master to register with is not serving"
     );
     assert_eq!(
-        health_status(&worker.addr, "chatfeed.feed.Feed").await,
+        health_status(
+            &chatfeed_common::tls::Tls::plaintext(),
+            &worker.addr,
+            "chatfeed.feed.Feed"
+        )
+        .await,
         Some(ServingStatus::NotServing)
     );
 
@@ -38,18 +43,25 @@ async fn not_serving_until_registered() {
     cluster.start_member(3, false, false).await;
     cluster.wait_registered(&worker.addr).await;
     eventually("the registered worker to report SERVING", || async {
-        (health_status(&worker.addr, "").await == Some(ServingStatus::Serving)).then_some(())
+        (health_status(&chatfeed_common::tls::Tls::plaintext(), &worker.addr, "").await
+            == Some(ServingStatus::Serving))
+        .then_some(())
     })
     .await;
     assert_eq!(
-        health_status(&worker.addr, "chatfeed.feed.Feed").await,
+        health_status(
+            &chatfeed_common::tls::Tls::plaintext(),
+            &worker.addr,
+            "chatfeed.feed.Feed"
+        )
+        .await,
         Some(ServingStatus::Serving)
     );
 
     let addr = worker.addr.clone();
     worker.stop().await.unwrap();
     assert_eq!(
-        health_status(&addr, "").await,
+        health_status(&chatfeed_common::tls::Tls::plaintext(), &addr, "").await,
         None,
         "a stopped worker answers nothing"
     );
