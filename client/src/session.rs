@@ -7,9 +7,10 @@
 //! of one session (the interactive timeline and its posts) share one worker connection.
 
 use crate::failure::{Failure, describe, is_answer};
-use crate::master_link::{self, MasterError};
+use crate::master_link::{self, MasterError, NoConnection};
 use crate::outage::{Notice, Outage};
 use crate::retry::{Retrier, secs};
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::feed::LoginRequest;
 use chatfeed_proto::feed::feed_client::FeedClient;
 use chatfeed_proto::master::GetWorkerRequest;
@@ -18,7 +19,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Connecting to a worker the master just named: it is live, so this is quick or it is dead.
 pub const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -55,6 +56,19 @@ pub enum CallError {
     Answer(Status),
     /// A worker or master failed; the text says which and how.
     Retry(String),
+    /// A TLS handshake failed (wrong CA, wrong name): final, retrying will not fix it.
+    Tls(String),
+}
+
+impl CallError {
+    /// The failure the caller reports when it does not retry this error.
+    pub fn into_failure(self) -> Failure {
+        match self {
+            CallError::Answer(s) => Failure::Refused(s),
+            CallError::Retry(m) => Failure::GaveUp(m),
+            CallError::Tls(m) => Failure::Other(m),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -86,15 +100,17 @@ impl Conn {
 /// One user's connection to the cluster.
 pub struct Session {
     masters: Vec<String>,
+    tls: Tls,
     user: String,
     conn: tokio::sync::Mutex<Conn>,
     outage: Mutex<Outage>,
     notify: NoticeSink,
 }
 
-async fn connect_worker(addr: &str) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad worker address {addr:?}: {e}"))?
+async fn connect_worker(tls: &Tls, addr: &str) -> Result<Channel, NoConnection> {
+    let ep = tls
+        .endpoint(addr)
+        .map_err(|e| NoConnection::Failed(format!("bad worker address {addr:?}: {e}")))?
         .connect_timeout(WORKER_CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -102,16 +118,18 @@ async fn connect_worker(addr: &str) -> Result<Channel, String> {
         .keep_alive_while_idle(true);
     match tokio::time::timeout(WORKER_CONNECT_TIMEOUT * 2, ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
-        Ok(Err(e)) => Err(crate::failure::describe_error(&e)),
-        Err(_) => Err("no connection within 2 s".into()),
+        Ok(Err(e)) => Err(master_link::no_connection(addr, &e)),
+        Err(_) => Err(NoConnection::Failed("no connection within 2 s".into())),
     }
 }
 
 impl Session {
-    /// A session of `user` with the masters at `masters`; notices go to `notify`.
-    pub fn new(masters: Vec<String>, user: String, notify: NoticeSink) -> Self {
+    /// A session of `user` with the masters at `masters`, reached with `tls`; notices go to
+    /// `notify`.
+    pub fn new(masters: Vec<String>, tls: Tls, user: String, notify: NoticeSink) -> Self {
         Session {
             masters,
+            tls,
             user,
             conn: tokio::sync::Mutex::new(Conn::default()),
             outage: Mutex::new(Outage::default()),
@@ -121,8 +139,13 @@ impl Session {
 
     /// A session whose notices are dropped (scriptable commands: stderr is for the one failure
     /// line).
-    pub fn quiet(masters: Vec<String>, user: String) -> Self {
-        Self::new(masters, user, Arc::new(|_| {}))
+    pub fn quiet(masters: Vec<String>, tls: Tls, user: String) -> Self {
+        Self::new(masters, tls, user, Arc::new(|_| {}))
+    }
+
+    /// How this session reaches the cluster.
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     pub fn user(&self) -> &str {
@@ -168,18 +191,20 @@ impl Session {
         }
         let exclude = conn.excluded_now();
         let hint = conn.hint.clone();
-        let picked = master_link::on_active_master(&self.masters, hint.as_deref(), |mut m| {
-            let exclude_addrs = exclude.clone();
-            async move {
-                m.get_worker(GetWorkerRequest { exclude_addrs })
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await;
+        let picked =
+            master_link::on_active_master(&self.tls, &self.masters, hint.as_deref(), |mut m| {
+                let exclude_addrs = exclude.clone();
+                async move {
+                    m.get_worker(GetWorkerRequest { exclude_addrs })
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
         let (master, reply) = match picked {
             Ok(v) => v,
             Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
+            Err(MasterError::Tls(why)) => return Err(CallError::Tls(why)),
             Err(MasterError::Trouble(t)) => {
                 conn.hint = None;
                 return Err(CallError::Retry(t.summary()));
@@ -211,9 +236,10 @@ impl Session {
                 "no worker available: worker {worker_id} at {addr} {why}"
             ))
         };
-        let channel = match connect_worker(&addr).await {
+        let channel = match connect_worker(&self.tls, &addr).await {
             Ok(c) => c,
-            Err(e) => {
+            Err(NoConnection::Tls(why)) => return Err(CallError::Tls(why)),
+            Err(NoConnection::Failed(e)) => {
                 conn.exclude(&addr);
                 return Err(no_worker(format!("did not accept a connection: {e}")));
             }
@@ -272,8 +298,8 @@ impl Session {
                     r.succeeded();
                     return Ok(l);
                 }
-                Err(CallError::Answer(s)) => return Err(Failure::Refused(s)),
                 Err(CallError::Retry(why)) => r.failed(why, true).await?,
+                Err(e) => return Err(e.into_failure()),
             }
         }
     }
@@ -324,6 +350,7 @@ impl Session {
                     return Err(Failure::Refused(s));
                 }
                 Err(CallError::Retry(why)) => r.failed(why, true).await?,
+                Err(e) => return Err(e.into_failure()),
             }
         }
     }
@@ -343,6 +370,7 @@ impl Session {
             let hint = self.conn.lock().await.hint.clone();
             let res = r
                 .bound(master_link::on_active_master(
+                    &self.tls,
                     &self.masters,
                     hint.as_deref(),
                     &mut call,
@@ -362,6 +390,7 @@ impl Session {
                     self.conn.lock().await.hint = None;
                     r.failed(t.summary(), true).await?;
                 }
+                Err(MasterError::Tls(why)) => return Err(Failure::Other(why)),
             }
         }
     }

@@ -16,6 +16,7 @@ use crate::process::SpawnSpec;
 use crate::service::FeedService;
 use anyhow::Context;
 use chatfeed_common::Config;
+use chatfeed_common::tls::{ClientAuth, Tls};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,11 +55,20 @@ pub struct WorkerOptions {
     /// How to start another worker like this one (`SpawnWorker`); `None` when this worker is not
     /// a process of its own (tests).
     pub spawn: Option<SpawnSpec>,
+    /// This host's node identity: the worker's server certificate for clients, and its client
+    /// certificate towards the masters (plaintext when the configuration says so).
+    pub tls: Tls,
 }
 
 impl WorkerOptions {
-    /// The options the configuration implies, for `masters` on `host`.
-    pub fn from_config(config: &Config, masters: Vec<String>, host: String) -> WorkerOptions {
+    /// The options the configuration implies, for `masters` on `host`, with `tls`
+    /// (`Tls::for_cluster` of the configuration).
+    pub fn from_config(
+        config: &Config,
+        masters: Vec<String>,
+        host: String,
+        tls: Tls,
+    ) -> WorkerOptions {
         let write = Duration::from_millis(config.raft.write_timeout_ms);
         let election = Duration::from_millis(config.raft.election_max_ms);
         WorkerOptions {
@@ -71,6 +81,7 @@ impl WorkerOptions {
                 attempt: write + Duration::from_secs(1),
             },
             spawn: None,
+            tls,
         }
     }
 }
@@ -116,7 +127,22 @@ pub async fn run_with_metrics(
         pid: std::process::id(),
         pool_size: opts.pool_size,
     };
-    let link = Arc::new(MasterLink::new(opts.masters.clone(), opts.link));
+    if let Some(w) = opts
+        .tls
+        .plaintext_warning(&format!("this worker at {}", identity.addr))
+    {
+        tracing::warn!("{w}");
+    }
+    // Clients have no certificate: the worker asks for none (ClientAuth::None).
+    let server_builder = opts
+        .tls
+        .server(ClientAuth::None)
+        .context("the worker's TLS")?;
+    let link = Arc::new(MasterLink::new(
+        opts.masters.clone(),
+        opts.link,
+        opts.tls.clone(),
+    ));
     let worker_metrics = Arc::new(WorkerMetrics::new());
     let hub = Arc::new(Hub::with_metrics(worker_metrics.delivery.clone()));
     let streams = TaskTracker::new();
@@ -163,7 +189,7 @@ pub async fn run_with_metrics(
     let stop = serve_stop.clone();
     let rpc_layer = worker_metrics.rpc.layer();
     let mut server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        server_builder
             .layer(rpc_layer)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))

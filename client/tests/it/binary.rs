@@ -28,6 +28,10 @@ async fn chatfeed(args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatfeed"))
         .args(args)
         .env_remove("CHATFEED_MASTER")
+        // The fake cluster is plaintext.
+        .env("CHATFEED_PLAINTEXT", "1")
+        .env_remove("CHATFEED_CA")
+        .env_remove("CHATFEED_CONFIG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

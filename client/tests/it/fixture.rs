@@ -20,6 +20,10 @@ pub fn chatfeed(args: &[&str], limit: Duration) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatfeed"))
         .args(args)
         .env_remove("CHATFEED_MASTER")
+        // The fake cluster is plaintext.
+        .env("CHATFEED_PLAINTEXT", "1")
+        .env_remove("CHATFEED_CA")
+        .env_remove("CHATFEED_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

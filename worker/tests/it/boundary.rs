@@ -46,14 +46,13 @@ async fn no_gap_no_duplicate_across_reopens() {
         let (target_tx, mut target_rx) = watch::channel(None::<u64>);
         targets.insert(r, target_tx);
         let addrs = addrs.clone();
+        let tls = cluster.tls.clone();
         reader_tasks.push(tokio::spawn(async move {
             let mut clients = Vec::new();
             for a in &addrs {
-                clients.push(
-                    chatfeed_proto::feed::feed_client::FeedClient::connect(format!("http://{a}"))
-                        .await
-                        .unwrap(),
-                );
+                clients.push(chatfeed_proto::feed::feed_client::FeedClient::new(
+                    tls.endpoint(a).unwrap().connect().await.unwrap(),
+                ));
             }
             let mut seen: Vec<Seen> = Vec::new();
             let mut last: Option<u64> = None;

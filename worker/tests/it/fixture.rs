@@ -19,6 +19,8 @@ pub use chatfeed_master::testing::{DEADLINE, TestCluster};
 /// A worker hosted in the test process.
 pub struct TestWorker {
     pub addr: String,
+    /// How clients reach it: the cluster's CA only (plaintext when the cluster is).
+    pub client_tls: chatfeed_common::tls::Tls,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -28,22 +30,32 @@ impl TestWorker {
     pub async fn start(cluster: &TestCluster, tune: impl FnOnce(&mut WorkerOptions)) -> TestWorker {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let mut opts =
-            WorkerOptions::from_config(&cluster.config, cluster.masters(), "127.0.0.1".into());
+        let mut opts = WorkerOptions::from_config(
+            &cluster.config,
+            cluster.masters(),
+            "127.0.0.1".into(),
+            cluster.tls.clone(),
+        );
         tune(&mut opts);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(chatfeed_worker::run(opts, listener, shutdown.clone()));
         TestWorker {
             addr,
+            client_tls: chatfeed_common::tls::Tls::client_for(&cluster.config).unwrap(),
             shutdown,
             handle,
         }
     }
 
     pub async fn client(&self) -> FeedClient<Channel> {
-        FeedClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+        FeedClient::new(
+            self.client_tls
+                .endpoint(&self.addr)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
     }
 
     /// Stops the worker gracefully; returns what `run` returned.

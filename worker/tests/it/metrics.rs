@@ -25,6 +25,7 @@ async fn worker_metrics_move_with_deliveries() {
         &cluster.config,
         cluster.masters(),
         "127.0.0.1".into(),
+        cluster.tls.clone(),
     );
     opts.pool_size = 1;
     let shutdown = CancellationToken::new();
@@ -36,9 +37,15 @@ async fn worker_metrics_move_with_deliveries() {
     ));
     cluster.wait_registered(&addr).await;
 
-    let mut c = chatfeed_proto::feed::feed_client::FeedClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut c = chatfeed_proto::feed::feed_client::FeedClient::new(
+        cluster
+            .tls
+            .endpoint(&addr)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     login(&mut c, "mo").await;
     let mut s = open(&mut c, "mo", None).await;
     // Once the warm-up post arrived, the stream's history read is behind us: later posts can
