@@ -6,3 +6,4 @@ mod feed;
 mod hosts;
 mod masters;
 mod ops;
+mod tls;
