@@ -109,6 +109,17 @@ for l in "${labels[@]}"; do cp "$work/chatfeed.toml" "$work/$l/"; done
 cat "$work/chatfeed.toml"
 on m1 "$(inline 'chatfeed-master check-config')"
 
+say "step 2, certificates: the README's certs command, run once; each host's directory copied to its tls/"
+certs_cmd="$(block sh 1 | subst)"
+grep -q 'chatfeed-master certs' <<<"$certs_cmd" || die "no certs command in step 2"
+echo "\$ $certs_cmd"
+(cd "$work" && CHATFEED_BIN_DIR="$bin" bash -c "$certs_cmd") || die "the certs command"
+for l in "${labels[@]}"; do
+    [ -f "$work/certs/$l/node.pem" ] || die "no certificate for host $l in certs/$l/"
+    cp -rp "$work/certs/$l" "$work/$l/tls"
+done
+ls -l "$work/certs" "$work/m1/tls"
+
 say "step 3: the ports: nothing to open (no firewall between the namespaces)"
 
 say "step 4: the masters, one per host, at the same time"
@@ -117,7 +128,7 @@ while read -r a cmd; do
     h="$(host_of "$a")"; [ -n "$h" ] || die "step 4: no host for $a"
     on "$h" "$(subst <<<"$cmd")" > "$work/$h/step4.out" 2>&1 &
     pids+=($!)
-done < <(block sh 1 | host_cmds)
+done < <(block sh 2 | host_cmds)
 [ ${#pids[@]} -eq 3 ] || die "step 4 should have three host commands, found ${#pids[@]}"
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
@@ -138,7 +149,7 @@ while read -r a cmd; do
     h="$(host_of "$a")"; [ -n "$h" ] || die "step 5: no host for $a"
     on "$h" "$(subst <<<"$cmd") </dev/null" || die "step 5 on $h"
     n=$((n + 1))
-done < <(block sh 2 | host_cmds)
+done < <(block sh 3 | host_cmds)
 [ $n -eq 2 ] || die "step 5 should have two host commands, found $n"
 
 status_cmd="$(inline 'chatfeed --master .* status$')"
