@@ -45,7 +45,7 @@ pub fn client_tls(
         })?,
     };
     let config = Config::load(&path)?;
-    Ok(Tls::client_for(&config).with_context(|| format!("the CA of {}", path.display()))?)
+    Tls::client_for(&config).with_context(|| format!("the CA of {}", path.display()))
 }
 
 /// `name` in the current directory or a directory above the binary.
