@@ -173,7 +173,8 @@ say "step 6: status (three members, six workers)"
 check_status m1 3 6
 
 say "step 6: clients in other namespaces: alice posts on w2, bob follows her and streams on w1"
-cli() { local h="$1"; shift; ip netns exec "${ns[$h]}" "$bin/chatfeed" --master "$masters" "$@"; }
+# (in the host's directory, as a reader there would: the client takes the CA from its chatfeed.toml)
+cli() { local h="$1"; shift; (cd "$work/$h" && ip netns exec "${ns[$h]}" "$bin/chatfeed" --master "$masters" "$@"); }
 cli w2 --user alice post "alice's first post"
 cli w1 --user bob follow alice
 echo "[w1] $bin/chatfeed --master $masters --user bob timeline --follow &"
