@@ -41,10 +41,11 @@ soak:
 # The benchmark suite (issue 5): starts its own local cluster from the release binaries (or, with
 # MASTER=host:port,..., measures a running one without killing anything), runs the scenarios,
 # checks every answer, prints a table with the targets and writes bench/results/<time>.json and
-# latest.json. QUICK=1: about a minute. ONLY=throughput,fanout,...: some scenarios.
+# latest.json. QUICK=1: about a minute. ONLY=throughput,fanout,...: some scenarios. PLAINTEXT=1:
+# without TLS, to compare with the default (TLS) figures.
 bench:
 	cargo build --release --bins
-	target/release/chatfeed-bench $(if $(QUICK),--quick) $(if $(MASTER),--master $(MASTER)) $(if $(ONLY),--only $(ONLY))
+	target/release/chatfeed-bench $(if $(QUICK),--quick) $(if $(MASTER),--master $(MASTER)) $(if $(ONLY),--only $(ONLY)) $(if $(PLAINTEXT),--plaintext)
 
 verify:
 	cargo fmt --all --check

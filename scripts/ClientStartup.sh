@@ -4,7 +4,8 @@
 # addr: the masters' endpoints, comma-separated host:port; a bare host means the default ports on
 # that host (default: the file default_master_address at the checkout's root).
 # CHATFEED_BIN_DIR names another directory of binaries (default: target/release, built when out of
-# date).
+# date). The client verifies the cluster with the CA of CHATFEED_CONFIG's [tls] (default:
+# chatfeed.toml at the checkout's root); CHATFEED_CA names the CA file instead.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ $# -lt 1 ] || [ $# -gt 2 ] || [ -z "$1" ]; then
@@ -17,4 +18,5 @@ args=(--user "$1")
 if [ $# -eq 2 ]; then
     args+=(--master "$2")
 fi
+export CHATFEED_CONFIG="${CHATFEED_CONFIG:-$root/chatfeed.toml}"
 exec "$bin_dir/chatfeed" "${args[@]}"

@@ -111,6 +111,17 @@ for l in "${labels[@]}"; do cp "$work/chatfeed.toml" "$work/$l/"; done
 cat "$work/chatfeed.toml"
 on m1 "$(inline 'chatfeed-master check-config')"
 
+say "step 2, certificates: the README's certs command, run once; each host's directory copied to its tls/"
+certs_cmd="$(block sh 1 | subst)"
+grep -q 'chatfeed-master certs' <<<"$certs_cmd" || die "no certs command in step 2"
+echo "\$ $certs_cmd"
+(cd "$work" && CHATFEED_BIN_DIR="$bin" bash -c "$certs_cmd") || die "the certs command"
+for l in "${labels[@]}"; do
+    [ -f "$work/certs/$l/node.pem" ] || die "no certificate for host $l in certs/$l/"
+    cp -rp "$work/certs/$l" "$work/$l/tls"
+done
+ls -l "$work/certs" "$work/m1/tls"
+
 say "step 3: the ports: nothing to open (no firewall between the namespaces)"
 
 say "step 4: the masters, one per host, at the same time"
@@ -119,7 +130,7 @@ while read -r a cmd; do
     h="$(host_of "$a")"; [ -n "$h" ] || die "step 4: no host for $a"
     on "$h" "$(subst <<<"$cmd")" > "$work/$h/step4.out" 2>&1 &
     pids+=($!)
-done < <(block sh 1 | host_cmds)
+done < <(block sh 2 | host_cmds)
 [ ${#pids[@]} -eq 3 ] || die "step 4 should have three host commands, found ${#pids[@]}"
 fail=0
 for p in "${pids[@]}"; do wait "$p" || fail=1; done
@@ -140,7 +151,7 @@ while read -r a cmd; do
     h="$(host_of "$a")"; [ -n "$h" ] || die "step 5: no host for $a"
     on "$h" "$(subst <<<"$cmd") </dev/null" || die "step 5 on $h"
     n=$((n + 1))
-done < <(block sh 2 | host_cmds)
+done < <(block sh 3 | host_cmds)
 [ $n -eq 2 ] || die "step 5 should have two host commands, found $n"
 
 status_cmd="$(inline 'chatfeed --master .* status$')"
@@ -164,7 +175,8 @@ say "step 6: status (three members, six workers)"
 check_status m1 3 6
 
 say "step 6: clients in other namespaces: alice posts on w2, bob follows her and streams on w1"
-cli() { local h="$1"; shift; ip netns exec "${ns[$h]}" "$bin/chatfeed" --master "$masters" "$@"; }
+# (in the host's directory, as a reader there would: the client takes the CA from its chatfeed.toml)
+cli() { local h="$1"; shift; (cd "$work/$h" && ip netns exec "${ns[$h]}" "$bin/chatfeed" --master "$masters" "$@"); }
 cli w2 --user alice post "alice's first post"
 cli w1 --user bob follow alice
 echo "[w1] $bin/chatfeed --master $masters --user bob timeline --follow &"

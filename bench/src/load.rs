@@ -57,7 +57,7 @@ pub struct Poster {
 
 impl Poster {
     /// A poster logged in as `user` (created if new), on a worker the active master picks.
-    pub async fn login(masters: &[String], user: &str, prefix: &str) -> Result<Poster> {
+    pub async fn login(masters: &Masters, user: &str, prefix: &str) -> Result<Poster> {
         let session = login(masters, user).await?;
         Ok(Poster {
             user: user.into(),
@@ -98,9 +98,21 @@ impl Poster {
     }
 }
 
+/// The masters' API endpoints and how clients reach them (the CA, or plaintext).
+#[derive(Clone, Debug)]
+pub struct Masters {
+    pub addrs: Vec<String>,
+    pub tls: chatfeed_common::tls::Tls,
+}
+
 /// A session of `user`, connected and logged in (which creates the user at first login).
-pub async fn login(masters: &[String], user: &str) -> Result<Arc<Session>> {
-    let s = Session::quiet(masters.to_vec(), user.into(), PASSWORD.into());
+pub async fn login(masters: &Masters, user: &str) -> Result<Arc<Session>> {
+    let s = Session::quiet(
+        masters.addrs.clone(),
+        masters.tls.clone(),
+        user.into(),
+        PASSWORD.into(),
+    );
     s.connect(Some(PATIENCE))
         .await
         .map_err(|f| anyhow!("login of {user}: {f}"))?;

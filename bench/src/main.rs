@@ -38,6 +38,13 @@ struct Args {
     /// worker-failover, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Run the local cluster without TLS ([tls] mode = "plaintext"), or reach the --master
+    /// cluster without it: to compare with the TLS figures (the default).
+    #[arg(long)]
+    plaintext: bool,
+    /// With --master: the cluster's CA certificate (default: the configuration's, as the client).
+    #[arg(long, conflicts_with = "plaintext")]
+    ca: Option<PathBuf>,
     /// Where the JSON goes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     results: PathBuf,
@@ -102,7 +109,7 @@ async fn main() -> Result<()> {
         );
         let r = tokio::select! {
             r = async {
-                let one = Target::start_local_with("[worker]\npool_size = 1\n")
+                let one = Target::start_local_with(args.plaintext, "[worker]\npool_size = 1\n")
                     .await
                     .context("starting the one-worker cluster")?;
                 scenarios::memory(&one, &plan).await
@@ -112,15 +119,26 @@ async fn main() -> Result<()> {
         memory = Some(r.map_err(fail));
     }
     let target = match &args.master {
-        Some(m) => Target::remote(m.split(',').map(|s| s.trim().to_string()).collect()),
+        Some(m) => Target::remote(load::Masters {
+            addrs: m.split(',').map(|s| s.trim().to_string()).collect(),
+            tls: target::remote_tls(args.ca.as_deref(), args.plaintext)?,
+        }),
         None => {
             eprintln!("starting a local cluster (MasterStartup.sh, WorkerStartup.sh)");
             tokio::select! {
-                t = Target::start_local() => t.context("starting the local cluster")?,
+                t = Target::start_local(args.plaintext) => t.context("starting the local cluster")?,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }
         }
     };
+    eprintln!(
+        "transport: {}",
+        if target.masters.tls.is_plaintext() {
+            "plaintext"
+        } else {
+            "TLS"
+        }
+    );
     let destructive = target.local.is_some();
     let mut report = Report::new(&plan, &target, args.quick, command, started);
     report.memory = memory;

@@ -71,7 +71,8 @@ impl Report {
             started,
             cluster: json!({
                 "local": target.local.is_some(),
-                "masters": target.masters,
+                "masters": target.masters.addrs,
+                "tls": !target.masters.tls.is_plaintext(),
                 "raft": target.raft,
             }),
             throughput: Vec::new(),

@@ -3,8 +3,11 @@
 //! from `chatfeed.toml`), or a running one named with `--master` (measured without killing
 //! anything). Status, the Raft term and the workers as the active master sees them.
 
+use crate::load::Masters;
 use anyhow::{Context, Result, bail, ensure};
+use chatfeed_common::tls::Tls;
 use chatfeed_e2e::cluster::{self, ProcCluster, RESTART_AFTER_MS};
+use chatfeed_e2e::feed::Clients;
 use chatfeed_proto::master::{self as pb, master_client::MasterClient};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -13,7 +16,7 @@ use tonic::transport::Channel;
 pub const PRODUCT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../chatfeed.toml");
 
 pub struct Target {
-    pub masters: Vec<String>,
+    pub masters: Masters,
     /// The local cluster, when the bench started it (killed, every process, when dropped).
     pub local: Option<ProcCluster>,
     /// The `[raft]` table in force (the local cluster's), for the report.
@@ -45,15 +48,20 @@ pub const BENCH_LIMITS: &str = "[limits]\nposts_per_sec = 1000000\npost_burst = 
 
 impl Target {
     /// Starts a local cluster: three masters (MasterStartup.sh) and a pool of workers
-    /// (WorkerStartup.sh), with the product's Raft timing.
-    pub async fn start_local() -> Result<Target> {
-        Self::start_local_with("").await
+    /// (WorkerStartup.sh), with the product's Raft timing, with TLS (as users run it: the
+    /// certificates `MasterStartup.sh` creates) unless `plaintext`.
+    pub async fn start_local(plaintext: bool) -> Result<Target> {
+        Self::start_local_with(plaintext, "").await
     }
 
     /// Like `start_local`, with `extra` TOML tables (e.g. `[worker]`) in the configuration.
     /// Always with `BENCH_LIMITS`.
-    pub async fn start_local_with(extra: &str) -> Result<Target> {
-        let extra = format!("{extra}{BENCH_LIMITS}");
+    pub async fn start_local_with(plaintext: bool, extra: &str) -> Result<Target> {
+        let extra = if plaintext {
+            format!("{extra}{BENCH_LIMITS}\n[tls]\nmode = \"plaintext\"\n")
+        } else {
+            format!("{extra}{BENCH_LIMITS}")
+        };
         let extra = extra.as_str();
         let text = std::fs::read_to_string(PRODUCT_CONFIG)
             .with_context(|| format!("reading {PRODUCT_CONFIG}"))?;
@@ -69,13 +77,16 @@ impl Target {
         let out = c.start_workers().await;
         ensure!(out.status.success(), "WorkerStartup.sh failed");
         Ok(Target {
-            masters: c.members.iter().map(|m| m.api.clone()).collect(),
+            masters: Masters {
+                addrs: c.members.iter().map(|m| m.api.clone()).collect(),
+                tls: c.client_tls(),
+            },
             local: Some(c),
             raft,
         })
     }
 
-    pub fn remote(masters: Vec<String>) -> Target {
+    pub fn remote(masters: Masters) -> Target {
         Target {
             masters,
             local: None,
@@ -88,8 +99,8 @@ impl Target {
         if let Some(c) = &self.local {
             return c.status().await;
         }
-        for m in &self.masters {
-            if let Some(mut c) = client(m).await
+        for m in &self.masters.addrs {
+            if let Some(mut c) = self.client(m).await
                 && let Ok(r) = c.status(pb::StatusRequest {}).await
             {
                 return Some(r.into_inner());
@@ -105,7 +116,7 @@ impl Target {
             return Some(s);
         }
         let leader = s.members.iter().find(|m| Some(m.id) == s.leader)?;
-        let mut c = client(&leader.api_addr).await?;
+        let mut c = self.client(&leader.api_addr).await?;
         let s = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
         (s.leader == Some(s.answered_by)).then_some(s)
     }
@@ -164,7 +175,16 @@ impl Target {
     }
 }
 
-/// A master API client of `addr`, when it accepts a connection.
-pub async fn client(addr: &str) -> Option<MasterClient<Channel>> {
-    cluster::client(addr).await
+impl Target {
+    /// A master API client of `addr` (as clients reach it), when it accepts a connection.
+    pub async fn client(&self, addr: &str) -> Option<MasterClient<Channel>> {
+        cluster::client(&self.masters.tls, addr).await
+    }
+}
+
+/// How the bench reaches a running cluster (`--master`): plaintext, the CA file given, or the
+/// client's own default (the configuration's CA).
+pub fn remote_tls(ca: Option<&std::path::Path>, plaintext: bool) -> Result<Tls> {
+    let config = std::env::var_os("CHATFEED_CONFIG").map(std::path::PathBuf::from);
+    chatfeed_client::masters::client_tls(ca, plaintext, config.as_deref())
 }

@@ -14,18 +14,21 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let addrs = masters::master_addresses(cli.master.as_deref())
         .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+    let config = std::env::var_os("CHATFEED_CONFIG").map(std::path::PathBuf::from);
+    let tls = masters::client_tls(cli.ca.as_deref(), cli.plaintext, config.as_deref())
+        .map_err(|e| Failure::Other(format!("{e:#}")))?;
     if let Some(Cmd::Status) = &cli.command {
-        return status(&addrs, cli.json).await;
+        return status(&tls, &addrs, cli.json).await;
     }
     let user = cli
         .user
         .clone()
         .ok_or_else(|| Failure::Usage("--user NAME is required".into()))?;
-    let password = crate::password::password_for(&addrs, &user, Some(cli.timeout)).await?;
+    let password = crate::password::password_for(&tls, &addrs, &user, Some(cli.timeout)).await?;
     let Some(cmd) = &cli.command else {
-        return interactive::run(addrs, user, password).await;
+        return interactive::run(addrs, tls, user, password).await;
     };
-    let session = Session::quiet(addrs, user, password);
+    let session = Session::quiet(addrs, tls, user, password);
     let cancel = CancellationToken::new();
     // Ctrl-C ends a followed timeline normally (exit 0); any other command keeps the default
     // action (the process ends), so the handler is only installed for that one.
@@ -48,8 +51,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// `status`: asked of the first master that answers, then of the active master when another
 /// answered (only the active master knows the workers).
-async fn status(addrs: &[String], json: bool) -> Result<(), Failure> {
-    let (_, mut client) = masters::connect_any(addrs)
+async fn status(
+    tls: &chatfeed_common::tls::Tls,
+    addrs: &[String],
+    json: bool,
+) -> Result<(), Failure> {
+    let (_, mut client) = masters::connect_any(tls, addrs)
         .await
         .map_err(|e| Failure::GaveUp(format!("{e:#}")))?;
     let mut s = client
@@ -59,7 +66,7 @@ async fn status(addrs: &[String], json: bool) -> Result<(), Failure> {
         .into_inner();
     if let Some(leader) = s.leader.filter(|&l| l != s.answered_by)
         && let Some(m) = s.members.iter().find(|m| m.id == leader)
-        && let Ok((_, mut c)) = masters::connect_any(std::slice::from_ref(&m.api_addr)).await
+        && let Ok((_, mut c)) = masters::connect_any(tls, std::slice::from_ref(&m.api_addr)).await
         && let Ok(r) = c.status(StatusRequest {}).await
     {
         s = r.into_inner();

@@ -5,6 +5,7 @@
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The longest user name (PRODUCT.md §5).
@@ -28,6 +29,26 @@ pub struct Cli {
     /// The user to act as (created at first login): 1 to 32 of A-Z a-z 0-9 _ . -
     #[arg(long, value_name = "NAME", value_parser = parse_user, global = true)]
     pub user: Option<String>,
+    /// The cluster's CA certificate, to verify masters and workers (default: ca.pem in the
+    /// [tls] dir of the configuration: $CHATFEED_CONFIG, else chatfeed.toml of this directory
+    /// or of the checkout the binary is in).
+    #[arg(
+        long,
+        env = "CHATFEED_CA",
+        value_name = "PATH",
+        global = true,
+        conflicts_with = "plaintext"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Connect without TLS, to a cluster configured with [tls] mode = "plaintext".
+    #[arg(
+        long,
+        env = "CHATFEED_PLAINTEXT",
+        global = true,
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub plaintext: bool,
     /// Print results as JSON, one object per line.
     #[arg(long, global = true)]
     pub json: bool,

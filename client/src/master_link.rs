@@ -4,12 +4,13 @@
 //! why, in one line ("no master answered at …", "no worker available: …").
 
 use crate::failure::{describe, describe_error, is_answer, one_line};
+use chatfeed_common::tls::{Tls, tls_failure};
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master::master_client::MasterClient;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Connecting to one master must not hold the client up for long: another may answer.
@@ -50,6 +51,17 @@ pub enum MasterError {
     Answer(Status),
     /// No master answered it.
     Trouble(MasterTrouble),
+    /// A TLS handshake failed (wrong CA, wrong name): a configuration mistake, not retried.
+    Tls(String),
+}
+
+/// Why no connection was made.
+#[derive(Debug)]
+pub enum NoConnection {
+    /// The TLS handshake failed; one line saying why and where.
+    Tls(String),
+    /// Refused, unreachable, timed out: another attempt may succeed.
+    Failed(String),
 }
 
 fn outcome_text(o: &Outcome) -> String {
@@ -98,15 +110,27 @@ impl MasterTrouble {
 }
 
 /// A channel to `addr` (`host:port`), connected.
-pub async fn connect(addr: &str, timeout: Duration) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr:?}: {e}"))?
+pub async fn connect(tls: &Tls, addr: &str, timeout: Duration) -> Result<Channel, NoConnection> {
+    let ep = tls
+        .endpoint(addr)
+        .map_err(|e| NoConnection::Failed(format!("bad address {addr:?}: {e}")))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
     match tokio::time::timeout(timeout * 2, ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
-        Ok(Err(e)) => Err(describe_error(&e)),
-        Err(_) => Err(format!("no connection within {} ms", timeout.as_millis())),
+        Ok(Err(e)) => Err(no_connection(addr, &e)),
+        Err(_) => Err(NoConnection::Failed(format!(
+            "no connection within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// A connection error: a TLS failure (named with `addr`) or another failure.
+pub fn no_connection(addr: &str, e: &tonic::transport::Error) -> NoConnection {
+    match tls_failure(e) {
+        Some(why) => NoConnection::Tls(format!("{addr}: {why}")),
+        None => NoConnection::Failed(describe_error(e)),
     }
 }
 
@@ -137,6 +161,7 @@ fn candidates(masters: &[String], hint: Option<&str>) -> VecDeque<String> {
 
 /// Runs `call` on the active master. Returns the address that answered and its answer.
 pub async fn on_active_master<T, F, Fut>(
+    tls: &Tls,
     masters: &[String],
     hint: Option<&str>,
     mut call: F,
@@ -153,9 +178,10 @@ where
         if tried.len() >= budget || !seen.insert(addr.clone()) {
             continue;
         }
-        let channel = match connect(&addr, CONNECT_TIMEOUT).await {
+        let channel = match connect(tls, &addr, CONNECT_TIMEOUT).await {
             Ok(c) => c,
-            Err(e) => {
+            Err(NoConnection::Tls(why)) => return Err(MasterError::Tls(why)),
+            Err(NoConnection::Failed(e)) => {
                 tried.push((addr, Outcome::Unreachable(e)));
                 continue;
             }

@@ -1,8 +1,12 @@
-//! Reaching the masters: the address list (`--master`, else the `default_master_address` file)
-//! and a connection to the first master that answers.
+//! Reaching the masters: the address list (`--master`, else the `default_master_address` file),
+//! the TLS to reach them with (`--ca`, `--plaintext`, else the configuration's `[tls]`), and a
+//! connection to the first master that answers.
 
 use anyhow::{Context, bail};
+use chatfeed_common::Config;
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::master::master_client::MasterClient;
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -14,18 +18,53 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A call that takes longer than this has failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Finds `default_master_address` in the current directory or above the binary (a checkout's
-/// `target/release/chatfeed` finds the checkout's file).
-pub fn default_address_file() -> Option<PathBuf> {
-    let here = PathBuf::from(DEFAULT_ADDRESS_FILE);
+/// The configuration file the client takes its CA from when no `--ca` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "chatfeed.toml";
+
+/// How the client reaches the cluster: plaintext with `plaintext`; else TLS, verifying servers
+/// with the CA certificate `ca`, or when none is given the CA of the configuration (`config`,
+/// else `chatfeed.toml` found like `default_master_address`; a configuration in plaintext mode
+/// means plaintext). A client presents no certificate.
+pub fn client_tls(
+    ca: Option<&Path>,
+    plaintext: bool,
+    config: Option<&Path>,
+) -> anyhow::Result<Tls> {
+    if plaintext {
+        return Ok(Tls::plaintext());
+    }
+    if let Some(ca) = ca {
+        return Ok(Tls::load_client(ca)?);
+    }
+    let path = match config {
+        Some(p) => p.to_path_buf(),
+        None => find_beside(DEFAULT_CONFIG_FILE).with_context(|| {
+            "no CA certificate to verify the cluster with: give --ca PATH (the cluster's ca.pem; \
+             or CHATFEED_CA), CHATFEED_CONFIG=<its chatfeed.toml>, or --plaintext for a \
+             plaintext cluster"
+        })?,
+    };
+    let config = Config::load(&path)?;
+    Tls::client_for(&config).with_context(|| format!("the CA of {}", path.display()))
+}
+
+/// `name` in the current directory or a directory above the binary.
+fn find_beside(name: &str) -> Option<PathBuf> {
+    let here = PathBuf::from(name);
     if here.exists() {
         return Some(here);
     }
     let exe = std::env::current_exe().ok()?;
     exe.ancestors()
         .skip(1)
-        .map(|d| d.join(DEFAULT_ADDRESS_FILE))
+        .map(|d| d.join(name))
         .find(|p| p.exists())
+}
+
+/// Finds `default_master_address` in the current directory or above the binary (a checkout's
+/// `target/release/chatfeed` finds the checkout's file).
+pub fn default_address_file() -> Option<PathBuf> {
+    find_beside(DEFAULT_ADDRESS_FILE)
 }
 
 /// The master endpoints from `--master`, or from the default file.
@@ -45,20 +84,31 @@ pub fn master_addresses(flag: Option<&str>) -> anyhow::Result<Vec<String>> {
         .map_err(|e| anyhow::anyhow!("{from}: {e}"))
 }
 
-fn endpoint(addr: &str) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+fn endpoint(tls: &Tls, addr: &str) -> anyhow::Result<Endpoint> {
+    Ok(tls
+        .endpoint(addr)
         .with_context(|| format!("bad master address {addr:?}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT))
 }
 
 /// A client of the first master in `addrs` that accepts a connection.
-pub async fn connect_any(addrs: &[String]) -> anyhow::Result<(String, MasterClient<Channel>)> {
+/// A TLS failure (wrong CA, wrong name) ends the search at once: it is a configuration
+/// mistake that another master will not fix.
+pub async fn connect_any(
+    tls: &Tls,
+    addrs: &[String],
+) -> anyhow::Result<(String, MasterClient<Channel>)> {
     let mut errors = Vec::new();
     for addr in addrs {
-        match endpoint(addr)?.connect().await {
+        match endpoint(tls, addr)?.connect().await {
             Ok(ch) => return Ok((addr.clone(), MasterClient::new(ch))),
-            Err(e) => errors.push(format!("{addr}: {e}")),
+            Err(e) => {
+                if let Some(why) = chatfeed_common::tls::tls_failure(&e) {
+                    bail!("{addr}: {why}");
+                }
+                errors.push(format!("{addr}: {e}"))
+            }
         }
     }
     bail!("no master answered ({})", errors.join("; "))

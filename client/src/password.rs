@@ -12,6 +12,7 @@ pub const PASSWORD_ENV: &str = "CHATFEED_PASSWORD";
 /// a password" (twice) for a user without one (`has_password` asks the cluster), "password"
 /// otherwise. Without either (stdin is not a terminal): a usage error (exit 2).
 pub async fn password_for(
+    tls: &chatfeed_common::tls::Tls,
     masters: &[String],
     user: &str,
     patience: Option<std::time::Duration>,
@@ -26,7 +27,8 @@ pub async fn password_for(
             "no password for {user}: set {PASSWORD_ENV} (standard input is not a terminal to ask on)"
         )));
     }
-    let probe = crate::session::Session::quiet(masters.to_vec(), user.into(), String::new());
+    let probe =
+        crate::session::Session::quiet(masters.to_vec(), tls.clone(), user.into(), String::new());
     let existing = probe.has_password(patience).await?;
     let ask = |prompt: String| {
         rpassword::prompt_password(prompt)

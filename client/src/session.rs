@@ -10,10 +10,11 @@
 //! of one session (the interactive timeline and its posts) share one worker connection.
 
 use crate::failure::{Failure, describe, is_answer};
-use crate::master_link::{self, MasterError};
+use crate::master_link::{self, MasterError, NoConnection};
 use crate::outage::{Notice, Outage};
 use crate::retry::{Retrier, secs};
 use chatfeed_common::accounts::{AUTHORIZATION, SESSION_EXPIRED, WORKER_FULL, bearer};
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::feed::LoginRequest;
 use chatfeed_proto::feed::feed_client::FeedClient;
 use chatfeed_proto::master::GetWorkerRequest;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Adds the session token to every call.
@@ -87,6 +88,19 @@ pub enum CallError {
     Answer(Status),
     /// A worker or master failed; the text says which and how.
     Retry(String),
+    /// A TLS handshake failed (wrong CA, wrong name): final, retrying will not fix it.
+    Tls(String),
+}
+
+impl CallError {
+    /// The failure the caller reports when it does not retry this error.
+    pub fn into_failure(self) -> Failure {
+        match self {
+            CallError::Answer(s) => Failure::Refused(s),
+            CallError::Retry(m) => Failure::GaveUp(m),
+            CallError::Tls(m) => Failure::Other(m),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -120,6 +134,7 @@ impl Conn {
 /// One user's connection to the cluster.
 pub struct Session {
     masters: Vec<String>,
+    tls: Tls,
     user: String,
     password: String,
     conn: tokio::sync::Mutex<Conn>,
@@ -127,9 +142,10 @@ pub struct Session {
     notify: NoticeSink,
 }
 
-async fn connect_worker(addr: &str) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad worker address {addr:?}: {e}"))?
+async fn connect_worker(tls: &Tls, addr: &str) -> Result<Channel, NoConnection> {
+    let ep = tls
+        .endpoint(addr)
+        .map_err(|e| NoConnection::Failed(format!("bad worker address {addr:?}: {e}")))?
         .connect_timeout(WORKER_CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -137,17 +153,24 @@ async fn connect_worker(addr: &str) -> Result<Channel, String> {
         .keep_alive_while_idle(true);
     match tokio::time::timeout(WORKER_CONNECT_TIMEOUT * 2, ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
-        Ok(Err(e)) => Err(crate::failure::describe_error(&e)),
-        Err(_) => Err("no connection within 2 s".into()),
+        Ok(Err(e)) => Err(master_link::no_connection(addr, &e)),
+        Err(_) => Err(NoConnection::Failed("no connection within 2 s".into())),
     }
 }
 
 impl Session {
-    /// A session of `user` (logging in with `password`) with the masters at `masters`; notices
-    /// go to `notify`.
-    pub fn new(masters: Vec<String>, user: String, password: String, notify: NoticeSink) -> Self {
+    /// A session of `user` (logging in with `password`) with the masters at `masters`, reached
+    /// with `tls`; notices go to `notify`.
+    pub fn new(
+        masters: Vec<String>,
+        tls: Tls,
+        user: String,
+        password: String,
+        notify: NoticeSink,
+    ) -> Self {
         Session {
             masters,
+            tls,
             user,
             password,
             conn: tokio::sync::Mutex::new(Conn::default()),
@@ -158,8 +181,13 @@ impl Session {
 
     /// A session whose notices are dropped (scriptable commands: stderr is for the one failure
     /// line).
-    pub fn quiet(masters: Vec<String>, user: String, password: String) -> Self {
-        Self::new(masters, user, password, Arc::new(|_| {}))
+    pub fn quiet(masters: Vec<String>, tls: Tls, user: String, password: String) -> Self {
+        Self::new(masters, tls, user, password, Arc::new(|_| {}))
+    }
+
+    /// How this session reaches the cluster.
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     pub fn user(&self) -> &str {
@@ -205,18 +233,20 @@ impl Session {
         }
         let exclude = conn.excluded_now();
         let hint = conn.hint.clone();
-        let picked = master_link::on_active_master(&self.masters, hint.as_deref(), |mut m| {
-            let exclude_addrs = exclude.clone();
-            async move {
-                m.get_worker(GetWorkerRequest { exclude_addrs })
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await;
+        let picked =
+            master_link::on_active_master(&self.tls, &self.masters, hint.as_deref(), |mut m| {
+                let exclude_addrs = exclude.clone();
+                async move {
+                    m.get_worker(GetWorkerRequest { exclude_addrs })
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await;
         let (master, reply) = match picked {
             Ok(v) => v,
             Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
+            Err(MasterError::Tls(why)) => return Err(CallError::Tls(why)),
             Err(MasterError::Trouble(t)) => {
                 conn.hint = None;
                 return Err(CallError::Retry(t.summary()));
@@ -248,9 +278,10 @@ impl Session {
                 "no worker available: worker {worker_id} at {addr} {why}"
             ))
         };
-        let channel = match connect_worker(&addr).await {
+        let channel = match connect_worker(&self.tls, &addr).await {
             Ok(c) => c,
-            Err(e) => {
+            Err(NoConnection::Tls(why)) => return Err(CallError::Tls(why)),
+            Err(NoConnection::Failed(e)) => {
                 conn.exclude(&addr);
                 return Err(no_worker(format!("did not accept a connection: {e}")));
             }
@@ -347,8 +378,8 @@ impl Session {
                     r.succeeded();
                     return Ok(l);
                 }
-                Err(CallError::Answer(s)) => return Err(Failure::Refused(s)),
                 Err(CallError::Retry(why)) => r.failed(why, true).await?,
+                Err(e) => return Err(e.into_failure()),
             }
         }
     }
@@ -387,21 +418,30 @@ impl Session {
         loop {
             let once = async {
                 let exclude = self.conn.lock().await.excluded_now();
-                let picked = master_link::on_active_master(&self.masters, None, |mut m| {
-                    let exclude_addrs = exclude.clone();
-                    async move {
-                        m.get_worker(GetWorkerRequest { exclude_addrs })
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await;
+                let picked =
+                    master_link::on_active_master(&self.tls, &self.masters, None, |mut m| {
+                        let exclude_addrs = exclude.clone();
+                        async move {
+                            m.get_worker(GetWorkerRequest { exclude_addrs })
+                                .await
+                                .map(tonic::Response::into_inner)
+                        }
+                    })
+                    .await;
                 let addr = match picked {
                     Ok((_, w)) => w.addr,
                     Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
+                    Err(MasterError::Tls(why)) => return Err(CallError::Tls(why)),
                     Err(MasterError::Trouble(t)) => return Err(CallError::Retry(t.summary())),
                 };
-                let channel = connect_worker(&addr).await.map_err(CallError::Retry)?;
+                let channel = match connect_worker(&self.tls, &addr).await {
+                    Ok(c) => c,
+                    Err(NoConnection::Tls(why)) => return Err(CallError::Tls(why)),
+                    Err(NoConnection::Failed(e)) => {
+                        self.conn.lock().await.exclude(&addr);
+                        return Err(CallError::Retry(format!("worker {addr}: {e}")));
+                    }
+                };
                 let probe = LoginRequest {
                     user: self.user.clone(),
                     password: String::new(),
@@ -428,6 +468,7 @@ impl Session {
                     return Ok(v);
                 }
                 Err(CallError::Answer(s)) => return Err(Failure::Refused(s)),
+                Err(CallError::Tls(why)) => return Err(Failure::Other(why)),
                 Err(CallError::Retry(why)) => r.failed(why, true).await?,
             }
         }
@@ -457,6 +498,7 @@ impl Session {
                     return Err(Failure::Refused(s));
                 }
                 Err(CallError::Retry(why)) => r.failed(why, true).await?,
+                Err(e) => return Err(e.into_failure()),
             }
         }
     }
@@ -476,6 +518,7 @@ impl Session {
             let hint = self.conn.lock().await.hint.clone();
             let res = r
                 .bound(master_link::on_active_master(
+                    &self.tls,
                     &self.masters,
                     hint.as_deref(),
                     &mut call,
@@ -495,6 +538,7 @@ impl Session {
                     self.conn.lock().await.hint = None;
                     r.failed(t.summary(), true).await?;
                 }
+                Err(MasterError::Tls(why)) => return Err(Failure::Other(why)),
             }
         }
     }

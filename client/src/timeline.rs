@@ -101,12 +101,12 @@ pub async fn stream(
         loop {
             let lease = match r.bound(session.lease()).await? {
                 Ok(l) => l,
-                Err(CallError::Answer(s)) => return Err(Failure::Refused(s)),
                 Err(CallError::Retry(why)) => {
                     failed(&why);
                     r.failed(why, true).await?;
                     continue;
                 }
+                Err(e) => return Err(e.into_failure()),
             };
             let req = TimelineRequest {
                 user: session.user().to_string(),

@@ -56,6 +56,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 64 * 1024;
 /// Client connections one worker keeps open at once (each stream uses its own HTTP/2
 /// connection today): the benchmark holds 10,000 idle streams on one worker.
 pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 20_000;
+/// Where the cluster CA and this host's node certificate live, relative to the configuration file.
+pub const DEFAULT_TLS_DIR: &str = "tls";
 
 /// An error in the configuration: which field, and why.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,8 @@ pub struct Config {
     pub accounts: Accounts,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub tls: TlsSettings,
     /// The members of the master group.
     #[serde(rename = "member")]
     pub members: Vec<Member>,
@@ -242,6 +246,26 @@ impl Default for Accounts {
     }
 }
 
+/// Whether connections use TLS, and where the certificates are (`[tls]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// `tls` (the default) or `plaintext` (anyone who can reach a port can call it).
+    pub mode: TlsMode,
+    /// The directory of `ca.pem` (every process and client), `node.pem` and `node.key` (masters
+    /// and workers of this host), and `ca.key` (only where certificates are issued).
+    pub dir: PathBuf,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            mode: TlsMode::Tls,
+            dir: DEFAULT_TLS_DIR.into(),
+        }
+    }
+}
+
 /// What one user or one client may use (over it: RESOURCE_EXHAUSTED).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -270,6 +294,14 @@ impl Default for Limits {
     }
 }
 
+/// `[tls] mode`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Tls,
+    Plaintext,
+}
+
 fn d_data_dir() -> PathBuf {
     DEFAULT_DATA_DIR.into()
 }
@@ -294,6 +326,7 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.data_dir = base.join(&config.data_dir);
         config.run_dir = base.join(&config.run_dir);
+        config.tls.dir = base.join(&config.tls.dir);
         config.validate()?;
         Ok(config)
     }
@@ -479,6 +512,12 @@ impl Config {
                 format!("must be at least {min_request} (room for the longest possible post)"),
             ));
         }
+        if self.tls.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls.dir",
+                "must name the directory of ca.pem, node.pem and node.key",
+            ));
+        }
         Ok(())
     }
 
@@ -507,6 +546,8 @@ impl Config {
     /// A three-member configuration on 127.0.0.1 with the given ports, rooted at `dir`; for tests.
     /// Its Raft timing is relaxed (the `TEST_*` constants, twice the defaults): tests run many
     /// members at once on debug builds, and they check behaviour, not speed (benchmarks do that).
+    /// It is plaintext: in-process fixtures that test TLS set `tls.mode` and create the
+    /// certificates in `tls.dir` (`<dir>/tls`) themselves.
     pub fn for_test(dir: &Path, api_ports: [u16; 3], raft_ports: [u16; 3]) -> Config {
         Config {
             data_dir: dir.join(DEFAULT_DATA_DIR),
@@ -531,6 +572,10 @@ impl Config {
                 posts_per_sec: 10_000,
                 post_burst: 10_000,
                 ..Limits::default()
+            },
+            tls: TlsSettings {
+                mode: TlsMode::Plaintext,
+                dir: dir.join(DEFAULT_TLS_DIR),
             },
             members: (0..3)
                 .map(|i| Member {
@@ -617,6 +662,28 @@ api_addr = "127.0.0.1:7002"
         assert_eq!(c.raft.heartbeat_ms, DEFAULT_HEARTBEAT_MS);
         assert_eq!(c.max_post_chars, DEFAULT_MAX_POST_CHARS);
         assert_eq!(c.member(2).unwrap().host(), "127.0.0.1");
+        assert_eq!(
+            c.tls.mode,
+            TlsMode::Tls,
+            "TLS is on unless the file says otherwise"
+        );
+        assert_eq!(c.tls.dir, Path::new(DEFAULT_TLS_DIR));
+    }
+
+    /// `[tls] dir` is taken relative to the configuration file, like every path; plaintext is
+    /// spelled out.
+    #[test]
+    fn tls_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!("[tls]\nmode = \"plaintext\"\ndir = \"certs\"\n{GOOD}"),
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Plaintext);
+        assert_eq!(c.tls.dir, dir.path().join("certs"));
     }
 
     /// Each kind of mistake is reported with the field that holds it, and why: unknown fields
@@ -679,6 +746,15 @@ api_addr = "127.0.0.1:7002"
                 format!("[metrics]\nlisten = \"x\"\n{GOOD}"),
                 &["unknown field", "metrics"],
             ),
+            (
+                format!("[tls]\ncert = \"x.pem\"\n{GOOD}"),
+                &["unknown field", "cert"],
+            ),
+            (
+                format!("[tls]\nmode = \"off\"\n{GOOD}"),
+                &["mode", "unknown variant", "plaintext"],
+            ),
+            (format!("[tls]\ndir = \"\"\n{GOOD}"), &["tls.dir", "ca.pem"]),
             // Wrong types, missing fields, wrong shape.
             ("[[member]]\nid = \"x\"".into(), &["id", "invalid type"]),
             (

@@ -1,6 +1,7 @@
 //! Code shared by the chatfeed processes: session tokens (`accounts`), the typed configuration (`config`), logging set-up
 //! (`logging`) and master address parsing (`addr`), and
-//! background processes, pid files and signals (`process`).
+//! background processes, pid files and signals (`process`), and TLS: certificates, server and
+//! client configurations (`tls`).
 
 pub mod accounts;
 pub mod addr;
@@ -8,5 +9,6 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod tls;
 
 pub use config::Config;

@@ -8,6 +8,8 @@
 //! own configuration path on its command line; `ProcCluster`'s `Drop` SIGKILLs exactly those,
 //! also when a test panics.
 
+use chatfeed_common::Config;
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{self as pb, write_request::Command};
@@ -15,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Generous: the tests wait for conditions, never for fixed times, and debug binaries on a
@@ -69,6 +72,8 @@ pub struct ProcCluster {
     pub seen: Mutex<BTreeSet<u32>>,
     /// Every (term → members that reported themselves leader in it) seen through Status.
     pub leaders: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+    /// The node identity `MasterStartup.sh` created on the first start (see `tls`).
+    tls: OnceLock<Tls>,
     // Dropped after `Drop::drop` has killed the processes.
     _dir: TempDir,
 }
@@ -156,12 +161,38 @@ impl ProcCluster {
             members,
             seen: Mutex::default(),
             leaders: Mutex::default(),
+            tls: OnceLock::new(),
             _dir: dir,
         }
     }
 
     pub fn member(&self, id: u64) -> &MemberAddr {
         self.members.iter().find(|m| m.id == id).unwrap()
+    }
+
+    /// How the test process reaches the group, as one of its processes (the host's node
+    /// certificate, which `MasterStartup.sh` creates in `<root>/tls/` on the first start; for the
+    /// cluster-only calls the harness makes: writes, watch, member info); plaintext when the
+    /// configuration says so. `None` before the certificates exist.
+    pub fn tls(&self) -> Option<Tls> {
+        if let Some(t) = self.tls.get() {
+            return Some(t.clone());
+        }
+        let config = Config::load(&self.config_path).ok()?;
+        let tls = Tls::for_cluster(&config).ok()?;
+        Some(self.tls.get_or_init(|| tls).clone())
+    }
+
+    /// The CA certificate clients verify the group with (`None` in plaintext).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        let config = Config::load(&self.config_path).ok()?;
+        (config.tls.mode == chatfeed_common::config::TlsMode::Tls)
+            .then(|| chatfeed_common::tls::Files::in_dir(&config.tls.dir).ca_cert)
+    }
+
+    /// A client of the member API at `addr`, with the node identity (see `tls`).
+    pub async fn api_client(&self, addr: &str) -> Option<MasterClient<Channel>> {
+        client(&self.tls()?, addr).await
     }
 
     pub fn run_dir(&self) -> PathBuf {
@@ -240,7 +271,7 @@ impl ProcCluster {
     /// The group as the first member that answers sees it; records every pid and leader in it.
     pub async fn status(&self) -> Option<pb::ClusterStatus> {
         for m in &self.members {
-            let Some(mut c) = client(&m.api).await else {
+            let Some(mut c) = self.api_client(&m.api).await else {
                 continue;
             };
             if let Ok(r) = c.status(pb::StatusRequest {}).await {
@@ -440,9 +471,10 @@ pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T,
     }
 }
 
-/// A client of the member at `addr`, when it accepts a connection.
-pub async fn client(addr: &str) -> Option<MasterClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+/// A client of the member at `addr` with `tls`, when it accepts a connection.
+pub async fn client(tls: &Tls, addr: &str) -> Option<MasterClient<Channel>> {
+    let endpoint = tls
+        .endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(5));
@@ -536,7 +568,7 @@ impl<'a> Writer<'a> {
         if let Some(c) = self.clients.get(addr) {
             return Some(c.clone());
         }
-        let c = client(addr).await?;
+        let c = self.cluster.api_client(addr).await?;
         self.clients.insert(addr.to_string(), c.clone());
         Some(c)
     }

@@ -3,6 +3,7 @@
 //! whose every printed post is recorded with the time it arrived.
 
 use crate::cluster::{DEADLINE, ProcCluster, bin_dir, eventually};
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::master as pb;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -93,7 +94,7 @@ impl ProcCluster {
             return Some(s);
         }
         let leader = self.members.iter().find(|m| Some(m.id) == s.leader)?;
-        let mut c = crate::cluster::client(&leader.api).await?;
+        let mut c = self.api_client(&leader.api).await?;
         let s = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
         for w in &s.workers {
             self.saw(w.pid);
@@ -119,6 +120,15 @@ impl Clients for ProcCluster {
         self.masters_list()
     }
 
+    fn ca_file(&self) -> Option<PathBuf> {
+        ProcCluster::ca_file(self)
+    }
+
+    fn harness_tls(&self) -> Tls {
+        self.tls()
+            .expect("the group's certificates exist once MasterStartup.sh has run")
+    }
+
     fn clients_dir(&self) -> PathBuf {
         self.root.join("clients")
     }
@@ -134,12 +144,31 @@ pub trait Clients {
     fn masters_arg(&self) -> String;
     /// Where background streams write their stderr (an unread pipe could fill and block them).
     fn clients_dir(&self) -> PathBuf;
+    /// The CA certificate clients verify the cluster with; `None` for a plaintext cluster.
+    fn ca_file(&self) -> Option<PathBuf>;
+    /// A cluster process's TLS (a node identity) for the harness's own calls to the members:
+    /// writes, watch, member info are for the cluster's processes only.
+    fn harness_tls(&self) -> Tls;
 
-    /// A `chatfeed --master <masters> [--user U] <args>` command, ready to run.
+    /// How a client library session reaches the cluster: the CA only, as users have it.
+    fn client_tls(&self) -> Tls {
+        match self.ca_file() {
+            None => Tls::plaintext(),
+            Some(ca) => Tls::load_client(&ca).expect("the cluster's CA certificate"),
+        }
+    }
+
+    /// A `chatfeed --master <masters> [--user U] <args>` command, ready to run, with the
+    /// cluster's CA in `CHATFEED_CA` (or `CHATFEED_PLAINTEXT=1` for a plaintext cluster).
     fn chatfeed(&self, user: Option<&str>, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("chatfeed"));
         // Every user of the tests logs in with the same password, given as scripts give it.
         cmd.env("CHATFEED_PASSWORD", crate::PASSWORD);
+        cmd.env_remove("CHATFEED_CONFIG");
+        match self.ca_file() {
+            Some(ca) => cmd.env("CHATFEED_CA", ca).env_remove("CHATFEED_PLAINTEXT"),
+            None => cmd.env("CHATFEED_PLAINTEXT", "1").env_remove("CHATFEED_CA"),
+        };
         cmd.arg("--master").arg(self.masters_arg());
         if let Some(u) = user {
             cmd.arg("--user").arg(u);

@@ -26,6 +26,7 @@ use crate::delay::DelayProxy;
 use crate::deployment::{Deployment, Unsupported, output_tail, wait_gone};
 use crate::feed::Clients;
 use crate::history::FaultKind;
+use chatfeed_common::tls::{self, Tls};
 use chatfeed_proto::master::{self as pb};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -673,6 +674,10 @@ pub struct NetCluster {
     /// term → members seen as active master in it (from Status and the observer).
     pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>,
     observer: Option<tokio::task::JoinHandle<()>>,
+    /// The cluster CA's certificate (`<root>/ca/ca.pem`), what clients verify the hosts with.
+    pub ca: PathBuf,
+    /// The harness's own node identity (issued with the hosts'), for its cluster-only calls.
+    pub tls: Tls,
     /// The delaying relays of `add_delay`, by the address they stand in front of (made on first
     /// use, kept until the cluster is dropped).
     proxies: Mutex<BTreeMap<String, DelayProxy>>,
@@ -691,9 +696,45 @@ fn record_leaders(leaders: &Mutex<BTreeMap<u64, BTreeSet<u64>>>, members: &[pb::
     }
 }
 
+/// Issues every host's certificate from one new CA with `chatfeed-master certs` (each host's
+/// namespace address in its SANs), as the README's multi-host deployment does, and copies
+/// `<root>/ca/<label>/` to each host's `tls/`; plus one for the harness. Returns the CA
+/// certificate and the harness's identity.
+fn issue_certificates(hosts: &Hosts) -> (PathBuf, Tls) {
+    let out = hosts.root.join("ca");
+    let mut cmd = std::process::Command::new(bin_dir().join("chatfeed-master"));
+    cmd.arg("certs").arg("--out").arg(&out);
+    for h in &hosts.hosts {
+        cmd.arg("--host").arg(format!("{}={}", h.label, h.ip));
+    }
+    cmd.arg("--host").arg("harness=127.0.0.1");
+    let o = cmd.output().expect("running chatfeed-master certs");
+    assert!(
+        o.status.success(),
+        "chatfeed-master certs failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for h in &hosts.hosts {
+        let dest = h.dir.join("tls");
+        std::fs::create_dir_all(&dest).unwrap();
+        for f in [tls::CA_CERT, tls::NODE_CERT, tls::NODE_KEY] {
+            std::fs::copy(out.join(&h.label).join(f), dest.join(f)).unwrap();
+        }
+    }
+    let harness = tls::Files::in_dir(&out.join("harness"));
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let identity = Tls::node(
+        read(&harness.ca_cert),
+        read(&harness.node_cert),
+        read(&harness.node_key),
+    );
+    (out.join(tls::CA_CERT), identity)
+}
+
 /// Member `addr`'s own view of itself, with short timeouts (it may be cut off).
-async fn member_info_at(addr: &str) -> Option<pb::MemberStatus> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn member_info_at(tls: &Tls, addr: &str) -> Option<pb::MemberStatus> {
+    let endpoint = tls
+        .endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(1));
@@ -739,8 +780,11 @@ impl NetCluster {
             )
             .unwrap();
         }
+        let (ca, tls) = issue_certificates(&hosts);
         NetCluster {
             members,
+            ca,
+            tls,
             master_hosts,
             worker_hosts,
             pool_size,
@@ -757,10 +801,11 @@ impl NetCluster {
     pub async fn start(&mut self) {
         let leaders = self.leaders.clone();
         let addrs: Vec<String> = self.members.iter().map(|m| m.api.clone()).collect();
+        let tls = self.tls.clone();
         self.observer = Some(tokio::spawn(async move {
             loop {
                 for addr in &addrs {
-                    if let Some(m) = member_info_at(addr).await {
+                    if let Some(m) = member_info_at(&tls, addr).await {
                         record_leaders(&leaders, &[m]);
                     }
                 }
@@ -936,7 +981,7 @@ impl NetCluster {
     /// The group as the first member that answers sees it; records its leaders.
     pub async fn status(&self) -> Option<pb::ClusterStatus> {
         for m in &self.members {
-            let Some(mut c) = client(&m.api).await else {
+            let Some(mut c) = client(&self.tls, &m.api).await else {
                 continue;
             };
             if let Ok(r) = c.status(pb::StatusRequest {}).await {
@@ -950,7 +995,7 @@ impl NetCluster {
 
     /// Member `id`'s own view of itself (`MemberInfo`), if it answers; records it.
     pub async fn member_info(&self, id: u64) -> Option<pb::MemberStatus> {
-        let m = member_info_at(&self.member(id).api).await?;
+        let m = member_info_at(&self.tls, &self.member(id).api).await?;
         record_leaders(&self.leaders, std::slice::from_ref(&m));
         Some(m)
     }
@@ -962,7 +1007,7 @@ impl NetCluster {
             return Some(s);
         }
         let leader = self.members.iter().find(|m| Some(m.id) == s.leader)?;
-        let mut c = client(&leader.api).await?;
+        let mut c = client(&self.tls, &leader.api).await?;
         let s = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
         record_leaders(&self.leaders, &s.members);
         (s.leader == Some(s.answered_by)).then_some(s)
@@ -1013,6 +1058,14 @@ impl NetCluster {
 impl Clients for NetCluster {
     fn masters_arg(&self) -> String {
         self.masters_list()
+    }
+
+    fn ca_file(&self) -> Option<PathBuf> {
+        Some(self.ca.clone())
+    }
+
+    fn harness_tls(&self) -> Tls {
+        self.tls.clone()
     }
 
     fn clients_dir(&self) -> PathBuf {

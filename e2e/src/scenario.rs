@@ -353,6 +353,8 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
         plan.describe(plan.mandatory + 3)
     ));
     let masters = d.master_addrs();
+    // Set once the masters started (a one-host cluster creates its certificates then).
+    let mut tls = None;
     let mut rng = StdRng::seed_from_u64(sc.seed);
     let graph = Graph::random(&mut rng, sc.authors, sc.followers);
 
@@ -369,9 +371,13 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
             Vec::new()
         }
     };
+    if ready {
+        tls = Some(d.client_tls());
+    }
+    let tls = tls.unwrap_or_else(chatfeed_common::tls::Tls::plaintext);
     let ready = ready
         && !members.is_empty()
-        && step(&rec, "setup", workload::setup(&masters, &graph)).await;
+        && step(&rec, "setup", workload::setup(&masters, &tls, &graph)).await;
     say(format!(
         "cluster up, {} users, follow graph: {}",
         graph.users().len(),
@@ -388,10 +394,11 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
     let mut streams: Vec<JoinHandle<()>> = Vec::new();
     let mut pollers = Vec::new();
     if ready {
-        pollers = workload::spawn_leader_poller(members, &rec, &stop_streams);
+        pollers = workload::spawn_leader_poller(members, &d.harness_tls(), &rec, &stop_streams);
         for (i, (f, _)) in graph.followers.iter().enumerate() {
             streams.push(workload::spawn_library_stream(
                 &masters,
+                &tls,
                 f,
                 None,
                 &rec,
@@ -409,6 +416,7 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
                 let (f, _) = &graph.followers[(2 + i) % graph.followers.len()];
                 streams.push(workload::spawn_library_stream(
                     &masters,
+                    &tls,
                     f,
                     Some(injection),
                     &rec,
@@ -416,7 +424,8 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
                 ));
             }
         }
-        let posters = workload::spawn_posters(&masters, &graph.authors, sc.seed, &rec, &stop_posts);
+        let posters =
+            workload::spawn_posters(&masters, &tls, &graph.authors, sc.seed, &rec, &stop_posts);
 
         let nemesis = Nemesis {
             d,
@@ -437,7 +446,12 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
         // One post per author after recovery: every stream must deliver those of its timeline.
         let mut probes: Vec<(String, u64)> = Vec::new();
         for a in &graph.authors {
-            let session = Session::quiet(masters.clone(), a.clone(), crate::PASSWORD.into());
+            let session = Session::quiet(
+                masters.clone(),
+                tls.clone(),
+                a.clone(),
+                crate::PASSWORD.into(),
+            );
             let id = format!("{a}-after-recovery");
             let text = format!("{id} (seed {})", sc.seed);
             match workload::post_resolved(&session, &rec, id, text, true).await {
@@ -461,7 +475,7 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
     join_within(streams, Duration::from_secs(15)).await;
     join_within(pollers, Duration::from_secs(5)).await;
 
-    let final_state = match workload::read_timelines(&masters, &graph.users()).await {
+    let final_state = match workload::read_timelines(&masters, &tls, &graph.users()).await {
         Ok(t) => FinalState {
             timelines: t
                 .into_iter()

@@ -21,6 +21,7 @@ use chatfeed_client::format::PostView;
 use chatfeed_client::outage::Notice;
 use chatfeed_client::session::{NoticeSink, Session};
 use chatfeed_client::timeline::{self, StreamEnd, Until};
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::feed::{FollowRequest, PostRequest};
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{self as pb, TimelineRequest};
@@ -34,7 +35,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Endpoint;
 
 /// How long one invocation of a post keeps retrying before it is recorded as ambiguous (and
 /// invoked again with the same client post id). Longer than a fail-over, shorter than a full
@@ -95,15 +95,25 @@ impl Graph {
 
 /// Creates every user (first login) and every follow of `graph`. A follow retried after an
 /// ambiguous failure may find itself done already ("already follows"): that counts.
-pub async fn setup(masters: &[String], graph: &Graph) -> Result<(), String> {
+pub async fn setup(masters: &[String], tls: &Tls, graph: &Graph) -> Result<(), String> {
     for user in graph.users() {
-        Session::quiet(masters.to_vec(), user.clone(), crate::PASSWORD.into())
-            .connect(Some(SETUP_PATIENCE))
-            .await
-            .map_err(|f| format!("logging in {user}: {f}"))?;
+        Session::quiet(
+            masters.to_vec(),
+            tls.clone(),
+            user.clone(),
+            crate::PASSWORD.into(),
+        )
+        .connect(Some(SETUP_PATIENCE))
+        .await
+        .map_err(|f| format!("logging in {user}: {f}"))?;
     }
     for (follower, authors) in &graph.followers {
-        let session = Session::quiet(masters.to_vec(), follower.clone(), crate::PASSWORD.into());
+        let session = Session::quiet(
+            masters.to_vec(),
+            tls.clone(),
+            follower.clone(),
+            crate::PASSWORD.into(),
+        );
         for a in authors {
             let req = FollowRequest {
                 user: follower.clone(),
@@ -217,6 +227,7 @@ pub fn post_identity(seed: u64, author: &str, n: u64) -> (String, String) {
 /// `MAX_INVOCATIONS`) before it stops.
 pub fn spawn_posters(
     masters: &[String],
+    tls: &Tls,
     authors: &[String],
     seed: u64,
     rec: &Recorder,
@@ -226,7 +237,12 @@ pub fn spawn_posters(
         .iter()
         .enumerate()
         .map(|(i, author)| {
-            let session = Session::quiet(masters.to_vec(), author.clone(), crate::PASSWORD.into());
+            let session = Session::quiet(
+                masters.to_vec(),
+                tls.clone(),
+                author.clone(),
+                crate::PASSWORD.into(),
+            );
             let rec = rec.clone();
             let stop = stop.clone();
             let author = author.clone();
@@ -314,6 +330,7 @@ fn receive(rec: &Recorder, tap: &Mutex<Tap>, id: usize, seq: u64, author: &str, 
 /// session, until `cancel`.
 pub fn spawn_library_stream(
     masters: &[String],
+    tls: &Tls,
     user: &str,
     injection: Option<Injection>,
     rec: &Recorder,
@@ -351,6 +368,7 @@ pub fn spawn_library_stream(
     };
     let session = Session::new(
         masters.to_vec(),
+        tls.clone(),
         user.to_string(),
         crate::PASSWORD.into(),
         notify,
@@ -459,8 +477,10 @@ pub fn spawn_cli_stream<D: Deployment>(
 
 /// Asks every member every `CLAIM_POLL` whether it is the active master, and records each
 /// (member, term) it claims leadership in, until `cancel`.
+/// `tls` is the harness's node identity: `MemberInfo` is for the cluster's processes.
 pub fn spawn_leader_poller(
     members: Vec<(u64, String)>,
+    tls: &Tls,
     rec: &Recorder,
     cancel: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
@@ -469,8 +489,9 @@ pub fn spawn_leader_poller(
         .map(|(id, addr)| {
             let rec = rec.clone();
             let cancel = cancel.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else {
+                let Ok(ep) = tls.endpoint(&addr) else {
                     rec.harness_error(format!("bad member address {addr:?}"));
                     return;
                 };
@@ -513,11 +534,17 @@ pub fn spawn_leader_poller(
 /// up to where the first page says the timeline ends).
 pub async fn read_timelines(
     masters: &[String],
+    tls: &Tls,
     users: &[String],
 ) -> Result<BTreeMap<String, Vec<pb::PostEvent>>, String> {
     let mut all = BTreeMap::new();
     for user in users {
-        let session = Session::quiet(masters.to_vec(), user.clone(), crate::PASSWORD.into());
+        let session = Session::quiet(
+            masters.to_vec(),
+            tls.clone(),
+            user.clone(),
+            crate::PASSWORD.into(),
+        );
         let mut posts: Vec<pb::PostEvent> = Vec::new();
         let mut end: Option<u64> = None;
         loop {

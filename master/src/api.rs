@@ -13,6 +13,7 @@ use crate::raft::db::Reader;
 use crate::raft::types::{Applied, Command, NodeId, Raft};
 use crate::read_barrier::ReadBarrier;
 use chatfeed_common::Config;
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::master_server::{Master, MasterServer};
@@ -368,8 +369,9 @@ impl From<feed::Event> for pb::Event {
     }
 }
 
-async fn probe(addr: &str) -> Result<pb::MemberStatus, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn probe(tls: &Tls, addr: &str) -> Result<pb::MemberStatus, String> {
+    let endpoint = tls
+        .endpoint(addr)
         .map_err(|e| e.to_string())?
         .connect_timeout(PROBE_TIMEOUT)
         .timeout(PROBE_TIMEOUT);
@@ -392,13 +394,14 @@ impl Master for MasterApi {
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let probes = self.config.members.iter().map(|m| {
             let me = self.id;
+            let tls = self.mastership.tls.clone();
             let local = (m.id == me).then(|| self.local_status());
             let member = m.clone();
             async move {
                 if let Some(s) = local {
                     return s;
                 }
-                match probe(&member.api_addr).await {
+                match probe(&tls, &member.api_addr).await {
                     Ok(s) => s,
                     Err(error) => pb::MemberStatus {
                         id: member.id,
@@ -434,8 +437,10 @@ impl Master for MasterApi {
 
     async fn member_info(
         &self,
-        _: Request<pb::MemberInfoRequest>,
+        req: Request<pb::MemberInfoRequest>,
     ) -> Result<Response<pb::MemberStatus>, Status> {
+        self.mastership
+            .require_cluster_peer(&req, "Master.MemberInfo")?;
         Ok(Response::new(self.local_status()))
     }
 
@@ -443,6 +448,7 @@ impl Master for MasterApi {
         &self,
         req: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
+        self.mastership.require_cluster_peer(&req, "Master.Write")?;
         let command = command_of(req.into_inner())?;
         feed::validate_command(&command, self.config.max_post_chars as usize)
             .map_err(|e| feed_status(&e))?;
@@ -482,6 +488,8 @@ impl Master for MasterApi {
         &self,
         req: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateReply>, Status> {
+        self.mastership
+            .require_cluster_peer(&req, "Master.Authenticate")?;
         let pb::AuthenticateRequest {
             user,
             password,
@@ -549,6 +557,8 @@ impl Master for MasterApi {
         &self,
         req: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersReply>, Status> {
+        self.mastership
+            .require_cluster_peer(&req, "Master.ListUsers")?;
         let req = req.into_inner();
         if let Some(u) = &req.following_of {
             feed::validate_name(u).map_err(|e| feed_status(&e))?;
@@ -568,6 +578,8 @@ impl Master for MasterApi {
         &self,
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::TimelineReply>, Status> {
+        self.mastership
+            .require_cluster_peer(&req, "Master.Timeline")?;
         let req = req.into_inner();
         feed::validate_name(&req.user).map_err(|e| feed_status(&e))?;
         let limit = match req.limit {
@@ -616,6 +628,7 @@ impl Master for MasterApi {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.mastership.require_cluster_peer(&req, "Master.Watch")?;
         let mut cursor = req.into_inner().after_seq;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let reader = self.reader.clone();

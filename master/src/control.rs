@@ -54,6 +54,8 @@ impl Control for ControlService {
         &self,
         req: Request<Streaming<WorkerHeartbeat>>,
     ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        self.mastership
+            .require_cluster_peer(&req, "Control.Heartbeats (worker registration)")?;
         self.mastership.require_active()?;
         let token_key = self.api.token_key().await?;
         let mut incoming = req.into_inner();

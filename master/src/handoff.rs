@@ -119,7 +119,7 @@ pub async fn hand_off(mastership: &Mastership, faults: Option<&Faults>) -> Optio
             continue;
         };
         let started = Instant::now();
-        if let Err(e) = timeout_now(&addr, me, term).await {
+        if let Err(e) = timeout_now(&mastership.tls, &addr, me, term).await {
             tracing::warn!(target, error = %e, "the replica refused to take over");
             continue;
         }
@@ -147,9 +147,15 @@ pub async fn hand_off(mastership: &Mastership, faults: Option<&Faults>) -> Optio
     None
 }
 
-async fn timeout_now(addr: &str, me: NodeId, term: u64) -> Result<(), String> {
+async fn timeout_now(
+    tls: &chatfeed_common::tls::Tls,
+    addr: &str,
+    me: NodeId,
+    term: u64,
+) -> Result<(), String> {
     let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let channel = tls
+            .endpoint(addr)
             .map_err(|e| e.to_string())?
             .connect_timeout(CALL_TIMEOUT)
             .connect()

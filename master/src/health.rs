@@ -114,7 +114,9 @@ pub async fn run(mastership: Mastership, reporter: HealthReporter, shutdown: Can
 async fn ask_applied(mastership: &Mastership, leader: NodeId) -> Option<u64> {
     let addr = &mastership.config.member(leader)?.api_addr;
     let ask = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let channel = mastership
+            .tls
+            .endpoint(addr)
             .ok()?
             .connect_timeout(ASK_TIMEOUT)
             .connect()

@@ -2,6 +2,10 @@
 //! host that are not running yet, each its own background process, bootstraps a brand-new group
 //! once, waits for a leader and prints the group.
 //!
+//! TLS: on the first start of a host (no certificates in `[tls] dir`), it creates the cluster CA
+//! and this host's node certificate, for the hosts of the members it starts and of the workers,
+//! `127.0.0.1` and `localhost`; it never overwrites existing ones.
+//!
 //! A fresh group is one where no member has a data directory yet: its members start with `--new`
 //! and the lowest id with `--bootstrap`. Otherwise members start plainly, and a member whose data
 //! is missing refuses to start and says why; it is never silently re-initialised.
@@ -9,6 +13,8 @@
 use crate::process;
 use anyhow::{Context, bail};
 use chatfeed_common::Config;
+use chatfeed_common::config::TlsMode;
+use chatfeed_common::tls::{self, Ensured, Tls};
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{self as pb, ClusterStatus};
 use std::path::{Path, PathBuf};
@@ -38,6 +44,8 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
         }
         None => config.members.iter().map(|m| m.id).collect(),
     };
+    ensure_certificates(config, &ids, opts.node.is_some())?;
+    let tls = Tls::for_cluster(config).context("loading this host's TLS certificates")?;
     let fresh = opts.node.is_none()
         && config
             .members
@@ -83,7 +91,7 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
                 );
             }
         }
-        let status = query_status(config, &ids).await;
+        let status = query_status(config, &tls, &ids).await;
         if let Some(s) = &status {
             let ours_up = ids
                 .iter()
@@ -114,10 +122,62 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn query_status(config: &Config, ids: &[u64]) -> Option<ClusterStatus> {
+/// Creates the CA and this host's node certificate when `[tls] dir` has none (see the module
+/// doc), and says where they are; in plaintext mode, warns instead.
+/// With `one_member` (`--node N`, one member per host), a missing certificate is an error: a CA
+/// made on each host would not trust the others; `chatfeed-master certs` issues them all.
+fn ensure_certificates(config: &Config, ids: &[u64], one_member: bool) -> anyhow::Result<()> {
+    if config.tls.mode == TlsMode::Plaintext {
+        println!(
+            "WARNING plaintext: [tls] mode = \"plaintext\": anyone who can reach the members' \
+             and workers' ports can call them, join as a worker or a member, and read what they send"
+        );
+        return Ok(());
+    }
+    let dir = &config.tls.dir;
+    let files = tls::Files::in_dir(dir);
+    if one_member && !(files.ca_cert.exists() && files.node_cert.exists()) {
+        bail!(
+            "no TLS certificates in {}: with one member per host, issue every host's certificate \
+             from one CA with `chatfeed-master certs --out DIR --host NAME=ADDR[,ADDR...]...` and \
+             copy DIR/NAME/ to {} on each host (see the README, \"Deploying on several hosts\"); \
+             on a one-host cluster, run `scripts/MasterStartup.sh` without --node once",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let hosts = ids
+        .iter()
+        .filter_map(|id| config.member(*id))
+        .flat_map(|m| [tls::host_of(&m.api_addr), tls::host_of(&m.raft_addr)])
+        .chain([tls::host_of(&config.worker.listen)]);
+    let sans = tls::local_sans(hosts);
+    match tls::ensure_node_certs(dir, &sans)
+        .with_context(|| format!("creating this host's TLS certificates in {}", dir.display()))?
+    {
+        Ensured::Existing => println!("TLS: certificates in {}", dir.display()),
+        Ensured::Created { created_ca } => {
+            if created_ca {
+                println!(
+                    "TLS: created the cluster CA {} (key {}: keep it private; clients need only ca.pem)",
+                    dir.join(tls::CA_CERT).display(),
+                    dir.join(tls::CA_KEY).display()
+                );
+            }
+            println!(
+                "TLS: created this host's node certificate {} for {}",
+                dir.join(tls::NODE_CERT).display(),
+                sans.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn query_status(config: &Config, tls: &Tls, ids: &[u64]) -> Option<ClusterStatus> {
     for id in ids {
         let addr = &config.member(*id)?.api_addr;
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        let Ok(endpoint) = tls.endpoint(addr) else {
             continue;
         };
         let endpoint = endpoint

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod api;
 pub mod batch;
+pub mod certs;
 pub mod control;
 pub mod directory;
 pub mod feed;

@@ -1,10 +1,10 @@
 //! `chatfeed-master`: runs one member of the master group (`--id N`), starts this host's members
-//! in the background (`start`, used by scripts/MasterStartup.sh), or checks a configuration
-//! (`check-config`).
+//! in the background (`start`, used by scripts/MasterStartup.sh), checks a configuration
+//! (`check-config`), or issues the TLS certificates of a multi-host deployment (`certs`).
 
 use anyhow::Context;
 use chatfeed_common::{Config, logging};
-use chatfeed_master::{launch, node, pool, process, supervisor};
+use chatfeed_master::{certs, launch, node, pool, process, supervisor};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,10 +54,30 @@ enum Cmd {
     },
     /// Validate the configuration file and say which field is wrong.
     CheckConfig,
+    /// Issue TLS certificates for several hosts from one cluster CA (created in --out if absent):
+    /// OUT/NAME/{ca.pem,node.pem,node.key} for each host, to copy to that host's [tls] dir.
+    Certs {
+        /// Where the CA is (or is created) and the hosts' directories go.
+        #[arg(long)]
+        out: PathBuf,
+        /// A host: NAME=ADDR[,ADDR...], its addresses and DNS names (the certificate's names).
+        #[arg(long = "host", value_name = "NAME=ADDR[,ADDR...]", required = true)]
+        hosts: Vec<certs::HostSpec>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Cmd::Certs { out, hosts }) = &cli.command {
+        // Needs no configuration: certificates are often issued on a machine outside the cluster.
+        return match certs::run(out, hosts) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chatfeed-master: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -77,6 +97,7 @@ fn main() -> std::process::ExitCode {
             Some(_) if cli.id.is_some() || cli.new || cli.bootstrap => Err(anyhow::anyhow!(
                 "--id, --new and --bootstrap run a member; they do not go with a command"
             )),
+            Some(Cmd::Certs { .. }) => unreachable!("handled before the configuration is read"),
             Some(Cmd::CheckConfig) => {
                 println!(
                     "{}: ok ({} members)",

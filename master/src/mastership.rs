@@ -5,6 +5,7 @@
 
 use crate::raft::types::{MemberNode, NodeId, Raft};
 use chatfeed_common::Config;
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::LEADER_METADATA_KEY;
 use openraft::{RaftMetrics, ServerState};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub struct Mastership {
     pub id: NodeId,
     pub config: Arc<Config>,
     pub raft: Raft,
+    /// This member's TLS (its node identity), for the calls it makes and the peer checks of the
+    /// cluster-only calls it serves.
+    pub tls: Tls,
     /// Set when this member is stopping and hands its leadership over (`handoff`): from then on
     /// it acts as master no more, whatever Raft says.
     pub stepping_down: Arc<AtomicBool>,
@@ -41,6 +45,17 @@ impl Mastership {
 
     pub fn is_stepping_down(&self) -> bool {
         self.stepping_down.load(Ordering::Acquire)
+    }
+
+    /// UNAUTHENTICATED unless the caller presented a certificate of the cluster CA (any caller in
+    /// plaintext mode): for the calls only masters and workers make. `what` names the call.
+    #[allow(clippy::result_large_err)]
+    pub fn require_cluster_peer<T>(
+        &self,
+        req: &tonic::Request<T>,
+        what: &str,
+    ) -> Result<(), Status> {
+        self.tls.require_cluster_peer(req, what)
     }
 
     /// UNAVAILABLE unless this member is the active master.

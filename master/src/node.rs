@@ -22,6 +22,7 @@ use crate::raft::types::{MemberNode, NodeId, Raft};
 use crate::{health, pool, supervisor, watchdog};
 use anyhow::Context;
 use chatfeed_common::Config;
+use chatfeed_common::tls::{ClientAuth, Tls};
 use openraft::SnapshotPolicy;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,20 @@ impl Member {
         let me = config
             .member(id)
             .with_context(|| format!("member {id} is not in the configuration"))?;
+        let tls = Tls::for_cluster(&config).context("loading this host's TLS certificates")?;
+        if let Some(w) = tls.plaintext_warning(&format!(
+            "the Raft port {} and the API port {}",
+            me.raft_addr, me.api_addr
+        )) {
+            tracing::warn!("{w}");
+        }
+        // Built before anything starts, so a bad certificate or key stops the member at once.
+        let raft_builder = tls
+            .server(ClientAuth::Required)
+            .context("the Raft port's TLS (mutual)")?;
+        let api_builder = tls
+            .server(ClientAuth::Optional)
+            .context("the API port's TLS")?;
         let dir = config.member_data_dir(id);
         let create = opts.create || opts.bootstrap;
         let path = tokio::task::spawn_blocking(move || open_member_db(&dir, id, create))
@@ -117,6 +132,7 @@ impl Member {
         .context("Raft timing in the configuration")?;
         let network = Network {
             from: id,
+            tls: tls.clone(),
             faults: opts.faults.clone(),
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
@@ -150,6 +166,7 @@ impl Member {
             id,
             config: config.clone(),
             raft: raft.clone(),
+            tls,
             stepping_down: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::default()));
@@ -199,8 +216,9 @@ impl Member {
         };
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone()).into_server();
+        let mut raft_builder = raft_builder;
         tasks.push(tokio::spawn(async move {
-            let res = tonic::transport::Server::builder()
+            let res = raft_builder
                 .add_service(raft_server)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listeners.raft),
@@ -214,7 +232,7 @@ impl Member {
         let token = shutdown.clone();
         let rpc_layer = metrics.rpc.layer();
         tasks.push(tokio::spawn(async move {
-            let res = tonic::transport::Server::builder()
+            let res = api_builder
                 .layer(rpc_layer)
                 .add_service(api.into_server())
                 .add_service(control.into_server())

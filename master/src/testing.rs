@@ -8,6 +8,8 @@ use crate::node::{Listeners, Member, Options};
 use crate::raft::network::Faults;
 use crate::raft::types::NodeId;
 use chatfeed_common::Config;
+use chatfeed_common::config::TlsMode;
+use chatfeed_common::tls::{self, Tls};
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,10 +41,15 @@ pub struct TestCluster {
     pub members: BTreeMap<NodeId, Member>,
     /// Every (term, leader) any member reported, for the one-leader-per-term check.
     pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>,
+    /// The node identity of this cluster (plaintext unless `tune` set `tls.mode`): what
+    /// in-process workers and the tests' own calls use.
+    pub tls: Tls,
 }
 
 impl TestCluster {
-    /// Starts three members; member 1 bootstraps the group. `tune` may change the configuration.
+    /// Starts three members; member 1 bootstraps the group. `tune` may change the configuration;
+    /// when it turns TLS on (`tls.mode`), the CA and a node certificate for 127.0.0.1 are created
+    /// in `tls.dir` first, as `chatfeed-master start` does.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> TestCluster {
         init_logs();
         let dir = TempDir::new().unwrap();
@@ -69,12 +76,17 @@ impl TestCluster {
         }
         tune(&mut config);
         config.validate().unwrap();
+        if config.tls.mode == TlsMode::Tls {
+            tls::ensure_node_certs(&config.tls.dir, &tls::local_sans([])).unwrap();
+        }
+        let tls = Tls::for_cluster(&config).unwrap();
         let mut c = TestCluster {
             dir,
             config: Arc::new(config),
             faults: Arc::new(Faults::default()),
             members: BTreeMap::new(),
             leaders: Arc::default(),
+            tls,
         };
         for id in 1..=3 {
             c.start_member(id, true, id == 1).await;
@@ -198,9 +210,7 @@ impl TestCluster {
 
     pub async fn api(&self, id: NodeId) -> MasterClient<Channel> {
         let addr = &self.config.member(id).unwrap().api_addr;
-        MasterClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap()
+        MasterClient::new(self.tls.endpoint(addr).unwrap().connect().await.unwrap())
     }
 
     /// The status as the active master answers it (only it lists workers).
@@ -337,11 +347,13 @@ pub async fn watched_events(api: &mut MasterClient<Channel>, upto: u64) -> Vec<p
 /// What a generic gRPC health client (`grpc.health.v1.Health/Check`) gets from the server at
 /// `addr` for `service` ("" is the whole server); None when the call fails.
 pub async fn health_status(
+    tls: &Tls,
     addr: &str,
     service: &str,
 ) -> Option<tonic_health::pb::health_check_response::ServingStatus> {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let channel = tls
+        .endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_secs(2))
         .connect()

@@ -7,6 +7,7 @@
 
 use crate::process::{self, SpawnSpec};
 use anyhow::bail;
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{ClusterStatus, StatusRequest, WorkerStatus};
 use std::collections::BTreeSet;
@@ -32,6 +33,8 @@ pub struct StartOptions {
     pub masters: Vec<String>,
     /// Workers this host should run.
     pub count: u32,
+    /// This host's TLS, to ask the masters.
+    pub tls: Tls,
 }
 
 pub async fn start(opts: StartOptions) -> anyhow::Result<()> {
@@ -76,7 +79,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<()> {
                 );
             }
         }
-        let status = active_status(&opts.masters).await;
+        let status = active_status(&opts.tls, &opts.masters).await;
         let registered: Vec<WorkerStatus> = status
             .as_ref()
             .map(|s| {
@@ -120,9 +123,9 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<()> {
 
 /// The status as the active master sees it (only it lists the workers): asks the members in
 /// turn, and the leader one names.
-pub async fn active_status(masters: &[String]) -> Option<ClusterStatus> {
+pub async fn active_status(tls: &Tls, masters: &[String]) -> Option<ClusterStatus> {
     for addr in masters {
-        let Some(s) = status_of(addr).await else {
+        let Some(s) = status_of(tls, addr).await else {
             continue;
         };
         if s.leader == Some(s.answered_by) {
@@ -133,7 +136,7 @@ pub async fn active_status(masters: &[String]) -> Option<ClusterStatus> {
             .and_then(|l| s.members.iter().find(|m| m.id == l))
             .map(|m| m.api_addr.clone());
         if let Some(leader_addr) = leader_addr
-            && let Some(s) = status_of(&leader_addr).await
+            && let Some(s) = status_of(tls, &leader_addr).await
             && s.leader == Some(s.answered_by)
         {
             return Some(s);
@@ -142,8 +145,9 @@ pub async fn active_status(masters: &[String]) -> Option<ClusterStatus> {
     None
 }
 
-async fn status_of(addr: &str) -> Option<ClusterStatus> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn status_of(tls: &Tls, addr: &str) -> Option<ClusterStatus> {
+    let endpoint = tls
+        .endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_millis(500))
         .timeout(STATUS_TIMEOUT);

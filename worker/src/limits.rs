@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TlsConnectInfo};
 use tonic::{Request, Status};
 
 /// What a handler learns about the connection a call came on.
@@ -59,13 +59,15 @@ pub fn limited(
     })
 }
 
-/// RESOURCE_EXHAUSTED when `req` came on a connection over the worker's limit.
+/// RESOURCE_EXHAUSTED when `req` came on a connection over the worker's limit. Over TLS, tonic
+/// wraps the connection's info in its own `TlsConnectInfo`; in plaintext it is ours as is.
 pub fn check_connection<T>(req: &Request<T>) -> Result<(), Status> {
-    match req
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|i| i.over_limit)
-    {
+    let ext = req.extensions();
+    let info = ext.get::<ConnInfo>().or_else(|| {
+        ext.get::<TlsConnectInfo<ConnInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    });
+    match info.and_then(|i| i.over_limit) {
         Some(n) => Err(Status::resource_exhausted(format!(
             "{WORKER_FULL} ({n} connections, limits.connections_per_worker): reconnect through \
              the master, which assigns another worker"

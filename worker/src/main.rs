@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use chatfeed_common::config::MAX_POOL_SIZE;
+use chatfeed_common::tls::Tls;
 use chatfeed_common::{Config, logging};
 use chatfeed_worker::launch::{self, StartOptions};
 use chatfeed_worker::process::{self, SpawnSpec};
@@ -153,6 +154,7 @@ async fn dispatch(cli: Cli, config: Config) -> anyhow::Result<()> {
                 run_dir: config.run_dir.clone(),
                 masters: s.masters.clone(),
                 count: count.unwrap_or(s.pool),
+                tls: Tls::for_cluster(&config).context("loading this host's TLS certificates")?,
             })
             .await
         }
@@ -189,7 +191,8 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
          host's address, or set worker.listen to it"
     );
     let host = cli.host.clone().unwrap_or_else(|| local.ip().to_string());
-    let mut opts = WorkerOptions::from_config(config, s.masters.clone(), host);
+    let tls = Tls::for_cluster(config).context("loading this host's TLS certificates")?;
+    let mut opts = WorkerOptions::from_config(config, s.masters.clone(), host, tls);
     opts.pool_size = s.pool;
     opts.spawn = Some(SpawnSpec {
         exe,

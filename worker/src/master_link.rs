@@ -7,6 +7,7 @@
 //! cached and shared with the heartbeat and watch loops.
 
 use crate::backoff::Backoff;
+use chatfeed_common::tls::Tls;
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{self as pb, write_request::Command};
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 /// A connection attempt to a master gives up after this: on one network a live master accepts
@@ -28,8 +29,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A channel to the master API at `addr` (connected lazily, reconnecting by itself).
-pub fn channel_to(addr: &str) -> Result<Channel, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+/// With TLS, the worker presents its host's node certificate: the master's control service and
+/// cluster-only calls require it.
+pub fn channel_to(tls: &Tls, addr: &str) -> Result<Channel, Status> {
+    let endpoint = tls
+        .endpoint(addr)
         .map_err(|e| Status::unavailable(format!("bad master address {addr:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -76,6 +80,7 @@ pub struct LinkTiming {
 pub struct MasterLink {
     masters: Vec<String>,
     timing: LinkTiming,
+    tls: Tls,
     channels: Mutex<HashMap<String, Channel>>,
     active: Mutex<Option<String>>,
     rotation: AtomicUsize,
@@ -85,11 +90,12 @@ pub struct MasterLink {
 }
 
 impl MasterLink {
-    pub fn new(masters: Vec<String>, timing: LinkTiming) -> MasterLink {
+    pub fn new(masters: Vec<String>, timing: LinkTiming, tls: Tls) -> MasterLink {
         assert!(!masters.is_empty(), "a worker needs at least one master");
         MasterLink {
             masters,
             timing,
+            tls,
             channels: Mutex::default(),
             active: Mutex::default(),
             rotation: AtomicUsize::new(rand::random::<u16>() as usize),
@@ -111,7 +117,7 @@ impl MasterLink {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = channel_to(addr)?;
+        let c = channel_to(&self.tls, addr)?;
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }

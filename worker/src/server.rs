@@ -16,6 +16,7 @@ use crate::process::SpawnSpec;
 use crate::service::FeedService;
 use anyhow::Context;
 use chatfeed_common::Config;
+use chatfeed_common::tls::{ClientAuth, Tls};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,11 +56,20 @@ pub struct WorkerOptions {
     pub spawn: Option<SpawnSpec>,
     /// Streams per user, request size and connections (`[limits]`).
     pub limits: chatfeed_common::config::Limits,
+    /// This host's node identity: the worker's server certificate for clients, and its client
+    /// certificate towards the masters (plaintext when the configuration says so).
+    pub tls: Tls,
 }
 
 impl WorkerOptions {
-    /// The options the configuration implies, for `masters` on `host`.
-    pub fn from_config(config: &Config, masters: Vec<String>, host: String) -> WorkerOptions {
+    /// The options the configuration implies, for `masters` on `host`, with `tls`
+    /// (`Tls::for_cluster` of the configuration).
+    pub fn from_config(
+        config: &Config,
+        masters: Vec<String>,
+        host: String,
+        tls: Tls,
+    ) -> WorkerOptions {
         let write = Duration::from_millis(config.raft.write_timeout_ms);
         let election = Duration::from_millis(config.raft.election_max_ms);
         WorkerOptions {
@@ -73,6 +83,7 @@ impl WorkerOptions {
             },
             spawn: None,
             limits: config.limits.clone(),
+            tls,
         }
     }
 }
@@ -118,7 +129,22 @@ pub async fn run_with_metrics(
         pid: std::process::id(),
         pool_size: opts.pool_size,
     };
-    let link = Arc::new(MasterLink::new(opts.masters.clone(), opts.link));
+    if let Some(w) = opts
+        .tls
+        .plaintext_warning(&format!("this worker at {}", identity.addr))
+    {
+        tracing::warn!("{w}");
+    }
+    // Clients have no certificate: the worker asks for none (ClientAuth::None).
+    let server_builder = opts
+        .tls
+        .server(ClientAuth::None)
+        .context("the worker's TLS")?;
+    let link = Arc::new(MasterLink::new(
+        opts.masters.clone(),
+        opts.link,
+        opts.tls.clone(),
+    ));
     let worker_metrics = Arc::new(WorkerMetrics::new());
     let hub = Arc::new(Hub::with_metrics(worker_metrics.delivery.clone()));
     let streams = TaskTracker::new();
@@ -180,7 +206,7 @@ pub async fn run_with_metrics(
     };
     let incoming = crate::limits::limited(listener, limits.connections_per_worker);
     let mut server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        server_builder
             .layer(rpc_layer)
             .layer(size_layer)
             .tcp_nodelay(true)

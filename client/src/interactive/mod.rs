@@ -76,11 +76,17 @@ async fn run_command(session: &Session, cmd: Cmd, screen: &Screen) {
 }
 
 /// The interactive session of `user` with the masters at `masters`, until EXIT or Ctrl-D.
-pub async fn run(masters: Vec<String>, user: String, password: String) -> Result<(), Failure> {
+pub async fn run(
+    masters: Vec<String>,
+    tls: chatfeed_common::tls::Tls,
+    user: String,
+    password: String,
+) -> Result<(), Failure> {
     let (mut reader, screen) = input::start().map_err(Failure::Other)?;
     let notices = screen.clone();
     let session = Arc::new(Session::new(
         masters,
+        tls,
         user.clone(),
         password,
         Arc::new(move |n| notices.line(&n.to_string())),

@@ -29,6 +29,10 @@ async fn chatfeed(args: &[&str], stdin: &str) -> std::process::Output {
         .args(args)
         .env_remove("CHATFEED_MASTER")
         .env("CHATFEED_PASSWORD", "client-test-password")
+        // The fake cluster is plaintext.
+        .env("CHATFEED_PLAINTEXT", "1")
+        .env_remove("CHATFEED_CA")
+        .env_remove("CHATFEED_CONFIG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

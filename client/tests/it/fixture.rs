@@ -21,6 +21,10 @@ pub fn chatfeed(args: &[&str], limit: Duration) -> Run {
         .args(args)
         .env_remove("CHATFEED_MASTER")
         .env("CHATFEED_PASSWORD", "client-test-password")
+        // The fake cluster is plaintext.
+        .env("CHATFEED_PLAINTEXT", "1")
+        .env_remove("CHATFEED_CA")
+        .env_remove("CHATFEED_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

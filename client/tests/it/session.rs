@@ -87,7 +87,12 @@ async fn post_commits_once_across_a_lost_reply() {
     let w1 = servers.worker(&store, k1.clone()).await;
     let w2 = servers.worker(&store, k2.clone()).await;
     let (replica, excludes) = masters(&servers, &store, vec![w1.clone(), w2]).await;
-    let session = Session::quiet(vec![replica], "alice".into(), "password".into());
+    let session = Session::quiet(
+        vec![replica],
+        chatfeed_common::tls::Tls::plaintext(),
+        "alice".into(),
+        "password".into(),
+    );
     let (res, lines) = run(
         &session,
         Cmd::Post {
@@ -122,7 +127,12 @@ async fn dead_worker_is_skipped() {
     let dead = dead_address();
     let live = servers.worker(&store, Arc::default()).await;
     let (replica, excludes) = masters(&servers, &store, vec![dead.clone(), live]).await;
-    let session = Session::quiet(vec![replica], "bob".into(), "password".into());
+    let session = Session::quiet(
+        vec![replica],
+        chatfeed_common::tls::Tls::plaintext(),
+        "bob".into(),
+        "password".into(),
+    );
     let (res, lines) = run(&session, Cmd::List, true, PATIENCE).await;
     res.unwrap();
     assert_eq!(
@@ -162,7 +172,12 @@ async fn stream_resumes_without_gap_or_duplicate() {
             writer.lock().unwrap().commit("bob", &format!("p{i}"), "");
         }
     });
-    let session = Session::quiet(vec![replica], "alice".into(), "password".into());
+    let session = Session::quiet(
+        vec![replica],
+        chatfeed_common::tls::Tls::plaintext(),
+        "alice".into(),
+        "password".into(),
+    );
     let cmd = Cmd::Timeline(TimelineArgs {
         after: None,
         follow: true,
@@ -188,7 +203,12 @@ async fn timeline_once() {
     }
     let w = servers.worker(&store, Arc::default()).await;
     let (replica, _) = masters(&servers, &store, vec![w]).await;
-    let session = Session::quiet(vec![replica], "alice".into(), "password".into());
+    let session = Session::quiet(
+        vec![replica],
+        chatfeed_common::tls::Tls::plaintext(),
+        "alice".into(),
+        "password".into(),
+    );
     let latest = Cmd::Timeline(TimelineArgs {
         after: None,
         follow: false,
@@ -222,7 +242,12 @@ async fn refusal_is_not_retried() {
     let k = Arc::new(Knobs::default());
     let w = servers.worker(&store, k.clone()).await;
     let (replica, excludes) = masters(&servers, &store, vec![w]).await;
-    let session = Session::quiet(vec![replica], "alice".into(), "password".into());
+    let session = Session::quiet(
+        vec![replica],
+        chatfeed_common::tls::Tls::plaintext(),
+        "alice".into(),
+        "password".into(),
+    );
     let (res, lines) = run(
         &session,
         Cmd::Follow {
@@ -246,7 +271,12 @@ async fn no_worker_available() {
     let servers = Servers::default();
     let store = store();
     let (replica, _) = masters(&servers, &store, vec![]).await;
-    let session = Session::quiet(vec![replica], "alice".into(), "password".into());
+    let session = Session::quiet(
+        vec![replica],
+        chatfeed_common::tls::Tls::plaintext(),
+        "alice".into(),
+        "password".into(),
+    );
     let (res, _) = run(&session, Cmd::List, false, Duration::from_secs(1)).await;
     let e = res.unwrap_err();
     assert!(matches!(e, Failure::GaveUp(_)), "{e:?}");

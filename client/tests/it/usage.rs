@@ -186,6 +186,10 @@ fn no_password_without_a_terminal_is_a_usage_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatfeed"))
         .args(["--master", "127.0.0.1:1", "--user", "alice", "list"])
         .env_remove("CHATFEED_PASSWORD")
+        // Plaintext, so that no certificate file stands in the way of the password question.
+        .env("CHATFEED_PLAINTEXT", "1")
+        .env_remove("CHATFEED_CA")
+        .env_remove("CHATFEED_CONFIG")
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run chatfeed");

@@ -157,7 +157,7 @@ async fn isolated_leader_steps_down_and_rejoins() {
         acked.push(c.post("alice", &format!("during the partition {i}")).await);
     }
     // The old leader, still reachable from here, refuses to act as master.
-    let mut direct = client(&c.member(old).api)
+    let mut direct = client(&c.tls, &c.member(old).api)
         .await
         .expect("the isolated member answers the test process");
     let refused = direct

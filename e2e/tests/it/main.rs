@@ -7,3 +7,4 @@ mod feed;
 mod hosts;
 mod masters;
 mod ops;
+mod tls;

@@ -103,7 +103,8 @@ async fn kill_leader_then_everything() {
 
     let mut w = Writer::new(&c);
     let active = w.find_active().await.expect("an active master");
-    let mut api = client(&active)
+    let mut api = c
+        .api_client(&active)
         .await
         .expect("connecting to the active master");
     let timeline = api
@@ -131,7 +132,7 @@ async fn kill_leader_then_everything() {
         let events = eventually(
             &format!("member {} to apply seq {last}", m.id),
             async || {
-                let mut api = client(&m.api).await.ok_or("not reachable")?;
+                let mut api = c.api_client(&m.api).await.ok_or("not reachable")?;
                 let mut stream = api
                     .watch(pb::WatchRequest { after_seq: 0 })
                     .await

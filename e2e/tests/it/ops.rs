@@ -155,7 +155,7 @@ async fn real_processes_serve_metrics_and_health() {
         );
         eventually(
             &format!("member {} to answer SERVING", m.id),
-            async || match health_status(&m.api, "").await {
+            async || match health_status(&c.harness_tls(), &m.api, "").await {
                 Some(ServingStatus::Serving) => Ok(()),
                 other => Err(format!("{other:?}")),
             },
@@ -188,7 +188,7 @@ async fn real_processes_serve_metrics_and_health() {
             w.pid
         );
         assert_eq!(
-            health_status(&w.addr, "").await,
+            health_status(&c.harness_tls(), &w.addr, "").await,
             Some(ServingStatus::Serving)
         );
     }

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long to wait before retrying a peer that was unreachable: a few heartbeats, so a dead
 /// member costs little and a restarted one is found again quickly.
@@ -66,6 +66,8 @@ impl Faults {
 #[derive(Clone)]
 pub struct Network {
     pub from: NodeId,
+    /// The member's node identity: the Raft port requires it (mutual TLS).
+    pub tls: chatfeed_common::tls::Tls,
     pub faults: Option<Arc<Faults>>,
 }
 
@@ -73,7 +75,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerClient {
-        let channel = Endpoint::from_shared(format!("http://{}", node.raft_addr))
+        let channel = self
+            .tls
+            .endpoint(&node.raft_addr)
             .map(|e| {
                 e.connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)

@@ -6,7 +6,7 @@ use chatfeed_proto::master::master_client::MasterClient;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A client that keeps posting through whichever member accepts writes, and records each
 /// acknowledgement's time and seq.
@@ -54,11 +54,7 @@ async fn planned_stop_of_the_active_master_hands_leadership_over() {
         .iter()
         .map(|&id| {
             let addr = &c.config.member(id).unwrap().api_addr;
-            MasterClient::new(
-                Endpoint::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect_lazy(),
-            )
+            MasterClient::new(c.tls.endpoint(addr).unwrap().connect_lazy())
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));

@@ -7,7 +7,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 async fn status(addr: &str, service: &str) -> Option<ServingStatus> {
-    health_status(addr, service).await
+    health_status(&chatfeed_common::tls::Tls::plaintext(), addr, service).await
 }
 
 async fn wait_status(c: &TestCluster, id: u64, want: ServingStatus, why: &str) {
@@ -43,11 +43,7 @@ async fn members_not_serving_when_cut_off_from_the_majority() {
                 "{s} on {id}"
             );
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = c.tls.endpoint(&addr).unwrap().connect().await.unwrap();
         let e = tonic_health::pb::health_client::HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: "no.such.Service".into(),
@@ -109,7 +105,8 @@ async fn members_not_serving_when_cut_off_from_the_majority() {
 }
 
 /// A generic reflection client lists the master's API services (and not the masters-only Raft
-/// service) and can fetch the file that defines the master API.
+/// service) and can fetch the file that defines the master API. The cluster runs with TLS, and
+/// the client holds only the CA certificate: reflection is open to clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reflection_lists_the_api() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -117,13 +114,11 @@ async fn reflection_lists_the_api() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let c = TestCluster::start(|_| {}).await;
+    let c = TestCluster::start(|c| c.tls.mode = chatfeed_common::config::TlsMode::Tls).await;
     let addr = c.config.member(1).unwrap().api_addr.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let client_tls = chatfeed_common::tls::Tls::client_for(&c.config).unwrap();
+    assert!(!client_tls.is_plaintext());
+    let channel = client_tls.endpoint(&addr).unwrap().connect().await.unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let ask = |m: MessageRequest| ServerReflectionRequest {
         host: String::new(),

@@ -6,3 +6,4 @@ mod handoff;
 mod health;
 mod inprocess;
 mod metrics;
+mod tls;

@@ -47,10 +47,11 @@ async fn no_gap_no_duplicate_across_reopens() {
         targets.insert(r, target_tx);
         let addrs = addrs.clone();
         let key = cluster.masters().join(",");
+        let tls = chatfeed_common::tls::Tls::client_for(&cluster.config).unwrap();
         reader_tasks.push(tokio::spawn(async move {
             let mut clients = Vec::new();
             for a in &addrs {
-                clients.push(TestClient::connect_keyed(key.clone(), a).await);
+                clients.push(TestClient::connect_keyed(key.clone(), tls.clone(), a).await);
             }
             let mut seen: Vec<Seen> = Vec::new();
             let mut last: Option<u64> = None;

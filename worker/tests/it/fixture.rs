@@ -54,17 +54,18 @@ pub struct TestClient {
 impl TestClient {
     /// A client of the worker at `addr` of `cluster`.
     pub async fn connect(cluster: &TestCluster, addr: &str) -> TestClient {
-        Self::connect_keyed(cluster.masters().join(","), addr).await
+        let tls = chatfeed_common::tls::Tls::client_for(&cluster.config).unwrap();
+        Self::connect_keyed(cluster.masters().join(","), tls, addr).await
     }
 
     /// A client of the worker at `addr` of the cluster whose masters are `cluster_key`
-    /// (`masters().join(",")`).
-    pub async fn connect_keyed(cluster_key: String, addr: &str) -> TestClient {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    /// (`masters().join(",")`), reached with `tls`.
+    pub async fn connect_keyed(
+        cluster_key: String,
+        tls: chatfeed_common::tls::Tls,
+        addr: &str,
+    ) -> TestClient {
+        let channel = tls.endpoint(addr).unwrap().connect().await.unwrap();
         let auth = TestAuth::default();
         TestClient {
             inner: FeedClient::with_interceptor(channel, auth.clone()),
@@ -96,6 +97,8 @@ impl TestClient {
 pub struct TestWorker {
     pub addr: String,
     cluster: String,
+    /// How clients reach it: the cluster's CA only (plaintext when the cluster is).
+    pub client_tls: chatfeed_common::tls::Tls,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -105,21 +108,26 @@ impl TestWorker {
     pub async fn start(cluster: &TestCluster, tune: impl FnOnce(&mut WorkerOptions)) -> TestWorker {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let mut opts =
-            WorkerOptions::from_config(&cluster.config, cluster.masters(), "127.0.0.1".into());
+        let mut opts = WorkerOptions::from_config(
+            &cluster.config,
+            cluster.masters(),
+            "127.0.0.1".into(),
+            cluster.tls.clone(),
+        );
         tune(&mut opts);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(chatfeed_worker::run(opts, listener, shutdown.clone()));
         TestWorker {
             addr,
             cluster: cluster.masters().join(","),
+            client_tls: chatfeed_common::tls::Tls::client_for(&cluster.config).unwrap(),
             shutdown,
             handle,
         }
     }
 
     pub async fn client(&self) -> TestClient {
-        TestClient::connect_keyed(self.cluster.clone(), &self.addr).await
+        TestClient::connect_keyed(self.cluster.clone(), self.client_tls.clone(), &self.addr).await
     }
 
     /// Stops the worker gracefully; returns what `run` returned.

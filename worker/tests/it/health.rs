@@ -7,9 +7,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 /// A worker that is not registered with an active master (the group has lost its majority)
 /// answers NOT_SERVING; once a majority is back and the worker has registered, SERVING, for the
 /// whole server and for the feed service; after a graceful stop it no longer answers at all.
+/// With TLS on: the worker registers with its node certificate, and a client holding only the
+/// CA certificate reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn not_serving_until_registered() {
-    let mut cluster = TestCluster::start(|_| {}).await;
+    let mut cluster =
+        TestCluster::start(|c| c.tls.mode = chatfeed_common::config::TlsMode::Tls).await;
     // Only member 1 left: no member can be the active master.
     cluster.stop_member(2).await;
     cluster.stop_member(3).await;
@@ -21,7 +24,7 @@ async fn not_serving_until_registered() {
 
     let worker = TestWorker::start(&cluster, |o| o.pool_size = 1).await;
     let first = eventually("the worker's health service to answer", || {
-        health_status(&worker.addr, "")
+        health_status(&worker.client_tls, &worker.addr, "")
     })
     .await;
     assert_eq!(
@@ -30,7 +33,7 @@ async fn not_serving_until_registered() {
         "a worker with no active master to register with is not serving"
     );
     assert_eq!(
-        health_status(&worker.addr, "chatfeed.feed.Feed").await,
+        health_status(&worker.client_tls, &worker.addr, "chatfeed.feed.Feed").await,
         Some(ServingStatus::NotServing)
     );
 
@@ -38,18 +41,20 @@ async fn not_serving_until_registered() {
     cluster.start_member(3, false, false).await;
     cluster.wait_registered(&worker.addr).await;
     eventually("the registered worker to report SERVING", || async {
-        (health_status(&worker.addr, "").await == Some(ServingStatus::Serving)).then_some(())
+        (health_status(&worker.client_tls, &worker.addr, "").await == Some(ServingStatus::Serving))
+            .then_some(())
     })
     .await;
     assert_eq!(
-        health_status(&worker.addr, "chatfeed.feed.Feed").await,
+        health_status(&worker.client_tls, &worker.addr, "chatfeed.feed.Feed").await,
         Some(ServingStatus::Serving)
     );
 
     let addr = worker.addr.clone();
+    let tls = worker.client_tls.clone();
     worker.stop().await.unwrap();
     assert_eq!(
-        health_status(&addr, "").await,
+        health_status(&tls, &addr, "").await,
         None,
         "a stopped worker answers nothing"
     );

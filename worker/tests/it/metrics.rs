@@ -25,6 +25,7 @@ async fn worker_metrics_move_with_deliveries() {
         &cluster.config,
         cluster.masters(),
         "127.0.0.1".into(),
+        cluster.tls.clone(),
     );
     opts.pool_size = 1;
     let shutdown = CancellationToken::new();

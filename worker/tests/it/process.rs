@@ -9,7 +9,8 @@ use tokio::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_chatfeed-worker");
 
-/// Writes a configuration file for `cluster`'s members; returns its path.
+/// Writes a configuration file for `cluster`'s members; returns its path. Its `[tls]` is the
+/// default (TLS, `tls/` beside the file): where the TLS cluster's certificates are.
 fn write_config(cluster: &TestCluster) -> PathBuf {
     let mut text = String::from("data_dir = \"data\"\nrun_dir = \"run\"\n");
     for m in &cluster.config.members {
@@ -52,7 +53,7 @@ async fn run_start(config: &Path, args: &[&str]) -> std::process::Output {
 /// tagged); on SIGTERM it leaves the master's directory, removes its pid file and exits. A worker that cannot start makes `start` fail with the end of the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn start_and_sigterm() {
-    let cluster = TestCluster::start(|_| {}).await;
+    let cluster = TestCluster::start(|c| c.tls.mode = chatfeed_common::config::TlsMode::Tls).await;
     let config = write_config(&cluster);
     let run_dir = cluster.dir.path().join("run");
     let _guard = KillOnDrop(run_dir.clone());

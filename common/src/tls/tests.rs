@@ -1,0 +1,225 @@
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A gRPC server (the standard health service) on a free port of 127.0.0.1 with `tls` and
+/// `auth`; its address.
+async fn serve(tls: &Tls, auth: ClientAuth) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let mut server = tls.server(auth).unwrap();
+    tokio::spawn(async move {
+        let _ = server
+            .add_service(health)
+            .serve_with_incoming(TcpListenerStream::new(l))
+            .await;
+    });
+    addr
+}
+
+/// One health check from `tls` to `addr`: Ok, or the connection/call error text.
+async fn check(tls: &Tls, addr: &str) -> Result<(), String> {
+    let ch = match tls.endpoint(addr).unwrap().connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(tls_failure(&e).unwrap_or_else(|| format!("not a TLS failure: {e:?}")));
+        }
+    };
+    HealthClient::new(ch)
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| {
+            use std::error::Error;
+            s.source()
+                .and_then(tls_failure)
+                .unwrap_or_else(|| format!("{}: {}", s.code(), s.message()))
+        })
+}
+
+fn load(dir: &Path) -> (Tls, Tls) {
+    let f = Files::in_dir(dir);
+    let ca = std::fs::read(&f.ca_cert).unwrap();
+    let node = Tls::node(
+        ca.clone(),
+        std::fs::read(&f.node_cert).unwrap(),
+        std::fs::read(&f.node_key).unwrap(),
+    );
+    (node, Tls::client(ca))
+}
+
+/// First start: the CA and the node certificate are created with private keys (0600) and
+/// readable certificates (0644); a second start finds them and rewrites nothing.
+#[test]
+fn certificates_created_once_with_private_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let sans = local_sans(["127.0.0.1", "0.0.0.0", "db1.example"]);
+    assert_eq!(sans, ["127.0.0.1", "db1.example", "localhost"]);
+    assert_eq!(
+        ensure_node_certs(&tls, &sans).unwrap(),
+        Ensured::Created { created_ca: true }
+    );
+    let f = Files::in_dir(&tls);
+    assert_eq!(mode_of(&f.ca_key), 0o600);
+    assert_eq!(mode_of(&f.node_key), 0o600);
+    assert_eq!(mode_of(&f.ca_cert), 0o644);
+    assert_eq!(mode_of(&f.node_cert), 0o644);
+    assert_eq!(mode_of(&tls), 0o700);
+    let before: Vec<Vec<u8>> = [&f.ca_cert, &f.ca_key, &f.node_cert, &f.node_key]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(ensure_node_certs(&tls, &sans).unwrap(), Ensured::Existing);
+    let after: Vec<Vec<u8>> = [&f.ca_cert, &f.ca_key, &f.node_cert, &f.node_key]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(before, after, "a second start must not overwrite anything");
+    // Issuing into a directory that has a node certificate is refused, naming the file.
+    let e = issue_node(&tls, &tls, "again", &sans)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node.pem") && e.contains("never overwritten"),
+        "{e}"
+    );
+}
+
+/// Half a pair is an error naming the missing file, never silently replaced by a new CA.
+#[test]
+fn half_pairs_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    ensure_node_certs(dir.path(), &local_sans([])).unwrap();
+    let f = Files::in_dir(dir.path());
+    std::fs::remove_file(&f.ca_cert).unwrap();
+    let e = ensure_node_certs(dir.path(), &local_sans([]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ca.pem"), "{e}");
+    std::fs::remove_file(&f.node_key).unwrap();
+    let e = ensure_node_certs(dir.path(), &local_sans([]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("node.key") && e.contains("missing"), "{e}");
+}
+
+/// Loading names the file that is missing or not PEM.
+#[test]
+fn load_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.pem");
+    let e = Tls::load_client(&path).err().unwrap().to_string();
+    assert!(e.contains("ca.pem") && e.contains("missing"), "{e}");
+    std::fs::write(&path, "not a certificate").unwrap();
+    let e = Tls::load_client(&path).err().unwrap().to_string();
+    assert!(
+        e.contains("ca.pem") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+}
+
+/// What `certs` issues works: a server with a node certificate accepts a client that has only
+/// the CA, by address (IP SAN) and by name (DNS SAN); a client with another CA, or dialling a
+/// name the certificate does not hold, gets a TLS failure (recognised as such, not retried).
+#[tokio::test]
+async fn issued_certificates_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    ensure_ca(&ca_dir).unwrap();
+    let host = dir.path().join("host-a");
+    issue_node(&ca_dir, &host, "a", &local_sans([])).unwrap();
+    assert!(
+        host.join(CA_CERT).exists(),
+        "the host directory gets the CA certificate"
+    );
+    assert!(!host.join(CA_KEY).exists(), "but never the CA key");
+    let (node, client) = load(&host);
+    let addr = serve(&node, ClientAuth::None).await;
+    check(&client, &addr).await.unwrap();
+    let port = addr.rsplit_once(':').unwrap().1;
+    check(&client, &format!("localhost:{port}")).await.unwrap();
+
+    let other = dir.path().join("other");
+    ensure_node_certs(&other, &local_sans([])).unwrap();
+    let (_, foreign_client) = load(&other);
+    let e = check(&foreign_client, &addr).await.unwrap_err();
+    assert!(e.contains("not from the given CA"), "{e}");
+
+    let named = dir.path().join("named");
+    issue_node(&ca_dir, &named, "b", &["b.example".to_string()]).unwrap();
+    let (named_node, _) = load(&named);
+    let addr = serve(&named_node, ClientAuth::None).await;
+    let e = check(&client, &addr).await.unwrap_err();
+    assert!(e.contains("does not hold the name"), "{e}");
+}
+
+/// Mutual TLS: a server that requires client certificates refuses a client without one and a
+/// client whose certificate comes from another CA at the handshake, and serves a node of its CA.
+/// With optional client certificates, a client without one is served; one from another CA is
+/// still refused.
+#[tokio::test]
+async fn client_certificates_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    ensure_node_certs(&dir.path().join("a"), &local_sans([])).unwrap();
+    ensure_node_certs(&dir.path().join("b"), &local_sans([])).unwrap();
+    let (node, client) = load(&dir.path().join("a"));
+    // A node of another CA that trusts ours: only its own certificate is wrong.
+    let fb = Files::in_dir(&dir.path().join("b"));
+    let foreign = Tls::node(
+        std::fs::read(Files::in_dir(&dir.path().join("a")).ca_cert).unwrap(),
+        std::fs::read(fb.node_cert).unwrap(),
+        std::fs::read(fb.node_key).unwrap(),
+    );
+    let required = serve(&node, ClientAuth::Required).await;
+    check(&node, &required).await.unwrap();
+    assert!(check(&client, &required).await.is_err());
+    assert!(check(&foreign, &required).await.is_err());
+    let optional = serve(&node, ClientAuth::Optional).await;
+    check(&node, &optional).await.unwrap();
+    check(&client, &optional).await.unwrap();
+    assert!(check(&foreign, &optional).await.is_err());
+}
+
+/// Plaintext: `http://` endpoints, servers without TLS, and every caller is let through (there
+/// is nothing to check); the warning names what is exposed.
+#[tokio::test]
+async fn plaintext_works_and_warns() {
+    let tls = Tls::plaintext();
+    let addr = serve(&tls, ClientAuth::Required).await;
+    check(&tls, &addr).await.unwrap();
+    assert!(
+        tls.require_cluster_peer(&tonic::Request::new(()), "Write")
+            .is_ok()
+    );
+    let w = tls.plaintext_warning("the Raft port").unwrap();
+    assert!(
+        w.starts_with("plaintext") && w.contains("the Raft port"),
+        "{w}"
+    );
+    assert!(Tls::client(vec![]).plaintext_warning("x").is_none());
+}
+
+/// With TLS, a request that did not come with a verified certificate is refused with
+/// UNAUTHENTICATED and a message naming the call.
+#[test]
+fn cluster_calls_need_a_certificate() {
+    let tls = Tls::client(b"unused".to_vec());
+    let s = tls
+        .require_cluster_peer(&tonic::Request::new(()), "Control.Heartbeats")
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated);
+    assert!(
+        s.message().contains("Control.Heartbeats"),
+        "{}",
+        s.message()
+    );
+}

@@ -1,0 +1,339 @@
+//! TLS with real processes, as users run them: certificates made by `MasterStartup.sh` and by
+//! `chatfeed-master certs`, membership by certificate on the Raft and control services, clients
+//! that verify the cluster with its CA, and plaintext mode.
+
+use chatfeed_common::tls::{self, Files, Tls};
+use chatfeed_e2e::cluster::*;
+use chatfeed_e2e::feed::*;
+use chatfeed_proto::control::WorkerHeartbeat;
+use chatfeed_proto::control::control_client::ControlClient;
+use chatfeed_proto::master::{self as pb, write_request::Command};
+use chatfeed_proto::raft::raft_client::RaftClient;
+use chatfeed_proto::raft::{RaftMessage, TimeoutNowRequest};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn contents(f: &Files) -> Vec<Vec<u8>> {
+    [&f.ca_cert, &f.ca_key, &f.node_cert, &f.node_key]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect()
+}
+
+/// `MasterStartup.sh` on a fresh directory creates the cluster CA and this host's node
+/// certificate in `tls/` beside the configuration (keys 0600, certificates 0644), says where they
+/// are, and the group runs on them; run again (the group running), and again after every process
+/// was killed, it finds them and overwrites nothing, and the restarted group runs on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_start_creates_the_certificates_once() {
+    let c = ProcCluster::new(NO_RESTART_MS);
+    let files = Files::in_dir(&c.root.join("tls"));
+    assert!(!files.ca_cert.exists());
+    let out = c.run_script().await;
+    assert!(out.status.success(), "MasterStartup.sh failed");
+    let stdout = stdout_of(&out);
+    assert!(
+        stdout.contains("created the cluster CA")
+            && stdout.contains(&files.ca_cert.display().to_string()),
+        "the script says where the CA is: {stdout}"
+    );
+    assert!(stdout.contains("node certificate"), "{stdout}");
+    assert_eq!(mode_of(&files.ca_key), 0o600);
+    assert_eq!(mode_of(&files.node_key), 0o600);
+    assert_eq!(mode_of(&files.ca_cert), 0o644);
+    assert_eq!(mode_of(&files.node_cert), 0o644);
+    let first = contents(&files);
+    c.wait_healthy().await;
+
+    let again = c.run_script().await;
+    assert!(again.status.success());
+    assert!(
+        !stdout_of(&again).contains("created"),
+        "{}",
+        stdout_of(&again)
+    );
+    assert_eq!(
+        contents(&files),
+        first,
+        "a second start overwrote a certificate"
+    );
+
+    c.kill_everything();
+    let restart = c.run_script().await;
+    assert!(restart.status.success(), "restart on the same certificates");
+    assert_eq!(contents(&files), first, "a restart overwrote a certificate");
+    c.wait_healthy().await;
+}
+
+/// The outsiders of a running group: a process with the CA but no certificate, and one with a
+/// complete node certificate of another CA (made with rcgen here) that trusts this group's CA.
+fn outsiders(c: &ProcCluster) -> Vec<(&'static str, Tls)> {
+    let ca = std::fs::read(c.root.join("tls").join(tls::CA_CERT)).unwrap();
+    let other = c.root.join("foreign");
+    tls::ensure_node_certs(&other, &tls::local_sans([])).unwrap();
+    let f = Files::in_dir(&other);
+    vec![
+        ("no certificate", Tls::client(ca.clone())),
+        (
+            "a certificate of another CA",
+            Tls::node(
+                ca,
+                std::fs::read(f.node_cert).unwrap(),
+                std::fs::read(f.node_key).unwrap(),
+            ),
+        ),
+    ]
+}
+
+/// Against real member processes: a process without a cluster certificate, or with one of
+/// another CA, cannot open the Raft service (a Vote at a far higher term and a TimeoutNow naming
+/// the real leader and term both fail, and the leader and term stay), cannot register a worker
+/// through `Control.Heartbeats` (refused, and the active master lists no such worker), and
+/// cannot call `Write` (nothing commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outsiders_cannot_vote_register_or_write() {
+    let c = ProcCluster::new(NO_RESTART_MS);
+    assert!(c.run_script().await.status.success());
+    let before = c.wait_healthy().await;
+    let leader = before.leader.unwrap();
+    let term = before.term;
+    let leader_api = c.member(leader).api.clone();
+    let follower = c.members.iter().find(|m| m.id != leader).unwrap().clone();
+    let vote = serde_json::to_vec(&openraft::raft::VoteRequest::<u64> {
+        vote: openraft::Vote::new(term + 100, 99),
+        last_log_id: None,
+    })
+    .unwrap();
+    let intruder = WorkerHeartbeat {
+        worker_id: "intruder".into(),
+        addr: "127.0.0.1:1".into(),
+        host: "127.0.0.1".into(),
+        pid: 1,
+        clients: 0,
+        pool_size: 1,
+        leaving: false,
+    };
+    for (who, tls) in outsiders(&c) {
+        for m in &c.members {
+            let mut raft = RaftClient::new(tls.endpoint(&m.raft).unwrap().connect_lazy());
+            let r = raft.vote(RaftMessage { data: vote.clone() }).await;
+            assert!(r.is_err(), "member {} served a Vote from {who}", m.id);
+        }
+        let mut raft = RaftClient::new(tls.endpoint(&follower.raft).unwrap().connect_lazy());
+        let r = raft
+            .timeout_now(TimeoutNowRequest {
+                leader_id: leader,
+                term,
+            })
+            .await;
+        assert!(r.is_err(), "TimeoutNow from {who} was served");
+
+        let api = tls.endpoint(&leader_api).unwrap().connect_lazy();
+        let hb = ControlClient::new(api.clone())
+            .heartbeats(tokio_stream::iter(vec![intruder.clone()]))
+            .await;
+        let e = hb
+            .err()
+            .unwrap_or_else(|| panic!("a worker with {who} was let in"));
+        let w = chatfeed_proto::master::master_client::MasterClient::new(api)
+            .write(pb::WriteRequest {
+                command: Some(Command::CreateUser(pb::CreateUser {
+                    name: "mallory".into(),
+                })),
+            })
+            .await
+            .unwrap_err();
+        if who == "no certificate" {
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+            assert_eq!(w.code(), tonic::Code::Unauthenticated, "{w:?}");
+        }
+    }
+    // A write through the cluster's own certificate: every member has handled what came before.
+    let mut writer = Writer::new(&c);
+    writer.create_user("ana").await;
+    let after = c.wait_healthy().await;
+    assert_eq!(
+        (after.leader, after.term),
+        (Some(leader), term),
+        "an outsider changed the leader or the term"
+    );
+    let s = c.leader_status().await.expect("the active master's status");
+    assert!(
+        s.workers.iter().all(|w| w.id != "intruder"),
+        "an outsider registered a worker: {:?}",
+        s.workers
+    );
+    let users = c
+        .api_client(&c.member(leader).api)
+        .await
+        .unwrap()
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert!(
+        !users.iter().any(|u| u == "mallory"),
+        "an outsider's write committed: {users:?}"
+    );
+}
+
+/// A client with the cluster's CA connects and posts (through a worker, with TLS all the way);
+/// with the CA of another cluster it fails at once — exit 1, one line saying the TLS handshake
+/// failed and why — long before its 600 s of retries; a CA file that does not exist is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_verify_the_cluster_with_its_ca() {
+    let c = feed_cluster("").await;
+    c.wait_workers(3).await;
+    let p = c.post("alice", "over TLS").await;
+    assert_eq!(p.author, "alice");
+
+    let other = c.root.join("other-ca");
+    tls::ensure_ca(&other).unwrap();
+    let mut cmd = c.chatfeed(Some("alice"), &["--timeout", "600", "post", "hi"]);
+    cmd.env("CHATFEED_CA", other.join(tls::CA_CERT));
+    let out = tokio::time::timeout(DEADLINE * 2, cmd.output())
+        .await
+        .expect("a client with the wrong CA kept retrying")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("TLS handshake failed") && stderr.contains("not from the given CA"),
+        "{stderr}"
+    );
+
+    let mut cmd = c.chatfeed(Some("alice"), &["post", "hi"]);
+    cmd.env("CHATFEED_CA", c.root.join("nope.pem"));
+    let out = cmd.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nope.pem") && stderr.contains("missing"),
+        "{stderr}"
+    );
+}
+
+/// `chatfeed-master certs` makes a CA (its key only in --out) and a directory per host with
+/// `ca.pem`, `node.pem` and `node.key` (0600); a server with a host's certificate is accepted by
+/// a client holding only `ca.pem`, under each name and address given; run again for a new host,
+/// it reuses the CA; it never overwrites a host's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certs_command_issues_certificates_that_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let certs = |args: &[&str]| {
+        std::process::Command::new(bin_dir().join("chatfeed-master"))
+            .arg("certs")
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = certs(&["--host", "a=127.0.0.1,localhost"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = Files::in_dir(&out.join("a"));
+    assert_eq!(mode_of(&out.join(tls::CA_KEY)), 0o600);
+    assert_eq!(mode_of(&a.node_key), 0o600);
+    assert!(
+        !a.ca_key.exists(),
+        "the CA key stays where certificates are issued"
+    );
+    let ca = std::fs::read(out.join(tls::CA_CERT)).unwrap();
+    assert_eq!(std::fs::read(&a.ca_cert).unwrap(), ca);
+
+    let o = certs(&["--host", "b=127.0.0.2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(out.join(tls::CA_CERT)).unwrap(),
+        ca,
+        "the CA is reused"
+    );
+    let o = certs(&["--host", "a=127.0.0.1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("never overwritten"));
+
+    // A server with host a's certificate, a client with only ca.pem.
+    let node = Tls::node(
+        std::fs::read(&a.ca_cert).unwrap(),
+        std::fs::read(&a.node_cert).unwrap(),
+        std::fs::read(&a.node_key).unwrap(),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let mut server = node.server(tls::ClientAuth::Optional).unwrap();
+    tokio::spawn(async move {
+        let _ = server
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await;
+    });
+    let client = Tls::load_client(&out.join(tls::CA_CERT)).unwrap();
+    for addr in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let status = eventually(&format!("a health check at {addr}"), async || {
+            chatfeed_master::testing::health_status(&client, &addr, "")
+                .await
+                .ok_or_else(|| "no answer".to_string())
+        })
+        .await;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+    }
+}
+
+/// With `[tls] mode = "plaintext"`, the whole cluster runs as before without certificates (none
+/// are created), the start warns, every member and worker logs a plaintext warning, and a
+/// plaintext client posts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plaintext_mode_works_and_warns() {
+    let c = ProcCluster::with_config(RESTART_AFTER_MS, "[tls]\nmode = \"plaintext\"\n");
+    let out = c.run_script().await;
+    assert!(out.status.success());
+    assert!(
+        stdout_of(&out).contains("WARNING plaintext"),
+        "{}",
+        stdout_of(&out)
+    );
+    c.wait_healthy().await;
+    assert!(c.start_workers().await.status.success());
+    c.wait_workers(3).await;
+    assert!(
+        !c.root.join("tls").exists(),
+        "no certificates in plaintext mode"
+    );
+    let p = c.post("bob", "in the clear").await;
+    assert_eq!(p.author, "bob");
+    let logs: Vec<String> = std::fs::read_dir(c.run_dir())
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_str()?.to_string();
+            (name.ends_with(".log") && name != "workers.log").then_some(name)
+        })
+        .collect();
+    assert_eq!(
+        logs.len(),
+        6,
+        "three members and three workers log: {logs:?}"
+    );
+    for name in logs {
+        let text = std::fs::read_to_string(c.run_dir().join(&name)).unwrap();
+        assert!(
+            text.contains("plaintext: [tls] mode"),
+            "{name} has no plaintext warning"
+        );
+    }
+}
