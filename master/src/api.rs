@@ -317,6 +317,20 @@ impl Master for MasterApi {
         feed::validate_command(&command, self.config.max_post_chars as usize)
             .map_err(|e| feed_status(&e))?;
         self.mastership.require_active()?;
+        // Every login sends CreateUser, and users are never removed: a name this member has
+        // applied exists for good, so the answer is AlreadyExists without a Raft round. (A
+        // worker fail-over of 1,000 streams put 1,000 refused commands through the log, each
+        // encoded, appended and applied on three members, before the streams could reopen.)
+        if let Command::CreateUser { name } = &command {
+            let name = name.clone();
+            let known = self
+                .reader
+                .read(move |c| feed::user_exists(c, &name).map(|e| e.then_some(name)))
+                .await;
+            if let Ok(Some(name)) = known {
+                return Err(feed_status(&FeedError::UserExists(name)));
+            }
+        }
         let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
         let res = match tokio::time::timeout(wait, self.batcher.write(command)).await {
             Err(_) => {

@@ -92,6 +92,32 @@ async fn isolated_leader_loses_mastership_and_rejoins() {
     c.shutdown().await;
 }
 
+/// Logging in again (CreateUser of an existing user) answers ALREADY_EXISTS without a Raft
+/// entry: five repeated logins and one new user advance the leader's applied log by exactly the
+/// new user's entry, and the new user is created as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn existing_users_log_in_without_a_raft_entry() {
+    let c = TestCluster::start(|_| {}).await;
+    let leader = c.wait_active(&c.ids()).await;
+    let mut api = c.api(leader).await;
+    api.write(create_user("alice")).await.unwrap();
+    let before = c.last_applied(leader);
+    for _ in 0..5 {
+        let e = api.write(create_user("alice")).await.unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+        assert!(e.message().contains("already exists"), "{e:?}");
+    }
+    api.write(create_user("bob")).await.unwrap();
+    assert_eq!(
+        c.last_applied(leader),
+        before + 1,
+        "only bob's creation went through the log"
+    );
+    let e = api.write(create_user("bob")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    c.shutdown().await;
+}
+
 /// Writes through the API: every kind of bad input gets its own gRPC code and a message that says
 /// what was wrong; a replica redirects to the active master; a retried post commits once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
