@@ -796,29 +796,22 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         .await?;
     let n = plan.worker_failover_streams * s.workers.len();
     let speaker_of = |k: usize| format!("wfspeaker{}", k % WF_SPEAKERS);
-    let speakers: Vec<Arc<Poster>> = load::many(
-        "speakers log in",
-        (0..WF_SPEAKERS).collect(),
-        |k| {
+    let speakers: Vec<Arc<Poster>> =
+        load::many("speakers log in", (0..WF_SPEAKERS).collect(), |k| {
             let masters = t.masters.clone();
             let name = speaker_of(k);
             async move { Ok(Arc::new(Poster::login(&masters, &name, "wf").await?)) }
-        },
-    )
-    .await?;
-    let sessions = load::many(
-        "listeners log in and follow",
-        (0..n).collect(),
-        |k| {
-            let masters = t.masters.clone();
-            let speaker = speaker_of(k);
-            async move {
-                let s = load::login(&masters, &user(first_user + k)).await?;
-                load::follow(&s, &speaker).await?;
-                Ok(s)
-            }
-        },
-    )
+        })
+        .await?;
+    let sessions = load::many("listeners log in and follow", (0..n).collect(), |k| {
+        let masters = t.masters.clone();
+        let speaker = speaker_of(k);
+        async move {
+            let s = load::login(&masters, &user(first_user + k)).await?;
+            load::follow(&s, &speaker).await?;
+            Ok(s)
+        }
+    })
     .await?;
     let streams = open_streams(t, sessions).await?;
     // Stream k follows speaker k % WF_SPEAKERS (open_streams keeps the order).
