@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("chatfeed_descriptor.bin"))
+        // prost with a small initial encode buffer (see src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         .compile_protos(&files, &["proto"])?;
     Ok(())
 }

@@ -324,13 +324,13 @@ impl Report {
             match r {
                 Ok(w) => {
                     println!(
-                        "\n4. worker fail-over ({} streams over the workers, kill -9 of the one with {}, a post every {} ms through another worker)",
-                        w.streams, w.on_victim, w.post_interval_ms
+                        "\n4. worker fail-over ({} streams over the workers, kill -9 of the one with {}; a post every {} ms, round robin over {} speakers each followed by a share of the streams, through another worker)",
+                        w.streams, w.on_victim, w.post_interval_ms, w.speakers
                     );
                     println!(
                         "   resumed {}/{}; kill -> first post sent after the kill arrived: p50 {} ms, p99 {} ms, max {} ms; {}",
                         w.resumed,
-                        w.streams,
+                        w.on_victim,
                         f(w.resume.p50_ms),
                         f(w.resume.p99_ms),
                         f(w.resume.max_ms),

@@ -757,6 +757,10 @@ pub struct WorkerFailover {
     /// Streams on the killed worker (their session's worker just before the kill).
     pub on_victim: usize,
     pub killed_pid: u32,
+    /// The posting users; stream i follows speaker i % speakers.
+    pub speakers: usize,
+    /// One post every this long, round robin over the speakers (so each stream gets one every
+    /// `speakers` times this).
     pub post_interval_ms: f64,
     /// Streams of the killed worker that received a post sent after the kill.
     pub resumed: usize,
@@ -770,6 +774,12 @@ pub struct WorkerFailover {
 }
 
 const WF_INTERVAL: Duration = Duration::from_millis(10);
+/// Users posting during the worker fail-over, each followed by an equal share of the streams.
+/// With one speaker every stream got every post (100 posts/s to 3,000 streams: 300,000
+/// deliveries/s, three times the fan-out scenario's peak), and the figure measured the backlog
+/// of that load, not the resumption; with ten, each stream gets a post every 100 ms (30,000
+/// deliveries/s in all) and a resumed stream sees one at most 100 ms after it resumed.
+const WF_SPEAKERS: usize = 10;
 
 /// `per_worker` streams per worker (the master spreads them), then kill -9 of the worker with
 /// the most.
@@ -784,26 +794,43 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         })
         .await?;
     let n = plan.worker_failover_streams * s.workers.len();
-    let speaker = Arc::new(Poster::login(&t.masters, "wfspeaker", "wf").await?);
-    let sessions = load::many(
-        "listeners log in and follow",
-        (first_user..first_user + n).collect(),
-        |i| {
+    let speaker_of = |k: usize| format!("wfspeaker{}", k % WF_SPEAKERS);
+    let speakers: Vec<Arc<Poster>> =
+        load::many("speakers log in", (0..WF_SPEAKERS).collect(), |k| {
             let masters = t.masters.clone();
-            async move {
-                let s = load::login(&masters, &user(i)).await?;
-                load::follow(&s, "wfspeaker").await?;
-                Ok(s)
-            }
-        },
-    )
+            let name = speaker_of(k);
+            async move { Ok(Arc::new(Poster::login(&masters, &name, "wf").await?)) }
+        })
+        .await?;
+    let sessions = load::many("listeners log in and follow", (0..n).collect(), |k| {
+        let masters = t.masters.clone();
+        let speaker = speaker_of(k);
+        async move {
+            let s = load::login(&masters, &user(first_user + k)).await?;
+            load::follow(&s, &speaker).await?;
+            Ok(s)
+        }
+    })
     .await?;
     let streams = open_streams(t, sessions).await?;
-    let mut acked: Vec<Sent> = vec![speaker.post().await?];
-    let warm = acked[0].post.seq;
-    load::wait_delivered(&streams, Duration::from_secs(60), |_| warm)
-        .await
-        .context("warm-up: not every stream is live")?;
+    // Stream k follows speaker k % WF_SPEAKERS (open_streams keeps the order).
+    let mut acked: HashMap<String, Vec<Sent>> = HashMap::new();
+    for p in &speakers {
+        acked.insert(p.user.clone(), vec![p.post().await?]);
+    }
+    let warm: Vec<u64> = (0..WF_SPEAKERS)
+        .map(|k| acked[&speaker_of(k)][0].post.seq)
+        .collect();
+    let index: HashMap<&str, usize> = streams
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.user.as_str(), k))
+        .collect();
+    load::wait_delivered(&streams, Duration::from_secs(60), |s| {
+        warm[index[s.user.as_str()] % WF_SPEAKERS]
+    })
+    .await
+    .context("warm-up: not every stream is live")?;
     // Where each stream is now (its session's worker), and the worker with the most.
     let mut on: Vec<String> = Vec::with_capacity(streams.len());
     for st in &streams {
@@ -836,16 +863,17 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         "worker pid {} is not a process of the bench's cluster",
         victim.pid
     );
-    speaker
-        .session
-        .lease_on(&other.addr)
-        .await
-        .map_err(|e| anyhow!("the speaker on worker {}: {e:?}", other.addr))?;
+    for p in &speakers {
+        p.session
+            .lease_on(&other.addr)
+            .await
+            .map_err(|e| anyhow!("speaker {} on worker {}: {e:?}", p.user, other.addr))?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent_count = Arc::new(AtomicU64::new(0));
     let posting = {
-        let (p, stop, c) = (vec![speaker.clone()], stop.clone(), sent_count.clone());
+        let (p, stop, c) = (speakers.clone(), stop.clone(), sent_count.clone());
         tokio::spawn(async move {
             open_loop(&p, 1.0 / WF_INTERVAL.as_secs_f64(), 60.0, Some(stop), c).await
         })
@@ -893,9 +921,22 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         .filter(|(_, s)| s.sent > killed)
         .map(|(_, s)| s.post.seq)
         .collect();
-    acked.extend(sent.into_iter().map(|(_, s)| s));
-    let last = acked.iter().map(|s| s.post.seq).max().unwrap_or(0);
-    let arrived = load::wait_delivered(&streams, Duration::from_secs(30), |_| last).await;
+    for (u, s) in sent {
+        acked.entry(u).or_default().push(s);
+    }
+    let last: Vec<u64> = (0..WF_SPEAKERS)
+        .map(|k| {
+            acked[&speaker_of(k)]
+                .iter()
+                .map(|s| s.post.seq)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let arrived = load::wait_delivered(&streams, Duration::from_secs(30), |s| {
+        last[index[s.user.as_str()] % WF_SPEAKERS]
+    })
+    .await;
     let resume: Vec<f64> = moved
         .iter()
         .filter_map(|&i| {
@@ -908,26 +949,30 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         .collect();
     let delivered = load::stop_all(streams).await?;
     arrived.context("after the fail-over")?;
-    let mut expected: Vec<u64> = acked.iter().map(|s| s.post.seq).collect();
-    expected.sort_unstable();
+    let expected: Vec<Vec<u64>> = (0..WF_SPEAKERS)
+        .map(|k| {
+            let mut e: Vec<u64> = acked[&speaker_of(k)].iter().map(|s| s.post.seq).collect();
+            e.sort_unstable();
+            e
+        })
+        .collect();
     let mut check = StreamCheck::default();
-    for d in &delivered {
+    for (k, d) in delivered.iter().enumerate() {
         let seqs: Vec<u64> = d.iter().map(|(s, _)| *s).collect();
-        check.add(&StreamCheck::of(&seqs, &expected));
+        check.add(&StreamCheck::of(&seqs, &expected[k % WF_SPEAKERS]));
     }
-    let mut acked_map = HashMap::new();
-    acked_map.insert("wfspeaker".to_string(), acked.clone());
-    verify_posters(&[speaker], &acked_map).await?;
+    verify_posters(&speakers, &acked).await?;
     Ok(WorkerFailover {
         streams: n,
         on_victim: moved.len(),
         killed_pid: victim.pid,
+        speakers: WF_SPEAKERS,
         post_interval_ms: ms(WF_INTERVAL),
         resumed: resume.len(),
         resume: Latency::of(resume),
         no_gap: check.ok(),
         check: (&check).into(),
-        posts: acked.len(),
+        posts: acked.values().map(Vec::len).sum(),
     })
 }
 

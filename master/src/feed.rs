@@ -174,7 +174,8 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
         .map(|s| s as u64)
 }
 
-fn user_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+/// Whether `name` is a user. Users are never removed, so a true answer never goes stale.
+pub fn user_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM users WHERE name = ?1")?
         .query_row([name], |_| Ok(()))
         .optional()

@@ -21,6 +21,8 @@ pub mod feed {
     tonic::include_proto!("chatfeed.feed");
 }
 
+pub mod codec;
+
 /// The encoded descriptors of every chatfeed .proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chatfeed_descriptor");
 

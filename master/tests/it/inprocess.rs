@@ -92,6 +92,36 @@ async fn isolated_leader_loses_mastership_and_rejoins() {
     c.shutdown().await;
 }
 
+/// Logging in again costs no Raft entry: after alice's first login (which creates her with her
+/// password hash), five more logins with the right password advance the leader's applied log
+/// by nothing, and each answers a token for alice without `created`. (Every stream that moves
+/// after a worker dies logs in again; a log entry each would crowd the log in a fail-over.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn existing_users_log_in_without_a_raft_entry() {
+    let c = TestCluster::start(|_| {}).await;
+    let leader = c.wait_active(&c.ids()).await;
+    let mut api = c.api(leader).await;
+    let login = || pb::AuthenticateRequest {
+        user: "alice".into(),
+        password: "alice-password".into(),
+        probe: false,
+    };
+    let first = api.authenticate(login()).await.unwrap().into_inner();
+    assert!(first.created, "{first:?}");
+    let before = c.last_applied(leader);
+    for _ in 0..5 {
+        let again = api.authenticate(login()).await.unwrap().into_inner();
+        assert!(!again.created, "{again:?}");
+        assert!(!again.token.is_empty());
+    }
+    assert_eq!(
+        c.last_applied(leader),
+        before,
+        "a login of an existing user went through the log"
+    );
+    c.shutdown().await;
+}
+
 /// Writes through the API: every kind of bad input gets its own gRPC code and a message that says
 /// what was wrong; a replica redirects to the active master; a retried post commits once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
