@@ -475,18 +475,21 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
     join_within(streams, Duration::from_secs(15)).await;
     join_within(pollers, Duration::from_secs(5)).await;
 
-    let final_state = match workload::read_timelines(&masters, &tls, &graph.users()).await {
-        Ok(t) => FinalState {
-            timelines: t
-                .into_iter()
-                .map(|(u, posts)| (u, posts.into_iter().map(FinalPost::from).collect()))
-                .collect(),
-        },
-        Err(e) => {
-            rec.harness_error(format!("reading the final state: {e}"));
-            FinalState::default()
-        }
-    };
+    // The final state is read from the masters' Timeline, which only cluster processes may
+    // call: the harness reads it with the cluster identity.
+    let final_state =
+        match workload::read_timelines(&masters, &d.harness_tls(), &graph.users()).await {
+            Ok(t) => FinalState {
+                timelines: t
+                    .into_iter()
+                    .map(|(u, posts)| (u, posts.into_iter().map(FinalPost::from).collect()))
+                    .collect(),
+            },
+            Err(e) => {
+                rec.harness_error(format!("reading the final state: {e}"));
+                FinalState::default()
+            }
+        };
     let history = rec.snapshot();
     let verdict = checker::check(&history, &final_state);
     Run {
