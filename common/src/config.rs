@@ -35,9 +35,10 @@ pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
 pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
 pub const DEFAULT_ARGON2_PARALLELISM: u32 = 1;
 /// Password hashes computed at once on the active master. Each takes `argon2_memory_kib` of
-/// memory and a core for tens of milliseconds: two bound the memory (2 × 19 MiB) and leave the
-/// other cores to Raft and the API while a crowd logs in.
-pub const DEFAULT_MAX_CONCURRENT_HASHES: u32 = 2;
+/// memory and a core for tens of milliseconds. One leaves the other cores to Raft and the API
+/// while a crowd logs in: with two on a 2-core host, 200 new users logging in at once starved
+/// the leader's heartbeats and it lost its lease (two elections). Raise it on larger hosts.
+pub const DEFAULT_MAX_CONCURRENT_HASHES: u32 = 1;
 /// Wrong passwords for one user accepted without delay.
 pub const DEFAULT_FAILURES_BEFORE_DELAY: u32 = 3;
 /// The first delay after that, doubled at each further failure up to the cap.
