@@ -217,7 +217,7 @@ impl Hub {
         );
         st.by_user.entry(user.to_string()).or_default().insert(id);
         st.pending.insert(id);
-        tracing::debug!(user, sub = id, position = ?st.position, "timeline stream registered (pending)");
+        tracing::debug!(user = %user, sub = id, position = ?st.position, "timeline stream registered (pending)");
         Ok(Subscription { id, ended })
     }
 
