@@ -207,6 +207,8 @@ pub struct Stream {
     pub last: Arc<AtomicU64>,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), String>>,
+    /// How the stream's task ended, once it did by itself (`None` while it runs).
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 impl Stream {
@@ -230,9 +232,11 @@ impl Stream {
         let (d, l, c) = (deliveries.clone(), last.clone(), cancel.clone());
         let user = session.user().to_string();
         let me = session.clone();
+        let ended: Arc<Mutex<Option<String>>> = Arc::default();
+        let e = ended.clone();
         let task = tokio::spawn(async move {
             let mut cursor = Cursor::new(after);
-            timeline::stream(
+            let r = timeline::stream(
                 &session,
                 &mut cursor,
                 Until::default(),
@@ -249,7 +253,12 @@ impl Stream {
             )
             .await
             .map(|_| ())
-            .map_err(|f| f.to_string())
+            .map_err(|f| f.to_string());
+            *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(match &r {
+                Ok(()) => "ended".into(),
+                Err(f) => format!("failed: {f}"),
+            });
+            r
         });
         Ok(Stream {
             user,
@@ -258,6 +267,7 @@ impl Stream {
             last,
             cancel,
             task,
+            ended,
         })
     }
 
@@ -279,6 +289,18 @@ impl Stream {
         self.session.lease().await.ok().map(|l| l.addr)
     }
 
+    /// What the client knows of the stream now: whether its task ended (and how), and the
+    /// worker its session uses (without connecting).
+    pub fn client_state(&self) -> (Option<String>, String) {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let worker = match self.session.current_worker() {
+            Some(Some(a)) => a,
+            Some(None) => "(no worker)".into(),
+            None => "(connecting)".into(),
+        };
+        (ended, worker)
+    }
+
     /// Deliveries so far, without stopping.
     pub fn snapshot(&self) -> Vec<(u64, Instant)> {
         self.deliveries
@@ -297,7 +319,8 @@ impl Drop for Stream {
 }
 
 /// Waits until every stream in `streams` has delivered a seq >= `want(stream)`; fails after
-/// `limit`, naming how many are behind.
+/// `limit`, naming how many are behind, or as soon as a stream that is behind has ended (its
+/// client gave up: it will never catch up), naming why.
 pub async fn wait_delivered(
     streams: &[Stream],
     limit: Duration,
@@ -305,13 +328,26 @@ pub async fn wait_delivered(
 ) -> Result<()> {
     let end = Instant::now() + limit;
     loop {
-        let behind = streams
+        let behind: Vec<&Stream> = streams
             .iter()
             .filter(|s| s.last.load(Ordering::Relaxed) < want(s))
-            .count();
-        if behind == 0 {
+            .collect();
+        if behind.is_empty() {
             return Ok(());
         }
+        let ended: Vec<(&str, String)> = behind
+            .iter()
+            .filter_map(|s| Some((s.user.as_str(), s.client_state().0?)))
+            .collect();
+        if let Some((user, why)) = ended.first() {
+            bail!(
+                "{} of {} streams are behind, {} of them ended by themselves (e.g. {user}'s: {why})",
+                behind.len(),
+                streams.len(),
+                ended.len()
+            );
+        }
+        let behind = behind.len();
         if Instant::now() > end {
             bail!(
                 "{behind} of {} streams did not receive their last post within {limit:?}",

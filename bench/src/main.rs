@@ -45,6 +45,14 @@ struct Args {
     /// With --master: the cluster's CA certificate (default: the configuration's, as the client).
     #[arg(long, conflicts_with = "plaintext")]
     ca: Option<PathBuf>,
+    /// Copy the local cluster's logs (masters' and workers') into this directory at the end:
+    /// the cluster's own directory is removed with it.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
+    /// Write the bench's own client log (timeline streams opening, failing, resuming: debug
+    /// lines of `chatfeed_client`, filtered by RUST_LOG, default `warn`) to this file.
+    #[arg(long)]
+    client_log: Option<PathBuf>,
     /// Where the JSON goes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     results: PathBuf,
@@ -65,6 +73,16 @@ async fn main() -> Result<()> {
         if !SCENARIOS.contains(&s.as_str()) {
             bail!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
         }
+    }
+    if let Some(file) = &args.client_log {
+        chatfeed_common::logging::init_to(
+            chatfeed_common::logging::LogFormat::Text,
+            "warn",
+            "bench",
+            &std::process::id().to_string(),
+            Some(file),
+        )
+        .with_context(|| format!("opening {}", file.display()))?;
     }
     let nofile = machine::raise_nofile();
     let plan = if args.quick {
@@ -236,6 +254,12 @@ async fn main() -> Result<()> {
     report.print();
     let path = report.write(&args.results)?;
     eprintln!("\nwritten: {} and latest.json", path.display());
+    if let Some(dir) = &args.keep_logs {
+        match target.keep_logs(dir) {
+            Ok(n) => eprintln!("cluster logs: {n} files in {}", dir.display()),
+            Err(e) => eprintln!("cluster logs not kept: {e:#}"),
+        }
+    }
     drop(target);
     if !report.ok() {
         bail!("the benchmark failed: see the errors above");

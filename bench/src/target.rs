@@ -176,6 +176,39 @@ impl Target {
 }
 
 impl Target {
+    /// Asks worker `pid`, a process of the local cluster, to log its hub's state (SIGUSR1: every
+    /// timeline stream it holds and where it stands). False when it is not ours.
+    pub fn dump_worker(&self, pid: u32) -> bool {
+        if !self.is_ours(pid) {
+            return false;
+        }
+        cluster::signal(pid, "USR1");
+        true
+    }
+
+    /// The local cluster's log directory (`run/`: master-N.log, worker-PID.log).
+    pub fn run_dir(&self) -> Option<std::path::PathBuf> {
+        self.local.as_ref().map(|c| c.run_dir())
+    }
+
+    /// Copies the local cluster's logs into `dir` (the cluster's directory is removed when the
+    /// bench ends). Returns how many files.
+    pub fn keep_logs(&self, dir: &std::path::Path) -> Result<usize> {
+        let Some(run) = self.run_dir() else {
+            return Ok(0);
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut n = 0;
+        for e in std::fs::read_dir(&run).with_context(|| format!("reading {}", run.display()))? {
+            let e = e?;
+            if e.path().extension().is_some_and(|x| x == "log") {
+                std::fs::copy(e.path(), dir.join(e.file_name()))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// A master API client of `addr` (as clients reach it), when it accepts a connection.
     pub async fn client(&self, addr: &str) -> Option<MasterClient<Channel>> {
         cluster::client(&self.masters.tls, addr).await

@@ -228,6 +228,13 @@ impl Session {
         }
     }
 
+    /// The worker this session uses now, without connecting: `None` while another task holds
+    /// the connection (connecting, logging in), `Some(None)` with no worker.
+    pub fn current_worker(&self) -> Option<Option<String>> {
+        let conn = self.conn.try_lock().ok()?;
+        Some(conn.worker.as_ref().map(|l| l.addr.clone()))
+    }
+
     /// The current worker, or a new one: one attempt through the active master, no retry.
     pub async fn lease(&self) -> Result<Lease, CallError> {
         let mut conn = self.conn.lock().await;

@@ -94,8 +94,10 @@ pub async fn stream(
     // opened before --for ran out failed, and says why.
     let opened_once = AtomicBool::new(false);
     let last_failure: Mutex<Option<String>> = Mutex::new(None);
-    let failed =
-        |why: &str| *last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+    let failed = |why: &str| {
+        tracing::debug!(user = %session.user(), error = %why, "timeline stream attempt failed");
+        *last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+    };
     let run = async {
         let mut r = session.retrier(patience, None);
         loop {
@@ -145,6 +147,7 @@ pub async fn stream(
             };
             r.succeeded();
             opened_once.store(true, Ordering::SeqCst);
+            tracing::debug!(user = %session.user(), worker = %lease.addr, after_seq = ?cursor.after_seq(), "timeline stream opened");
             let (why, notice) = loop {
                 match items.message().await {
                     Ok(Some(item)) => match item.item {
@@ -172,6 +175,7 @@ pub async fn stream(
                 }
             };
             session.drop_worker(&lease).await;
+            tracing::debug!(user = %session.user(), worker = %lease.addr, error = %why, last_seq = ?cursor.last_printed(), "timeline stream ended; resuming");
             r.failed(why, notice).await?;
         }
     };

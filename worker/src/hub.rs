@@ -217,6 +217,7 @@ impl Hub {
         );
         st.by_user.entry(user.to_string()).or_default().insert(id);
         st.pending.insert(id);
+        tracing::debug!(user = %user, sub = id, position = ?st.position, "timeline stream registered (pending)");
         Ok(Subscription { id, ended })
     }
 
@@ -247,6 +248,7 @@ impl Hub {
         last_sent: u64,
     ) -> bool {
         let mut st = self.lock();
+        let position = st.position;
         let Some(sub) = st.subs.get_mut(&id) else {
             return false;
         };
@@ -264,6 +266,16 @@ impl Hub {
             sub.phase = old;
             return true;
         };
+        tracing::debug!(
+            user = %sub.user,
+            sub = id,
+            read_seq,
+            last_sent,
+            following = following.len(),
+            buffered = buffer.len(),
+            position = ?position,
+            "timeline stream live"
+        );
         st.pending.remove(&id);
         for f in following {
             st.by_author.entry(f).or_default().insert(id);
@@ -276,7 +288,56 @@ impl Hub {
 
     /// Forgets subscription `id` (its stream ended on its own).
     pub fn remove(&self, id: SubId) {
-        self.lock().detach(id);
+        if let Some(sub) = self.lock().detach(id) {
+            tracing::debug!(user = %sub.user, sub = id, "timeline stream closed");
+        }
+    }
+
+    /// Logs the hub's state and every subscription (what `SIGUSR1` asks a worker process for):
+    /// where the hub stands in the committed events, and for each stream its user, phase, the
+    /// seq its history covered and the last seq it sent.
+    pub fn dump(&self) {
+        let st = self.lock();
+        tracing::info!(
+            position = ?st.position,
+            closed = ?st.closed,
+            streams = st.subs.len(),
+            pending = st.pending.len(),
+            users = st.by_user.len(),
+            authors = st.by_author.len(),
+            "hub state"
+        );
+        let mut ids: Vec<&SubId> = st.subs.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let sub = &st.subs[id];
+            match &sub.phase {
+                Phase::Pending { floor, buffer } => tracing::info!(
+                    user = %sub.user,
+                    sub = id,
+                    floor,
+                    buffered = buffer.len(),
+                    "hub stream pending"
+                ),
+                Phase::Active {
+                    following,
+                    floor,
+                    last_sent,
+                } => {
+                    let mut f: Vec<&str> = following.iter().map(String::as_str).collect();
+                    f.sort_unstable();
+                    tracing::info!(
+                        user = %sub.user,
+                        sub = id,
+                        floor,
+                        last_sent,
+                        following = %f.join(","),
+                        queued = sub.tx.max_capacity() - sub.tx.capacity(),
+                        "hub stream live"
+                    )
+                }
+            }
+        }
     }
 
     /// Applies the next committed event to every subscription it concerns.
@@ -426,7 +487,9 @@ impl State {
                     }
                     Err(TrySendError::Full(_)) => self.end(id, Ending::Fail(fell_behind())),
                     Err(TrySendError::Closed(_)) => {
-                        self.detach(id);
+                        if let Some(sub) = self.detach(id) {
+                            tracing::debug!(user = %sub.user, sub = id, "timeline stream gone (client left)");
+                        }
                     }
                 }
             }
@@ -449,10 +512,11 @@ impl State {
 
     /// Removes subscription `id` and tells its stream why.
     fn end(&mut self, id: SubId, ending: Ending) {
-        if let Some(mut sub) = self.detach(id)
-            && let Some(end) = sub.end.take()
-        {
-            let _ = end.send(ending);
+        if let Some(mut sub) = self.detach(id) {
+            tracing::debug!(user = %sub.user, sub = id, ending = ?ending, "timeline stream ended by the hub");
+            if let Some(end) = sub.end.take() {
+                let _ = end.send(ending);
+            }
         }
     }
 }

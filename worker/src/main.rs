@@ -194,6 +194,7 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
     let tls = Tls::for_cluster(config).context("loading this host's TLS certificates")?;
     let mut opts = WorkerOptions::from_config(config, s.masters.clone(), host, tls);
     opts.pool_size = s.pool;
+    opts.dump_on_sigusr1 = true;
     opts.spawn = Some(SpawnSpec {
         exe,
         args: serve_args(cli, &s),

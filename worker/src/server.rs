@@ -59,6 +59,9 @@ pub struct WorkerOptions {
     /// This host's node identity: the worker's server certificate for clients, and its client
     /// certificate towards the masters (plaintext when the configuration says so).
     pub tls: Tls,
+    /// Log the hub's state and every timeline stream (`Hub::dump`) on each SIGUSR1: for a
+    /// worker that is a process of its own (`main`), not for workers hosted in a test process.
+    pub dump_on_sigusr1: bool,
 }
 
 impl WorkerOptions {
@@ -84,6 +87,7 @@ impl WorkerOptions {
             spawn: None,
             limits: config.limits.clone(),
             tls,
+            dump_on_sigusr1: false,
         }
     }
 }
@@ -95,6 +99,30 @@ pub fn advertised_addr(local: SocketAddr, host: &str) -> String {
     } else {
         local.to_string()
     }
+}
+
+/// Logs the hub's state (`Hub::dump`) on every SIGUSR1 until `shutdown`: how an operator (or the
+/// benchmark) asks a worker which streams it holds and where each stands.
+fn dump_on_sigusr1(hub: Arc<Hub>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sig = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR1: no hub dumps");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = sig.recv() => match s {
+                    Some(()) => hub.dump(),
+                    None => return,
+                },
+            }
+        }
+    });
 }
 
 /// A worker id: random, fixed for the life of the process.
@@ -150,6 +178,9 @@ pub async fn run_with_metrics(
     let streams = TaskTracker::new();
     let auth = Arc::new(crate::auth::Auth::default());
 
+    if opts.dump_on_sigusr1 {
+        dump_on_sigusr1(hub.clone(), shutdown.clone());
+    }
     let watch_stop = CancellationToken::new();
     let watcher = tokio::spawn(crate::watcher::run(
         link.clone(),
