@@ -7,7 +7,7 @@ use crate::failure::{describe, describe_error, is_answer, one_line};
 use chatfeed_common::tls::{Tls, tls_failure};
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master::master_client::MasterClient;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -159,47 +159,9 @@ fn candidates(masters: &[String], hint: Option<&str>) -> VecDeque<String> {
     out
 }
 
-/// Connected channels to the masters, kept between calls: a session whose stream moves (its
-/// worker died or shed it) asks the active master for a worker again without a new TCP
-/// connection and TLS handshake. A channel is forgotten when a call on it fails without an
-/// answer (the member died or is cut off), so the next call connects afresh.
-#[derive(Default)]
-pub struct MasterChannels(std::sync::Mutex<HashMap<String, Channel>>);
-
-impl MasterChannels {
-    fn cached(&self, addr: &str) -> Option<Channel> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(addr)
-            .cloned()
-    }
-
-    async fn get(&self, tls: &Tls, addr: &str) -> Result<Channel, NoConnection> {
-        if let Some(c) = self.cached(addr) {
-            return Ok(c);
-        }
-        let c = connect(tls, addr, CONNECT_TIMEOUT).await?;
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
-    fn forget(&self, addr: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(addr);
-    }
-}
-
-/// Runs `call` on the active master, over `channels`. Returns the address that answered and
-/// its answer.
+/// Runs `call` on the active master. Returns the address that answered and its answer.
 pub async fn on_active_master<T, F, Fut>(
     tls: &Tls,
-    channels: &MasterChannels,
     masters: &[String],
     hint: Option<&str>,
     mut call: F,
@@ -216,7 +178,7 @@ where
         if tried.len() >= budget || !seen.insert(addr.clone()) {
             continue;
         }
-        let channel = match channels.get(tls, &addr).await {
+        let channel = match connect(tls, &addr, CONNECT_TIMEOUT).await {
             Ok(c) => c,
             Err(NoConnection::Tls(why)) => return Err(MasterError::Tls(why)),
             Err(NoConnection::Failed(e)) => {
@@ -234,15 +196,9 @@ where
                     }
                     tried.push((addr, Outcome::Redirected(leader)));
                 }
-                None => {
-                    channels.forget(&addr);
-                    tried.push((addr, Outcome::Failed(describe(&s))));
-                }
+                None => tried.push((addr, Outcome::Failed(describe(&s)))),
             },
-            Err(_) => {
-                channels.forget(&addr);
-                tried.push((addr, Outcome::TimedOut));
-            }
+            Err(_) => tried.push((addr, Outcome::TimedOut)),
         }
     }
     Err(MasterError::Trouble(MasterTrouble {

@@ -135,8 +135,6 @@ impl Conn {
 pub struct Session {
     masters: Vec<String>,
     tls: Tls,
-    /// Channels to the masters, reused by every call of this session.
-    master_channels: master_link::MasterChannels,
     user: String,
     password: String,
     conn: tokio::sync::Mutex<Conn>,
@@ -173,7 +171,6 @@ impl Session {
         Session {
             masters,
             tls,
-            master_channels: master_link::MasterChannels::default(),
             user,
             password,
             conn: tokio::sync::Mutex::new(Conn::default()),
@@ -243,21 +240,16 @@ impl Session {
         }
         let exclude = conn.excluded_now();
         let hint = conn.hint.clone();
-        let picked = master_link::on_active_master(
-            &self.tls,
-            &self.master_channels,
-            &self.masters,
-            hint.as_deref(),
-            |mut m| {
+        let picked =
+            master_link::on_active_master(&self.tls, &self.masters, hint.as_deref(), |mut m| {
                 let exclude_addrs = exclude.clone();
                 async move {
                     m.get_worker(GetWorkerRequest { exclude_addrs })
                         .await
                         .map(tonic::Response::into_inner)
                 }
-            },
-        )
-        .await;
+            })
+            .await;
         let (master, reply) = match picked {
             Ok(v) => v,
             Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
@@ -433,21 +425,16 @@ impl Session {
         loop {
             let once = async {
                 let exclude = self.conn.lock().await.excluded_now();
-                let picked = master_link::on_active_master(
-                    &self.tls,
-                    &self.master_channels,
-                    &self.masters,
-                    None,
-                    |mut m| {
+                let picked =
+                    master_link::on_active_master(&self.tls, &self.masters, None, |mut m| {
                         let exclude_addrs = exclude.clone();
                         async move {
                             m.get_worker(GetWorkerRequest { exclude_addrs })
                                 .await
                                 .map(tonic::Response::into_inner)
                         }
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 let addr = match picked {
                     Ok((_, w)) => w.addr,
                     Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
@@ -539,7 +526,6 @@ impl Session {
             let res = r
                 .bound(master_link::on_active_master(
                     &self.tls,
-                    &self.master_channels,
                     &self.masters,
                     hint.as_deref(),
                     &mut call,

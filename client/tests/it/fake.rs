@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -439,27 +438,14 @@ impl Servers {
 
     /// Serves a fake master; returns its address.
     pub async fn master(&self, m: FakeMaster) -> String {
-        self.counted_master(m).await.0
-    }
-
-    /// Serves a fake master; returns its address and the count of connections it accepted.
-    pub async fn counted_master(&self, m: FakeMaster) -> (String, Arc<AtomicUsize>) {
         let (l, addr) = listener().await;
         let stop = self.0.clone();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let incoming = TcpListenerStream::new(l).map(move |c| {
-            if c.is_ok() {
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-            c
-        });
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(MasterServer::new(m))
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop.cancelled_owned())
                 .await
         });
-        (addr, accepted)
+        addr
     }
 }

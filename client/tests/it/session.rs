@@ -286,39 +286,3 @@ async fn no_worker_available() {
         "{e}"
     );
 }
-
-/// A session keeps its connection to the active master between calls: ten GetWorker calls (what
-/// a stream does each time it moves) open one connection, not ten (each would be a new TCP and
-/// TLS handshake on the master while a dead worker's clients all move at once).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_connection_is_reused_between_calls() {
-    let servers = Servers::default();
-    let store = store();
-    let w = servers.worker(&store, Arc::new(Knobs::default())).await;
-    let (active, accepted) = servers
-        .counted_master(FakeMaster {
-            leader: None,
-            workers: vec![w.clone()],
-            store: store.clone(),
-            excludes: Arc::default(),
-        })
-        .await;
-    let session = Session::quiet(
-        vec![active],
-        chatfeed_common::tls::Tls::plaintext(),
-        "alice".into(),
-        "password".into(),
-    );
-    for _ in 0..10 {
-        let reply = session
-            .call_master(Some(PATIENCE), |mut m| async move {
-                m.get_worker(chatfeed_proto::master::GetWorkerRequest::default())
-                    .await
-                    .map(tonic::Response::into_inner)
-            })
-            .await
-            .unwrap();
-        assert_eq!(reply.addr, w);
-    }
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-}
