@@ -74,7 +74,7 @@ impl Feed for FeedService {
     }
 
     async fn follow(&self, req: Request<FollowRequest>) -> Result<Response<FollowReply>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let reply = self
             .link
@@ -87,7 +87,7 @@ impl Feed for FeedService {
     }
 
     async fn unfollow(&self, req: Request<FollowRequest>) -> Result<Response<FollowReply>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let reply = self
             .link
@@ -100,7 +100,7 @@ impl Feed for FeedService {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.caller(&req).await?;
         let user = acting_as(caller, &req.into_inner().user)?;
         // Following first: it answers NOT_FOUND for an unknown user.
         let following = self.link.list_users(Some(user)).await?;
@@ -109,7 +109,7 @@ impl Feed for FeedService {
     }
 
     async fn post(&self, req: Request<PostRequest>) -> Result<Response<PostReply>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let author = acting_as(caller, &r.user)?;
         if r.client_post_id.is_empty() {
@@ -140,7 +140,7 @@ impl Feed for FeedService {
         &self,
         req: Request<TimelineRequest>,
     ) -> Result<Response<Self::TimelineStream>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let user = acting_as(caller, &r.user)?;
         let stream = timeline::open(
@@ -159,7 +159,7 @@ impl Feed for FeedService {
         &self,
         req: Request<HistoryRequest>,
     ) -> Result<Response<HistoryReply>, Status> {
-        let user = self.auth.caller(&req)?;
+        let user = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => HISTORY_DEFAULT,
