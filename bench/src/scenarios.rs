@@ -1141,6 +1141,26 @@ pub struct Memory {
 /// Opens `idle_streams` idle streams (users with nothing to read) through the active master's
 /// assignment, and reads the workers' resident memory (VmRSS) before and after. On the bench's
 /// own cluster this runs with a pool of one worker, so every stream is on it.
+/// Idle streams of users `idle{i}` for each `i` in `users`, each logged in and opened.
+async fn idle_streams(
+    t: &Target,
+    what: &str,
+    users: std::ops::Range<usize>,
+) -> Result<Vec<Stream>> {
+    load::many(what, users.collect(), |i| {
+        let masters = t.masters.clone();
+        async move {
+            Stream::open(
+                load::login(&masters, &format!("idle{i}")).await?,
+                None,
+                None,
+            )
+            .await
+        }
+    })
+    .await
+}
+
 pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
     let n = plan.idle_streams;
     let s = t
@@ -1167,18 +1187,7 @@ pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
     let base: u32 = s.workers.iter().map(|w| w.clients).sum();
     // Warm the workers' allocators and connection paths with a few streams first, so the figure
     // is the streams' own cost, not one-time start-up allocations.
-    let warm: Vec<Stream> = load::many("warm-up streams", (n..n + 20).collect(), |i| {
-        let masters = t.masters.clone();
-        async move {
-            Stream::open(
-                load::login(&masters, &format!("idle{i}")).await?,
-                None,
-                None,
-            )
-            .await
-        }
-    })
-    .await?;
+    let warm = idle_streams(t, "warm-up streams", n..n + 20).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss(&pids)?;
     eprintln!(
@@ -1186,18 +1195,7 @@ pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
         pids.len(),
         base as usize + warm.len()
     );
-    let streams: Vec<Stream> = load::many("idle streams open", (0..n).collect(), |i| {
-        let masters = t.masters.clone();
-        async move {
-            Stream::open(
-                load::login(&masters, &format!("idle{i}")).await?,
-                None,
-                None,
-            )
-            .await
-        }
-    })
-    .await?;
+    let streams = idle_streams(t, "idle streams open", 0..n).await?;
     let want = base + (n + warm.len()) as u32;
     let counted = t
         .wait_leader_status(

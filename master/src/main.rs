@@ -69,8 +69,8 @@ enum Cmd {
 /// Every password hash allocates `argon2_memory_kib` (19 MiB by default) on a blocking thread
 /// and frees it. glibc raises its mmap threshold to the size of each freed mapping, so after the
 /// first hash those blocks come from per-thread arenas and are never returned: the active
-/// master grew by about 4 MB per login (7.6 GB after 10,000 logins of the idle-streams bench,
-/// then about 100 MB/s). A fixed threshold keeps every block of 1 MiB or more in its own
+/// master grew by 2–4 MB per login (858 MB for 200 logins by the CLI; 7.6 GB after about 3,200
+/// logins of the idle-streams bench, then about 100 MB/s). A fixed threshold keeps every block of 1 MiB or more in its own
 /// mapping, unmapped when freed.
 fn return_large_blocks_to_the_os() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
