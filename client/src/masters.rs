@@ -4,12 +4,13 @@
 
 use anyhow::{Context, bail};
 use chatfeed_common::Config;
+use chatfeed_common::tls::Dial;
 use chatfeed_common::tls::Tls;
 use chatfeed_proto::master::master_client::MasterClient;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The file that names the masters when `--master` is not given.
 pub const DEFAULT_ADDRESS_FILE: &str = "default_master_address";
@@ -84,7 +85,7 @@ pub fn master_addresses(flag: Option<&str>) -> anyhow::Result<Vec<String>> {
         .map_err(|e| anyhow::anyhow!("{from}: {e}"))
 }
 
-fn endpoint(tls: &Tls, addr: &str) -> anyhow::Result<Endpoint> {
+fn endpoint(tls: &Tls, addr: &str) -> anyhow::Result<Dial> {
     Ok(tls
         .endpoint(addr)
         .with_context(|| format!("bad master address {addr:?}"))?

@@ -240,6 +240,7 @@ impl Session {
         }
         let exclude = conn.excluded_now();
         let hint = conn.hint.clone();
+        let asked = std::time::Instant::now();
         let picked =
             master_link::on_active_master(&self.tls, &self.masters, hint.as_deref(), |mut m| {
                 let exclude_addrs = exclude.clone();
@@ -259,6 +260,13 @@ impl Session {
                 return Err(CallError::Retry(t.summary()));
             }
         };
+        tracing::debug!(
+            user = %self.user,
+            master = %master,
+            worker = %reply.addr,
+            ms = asked.elapsed().as_millis() as u64,
+            "the active master assigned a worker"
+        );
         conn.hint = Some(master);
         self.login_on(&mut conn, reply.addr, reply.worker_id).await
     }
@@ -285,6 +293,7 @@ impl Session {
                 "no worker available: worker {worker_id} at {addr} {why}"
             ))
         };
+        let connecting = std::time::Instant::now();
         let channel = match connect_worker(&self.tls, &addr).await {
             Ok(c) => c,
             Err(NoConnection::Tls(why)) => return Err(CallError::Tls(why)),
@@ -293,6 +302,12 @@ impl Session {
                 return Err(no_worker(format!("did not accept a connection: {e}")));
             }
         };
+        tracing::debug!(
+            user = %self.user,
+            worker = %addr,
+            ms = connecting.elapsed().as_millis() as u64,
+            "connected to the worker"
+        );
         let mut created = false;
         if conn.token.is_none() {
             let mut client = FeedClient::new(channel.clone());

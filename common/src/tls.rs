@@ -14,7 +14,10 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Endpoint, Identity, Server, ServerTlsConfig};
+
+mod dial;
+pub use dial::{Dial, Handshakes};
 
 /// The CA certificate, in every `[tls] dir`.
 pub const CA_CERT: &str = "ca.pem";
@@ -94,6 +97,8 @@ struct Material {
     ca_pem: Vec<u8>,
     /// This host's node certificate and key (cluster processes); clients have none.
     identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The rustls client configuration built from these, and each address's session cache.
+    client: dial::ClientSide,
 }
 
 /// What a process uses for its connections: plaintext, or TLS with the cluster CA and, for
@@ -122,6 +127,7 @@ impl Tls {
         Tls(Some(Arc::new(Material {
             ca_pem,
             identity: None,
+            client: Default::default(),
         })))
     }
 
@@ -130,6 +136,7 @@ impl Tls {
         Tls(Some(Arc::new(Material {
             ca_pem,
             identity: Some((cert_pem, key_pem)),
+            client: Default::default(),
         })))
     }
 
@@ -170,22 +177,28 @@ impl Tls {
         if self.is_plaintext() { "http" } else { "https" }
     }
 
-    /// The endpoint for `addr` (`host:port`): `http://` in plaintext; else `https://`, verifying
-    /// the server against the CA with the name taken from the address's host (an IP address or a
-    /// DNS name of the node certificate), and presenting the node identity if this is a cluster
-    /// process.
-    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(format!("{}://{addr}", self.scheme()))?;
+    /// How to dial `addr` (`host:port`): `http://` in plaintext; else TLS, verifying the server
+    /// against the CA with the name taken from the address's host (an IP address or a DNS name of
+    /// the node certificate), presenting the node identity if this is a cluster process, and
+    /// resuming the TLS session of an earlier connection to `addr` when there is one (see
+    /// `tls/dial.rs`).
+    pub fn endpoint(&self, addr: &str) -> Result<Dial, TlsError> {
+        // With TLS the connector does the handshake; tonic sees a plain `http` endpoint.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TlsError::Setup(format!("bad address {addr:?}: {e}")))?;
         let Some(m) = &self.0 else {
-            return Ok(endpoint);
+            return Ok(Dial::plaintext(endpoint));
         };
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&m.ca_pem))
-            .domain_name(host_of(addr));
-        if let Some((cert, key)) = &m.identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        endpoint.tls_config(tls)
+        let config = m.client.for_addr(m, addr)?;
+        Dial::tls(endpoint, config, m.client.counts(), host_of(addr))
+    }
+
+    /// The TLS handshakes this `Tls` (and its clones) completed as a client, full and resumed.
+    pub fn handshakes(&self) -> Handshakes {
+        self.0
+            .as_ref()
+            .map(|m| m.client.handshakes())
+            .unwrap_or_default()
     }
 
     /// The server-side configuration, `None` in plaintext. A server needs the node identity.

@@ -223,3 +223,42 @@ fn cluster_calls_need_a_certificate() {
         s.message()
     );
 }
+
+/// A second connection to an address this process dialled before resumes the TLS session (no
+/// certificates sent or verified again); another address gets a full handshake. Fails if each
+/// endpoint built its own client configuration (an empty session cache every time).
+#[tokio::test]
+async fn reconnections_resume_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    ensure_node_certs(dir.path(), &["127.0.0.1".into()]).unwrap();
+    let (node, client) = load(dir.path());
+    let a = serve(&node, ClientAuth::None).await;
+    let b = serve(&node, ClientAuth::None).await;
+    // A call reads the session tickets the server sends after the handshake.
+    check(&client, &a).await.unwrap();
+    assert_eq!(
+        client.handshakes(),
+        Handshakes {
+            full: 1,
+            resumed: 0
+        }
+    );
+    check(&client, &a).await.unwrap();
+    check(&client.clone(), &a).await.unwrap();
+    assert_eq!(
+        client.handshakes(),
+        Handshakes {
+            full: 1,
+            resumed: 2
+        }
+    );
+    check(&client, &b).await.unwrap();
+    assert_eq!(
+        client.handshakes(),
+        Handshakes {
+            full: 2,
+            resumed: 2
+        }
+    );
+    assert_eq!(Tls::plaintext().handshakes(), Handshakes::default());
+}
