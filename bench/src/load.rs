@@ -105,11 +105,12 @@ pub struct Masters {
     pub tls: chatfeed_common::tls::Tls,
 }
 
-/// A session of `user`, connected and logged in (which creates the user at first login).
+/// A session of `user`, connected and logged in (which creates the user at first login). Each
+/// session has TLS session caches of its own, as each user's own client process would.
 pub async fn login(masters: &Masters, user: &str) -> Result<Arc<Session>> {
     let s = Session::quiet(
         masters.addrs.clone(),
-        masters.tls.clone(),
+        masters.tls.separate(),
         user.into(),
         PASSWORD.into(),
     );

@@ -193,6 +193,19 @@ impl Tls {
         Dial::tls(endpoint, config, m.client.counts(), host_of(addr))
     }
 
+    /// The same certificates with a client configuration and session caches of its own: what
+    /// another process would have. The bench gives each simulated user one, so that no user
+    /// resumes a TLS session another user's connection made.
+    pub fn separate(&self) -> Tls {
+        Tls(self.0.as_ref().map(|m| {
+            Arc::new(Material {
+                ca_pem: m.ca_pem.clone(),
+                identity: m.identity.clone(),
+                client: Default::default(),
+            })
+        }))
+    }
+
     /// The TLS handshakes this `Tls` (and its clones) completed as a client, full and resumed.
     pub fn handshakes(&self) -> Handshakes {
         self.0

@@ -262,3 +262,29 @@ async fn reconnections_resume_the_session() {
     );
     assert_eq!(Tls::plaintext().handshakes(), Handshakes::default());
 }
+
+/// `separate` starts with empty session caches (another process), clones share them.
+#[tokio::test]
+async fn a_separate_tls_does_not_share_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    ensure_node_certs(dir.path(), &["127.0.0.1".into()]).unwrap();
+    let (node, client) = load(dir.path());
+    let a = serve(&node, ClientAuth::None).await;
+    check(&client, &a).await.unwrap();
+    let other = client.separate();
+    check(&other, &a).await.unwrap();
+    assert_eq!(
+        other.handshakes(),
+        Handshakes {
+            full: 1,
+            resumed: 0
+        }
+    );
+    assert_eq!(
+        client.handshakes(),
+        Handshakes {
+            full: 1,
+            resumed: 0
+        }
+    );
+}
