@@ -15,7 +15,7 @@
 //! duplicate: events up to L and posts up to the last seq sent are never sent again.
 
 use crate::event::{Post, move_item, post_item};
-use crate::hub::{Ending, Hub, StreamTx, SubId};
+use crate::hub::{Ending, Hub, Queued, StreamTx, SubId};
 use crate::master_link::MasterLink;
 use chatfeed_proto::feed::TimelineItem;
 use chatfeed_proto::master::TimelineReply;
@@ -37,7 +37,21 @@ pub const STREAM_QUEUE: usize = 1024;
 /// is simply closed.
 const LAST_ITEM_WAIT: Duration = Duration::from_secs(5);
 
-pub type TimelineStream = ReceiverStream<Result<TimelineItem, Status>>;
+/// The items of one timeline stream, as tonic sends them.
+pub struct TimelineStream(ReceiverStream<Queued>);
+
+impl tokio_stream::Stream for TimelineStream {
+    type Item = Result<TimelineItem, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map(|i| *i).map_err(|s| *s)))
+    }
+}
 
 /// Unregisters the subscription when the stream's work ends, however it ends.
 struct Unregister {
@@ -85,7 +99,7 @@ pub async fn open(
         _guard: guard,
     };
     tracker.spawn(stream.run(first, sub.ended));
-    Ok(ReceiverStream::new(rx))
+    Ok(TimelineStream(ReceiverStream::new(rx)))
 }
 
 struct Stream {
@@ -110,8 +124,8 @@ impl Stream {
         let outcome = self.serve(first, &mut ended).await;
         if let Outcome::End(ending) = outcome {
             let last = match ending {
-                Ending::Move(reason) => Ok(move_item(&reason)),
-                Ending::Fail(status) => Err(status),
+                Ending::Move(reason) => Ok(Box::new(move_item(&reason))),
+                Ending::Fail(status) => Err(Box::new(status)),
             };
             let _ = tokio::time::timeout(LAST_ITEM_WAIT, self.tx.send(last)).await;
         }
@@ -128,7 +142,7 @@ impl Stream {
                     continue;
                 }
                 tokio::select! {
-                    r = self.tx.send(Ok(post_item(&post))) => if r.is_err() { return Outcome::Gone },
+                    r = self.tx.send(Ok(Box::new(post_item(&post)))) => if r.is_err() { return Outcome::Gone },
                     e = &mut *ended => return ended_with(e),
                 }
                 last_sent = post.seq;
@@ -136,8 +150,9 @@ impl Stream {
             if !full {
                 break;
             }
+            // Boxed: held in the task only while a page is read, not for the stream's life.
             let next = tokio::select! {
-                r = self.link.timeline(&self.user, Some(last_sent), PAGE) => r,
+                r = Box::pin(self.link.timeline(&self.user, Some(last_sent), PAGE)) => r,
                 e = &mut *ended => return ended_with(e),
             };
             match next {
