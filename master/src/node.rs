@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 /// Snapshot chunks may take this long: a chunk carries up to 3 MiB and the last one includes the
 /// receiver's install, far beyond openraft's 200 ms default.
@@ -220,10 +220,7 @@ impl Member {
         tasks.push(tokio::spawn(async move {
             let res = raft_builder
                 .add_service(raft_server)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listeners.raft),
-                    token.cancelled(),
-                )
+                .serve_with_incoming_shutdown(no_delay(listeners.raft), token.cancelled())
                 .await;
             if let Err(e) = res {
                 tracing::error!(error = %e, "Raft service failed");
@@ -239,10 +236,7 @@ impl Member {
                 .add_service(health_server)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listeners.api),
-                    token.cancelled(),
-                )
+                .serve_with_incoming_shutdown(no_delay(listeners.api), token.cancelled())
                 .await;
             if let Err(e) = res {
                 tracing::error!(error = %e, "master API failed");
@@ -337,4 +331,13 @@ pub async fn run(
     };
     member.stop().await;
     outcome
+}
+
+/// The connections accepted on `listener`, with Nagle's algorithm off. tonic applies its own
+/// `tcp_nodelay` only to listeners it binds itself, not to `serve_with_incoming`; without it, a
+/// reply written in several small segments (HTTP/2 headers, data, trailers) waited for the
+/// peer's delayed ACK, about 40 ms on Linux: the leader's AppendEntries round trips had a p99 of
+/// 46 ms while followers answered within 8 ms.
+fn no_delay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
