@@ -12,8 +12,8 @@ pub const DEFAULT_MAX_POST_CHARS: u32 = 280;
 /// different `max_post_chars` can never diverge on what it accepts.
 pub const HARD_MAX_POST_CHARS: u32 = 4096;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
-pub const DEFAULT_ELECTION_MIN_MS: u64 = 150;
-pub const DEFAULT_ELECTION_MAX_MS: u64 = 300;
+pub const DEFAULT_ELECTION_MIN_MS: u64 = 100;
+pub const DEFAULT_ELECTION_MAX_MS: u64 = 200;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 3000;
 /// The relaxed Raft timing of `Config::for_test` (the same as e2e's `RELAXED_RAFT`).
 pub const TEST_HEARTBEAT_MS: u64 = 100;
@@ -838,7 +838,7 @@ api_addr = "127.0.0.1:7002"
                 &["`raft.election_min_ms`", "larger"],
             ),
             (
-                format!("[raft]\nelection_max_ms = 150\n{GOOD}"),
+                format!("[raft]\nelection_max_ms = 100\n{GOOD}"),
                 &["`raft.election_max_ms`", "larger"],
             ),
             (

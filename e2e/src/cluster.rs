@@ -91,15 +91,15 @@ pub fn free_ports() -> [u16; 6] {
     ports.try_into().unwrap()
 }
 
-/// Raft timing twice the default: a test run starts many processes at once on debug builds, and
-/// the tests check behaviour, not speed (the benchmarks measure the defaults).
+/// Raft timing two to three times the default: a test run starts many processes at once on debug
+/// builds, and the tests check behaviour, not speed (the benchmarks measure the defaults).
 pub const RELAXED_RAFT: &str =
     "[raft]\nheartbeat_ms = 100\nelection_min_ms = 300\nelection_max_ms = 600\n";
 
 /// The product's default Raft timing, as the root `chatfeed.toml` sets it (and as the defaults
 /// of `chatfeed_common::config` are): what measurements must run with.
 pub const DEFAULT_RAFT: &str =
-    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 150\nelection_max_ms = 300\n";
+    "[raft]\nheartbeat_ms = 50\nelection_min_ms = 100\nelection_max_ms = 200\n";
 
 pub fn config_text(members: &[MemberAddr], restart_after_ms: u64, extra: &str) -> String {
     config_text_with_raft(members, RELAXED_RAFT, restart_after_ms, extra)
