@@ -1,0 +1,260 @@
+//! Dialling a chatfeed server: [`Dial`] is tonic's `Endpoint` plus, with TLS, the connector that
+//! does the TCP connection and the TLS handshake with this process's one rustls client
+//! configuration.
+//!
+//! tonic's own `ClientTlsConfig` builds a new rustls configuration for every endpoint: it parses
+//! the CA and the node key again, and starts with an empty TLS session cache, so every connection
+//! is a full handshake (certificate chain sent, verified, and a signature on each side). Here the
+//! configuration is built once per process, and each address dialled keeps its own session cache:
+//! a reconnection to a server this process spoke to before resumes its TLS session (TLS 1.3
+//! PSK with a fresh key exchange: no certificates, no signatures). That is what a crowd of clients
+//! reconnecting at once (a worker killed) saves on both sides.
+
+use super::{Material, TlsError};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// TLS sessions kept per address dialled (each connection uses one ticket; a server sends two).
+const SESSIONS_PER_ADDR: usize = 8;
+/// Addresses whose session caches a process keeps; past it the caches start over (a client
+/// dials the masters and a few workers, a master its peers and workers).
+const MAX_ADDRS: usize = 4096;
+
+/// The client side of a `Tls` with certificates: the configuration, built on first use, and
+/// the per-address copies that hold each address's session cache.
+#[derive(Default)]
+pub(super) struct ClientSide {
+    base: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    by_addr: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    counts: Arc<Counts>,
+}
+
+/// TLS handshakes this process completed as a client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshakes {
+    /// With certificates exchanged and verified.
+    pub full: u64,
+    /// Resuming an earlier session with the same address.
+    pub resumed: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Counts {
+    full: AtomicU64,
+    resumed: AtomicU64,
+}
+
+impl ClientSide {
+    pub(super) fn handshakes(&self) -> Handshakes {
+        Handshakes {
+            full: self.counts.full.load(Ordering::Relaxed),
+            resumed: self.counts.resumed.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn counts(&self) -> Arc<Counts> {
+        self.counts.clone()
+    }
+
+    /// The configuration for dialling `addr`, with that address's session cache.
+    pub(super) fn for_addr(
+        &self,
+        m: &Material,
+        addr: &str,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let base = self
+            .base
+            .get_or_init(|| build(m).map(Arc::new))
+            .as_ref()
+            .map_err(|e| TlsError::Setup(e.clone()))?;
+        let mut by_addr = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = by_addr.get(addr) {
+            return Ok(c.clone());
+        }
+        if by_addr.len() >= MAX_ADDRS {
+            by_addr.clear();
+        }
+        let mut config = (**base).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS_PER_ADDR);
+        let config = Arc::new(config);
+        by_addr.insert(addr.to_string(), config.clone());
+        Ok(config)
+    }
+}
+
+/// The rustls client configuration of `m`: trusts the CA, presents the node identity if any,
+/// offers HTTP/2 only.
+fn build(m: &Material) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&m.ca_pem) {
+        let cert = cert.map_err(|e| format!("the CA certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let mut config = match &m.identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the node certificate: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the node key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the node certificate or key: {e}"))?
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// What `Tls::endpoint` returns: tonic's `Endpoint`, settings passed through, and with TLS the
+/// connector `connect` uses.
+#[derive(Clone)]
+pub struct Dial {
+    endpoint: Endpoint,
+    tls: Option<Dialer>,
+}
+
+impl Dial {
+    pub(super) fn plaintext(endpoint: Endpoint) -> Dial {
+        Dial {
+            endpoint,
+            tls: None,
+        }
+    }
+
+    pub(super) fn tls(
+        endpoint: Endpoint,
+        config: Arc<rustls::ClientConfig>,
+        counts: Arc<Counts>,
+        host: &str,
+    ) -> Result<Dial, TlsError> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| TlsError::Setup(format!("{host:?} is not a host name or address: {e}")))?;
+        Ok(Dial {
+            endpoint,
+            tls: Some(Dialer {
+                config,
+                name,
+                counts,
+            }),
+        })
+    }
+
+    /// Applies an `Endpoint` setting.
+    pub fn map(mut self, f: impl FnOnce(Endpoint) -> Endpoint) -> Dial {
+        self.endpoint = f(self.endpoint);
+        self
+    }
+
+    /// How long the TCP connection and (with TLS) the handshake may take.
+    pub fn connect_timeout(self, d: Duration) -> Dial {
+        self.map(|e| e.connect_timeout(d))
+    }
+
+    /// Every call's deadline.
+    pub fn timeout(self, d: Duration) -> Dial {
+        self.map(|e| e.timeout(d))
+    }
+
+    /// With TLS the connector always sets TCP_NODELAY (every chatfeed message is a small RPC).
+    pub fn tcp_nodelay(self, on: bool) -> Dial {
+        self.map(|e| e.tcp_nodelay(on))
+    }
+
+    pub fn http2_keep_alive_interval(self, d: Duration) -> Dial {
+        self.map(|e| e.http2_keep_alive_interval(d))
+    }
+
+    pub fn keep_alive_timeout(self, d: Duration) -> Dial {
+        self.map(|e| e.keep_alive_timeout(d))
+    }
+
+    pub fn keep_alive_while_idle(self, on: bool) -> Dial {
+        self.map(|e| e.keep_alive_while_idle(on))
+    }
+
+    /// Connects now.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            None => self.endpoint.connect().await,
+            Some(d) => self.endpoint.connect_with_connector(d.clone()).await,
+        }
+    }
+
+    /// A channel that connects on first use (and reconnects after a failure).
+    pub fn connect_lazy(&self) -> Channel {
+        match &self.tls {
+            None => self.endpoint.connect_lazy(),
+            Some(d) => self.endpoint.connect_with_connector_lazy(d.clone()),
+        }
+    }
+}
+
+/// TCP connection, then the TLS handshake with the shared configuration, checking the server's
+/// name against `name` (the host dialled).
+#[derive(Clone)]
+struct Dialer {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    counts: Arc<Counts>,
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = TlsConnector::from(self.config.clone());
+        let name = self.name.clone();
+        let counts = self.counts.clone();
+        Box::pin(async move {
+            let authority = uri.authority().map(|a| a.to_string()).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{uri}: no host:port"),
+                )
+            })?;
+            let tcp = TcpStream::connect(authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            let session = tls.get_ref().1;
+            let count = match session.handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => &counts.resumed,
+                _ => &counts.full,
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            if session.alpn_protocol() != Some(b"h2".as_slice()) {
+                return Err(std::io::Error::other(format!(
+                    "{authority} did not agree to HTTP/2 over TLS (ALPN h2): not a chatfeed server?"
+                )));
+            }
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
