@@ -44,6 +44,9 @@ pub struct TestCluster {
     /// The node identity of this cluster (plaintext unless `tune` set `tls.mode`): what
     /// in-process workers and the tests' own calls use.
     pub tls: Tls,
+    /// The listeners each member's ports were picked with, kept bound until its first start so
+    /// that no other test of the run can take a port in between.
+    reserved: BTreeMap<NodeId, Listeners>,
 }
 
 impl TestCluster {
@@ -53,23 +56,24 @@ impl TestCluster {
     pub async fn start(tune: impl FnOnce(&mut Config)) -> TestCluster {
         init_logs();
         let dir = TempDir::new().unwrap();
-        // Every port is picked while the others are still held, so no two are the same.
+        // Every port is picked with a listener that stays bound until its member starts on it.
+        let pick = async || TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = |l: &TcpListener| l.local_addr().unwrap().port();
         let mut held = Vec::new();
-        let mut pick = async || {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = l.local_addr().unwrap().port();
-            held.push(l);
-            port
-        };
         let mut api = [0; 3];
         let mut raft = [0; 3];
         let mut metrics = [0; 3];
         for i in 0..3 {
-            api[i] = pick().await;
-            raft[i] = pick().await;
-            metrics[i] = pick().await;
+            let l = Listeners {
+                api: pick().await,
+                raft: pick().await,
+                metrics: Some(pick().await),
+            };
+            api[i] = port(&l.api);
+            raft[i] = port(&l.raft);
+            metrics[i] = l.metrics.as_ref().map_or(0, port);
+            held.push(l);
         }
-        drop(held);
         let mut config = Config::for_test(dir.path(), api, raft);
         for (m, port) in config.members.iter_mut().zip(metrics) {
             m.metrics_addr = Some(format!("127.0.0.1:{port}"));
@@ -80,6 +84,18 @@ impl TestCluster {
             tls::ensure_node_certs(&config.tls.dir, &tls::local_sans([])).unwrap();
         }
         let tls = Tls::for_cluster(&config).unwrap();
+        // A listener is used only where `tune` left its member's addresses as picked.
+        let local = |l: &TcpListener| l.local_addr().ok().map(|a| a.to_string());
+        let reserved = (1..)
+            .zip(held)
+            .filter(|(id, l)| {
+                config.member(*id).is_some_and(|m| {
+                    local(&l.api) == Some(m.api_addr.clone())
+                        && local(&l.raft) == Some(m.raft_addr.clone())
+                        && l.metrics.as_ref().and_then(local) == m.metrics_addr
+                })
+            })
+            .collect();
         let mut c = TestCluster {
             dir,
             config: Arc::new(config),
@@ -87,6 +103,7 @@ impl TestCluster {
             members: BTreeMap::new(),
             leaders: Arc::default(),
             tls,
+            reserved,
         };
         for id in 1..=3 {
             c.start_member(id, true, id == 1).await;
@@ -98,12 +115,15 @@ impl TestCluster {
     /// Starts (or restarts) member `id` on its configured addresses.
     pub async fn start_member(&mut self, id: NodeId, create: bool, bootstrap: bool) {
         let m = self.config.member(id).unwrap().clone();
-        let listeners = Listeners {
-            raft: TcpListener::bind(&m.raft_addr).await.unwrap(),
-            api: TcpListener::bind(&m.api_addr).await.unwrap(),
-            metrics: match &m.metrics_addr {
-                Some(a) => Some(TcpListener::bind(a).await.unwrap()),
-                None => None,
+        let listeners = match self.reserved.remove(&id) {
+            Some(l) => l,
+            None => Listeners {
+                raft: TcpListener::bind(&m.raft_addr).await.unwrap(),
+                api: TcpListener::bind(&m.api_addr).await.unwrap(),
+                metrics: match &m.metrics_addr {
+                    Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+                    None => None,
+                },
             },
         };
         let opts = Options {
