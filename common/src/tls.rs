@@ -172,11 +172,6 @@ impl Tls {
         self.0.is_none()
     }
 
-    /// `http` or `https`.
-    pub fn scheme(&self) -> &'static str {
-        if self.is_plaintext() { "http" } else { "https" }
-    }
-
     /// How to dial `addr` (`host:port`): `http://` in plaintext; else TLS, verifying the server
     /// against the CA with the name taken from the address's host (an IP address or a DNS name of
     /// the node certificate), presenting the node identity if this is a cluster process, and

@@ -224,14 +224,21 @@ fn cluster_calls_need_a_certificate() {
     );
 }
 
+/// A CA and a node certificate for 127.0.0.1 in a temporary directory (kept while the first
+/// value lives): the node's and a client's `Tls`.
+fn localhost_certs() -> (tempfile::TempDir, Tls, Tls) {
+    let dir = tempfile::tempdir().unwrap();
+    ensure_node_certs(dir.path(), &["127.0.0.1".into()]).unwrap();
+    let (node, client) = load(dir.path());
+    (dir, node, client)
+}
+
 /// A second connection to an address this process dialled before resumes the TLS session (no
 /// certificates sent or verified again); another address gets a full handshake. Fails if each
 /// endpoint built its own client configuration (an empty session cache every time).
 #[tokio::test]
 async fn reconnections_resume_the_session() {
-    let dir = tempfile::tempdir().unwrap();
-    ensure_node_certs(dir.path(), &["127.0.0.1".into()]).unwrap();
-    let (node, client) = load(dir.path());
+    let (_dir, node, client) = localhost_certs();
     let a = serve(&node, ClientAuth::None).await;
     let b = serve(&node, ClientAuth::None).await;
     // A call reads the session tickets the server sends after the handshake.
@@ -266,9 +273,7 @@ async fn reconnections_resume_the_session() {
 /// `separate` starts with empty session caches (another process), clones share them.
 #[tokio::test]
 async fn a_separate_tls_does_not_share_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    ensure_node_certs(dir.path(), &["127.0.0.1".into()]).unwrap();
-    let (node, client) = load(dir.path());
+    let (_dir, node, client) = localhost_certs();
     let a = serve(&node, ClientAuth::None).await;
     check(&client, &a).await.unwrap();
     let other = client.separate();
