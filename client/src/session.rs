@@ -306,6 +306,7 @@ impl Session {
             user = %self.user,
             worker = %addr,
             ms = connecting.elapsed().as_millis() as u64,
+            tls = ?self.tls.handshakes(),
             "connected to the worker"
         );
         let mut created = false;

@@ -14,9 +14,12 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::{Certificate, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::Endpoint;
 
+mod accept;
 mod dial;
+mod tickets;
+pub use accept::{Acceptor, HANDSHAKE_TIMEOUT};
 pub use dial::{Dial, Handshakes};
 
 /// The CA certificate, in every `[tls] dir`.
@@ -175,7 +178,7 @@ impl Tls {
     /// How to dial `addr` (`host:port`): `http://` in plaintext; else TLS, verifying the server
     /// against the CA with the name taken from the address's host (an IP address or a DNS name of
     /// the node certificate), presenting the node identity if this is a cluster process, and
-    /// resuming the TLS session of an earlier connection to `addr` when there is one (see
+    /// resuming the TLS session of an earlier connection to the host when there is one (see
     /// `tls/dial.rs`).
     pub fn endpoint(&self, addr: &str) -> Result<Dial, TlsError> {
         // With TLS the connector does the handshake; tonic sees a plain `http` endpoint.
@@ -184,7 +187,7 @@ impl Tls {
         let Some(m) = &self.0 else {
             return Ok(Dial::plaintext(endpoint));
         };
-        let config = m.client.for_addr(m, addr)?;
+        let config = m.client.config(m)?;
         Dial::tls(endpoint, config, m.client.counts(), host_of(addr))
     }
 
@@ -209,8 +212,10 @@ impl Tls {
             .unwrap_or_default()
     }
 
-    /// The server-side configuration, `None` in plaintext. A server needs the node identity.
-    pub fn server_config(&self, auth: ClientAuth) -> Result<Option<ServerTlsConfig>, TlsError> {
+    /// The TLS side of a server port asking for client certificates as `auth` says, `None` in
+    /// plaintext. A server needs the node identity. Serve with
+    /// `serve_with_incoming(acceptor.accept(incoming))` (see `tls/accept.rs`).
+    pub fn acceptor(&self, auth: ClientAuth) -> Result<Option<Acceptor>, TlsError> {
         let Some(m) = &self.0 else {
             return Ok(None);
         };
@@ -219,24 +224,7 @@ impl Tls {
                 "a server needs a node certificate, and only a CA was loaded".into(),
             ));
         };
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if auth != ClientAuth::None {
-            config = config
-                .client_ca_root(Certificate::from_pem(&m.ca_pem))
-                .client_auth_optional(auth == ClientAuth::Optional);
-        }
-        Ok(Some(config))
-    }
-
-    /// `Server::builder()` with this TLS configuration applied (unchanged in plaintext).
-    pub fn server(&self, auth: ClientAuth) -> Result<Server, TlsError> {
-        let builder = Server::builder();
-        match self.server_config(auth)? {
-            None => Ok(builder),
-            Some(c) => builder
-                .tls_config(c)
-                .map_err(|e| TlsError::Setup(format!("the node certificate or key: {e}"))),
-        }
+        Acceptor::new(&m.ca_pem, cert, key, auth).map(Some)
     }
 
     /// `Ok` when the caller presented a certificate of the cluster CA (always in plaintext mode,

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 /// Snapshot chunks may take this long: a chunk carries up to 3 MiB and the last one includes the
@@ -94,11 +95,11 @@ impl Member {
             tracing::warn!("{w}");
         }
         // Built before anything starts, so a bad certificate or key stops the member at once.
-        let raft_builder = tls
-            .server(ClientAuth::Required)
+        let raft_tls = tls
+            .acceptor(ClientAuth::Required)
             .context("the Raft port's TLS (mutual)")?;
-        let api_builder = tls
-            .server(ClientAuth::Optional)
+        let api_tls = tls
+            .acceptor(ClientAuth::Optional)
             .context("the API port's TLS")?;
         let dir = config.member_data_dir(id);
         let create = opts.create || opts.bootstrap;
@@ -216,12 +217,18 @@ impl Member {
         };
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone()).into_server();
-        let mut raft_builder = raft_builder;
         tasks.push(tokio::spawn(async move {
-            let res = raft_builder
-                .add_service(raft_server)
-                .serve_with_incoming_shutdown(no_delay(listeners.raft), token.cancelled())
-                .await;
+            let router = Server::builder().add_service(raft_server);
+            let incoming = no_delay(listeners.raft);
+            let stop = token.cancelled();
+            let res = match raft_tls {
+                Some(t) => {
+                    router
+                        .serve_with_incoming_shutdown(t.accept(incoming), stop)
+                        .await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, stop).await,
+            };
             if let Err(e) = res {
                 tracing::error!(error = %e, "Raft service failed");
             }
@@ -229,15 +236,23 @@ impl Member {
         let token = shutdown.clone();
         let rpc_layer = metrics.rpc.layer();
         tasks.push(tokio::spawn(async move {
-            let res = api_builder
+            let router = Server::builder()
                 .layer(rpc_layer)
                 .add_service(api.into_server())
                 .add_service(control.into_server())
                 .add_service(health_server)
                 .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .serve_with_incoming_shutdown(no_delay(listeners.api), token.cancelled())
-                .await;
+                .add_service(reflection_v1alpha);
+            let incoming = no_delay(listeners.api);
+            let stop = token.cancelled();
+            let res = match api_tls {
+                Some(t) => {
+                    router
+                        .serve_with_incoming_shutdown(t.accept(incoming), stop)
+                        .await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, stop).await,
+            };
             if let Err(e) = res {
                 tracing::error!(error = %e, "master API failed");
             }

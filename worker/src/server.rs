@@ -164,9 +164,9 @@ pub async fn run_with_metrics(
         tracing::warn!("{w}");
     }
     // Clients have no certificate: the worker asks for none (ClientAuth::None).
-    let server_builder = opts
+    let acceptor = opts
         .tls
-        .server(ClientAuth::None)
+        .acceptor(ClientAuth::None)
         .context("the worker's TLS")?;
     let link = Arc::new(MasterLink::new(
         opts.masters.clone(),
@@ -237,18 +237,24 @@ pub async fn run_with_metrics(
     };
     let incoming = crate::limits::limited(listener, limits.connections_per_worker);
     let mut server = tokio::spawn(async move {
-        server_builder
+        let router = tonic::transport::Server::builder()
             .layer(rpc_layer)
             .layer(size_layer)
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .add_service(service)
             .add_service(health_server)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, stop.cancelled())
-            .await
+            .add_service(reflection_v1alpha);
+        let stop = stop.cancelled();
+        match acceptor {
+            Some(a) => {
+                router
+                    .serve_with_incoming_shutdown(a.accept(incoming), stop)
+                    .await
+            }
+            None => router.serve_with_incoming_shutdown(incoming, stop).await,
+        }
     });
     tracing::info!(worker = %identity.worker_id, addr = %identity.addr, host = %identity.host, masters = ?opts.masters, "worker serving");
 

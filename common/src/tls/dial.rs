@@ -5,20 +5,21 @@
 //! tonic's own `ClientTlsConfig` builds a new rustls configuration for every endpoint: it parses
 //! the CA and the node key again, and starts with an empty TLS session cache, so every connection
 //! is a full handshake (certificate chain sent, verified, and a signature on each side). Here the
-//! configuration is built once per process, and each address dialled keeps its own session cache:
-//! a reconnection to a server this process spoke to before resumes its TLS session (TLS 1.3
-//! PSK with a fresh key exchange: no certificates, no signatures). That is what a crowd of clients
-//! reconnecting at once (a worker killed) saves on both sides.
+//! configuration is built once per process, with one session cache: tickets are kept per server
+//! name (the host dialled), and every master and worker of a host opens the tickets any of them
+//! issued (`tls/tickets.rs`). So a reconnection to the host, to the same server or to another
+//! worker after a fail-over, resumes its TLS session (TLS 1.3 PSK with a fresh key exchange: no
+//! certificates, no signatures). That is what a crowd of clients reconnecting at once (a worker
+//! killed) saves on both sides.
 
 use super::{Material, TlsError};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -26,18 +27,15 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// TLS sessions kept per address dialled (each connection uses one ticket; a server sends two).
-const SESSIONS_PER_ADDR: usize = 8;
-/// Addresses whose session caches a process keeps; past it the caches start over (a client
-/// dials the masters and a few workers, a master its peers and workers).
-const MAX_ADDRS: usize = 4096;
+/// Server names (hosts) whose TLS tickets a process keeps; rustls keeps up to 8 tickets for each
+/// (a connection uses one, a server sends two).
+const SESSION_HOSTS: usize = 256;
 
-/// The client side of a `Tls` with certificates: the configuration, built on first use, and
-/// the per-address copies that hold each address's session cache.
+/// The client side of a `Tls` with certificates: the configuration, built on first use, with
+/// its session cache.
 #[derive(Default)]
 pub(super) struct ClientSide {
-    base: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
-    by_addr: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    config: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
     counts: Arc<Counts>,
 }
 
@@ -46,7 +44,7 @@ pub(super) struct ClientSide {
 pub struct Handshakes {
     /// With certificates exchanged and verified.
     pub full: u64,
-    /// Resuming an earlier session with the same address.
+    /// Resuming an earlier session with the host.
     pub resumed: u64,
 }
 
@@ -68,29 +66,12 @@ impl ClientSide {
         self.counts.clone()
     }
 
-    /// The configuration for dialling `addr`, with that address's session cache.
-    pub(super) fn for_addr(
-        &self,
-        m: &Material,
-        addr: &str,
-    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let base = self
-            .base
+    /// The configuration every connection of this process dials with.
+    pub(super) fn config(&self, m: &Material) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        self.config
             .get_or_init(|| build(m).map(Arc::new))
-            .as_ref()
-            .map_err(|e| TlsError::Setup(e.clone()))?;
-        let mut by_addr = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = by_addr.get(addr) {
-            return Ok(c.clone());
-        }
-        if by_addr.len() >= MAX_ADDRS {
-            by_addr.clear();
-        }
-        let mut config = (**base).clone();
-        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS_PER_ADDR);
-        let config = Arc::new(config);
-        by_addr.insert(addr.to_string(), config.clone());
-        Ok(config)
+            .clone()
+            .map_err(TlsError::Setup)
     }
 }
 
@@ -124,6 +105,7 @@ fn build(m: &Material) -> Result<rustls::ClientConfig, String> {
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::in_memory_sessions(SESSION_HOSTS);
     Ok(config)
 }
 

@@ -12,17 +12,25 @@ fn mode_of(p: &Path) -> u32 {
 /// A gRPC server (the standard health service) on a free port of 127.0.0.1 with `tls` and
 /// `auth`; its address.
 async fn serve(tls: &Tls, auth: ClientAuth) -> String {
+    serve_counted(tls, auth).await.0
+}
+
+/// `serve`, with the server's acceptor (`None` in plaintext) to read its handshake counts.
+async fn serve_counted(tls: &Tls, auth: ClientAuth) -> (String, Option<Acceptor>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let mut server = tls.server(auth).unwrap();
+    let router = tonic::transport::Server::builder().add_service(health);
+    let acceptor = tls.acceptor(auth).unwrap();
+    let a = acceptor.clone();
     tokio::spawn(async move {
-        let _ = server
-            .add_service(health)
-            .serve_with_incoming(TcpListenerStream::new(l))
-            .await;
+        let incoming = TcpListenerStream::new(l);
+        let _ = match a {
+            Some(a) => router.serve_with_incoming(a.accept(incoming)).await,
+            None => router.serve_with_incoming(incoming).await,
+        };
     });
-    addr
+    (addr, acceptor)
 }
 
 /// One health check from `tls` to `addr`: Ok, or the connection/call error text.
@@ -233,14 +241,16 @@ fn localhost_certs() -> (tempfile::TempDir, Tls, Tls) {
     (dir, node, client)
 }
 
-/// A second connection to an address this process dialled before resumes the TLS session (no
-/// certificates sent or verified again); another address gets a full handshake. Fails if each
-/// endpoint built its own client configuration (an empty session cache every time).
+/// A second connection to a server this process dialled before resumes the TLS session (no
+/// certificates sent or verified again), and so does a first connection to another server of
+/// the same host (they share the host's ticket key); a server with another host's key does a
+/// full handshake. Fails if each endpoint built its own client configuration (an empty session
+/// cache every time), or if servers kept sessions to themselves.
 #[tokio::test]
 async fn reconnections_resume_the_session() {
-    let (_dir, node, client) = localhost_certs();
-    let a = serve(&node, ClientAuth::None).await;
-    let b = serve(&node, ClientAuth::None).await;
+    let (dir, node, client) = localhost_certs();
+    let (a, a_acceptor) = serve_counted(&node, ClientAuth::None).await;
+    let (b, b_acceptor) = serve_counted(&node, ClientAuth::Optional).await;
     // A call reads the session tickets the server sends after the handshake.
     check(&client, &a).await.unwrap();
     assert_eq!(
@@ -263,11 +273,85 @@ async fn reconnections_resume_the_session() {
     assert_eq!(
         client.handshakes(),
         Handshakes {
-            full: 2,
+            full: 1,
+            resumed: 3
+        }
+    );
+    let server_side = |acc: &Option<Acceptor>| acc.as_ref().unwrap().handshakes();
+    assert_eq!(
+        server_side(&a_acceptor),
+        Handshakes {
+            full: 1,
             resumed: 2
         }
     );
+    assert_eq!(
+        server_side(&b_acceptor),
+        Handshakes {
+            full: 0,
+            resumed: 1
+        }
+    );
+
+    // Another host: a node certificate of the same CA, so another key.
+    let other_dir = dir.path().join("other-host");
+    issue_node(dir.path(), &other_dir, "other", &["127.0.0.1".into()]).unwrap();
+    let (other_node, _) = load(&other_dir);
+    let c = serve(&other_node, ClientAuth::None).await;
+    check(&client, &c).await.unwrap();
+    assert_eq!(
+        client.handshakes(),
+        Handshakes {
+            full: 2,
+            resumed: 3
+        }
+    );
     assert_eq!(Tls::plaintext().handshakes(), Handshakes::default());
+}
+
+/// A session made where no client certificate is asked for does not open the Raft port, which
+/// requires one (a resumed session keeps the certificate of the handshake that made it, and is
+/// not asked again): a client without a certificate that holds an API ticket of the host is
+/// still refused there, and a node's session from the API port resumes only on the API side.
+#[tokio::test]
+async fn tickets_do_not_cross_into_the_raft_port() {
+    let (_dir, node, client) = localhost_certs();
+    let api = serve(&node, ClientAuth::Optional).await;
+    let raft = serve(&node, ClientAuth::Required).await;
+    check(&client, &api).await.unwrap();
+    check(&client, &api).await.unwrap();
+    assert_eq!(
+        client.handshakes(),
+        Handshakes {
+            full: 1,
+            resumed: 1
+        }
+    );
+    assert!(check(&client, &raft).await.is_err());
+    assert_eq!(
+        client.handshakes().resumed,
+        1,
+        "no resumption on the Raft port"
+    );
+
+    let peer = node.separate();
+    check(&peer, &api).await.unwrap();
+    check(&peer, &raft).await.unwrap();
+    assert_eq!(
+        peer.handshakes(),
+        Handshakes {
+            full: 2,
+            resumed: 0
+        }
+    );
+    check(&peer, &raft).await.unwrap();
+    assert_eq!(
+        peer.handshakes(),
+        Handshakes {
+            full: 2,
+            resumed: 1
+        }
+    );
 }
 
 /// `separate` starts with empty session caches (another process), clones share them.

@@ -272,12 +272,11 @@ async fn certs_command_issues_certificates_that_verify() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let mut server = node.server(tls::ClientAuth::Optional).unwrap();
+    let acceptor = node.acceptor(tls::ClientAuth::Optional).unwrap().unwrap();
+    let router = tonic::transport::Server::builder().add_service(health);
     tokio::spawn(async move {
-        let _ = server
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-            .await;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        let _ = router.serve_with_incoming(acceptor.accept(incoming)).await;
     });
     let client = Tls::load_client(&out.join(tls::CA_CERT)).unwrap();
     for addr in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {

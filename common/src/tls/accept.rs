@@ -1,0 +1,150 @@
+//! Accepting TLS connections: [`Acceptor`] turns a server's accepted TCP connections into TLS
+//! streams for tonic's `serve_with_incoming`.
+//!
+//! tonic's own `ServerTlsConfig` cannot be given a rustls configuration, and the one it builds
+//! keeps resumable sessions in rustls's default 256-entry cache. The configuration here seals
+//! each session into its ticket with the host's ticket key (`tickets.rs`), so any master or
+//! worker of the host resumes any session one of them made, however many clients there are.
+//!
+//! Each handshake runs in its own task, as tonic's do: a slow or silent peer holds no one else
+//! up, and must finish within [`HANDSHAKE_TIMEOUT`].
+
+use super::tickets::{HostTickets, Role};
+use super::{ClientAuth, Handshakes, TlsError};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::{Stream, StreamExt};
+
+/// How long a client may take over its handshake before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Finished handshakes waiting for the server to take them.
+const READY_QUEUE: usize = 128;
+
+/// The TLS side of one server port. Cheap to clone.
+#[derive(Clone)]
+pub struct Acceptor {
+    config: Arc<rustls::ServerConfig>,
+    counts: Arc<[AtomicU64; 2]>,
+}
+
+impl Acceptor {
+    /// The server configuration of a node (`cert`/`key` PEM) trusting `ca` for client
+    /// certificates as `auth` says.
+    pub(super) fn new(
+        ca: &[u8],
+        cert: &[u8],
+        key: &[u8],
+        auth: ClientAuth,
+    ) -> Result<Acceptor, TlsError> {
+        let setup = |what: &str, e: &dyn std::fmt::Display| TlsError::Setup(format!("{what}: {e}"));
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup("the node certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| setup("the node key", &e))?;
+        let tickets = HostTickets::new(
+            key.secret_der(),
+            match auth {
+                ClientAuth::Required => Role::Raft,
+                ClientAuth::Optional | ClientAuth::None => Role::ClientFacing,
+            },
+        );
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| setup("TLS versions", &e))?;
+        let builder = if auth == ClientAuth::None {
+            builder.with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                let c = c.map_err(|e| setup("the CA certificate", &e))?;
+                roots.add(c).map_err(|e| setup("the CA certificate", &e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+            let verifier = match auth {
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| setup("the client certificate verifier", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| setup("the node certificate or key", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.ticketer = Arc::new(tickets);
+        // Sessions live in their tickets: nothing to keep per client on the server.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        Ok(Acceptor {
+            config: Arc::new(config),
+            counts: Default::default(),
+        })
+    }
+
+    /// The TLS connections made on `incoming`'s connections. A failed or timed-out handshake is
+    /// logged (debug) and dropped, as tonic does. Ends when `incoming` ends or the server stops
+    /// taking connections.
+    pub fn accept<S, IO, E>(
+        &self,
+        incoming: S,
+    ) -> impl Stream<Item = std::io::Result<TlsStream<IO>>> + Send + 'static
+    where
+        S: Stream<Item = Result<IO, E>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        E: std::fmt::Display + Send,
+    {
+        let (tx, rx) = mpsc::channel(READY_QUEUE);
+        let acceptor = TlsAcceptor::from(self.config.clone());
+        let counts = self.counts.clone();
+        tokio::spawn(async move {
+            let mut incoming = std::pin::pin!(incoming);
+            loop {
+                let io = tokio::select! {
+                    next = incoming.next() => match next {
+                        None => return,
+                        Some(Ok(io)) => io,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "accepting a connection");
+                            continue;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                };
+                let (acceptor, tx, counts) = (acceptor.clone(), tx.clone(), counts.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => {
+                            let resumed = tls.get_ref().1.handshake_kind()
+                                == Some(rustls::HandshakeKind::Resumed);
+                            counts[resumed as usize].fetch_add(1, Ordering::Relaxed);
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(
+                            "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; dropped"
+                        ),
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    /// The handshakes this server completed, full and resumed.
+    pub fn handshakes(&self) -> Handshakes {
+        Handshakes {
+            full: self.counts[0].load(Ordering::Relaxed),
+            resumed: self.counts[1].load(Ordering::Relaxed),
+        }
+    }
+}
