@@ -56,7 +56,7 @@ impl Acceptor {
                 ClientAuth::Optional | ClientAuth::None => Role::ClientFacing,
             },
         );
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = super::crypto_provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| setup("TLS versions", &e))?;

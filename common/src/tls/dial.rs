@@ -85,9 +85,7 @@ fn build(m: &Material) -> Result<rustls::ClientConfig, String> {
             .add(cert)
             .map_err(|e| format!("the CA certificate: {e}"))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
+    let builder = rustls::ClientConfig::builder_with_provider(super::crypto_provider())
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots);
