@@ -45,8 +45,9 @@ struct Args {
     /// With --master: the cluster's CA certificate (default: the configuration's, as the client).
     #[arg(long, conflicts_with = "plaintext")]
     ca: Option<PathBuf>,
-    /// Copy the local cluster's logs (masters' and workers') into this directory at the end:
-    /// the cluster's own directory is removed with it.
+    /// Copy the local cluster's logs (masters' and workers') into this directory at the end,
+    /// and the idle-streams cluster's into its `idle-streams/`: the clusters' own directories
+    /// are removed with them.
     #[arg(long)]
     keep_logs: Option<PathBuf>,
     /// Write the bench's own client log (timeline streams opening, failing, resuming: debug
@@ -130,7 +131,11 @@ async fn main() -> Result<()> {
                 let one = Target::start_local_with(args.plaintext, IDLE_CLUSTER)
                     .await
                     .context("starting the one-worker cluster")?;
-                scenarios::memory(&one, &plan).await
+                let r = scenarios::memory(&one, &plan).await;
+                if let Some(dir) = &args.keep_logs {
+                    keep_logs(&one, &dir.join("idle-streams"));
+                }
+                r
             } => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         };
@@ -255,16 +260,21 @@ async fn main() -> Result<()> {
     let path = report.write(&args.results)?;
     eprintln!("\nwritten: {} and latest.json", path.display());
     if let Some(dir) = &args.keep_logs {
-        match target.keep_logs(dir) {
-            Ok(n) => eprintln!("cluster logs: {n} files in {}", dir.display()),
-            Err(e) => eprintln!("cluster logs not kept: {e:#}"),
-        }
+        keep_logs(&target, dir);
     }
     drop(target);
     if !report.ok() {
         bail!("the benchmark failed: see the errors above");
     }
     Ok(())
+}
+
+/// Copies `target`'s cluster logs into `dir`, saying where (or why not).
+fn keep_logs(target: &Target, dir: &std::path::Path) {
+    match target.keep_logs(dir) {
+        Ok(n) => eprintln!("cluster logs: {n} files in {}", dir.display()),
+        Err(e) => eprintln!("cluster logs not kept: {e:#}"),
+    }
 }
 
 /// The idle-streams cluster: one worker, and cheap password hashes. The figure is the worker's
