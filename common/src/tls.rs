@@ -19,7 +19,7 @@ use tonic::transport::Endpoint;
 mod accept;
 mod dial;
 mod tickets;
-pub use accept::{Acceptor, HANDSHAKE_TIMEOUT};
+pub use accept::{Acceptor, HANDSHAKE_TIMEOUT, TlsConnection};
 pub use dial::{Dial, Handshakes};
 
 /// The CA certificate, in every `[tls] dir`.

@@ -86,9 +86,9 @@ fn build(m: &Material) -> Result<rustls::ClientConfig, String> {
             .map_err(|e| format!("the CA certificate: {e}"))?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(super::crypto_provider())
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots);
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
     let mut config = match &m.identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
