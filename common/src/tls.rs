@@ -100,7 +100,7 @@ struct Material {
     ca_pem: Vec<u8>,
     /// This host's node certificate and key (cluster processes); clients have none.
     identity: Option<(Vec<u8>, Vec<u8>)>,
-    /// The rustls client configuration built from these, and each address's session cache.
+    /// The rustls client configuration built from these, with its session cache.
     client: dial::ClientSide,
 }
 
@@ -191,7 +191,7 @@ impl Tls {
         Dial::tls(endpoint, config, m.client.counts(), host_of(addr))
     }
 
-    /// The same certificates with a client configuration and session caches of its own: what
+    /// The same certificates with a client configuration and session cache of its own: what
     /// another process would have. The bench gives each simulated user one, so that no user
     /// resumes a TLS session another user's connection made.
     pub fn separate(&self) -> Tls {
