@@ -28,6 +28,9 @@ use tonic::transport::server::{Connected, TlsConnectInfo};
 
 /// How long a client may take over its handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long accepting pauses after an error that is not about one connection (no file
+/// descriptor left): the listener would return it again at once.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Finished handshakes waiting for the server to take them.
 const READY_QUEUE: usize = 128;
 
@@ -104,7 +107,7 @@ impl Acceptor {
     where
         S: Stream<Item = Result<IO, E>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        E: std::fmt::Display + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let acceptor = TlsAcceptor::from(self.config.clone());
@@ -117,7 +120,15 @@ impl Acceptor {
                         None => return,
                         Some(Ok(io)) => io,
                         Some(Err(e)) => {
-                            tracing::debug!(error = %e, "accepting a connection");
+                            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                            if is_transient(&*e) {
+                                tracing::debug!(error = %e, "accepting a connection");
+                            } else {
+                                // Out of file descriptors and the like: the same error would come
+                                // back at once, and the loop would spin.
+                                tracing::warn!(error = %e, "accepting a connection failed; pausing {ACCEPT_ERROR_PAUSE:?}");
+                                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                            }
                             continue;
                         }
                     },
@@ -150,6 +161,21 @@ impl Acceptor {
             resumed: self.counts[1].load(Ordering::Relaxed),
         }
     }
+}
+
+/// An accept error about one connection only (it went away before it was accepted).
+fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            K::ConnectionAborted
+                | K::ConnectionReset
+                | K::Interrupted
+                | K::WouldBlock
+                | K::TimedOut
+        )
+    })
 }
 
 /// An accepted TLS connection, boxed: tonic holds each connection inline in its connection

@@ -377,3 +377,29 @@ async fn a_separate_tls_does_not_share_sessions() {
         }
     );
 }
+
+/// An accept error that is not about one connection (out of file descriptors) pauses accepting
+/// instead of spinning on the error, and connections are served after it.
+#[tokio::test]
+async fn accepting_pauses_after_an_error_and_goes_on() {
+    use tokio_stream::StreamExt;
+    let (_dir, node, client) = localhost_certs();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let incoming = tokio_stream::iter([Err(std::io::Error::other("no file descriptor left"))])
+        .chain(TcpListenerStream::new(l));
+    let acceptor = node.acceptor(ClientAuth::None).unwrap().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let router = tonic::transport::Server::builder().add_service(health);
+    let started = std::time::Instant::now();
+    tokio::spawn(router.serve_with_incoming(acceptor.accept(incoming)));
+    check(&client, &addr).await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+    assert_eq!(
+        acceptor.handshakes(),
+        Handshakes {
+            full: 1,
+            resumed: 0
+        }
+    );
+}
