@@ -134,6 +134,26 @@ async fn answer(
     stream.shutdown().await
 }
 
+/// The labels of a server's TLS handshakes: the server (`raft`, `api`, `worker`) and whether
+/// the handshake was `full` (certificates exchanged) or `resumed` (a session ticket).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub server: String,
+    pub kind: String,
+}
+
+/// TLS handshakes completed by this process's servers, registered in `registry` as
+/// `tls_handshakes_total` (under the registry's prefix). See `tls::Acceptor::counted_in`.
+pub fn register_handshakes(registry: &mut Registry) -> Family<HandshakeLabels, Counter> {
+    let family = Family::<HandshakeLabels, Counter>::default();
+    registry.register(
+        "tls_handshakes",
+        "TLS handshakes completed by this process's servers, full or resumed (a session ticket)",
+        family.clone(),
+    );
+    family
+}
+
 /// The labels of one RPC: its method (`chatfeed.feed.Feed/Post`) and its gRPC status code name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {

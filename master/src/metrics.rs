@@ -10,7 +10,9 @@ use crate::directory::Directory;
 use crate::mastership::is_active;
 use crate::raft::timed::StoreMetrics;
 use crate::raft::types::{MemberNode, NodeId, Raft};
-use chatfeed_common::metrics::{RpcMetrics, latency_histogram};
+use chatfeed_common::metrics::{
+    HandshakeLabels, RpcMetrics, latency_histogram, register_handshakes,
+};
 use openraft::{RaftMetrics, ServerState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +55,8 @@ pub struct MasterMetrics {
     pub respawns: Counter,
     pub uptime: Gauge,
     pub rpc: RpcMetrics,
+    /// `chatfeed_tls_handshakes_total{server, kind}` (`tls::Acceptor::counted_in`).
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     started: Instant,
     /// The directory totals already added to the counters (see `refresh`).
     counted: Mutex<(u64, u64)>,
@@ -88,6 +92,7 @@ impl MasterMetrics {
             respawns: Counter::default(),
             uptime: Gauge::default(),
             rpc: RpcMetrics::register(&mut r),
+            tls_handshakes: register_handshakes(&mut r),
             started: Instant::now(),
             counted: Mutex::new((0, 0)),
             registry: Registry::default(),

@@ -107,6 +107,8 @@ impl Member {
             .await?
             .map_err(|e: DataDirError| anyhow::anyhow!(e))?;
         let metrics = Arc::new(MasterMetrics::new());
+        let raft_tls = raft_tls.map(|a| a.counted_in(&metrics.tls_handshakes, "raft"));
+        let api_tls = api_tls.map(|a| a.counted_in(&metrics.tls_handshakes, "api"));
         let log = TimedLog {
             inner: LogStore::open(&path).context("opening the log store")?,
             metrics: metrics.store.clone(),

@@ -4,8 +4,11 @@
 //! method and status.
 
 use crate::hub::{DeliveryMetrics, Hub};
-use chatfeed_common::metrics::{RpcMetrics, latency_histogram};
+use chatfeed_common::metrics::{
+    HandshakeLabels, RpcMetrics, latency_histogram, register_handshakes,
+};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
@@ -19,6 +22,8 @@ pub struct WorkerMetrics {
     pub delivery: DeliveryMetrics,
     pub uptime: Gauge,
     pub rpc: RpcMetrics,
+    /// `chatfeed_tls_handshakes_total{server, kind}` (`tls::Acceptor::counted_in`).
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     started: Instant,
 }
 
@@ -40,6 +45,7 @@ impl WorkerMetrics {
             },
             uptime: Gauge::default(),
             rpc: RpcMetrics::register(&mut r),
+            tls_handshakes: register_handshakes(&mut r),
             started: Instant::now(),
             registry: Registry::default(),
         };

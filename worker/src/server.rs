@@ -174,6 +174,7 @@ pub async fn run_with_metrics(
         opts.tls.clone(),
     ));
     let worker_metrics = Arc::new(WorkerMetrics::new());
+    let acceptor = acceptor.map(|a| a.counted_in(&worker_metrics.tls_handshakes, "worker"));
     let hub = Arc::new(Hub::with_metrics(worker_metrics.delivery.clone()));
     let streams = TaskTracker::new();
     let auth = Arc::new(crate::auth::Auth::default());

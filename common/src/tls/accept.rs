@@ -11,12 +11,14 @@
 
 use super::tickets::{HostTickets, Role};
 use super::{ClientAuth, Handshakes, TlsError};
+use crate::metrics::HandshakeLabels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -38,7 +40,8 @@ const READY_QUEUE: usize = 128;
 #[derive(Clone)]
 pub struct Acceptor {
     config: Arc<rustls::ServerConfig>,
-    counts: Arc<[AtomicU64; 2]>,
+    full: Counter,
+    resumed: Counter,
 }
 
 impl Acceptor {
@@ -93,8 +96,25 @@ impl Acceptor {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Acceptor {
             config: Arc::new(config),
-            counts: Default::default(),
+            full: Counter::default(),
+            resumed: Counter::default(),
         })
+    }
+
+    /// Counts this server's handshakes in `family` (`crate::metrics::register_handshakes`),
+    /// labelled `server`.
+    pub fn counted_in(mut self, family: &Family<HandshakeLabels, Counter>, server: &str) -> Self {
+        let counter = |kind: &str| {
+            family
+                .get_or_create(&HandshakeLabels {
+                    server: server.to_string(),
+                    kind: kind.to_string(),
+                })
+                .clone()
+        };
+        self.full = counter("full");
+        self.resumed = counter("resumed");
+        self
     }
 
     /// The TLS connections made on `incoming`'s connections. A failed or timed-out handshake is
@@ -111,7 +131,7 @@ impl Acceptor {
     {
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let acceptor = TlsAcceptor::from(self.config.clone());
-        let counts = self.counts.clone();
+        let (full, resumed) = (self.full.clone(), self.resumed.clone());
         tokio::spawn(async move {
             let mut incoming = std::pin::pin!(incoming);
             loop {
@@ -134,13 +154,15 @@ impl Acceptor {
                     },
                     _ = tx.closed() => return,
                 };
-                let (acceptor, tx, counts) = (acceptor.clone(), tx.clone(), counts.clone());
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (full, resumed) = (full.clone(), resumed.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                         Ok(Ok(tls)) => {
-                            let resumed = tls.get_ref().1.handshake_kind()
-                                == Some(rustls::HandshakeKind::Resumed);
-                            counts[resumed as usize].fetch_add(1, Ordering::Relaxed);
+                            match tls.get_ref().1.handshake_kind() {
+                                Some(rustls::HandshakeKind::Resumed) => resumed.inc(),
+                                _ => full.inc(),
+                            };
                             let _ = tx.send(Ok(TlsConnection(Box::new(tls)))).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -157,8 +179,8 @@ impl Acceptor {
     /// The handshakes this server completed, full and resumed.
     pub fn handshakes(&self) -> Handshakes {
         Handshakes {
-            full: self.counts[0].load(Ordering::Relaxed),
-            resumed: self.counts[1].load(Ordering::Relaxed),
+            full: self.full.get(),
+            resumed: self.resumed.get(),
         }
     }
 }

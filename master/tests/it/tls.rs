@@ -251,3 +251,51 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
     );
     c.shutdown().await;
 }
+
+/// A member's servers count their TLS handshakes (`chatfeed_tls_handshakes_total`): a client's
+/// first connection to the API port is a full handshake, its next one resumes the session, and
+/// so does its first connection to another member of the host (the host's ticket key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handshakes_are_counted_and_sessions_resume_across_members() {
+    use chatfeed_common::metrics::HandshakeLabels;
+    let c = tls_cluster().await;
+    let ids = c.ids();
+    let (a, b) = (ids[0], ids[1]);
+    let counted = |id, kind: &str| {
+        c.members[&id]
+            .metrics
+            .tls_handshakes
+            .get_or_create(&HandshakeLabels {
+                server: "api".into(),
+                kind: kind.into(),
+            })
+            .get()
+    };
+    let (a_full, a_resumed, b_resumed) = (
+        counted(a, "full"),
+        counted(a, "resumed"),
+        counted(b, "resumed"),
+    );
+    let client = Tls::client_for(&c.config).unwrap();
+    for id in [a, a, b] {
+        let addr = &c.config.member(id).unwrap().api_addr;
+        // A health check: unlike Status, it makes no call to the other members.
+        assert!(
+            chatfeed_master::testing::health_status(&client, addr, "")
+                .await
+                .is_some()
+        );
+    }
+    assert_eq!(
+        client.handshakes(),
+        tls::Handshakes {
+            full: 1,
+            resumed: 2
+        }
+    );
+    // The members' own connections to each other's API ports count too: at least these.
+    assert!(counted(a, "full") > a_full);
+    assert!(counted(a, "resumed") > a_resumed);
+    assert!(counted(b, "resumed") > b_resumed);
+    c.shutdown().await;
+}
