@@ -66,8 +66,10 @@ impl Acceptor {
             },
         );
         let provider = super::crypto_provider();
+        // TLS 1.3 only: a TLS 1.2 session resumed from a ticket makes no fresh key exchange, so
+        // the host's ticket key (derived from its node key) would open its recorded traffic.
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| setup("TLS versions", &e))?;
         let builder = if auth == ClientAuth::None {
             builder.with_no_client_auth()

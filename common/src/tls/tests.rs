@@ -403,3 +403,34 @@ async fn accepting_pauses_after_an_error_and_goes_on() {
         }
     );
 }
+
+/// Servers speak TLS 1.3 only: a client offering nothing newer than TLS 1.2 fails the handshake
+/// (a 1.2 session resumed from a ticket would make no fresh key exchange).
+#[tokio::test]
+async fn servers_refuse_tls_1_2() {
+    use rustls::pki_types::ServerName;
+    use rustls::pki_types::pem::PemObject;
+    let (dir, node, _client) = localhost_certs();
+    let addr = serve(&node, ClientAuth::None).await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(Files::in_dir(dir.path()).ca_cert).unwrap();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let connect = |version: &'static rustls::SupportedProtocolVersion| {
+        let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let addr = addr.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+        }
+    };
+    assert!(connect(&rustls::version::TLS13).await.is_ok());
+    assert!(connect(&rustls::version::TLS12).await.is_err());
+}

@@ -14,8 +14,8 @@
 //!
 //! Keys change every [`EPOCH_SECS`]; a ticket opens during its epoch and the next. Deriving
 //! the key from the node key means whoever steals that key can open old tickets. That reveals
-//! no recorded traffic: rustls resumes only with a fresh key exchange (psk_dhe_ke), and
-//! chatfeed sends no early data. The node key already lets its holder impersonate the host.
+//! no recorded traffic: servers speak TLS 1.3 only (`accept.rs`), where rustls resumes only with
+//! a fresh key exchange (psk_dhe_ke), and chatfeed sends no early data. The node key already lets its holder impersonate the host.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
