@@ -14,8 +14,6 @@ use super::{ClientAuth, Handshakes, TlsError};
 use crate::metrics::HandshakeLabels;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,10 +52,7 @@ impl Acceptor {
         auth: ClientAuth,
     ) -> Result<Acceptor, TlsError> {
         let setup = |what: &str, e: &dyn std::fmt::Display| TlsError::Setup(format!("{what}: {e}"));
-        let chain = CertificateDer::pem_slice_iter(cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| setup("the node certificate", &e))?;
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| setup("the node key", &e))?;
+        let (chain, key) = super::node_identity(cert, key).map_err(TlsError::Setup)?;
         let tickets = HostTickets::new(
             key.secret_der(),
             match auth {
@@ -74,11 +69,7 @@ impl Acceptor {
         let builder = if auth == ClientAuth::None {
             builder.with_no_client_auth()
         } else {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(ca) {
-                let c = c.map_err(|e| setup("the CA certificate", &e))?;
-                roots.add(c).map_err(|e| setup("the CA certificate", &e))?;
-            }
+            let roots = super::ca_roots(ca).map_err(TlsError::Setup)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
             let verifier = match auth {
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
@@ -202,10 +193,9 @@ fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-/// An accepted TLS connection, boxed: tonic holds each connection inline in its connection
-/// task's future, in more than one of its states, so an unboxed rustls connection (about a
-/// kilobyte) cost an idle stream 1.1 KB more (`chatfeed-bench --quick --only memory`, 2 runs each:
-/// 38.0 KB against 36.9 KB boxed). Its connection info is tonic's own, so `Request::peer_certs` works.
+/// An accepted TLS connection, boxed, as tonic's own TLS path boxes it: tonic holds the
+/// connection inline in its connection task, and unboxed it cost an idle stream 1.1 KB more
+/// (`chatfeed-bench --quick --only memory`, 2 runs each: 38.0 KB against 36.9 KB boxed). Its connection info is tonic's own, so `Request::peer_certs` works.
 pub struct TlsConnection<IO>(Box<TlsStream<IO>>);
 
 impl<IO: Connected> Connected for TlsConnection<IO> {

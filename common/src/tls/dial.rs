@@ -14,8 +14,7 @@
 
 use super::{Material, TlsError};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -78,13 +77,7 @@ impl ClientSide {
 /// The rustls client configuration of `m`: trusts the CA, presents the node identity if any,
 /// offers HTTP/2 only.
 fn build(m: &Material) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&m.ca_pem) {
-        let cert = cert.map_err(|e| format!("the CA certificate: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("the CA certificate: {e}"))?;
-    }
+    let roots = super::ca_roots(&m.ca_pem)?;
     let builder = rustls::ClientConfig::builder_with_provider(super::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -92,11 +85,7 @@ fn build(m: &Material) -> Result<rustls::ClientConfig, String> {
     let mut config = match &m.identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("the node certificate: {e}"))?;
-            let key =
-                PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the node key: {e}"))?;
+            let (chain, key) = super::node_identity(cert, key)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("the node certificate or key: {e}"))?
