@@ -247,6 +247,17 @@ async fn surplus_worker_retires() {
     c.client_ok("alice", &["list"]).await;
     c.client_ok("bob", &["follow", "alice"]).await;
     let stream = c.stream("bob", &[]);
+    // Bob's stream must be held before the extra worker comes: a stream assigned to the extra
+    // worker would make another (empty) worker the one to retire.
+    eventually("bob's stream to be held by a worker", async || {
+        let s = c.leader_status().await.ok_or("no active master")?;
+        if s.workers.iter().map(|w| w.clients).sum::<u32>() == 1 {
+            Ok(())
+        } else {
+            Err(format!("workers {:?}", s.workers))
+        }
+    })
+    .await;
     // One worker too many, as a raced replacement would be: same host, same pool size.
     let mut extra = tokio::process::Command::new(bin_dir().join("chatfeed-worker"))
         .arg("--config")
