@@ -18,9 +18,11 @@ use tonic::transport::Endpoint;
 
 mod accept;
 mod dial;
+mod lean;
 mod tickets;
 pub use accept::{Acceptor, HANDSHAKE_TIMEOUT, TlsConnection};
 pub use dial::{Dial, Handshakes};
+pub use lean::LeanTls;
 
 /// The CA certificate, in every `[tls] dir`.
 pub const CA_CERT: &str = "ca.pem";

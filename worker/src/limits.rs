@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt, wrappers::TcpListenerStream};
-use tonic::transport::server::{Connected, TlsConnectInfo};
+use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 /// What a handler learns about the connection a call came on.
@@ -59,15 +59,15 @@ pub fn limited(
     })
 }
 
-/// RESOURCE_EXHAUSTED when `req` came on a connection over the worker's limit. Over TLS, tonic
-/// wraps the connection's info in its own `TlsConnectInfo`; in plaintext it is ours as is.
+/// RESOURCE_EXHAUSTED when `req` came on a connection over the worker's limit. The worker's
+/// TLS connections (`LeanTls`) pass the socket's connection info through, so it is ours in
+/// both modes.
 pub fn check_connection<T>(req: &Request<T>) -> Result<(), Status> {
-    let ext = req.extensions();
-    let info = ext.get::<ConnInfo>().or_else(|| {
-        ext.get::<TlsConnectInfo<ConnInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    });
-    match info.and_then(|i| i.over_limit) {
+    match req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|i| i.over_limit)
+    {
         Some(n) => Err(Status::resource_exhausted(format!(
             "{WORKER_FULL} ({n} connections, limits.connections_per_worker): reconnect through \
              the master, which assigns another worker"

@@ -251,7 +251,7 @@ pub async fn run_with_metrics(
         match acceptor {
             Some(a) => {
                 router
-                    .serve_with_incoming_shutdown(a.accept(incoming), stop)
+                    .serve_with_incoming_shutdown(a.accept_lean(incoming), stop)
                     .await
             }
             None => router.serve_with_incoming_shutdown(incoming, stop).await,

@@ -10,11 +10,12 @@
 //! up, and must finish within [`HANDSHAKE_TIMEOUT`].
 
 use super::tickets::{HostTickets, Role};
-use super::{ClientAuth, Handshakes, TlsError};
+use super::{ClientAuth, Handshakes, LeanTls, TlsError};
 use crate::metrics::HandshakeLabels;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use rustls::server::WebPkiClientVerifier;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -122,8 +123,57 @@ impl Acceptor {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
-        let (tx, rx) = mpsc::channel(READY_QUEUE);
         let acceptor = TlsAcceptor::from(self.config.clone());
+        self.accept_with(incoming, move |io| {
+            let acceptor = acceptor.clone();
+            async move {
+                let tls = acceptor.accept(io).await?;
+                let resumed =
+                    tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                Ok((TlsConnection(Box::new(tls)), resumed))
+            }
+        })
+    }
+
+    /// As `accept`, but the connections are [`LeanTls`]: no buffer held while idle, for ports
+    /// where clients keep idle streams. Their connection info is the socket's, without the
+    /// client's certificates: for ports that ask for none (`ClientAuth::None`).
+    pub fn accept_lean<S, IO, E>(
+        &self,
+        incoming: S,
+    ) -> impl Stream<Item = std::io::Result<LeanTls<IO>>> + Send + 'static
+    where
+        S: Stream<Item = Result<IO, E>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        let config = self.config.clone();
+        self.accept_with(incoming, move |io| {
+            let config = config.clone();
+            async move {
+                let tls = LeanTls::accept(io, config).await?;
+                let resumed = tls.resumed();
+                Ok((tls, resumed))
+            }
+        })
+    }
+
+    /// The accepting loop: `handshake` on each connection of `incoming`, in a task of its own,
+    /// within [`HANDSHAKE_TIMEOUT`]; it returns the connection and whether it resumed a session.
+    fn accept_with<S, IO, E, T, H, F>(
+        &self,
+        incoming: S,
+        handshake: H,
+    ) -> impl Stream<Item = std::io::Result<T>> + Send + 'static
+    where
+        S: Stream<Item = Result<IO, E>> + Send + 'static,
+        IO: Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+        T: Send + 'static,
+        H: Fn(IO) -> F + Send + 'static,
+        F: Future<Output = std::io::Result<(T, bool)>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(READY_QUEUE);
         let (full, resumed) = (self.full.clone(), self.resumed.clone());
         tokio::spawn(async move {
             let mut incoming = std::pin::pin!(incoming);
@@ -147,16 +197,18 @@ impl Acceptor {
                     },
                     _ = tx.closed() => return,
                 };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let shake = handshake(io);
+                let tx = tx.clone();
                 let (full, resumed) = (full.clone(), resumed.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-                        Ok(Ok(tls)) => {
-                            match tls.get_ref().1.handshake_kind() {
-                                Some(rustls::HandshakeKind::Resumed) => resumed.inc(),
-                                _ => full.inc(),
-                            };
-                            let _ = tx.send(Ok(TlsConnection(Box::new(tls)))).await;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
+                        Ok(Ok((tls, was_resumed))) => {
+                            if was_resumed {
+                                resumed.inc();
+                            } else {
+                                full.inc();
+                            }
+                            let _ = tx.send(Ok(tls)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(

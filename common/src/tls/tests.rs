@@ -25,7 +25,11 @@ async fn serve_counted(tls: &Tls, auth: ClientAuth) -> (String, Option<Acceptor>
     let a = acceptor.clone();
     tokio::spawn(async move {
         let incoming = TcpListenerStream::new(l);
+        // As the servers do: lean connections where no client certificate is asked for.
         let _ = match a {
+            Some(a) if auth == ClientAuth::None => {
+                router.serve_with_incoming(a.accept_lean(incoming)).await
+            }
             Some(a) => router.serve_with_incoming(a.accept(incoming)).await,
             None => router.serve_with_incoming(incoming).await,
         };
@@ -433,4 +437,117 @@ async fn servers_refuse_tls_1_2() {
     };
     assert!(connect(&rustls::version::TLS13).await.is_ok());
     assert!(connect(&rustls::version::TLS12).await.is_err());
+}
+
+/// A rustls client configuration trusting the CA in `dir` (TLS 1.3 and 1.2 offered).
+fn raw_client(dir: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(Files::in_dir(dir).ca_cert).unwrap();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// One lean TLS connection accepted on a free port, and a tokio-rustls client connected to it.
+async fn lean_pair(
+    dir: &Path,
+    node: &Tls,
+) -> (
+    LeanTls<tokio::net::TcpStream>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    use tokio_stream::StreamExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = node.acceptor(ClientAuth::None).unwrap().unwrap();
+    let mut accepted = Box::pin(acceptor.accept_lean(TcpListenerStream::new(l)));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let client = tokio_rustls::TlsConnector::from(raw_client(dir)).connect(name, tcp);
+    let (client, server) = tokio::join!(client, accepted.next());
+    (server.unwrap().unwrap(), client.unwrap())
+}
+
+/// A lean connection carries data both ways, byte for byte, in writes of every size (one byte
+/// to many records), ends cleanly on the client's close_notify, and holds no buffer once idle:
+/// what it is for. Fails if a partial record, decrypted data or unsent data were lost or kept.
+#[tokio::test]
+async fn lean_connections_carry_data_and_hold_nothing_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dir, node, _client) = localhost_certs();
+    let (mut server, client) = lean_pair(dir.path(), &node).await;
+    // 1 MiB in writes of varied sizes, echoed back by the server.
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + i / 251) as u8).collect();
+    let sizes = [1usize, 5, 100, 4096, 16_384, 16_385, 70_000];
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        let (mut at, mut k) = (0, 0);
+        while at < sent.len() {
+            let n = sizes[k % sizes.len()].min(sent.len() - at);
+            cw.write_all(&sent[at..at + n]).await.unwrap();
+            at += n;
+            k += 1;
+        }
+        cw.flush().await.unwrap();
+        cw
+    });
+    let echo = tokio::spawn(async move {
+        let mut buf = vec![0u8; 3000];
+        let mut total = 0;
+        loop {
+            let n = server.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            server.write_all(&buf[..n]).await.unwrap();
+            server.flush().await.unwrap();
+            total += n;
+            if total == 1 << 20 {
+                assert_eq!(server.held(), 0, "an idle lean connection holds buffers");
+            }
+        }
+        server.shutdown().await.unwrap();
+        total
+    });
+    let mut back = vec![0u8; data.len()];
+    cr.read_exact(&mut back).await.unwrap();
+    assert!(back == data, "the echo differs from what was sent");
+    let mut cw = writer.await.unwrap();
+    cw.shutdown().await.unwrap();
+    assert_eq!(echo.await.unwrap(), data.len());
+    let mut rest = Vec::new();
+    cr.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "the server's close_notify ends the stream");
+}
+
+/// A peer that goes away in the middle of a record is an error for the reader, not a clean end
+/// of the stream (a truncation attack would otherwise cut data short unnoticed).
+#[tokio::test]
+async fn lean_connections_report_a_truncated_record() {
+    use tokio::io::AsyncReadExt;
+    let (dir, node, _client) = localhost_certs();
+    let (mut server, client) = lean_pair(dir.path(), &node).await;
+    let (mut tcp, mut session) = client.into_inner();
+    let mut record = Vec::new();
+    session
+        .writer()
+        .write_all(b"hello, a record cut short")
+        .unwrap();
+    session.write_tls(&mut record).unwrap();
+    use std::io::Write as _;
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(&record[..record.len() - 3]).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut buf = [0u8; 100];
+    let e = server.read(&mut buf).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
 }

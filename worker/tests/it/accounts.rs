@@ -286,8 +286,8 @@ async fn token_key_survives_a_leader_change() {
 /// still answers its seq), streams per user, request size, connections per worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_hold_and_others_keep_going() {
-    // TLS on: over TLS, the connection limit's flag reaches handlers inside tonic's
-    // TlsConnectInfo, which the check must find too.
+    // TLS on: the connection limit's flag must reach handlers through the worker's TLS
+    // connections (`LeanTls`) too.
     let cluster = TestCluster::start(|c| {
         c.tls.mode = chatfeed_common::config::TlsMode::Tls;
         c.limits.posts_per_sec = 2;
