@@ -83,7 +83,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTls<IO> {
             close_sent: false,
         };
         loop {
-            s.process_kept(None)?;
+            if let Err(e) = s.process_kept(None) {
+                // rustls queued an alert saying why (a protocol version or certificate refused):
+                // the peer gets it if it is still there.
+                let _ = s.process(&mut [], None);
+                let _ = std::future::poll_fn(|cx| s.poll_send(cx)).await;
+                return Err(e);
+            }
             std::future::poll_fn(|cx| s.poll_send(cx)).await?;
             if !s.conn.is_handshaking() {
                 s.shrink();
