@@ -213,6 +213,11 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The TLS handshakes its session made so far (none in plaintext).
+    pub fn handshakes(&self) -> chatfeed_common::tls::Handshakes {
+        self.session.tls().handshakes()
+    }
+
     /// Streams `session`'s timeline from after `after` (`None`: the latest 20 first). With
     /// `pin`, the first connection goes to that worker (reconnections go through the active
     /// master as usual).

@@ -340,6 +340,12 @@ impl Report {
                             format!("GAPS: {:?}", w.check)
                         }
                     );
+                    if w.tls_full + w.tls_resumed > 0 {
+                        println!(
+                            "   the moved clients' TLS handshakes (to the active master and the new worker): {} resumed, {} full",
+                            w.tls_resumed, w.tls_full
+                        );
+                    }
                 }
                 Err(e) => println!("\n4. worker fail-over FAILED: {e}"),
             }

@@ -916,6 +916,10 @@ pub struct WorkerFailover {
     pub no_gap: bool,
     pub check: StreamCheckJson,
     pub posts: usize,
+    /// TLS handshakes the moved streams' clients made from the kill until all were back, full
+    /// and resumed (zero in plaintext).
+    pub tls_full: u64,
+    pub tls_resumed: u64,
 }
 
 const WF_INTERVAL: Duration = Duration::from_millis(10);
@@ -1034,6 +1038,13 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         victim.addr,
         victim.pid
     );
+    let handshakes = |streams: &[Stream]| {
+        moved.iter().fold((0, 0), |(f, r), &i| {
+            let h = streams[i].handshakes();
+            (f + h.full, r + h.resumed)
+        })
+    };
+    let before = handshakes(&streams);
     let killed = t.kill9(victim.pid)?;
     // A moved stream is streaming again once it received anything after the kill (the first
     // arrivals after the kill come from another worker: the dead one sends nothing).
@@ -1083,6 +1094,7 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         last[index[s.user.as_str()] % WF_SPEAKERS]
     })
     .await;
+    let after = handshakes(&streams);
     let resume: Vec<f64> = moved
         .iter()
         .filter_map(|&i| {
@@ -1119,6 +1131,8 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         no_gap: check.ok(),
         check: (&check).into(),
         posts: acked.values().map(Vec::len).sum(),
+        tls_full: after.0 - before.0,
+        tls_resumed: after.1 - before.1,
     })
 }
 

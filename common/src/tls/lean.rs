@@ -61,7 +61,7 @@ enum Outbound<'a> {
 enum Stop {
     /// rustls needs more bytes from the peer (the handshake or a record is not complete).
     NeedsData,
-    /// Application data may be sent (and `to_send`, if given, was encrypted).
+    /// Application data may be sent (and what `process` was given to send is queued).
     Traffic,
     /// The peer closed the connection (close_notify).
     PeerClosed,
