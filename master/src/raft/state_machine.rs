@@ -189,6 +189,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || -> Result<Snapshot, StorageError> {
+            let started = std::time::Instant::now();
             let mut conn = connect(&path).map_err(|e| storage_error(&e))?;
             let (applied, membership, feed) = {
                 let tx = conn.transaction().map_err(|e| storage_error(&e))?;
@@ -216,7 +217,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             let data = serde_json::to_vec(&SnapshotBody { feed }).map_err(|e| storage_error(&e))?;
             let meta_bytes = serde_json::to_vec(&meta).map_err(|e| storage_error(&e))?;
+            let built = started.elapsed();
             save_snapshot(&conn, &meta_bytes, &data).map_err(|e| storage_error(&e))?;
+            // The whole feed each time: its cost grows with the feed, and saving it holds the
+            // database's write lock (appends and applies wait).
+            tracing::info!(
+                index = ?meta.last_log_id.map(|l| l.index),
+                bytes = data.len(),
+                build_ms = built.as_millis() as u64,
+                save_ms = (started.elapsed() - built).as_millis() as u64,
+                "snapshot built and saved"
+            );
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),
