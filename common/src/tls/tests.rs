@@ -413,24 +413,14 @@ async fn accepting_pauses_after_an_error_and_goes_on() {
 #[tokio::test]
 async fn servers_refuse_tls_1_2() {
     use rustls::pki_types::ServerName;
-    use rustls::pki_types::pem::PemObject;
     let (dir, node, _client) = localhost_certs();
     let addr = serve(&node, ClientAuth::None).await;
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(Files::in_dir(dir.path()).ca_cert).unwrap();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(c.unwrap()).unwrap();
-    }
     let connect = |version: &'static rustls::SupportedProtocolVersion| {
-        let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
+        let config = raw_client(dir.path(), &[version]);
         let addr = addr.clone();
         async move {
             let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(config))
+            tokio_rustls::TlsConnector::from(config)
                 .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
                 .await
         }
@@ -441,8 +431,11 @@ async fn servers_refuse_tls_1_2() {
     assert!(refused.to_string().contains("ProtocolVersion"), "{refused}");
 }
 
-/// A rustls client configuration trusting the CA in `dir` (TLS 1.3 and 1.2 offered).
-fn raw_client(dir: &Path) -> Arc<rustls::ClientConfig> {
+/// A rustls client configuration trusting the CA in `dir`, offering `versions`.
+fn raw_client(
+    dir: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(Files::in_dir(dir).ca_cert).unwrap();
@@ -451,7 +444,7 @@ fn raw_client(dir: &Path) -> Arc<rustls::ClientConfig> {
     }
     Arc::new(
         rustls::ClientConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth(),
@@ -473,7 +466,8 @@ async fn lean_pair(
     let mut accepted = Box::pin(acceptor.accept_lean(TcpListenerStream::new(l)));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let client = tokio_rustls::TlsConnector::from(raw_client(dir)).connect(name, tcp);
+    let client = tokio_rustls::TlsConnector::from(raw_client(dir, &[&rustls::version::TLS13]))
+        .connect(name, tcp);
     let (client, server) = tokio::join!(client, accepted.next());
     (server.unwrap().unwrap(), client.unwrap())
 }
