@@ -374,8 +374,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LeanTls<IO> {
         if !s.close_sent {
             ready!(s.poll_send(cx))?;
             s.close_sent = true;
-            // Closed already, or never open for traffic: just end the socket.
-            let _ = s.process_kept(Some(Outbound::CloseNotify))?;
+            // A close_notify while the connection can still send one; closed already (or failed),
+            // the socket is ended all the same.
+            let _ = s.process_kept(Some(Outbound::CloseNotify));
         }
         ready!(s.poll_send(cx))?;
         Pin::new(&mut s.io).poll_shutdown(cx)
