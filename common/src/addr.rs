@@ -1,5 +1,44 @@
 //! Parsing of master address lists: `default_master_address` and the scripts' `[addr]` argument,
-//! comma-separated `host:port`, where a bare host means the configured API ports on that host.
+//! comma-separated `host:port`, where a bare host means the configured API ports on that host;
+//! and the servers' listening sockets ([`listen`]).
+
+use tokio::net::{TcpListener, TcpSocket};
+
+/// Connections the kernel holds for a server before it accepts them (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default since 5.4). tokio's `TcpListener::bind` asks for 1024:
+/// when a worker dies, its thousand clients reconnect at once to the active master and the other
+/// workers, a busy server's queue overflowed, and each connection the kernel dropped waited for
+/// its SYN to be sent again a second later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` (`host:port`, the first of its addresses that binds) with a
+/// [`LISTEN_BACKLOG`]-deep accept queue.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let bound = (|| {
+            let socket = if a.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            // As tokio's bind does: a restarted server takes its port back at once.
+            socket.set_reuseaddr(true)?;
+            socket.bind(a)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
 
 /// Splits `list` into `host:port` endpoints. A bare host (no port) expands to that host with
 /// each of `default_ports`.
@@ -44,5 +83,34 @@ mod tests {
         );
         assert!(parse_master_list("a:x", &[]).is_err());
         assert!(parse_master_list(" , ", &[1]).is_err());
+    }
+
+    /// A crowd larger than tokio's default accept queue (1024) connects while the server takes
+    /// none of them: every connection is made at once (the kernel completes it and queues it).
+    /// With tokio's `bind` the ones past the queue get no answer to their SYN and wait a second
+    /// for its retransmission, past the timeout here.
+    #[tokio::test]
+    async fn a_crowd_of_connections_waits_in_the_queue() {
+        const CROWD: usize = 1200;
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::with_capacity(CROWD);
+        for k in 0..CROWD {
+            let c = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            match c {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => panic!("connection {k}: {e}"),
+                Err(_) => panic!("connection {k} was not made within 500 ms: the queue is full"),
+            }
+        }
+        // The server takes them afterwards, all of them.
+        for _ in 0..CROWD {
+            listener.accept().await.unwrap();
+        }
+        assert!(listen("no-such-host.invalid:1").await.is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Code shared by the chatfeed processes: session tokens (`accounts`), the typed configuration (`config`), logging set-up
-//! (`logging`) and master address parsing (`addr`), and
+//! (`logging`), master address parsing and listening sockets (`addr`), and
 //! background processes, pid files and signals (`process`), and TLS: certificates, server and
 //! client configurations (`tls`).
 

@@ -174,10 +174,10 @@ async fn run_member(
         .member(id)
         .with_context(|| format!("member {id} is not in {}", config_path.display()))?
         .clone();
-    let raft = tokio::net::TcpListener::bind(&me.raft_addr)
+    let raft = chatfeed_common::addr::listen(&me.raft_addr)
         .await
         .with_context(|| format!("binding the Raft address {}", me.raft_addr))?;
-    let api = tokio::net::TcpListener::bind(&me.api_addr)
+    let api = chatfeed_common::addr::listen(&me.api_addr)
         .await
         .with_context(|| format!("binding the API address {}", me.api_addr))?;
     let metrics = match &me.metrics_addr {

@@ -180,7 +180,7 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
     )
     .with_context(|| format!("opening the log file {:?}", log_file))?;
     let _enter = span.enter();
-    let listener = tokio::net::TcpListener::bind(&s.listen)
+    let listener = chatfeed_common::addr::listen(&s.listen)
         .await
         .with_context(|| format!("binding the worker address {}", s.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
