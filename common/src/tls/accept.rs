@@ -88,6 +88,11 @@ impl Acceptor {
         config.ticketer = Arc::new(tickets);
         // Sessions live in their tickets: nothing to keep per client on the server.
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        // One new ticket per handshake (rustls sends two by default): a client uses one ticket
+        // per connection and gets one back, and a crowd reconnecting at once costs one ticket
+        // sealed per connection, not two. A client opening connections side by side makes a
+        // full handshake for the ones it has no ticket for, and keeps their tickets after.
+        config.send_tls13_tickets = 1;
         Ok(Acceptor {
             config: Arc::new(config),
             full: Counter::default(),
