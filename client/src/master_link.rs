@@ -109,19 +109,24 @@ impl MasterTrouble {
     }
 }
 
-/// A channel to `addr` (`host:port`), connected.
+/// A channel to `addr` (`host:port`), connected: the TCP connection within `timeout`, then the
+/// TLS handshake within a call's time (`CALL_TIMEOUT`), as a plaintext server gets for its
+/// answer. A master busy with a crowd of handshakes (a worker's clients all reconnecting) is
+/// the one to wait for: the others would only name it again.
 pub async fn connect(tls: &Tls, addr: &str, timeout: Duration) -> Result<Channel, NoConnection> {
     let ep = tls
         .endpoint(addr)
         .map_err(|e| NoConnection::Failed(format!("bad address {addr:?}: {e}")))?
         .connect_timeout(timeout)
+        .handshake_timeout(CALL_TIMEOUT)
         .tcp_nodelay(true);
-    match tokio::time::timeout(timeout * 2, ep.connect()).await {
+    let bound = ep.connect_bound(timeout * 2);
+    match tokio::time::timeout(bound, ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
         Ok(Err(e)) => Err(no_connection(addr, &e)),
         Err(_) => Err(NoConnection::Failed(format!(
             "no connection within {} ms",
-            timeout.as_millis()
+            bound.as_millis()
         ))),
     }
 }

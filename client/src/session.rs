@@ -55,6 +55,9 @@ pub fn is_worker_full(status: &Status) -> bool {
 
 /// Connecting to a worker the master just named: it is live, so this is quick or it is dead.
 pub const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The TLS handshake once the worker accepted the connection: it may be busy with a crowd of
+/// handshakes (another worker's clients all moving to it), which is no reason to leave it.
+pub const WORKER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// One unary call to a worker: it may wait for the active master's commit (write timeout 3 s by
 /// default) and retry once through a new leader, so allow well over that.
 pub const WORKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,14 +150,19 @@ async fn connect_worker(tls: &Tls, addr: &str) -> Result<Channel, NoConnection> 
         .endpoint(addr)
         .map_err(|e| NoConnection::Failed(format!("bad worker address {addr:?}: {e}")))?
         .connect_timeout(WORKER_CONNECT_TIMEOUT)
+        .handshake_timeout(WORKER_HANDSHAKE_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    match tokio::time::timeout(WORKER_CONNECT_TIMEOUT * 2, ep.connect()).await {
+    let bound = ep.connect_bound(WORKER_CONNECT_TIMEOUT * 2);
+    match tokio::time::timeout(bound, ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
         Ok(Err(e)) => Err(master_link::no_connection(addr, &e)),
-        Err(_) => Err(NoConnection::Failed("no connection within 2 s".into())),
+        Err(_) => Err(NoConnection::Failed(format!(
+            "no connection within {} ms",
+            bound.as_millis()
+        ))),
     }
 }
 

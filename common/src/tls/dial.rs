@@ -102,6 +102,8 @@ fn build(m: &Material) -> Result<rustls::ClientConfig, String> {
 pub struct Dial {
     endpoint: Endpoint,
     tls: Option<Dialer>,
+    /// `connect_timeout`, applied when connecting (see `handshake_timeout`).
+    connect_timeout: Option<Duration>,
 }
 
 impl Dial {
@@ -109,6 +111,7 @@ impl Dial {
         Dial {
             endpoint,
             tls: None,
+            connect_timeout: None,
         }
     }
 
@@ -126,7 +129,10 @@ impl Dial {
                 config,
                 name,
                 counts,
+                tcp_timeout: None,
+                handshake_timeout: None,
             }),
+            connect_timeout: None,
         })
     }
 
@@ -136,9 +142,48 @@ impl Dial {
         self
     }
 
-    /// How long the TCP connection and (with TLS) the handshake may take.
-    pub fn connect_timeout(self, d: Duration) -> Dial {
-        self.map(|e| e.connect_timeout(d))
+    /// How long the TCP connection and (with TLS) the handshake may take; with
+    /// `handshake_timeout`, only the TCP connection.
+    pub fn connect_timeout(mut self, d: Duration) -> Dial {
+        self.connect_timeout = Some(d);
+        self
+    }
+
+    /// With TLS: once the TCP connection is made, the handshake may take `d` (not counted in
+    /// `connect_timeout`). A server that accepted the connection is there; a busy one (a crowd
+    /// of clients reconnecting at once) answers late, and giving up on it after the short
+    /// connection timeout only sends the crowd round again. Without TLS this is the first
+    /// call's time: clients bound it with their call timeout, as they should bound this.
+    pub fn handshake_timeout(mut self, d: Duration) -> Dial {
+        if let Some(t) = &mut self.tls {
+            t.handshake_timeout = Some(d);
+        }
+        self
+    }
+
+    /// How long `connect` may take in all: `base` (what the caller allows for the connection
+    /// itself) plus, with TLS and a `handshake_timeout`, the handshake's time.
+    pub fn connect_bound(&self, base: Duration) -> Duration {
+        base + self
+            .tls
+            .as_ref()
+            .and_then(|t| t.handshake_timeout)
+            .unwrap_or_default()
+    }
+
+    /// tonic's endpoint and (with TLS) connector with the connection timeouts applied: tonic's
+    /// own covers the connector's whole call, so with a `handshake_timeout` the connector
+    /// bounds its two steps itself.
+    fn ready(&self) -> (Endpoint, Option<Dialer>) {
+        let mut endpoint = self.endpoint.clone();
+        let mut dialer = self.tls.clone();
+        if let Some(d) = self.connect_timeout {
+            match &mut dialer {
+                Some(t) if t.handshake_timeout.is_some() => t.tcp_timeout = Some(d),
+                _ => endpoint = endpoint.connect_timeout(d),
+            }
+        }
+        (endpoint, dialer)
     }
 
     /// Every call's deadline.
@@ -165,28 +210,47 @@ impl Dial {
 
     /// Connects now.
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        match &self.tls {
-            None => self.endpoint.connect().await,
-            Some(d) => self.endpoint.connect_with_connector(d.clone()).await,
+        match self.ready() {
+            (endpoint, None) => endpoint.connect().await,
+            (endpoint, Some(d)) => endpoint.connect_with_connector(d).await,
         }
     }
 
     /// A channel that connects on first use (and reconnects after a failure).
     pub fn connect_lazy(&self) -> Channel {
-        match &self.tls {
-            None => self.endpoint.connect_lazy(),
-            Some(d) => self.endpoint.connect_with_connector_lazy(d.clone()),
+        match self.ready() {
+            (endpoint, None) => endpoint.connect_lazy(),
+            (endpoint, Some(d)) => endpoint.connect_with_connector_lazy(d),
         }
     }
 }
 
 /// TCP connection, then the TLS handshake with the shared configuration, checking the server's
-/// name against `name` (the host dialled).
+/// name against `name` (the host dialled). Each step bounded when its timeout is set.
 #[derive(Clone)]
 struct Dialer {
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
     counts: Arc<Counts>,
+    tcp_timeout: Option<Duration>,
+    handshake_timeout: Option<Duration>,
+}
+
+/// `fut` within `limit` (if any); past it, a `TimedOut` error saying what did not finish.
+async fn within<T>(
+    limit: Option<Duration>,
+    what: &str,
+    fut: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let Some(limit) = limit else {
+        return fut.await;
+    };
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} not done within {} ms", limit.as_millis()),
+        ))
+    })
 }
 
 impl tower_service::Service<Uri> for Dialer {
@@ -202,6 +266,7 @@ impl tower_service::Service<Uri> for Dialer {
         let connector = TlsConnector::from(self.config.clone());
         let name = self.name.clone();
         let counts = self.counts.clone();
+        let (tcp_timeout, handshake_timeout) = (self.tcp_timeout, self.handshake_timeout);
         Box::pin(async move {
             let authority = uri.authority().map(|a| a.to_string()).ok_or_else(|| {
                 std::io::Error::new(
@@ -209,9 +274,19 @@ impl tower_service::Service<Uri> for Dialer {
                     format!("{uri}: no host:port"),
                 )
             })?;
-            let tcp = TcpStream::connect(authority.as_str()).await?;
+            let tcp = within(
+                tcp_timeout,
+                "the TCP connection",
+                TcpStream::connect(authority.as_str()),
+            )
+            .await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
+            let tls = within(
+                handshake_timeout,
+                "the TLS handshake",
+                connector.connect(name, tcp),
+            )
+            .await?;
             let session = tls.get_ref().1;
             let count = match session.handshake_kind() {
                 Some(rustls::HandshakeKind::Resumed) => &counts.resumed,

@@ -1,6 +1,7 @@
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -577,4 +578,198 @@ async fn lean_connections_follow_a_key_update() {
     }
     client.shutdown().await.unwrap();
     echo.await.unwrap();
+}
+
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountedTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountedTickets {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, g: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, g)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, v)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, v)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// Servers send one session ticket per handshake, on both kinds of connection (rustls's default
+/// is two): a crowd reconnecting at once costs one ticket sealed per connection. The client
+/// still resumes each time (it gets back the ticket it used).
+#[tokio::test]
+async fn servers_send_one_ticket_per_handshake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+    let (dir, node, _client) = localhost_certs();
+    let store = Arc::new(CountedTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        tickets: Default::default(),
+    });
+    let mut config = (*raw_client(dir.path(), &[&rustls::version::TLS13])).clone();
+    config.resumption = rustls::client::Resumption::store(store.clone());
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tickets = || store.tickets.load(std::sync::atomic::Ordering::SeqCst);
+    for lean in [true, false] {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let auth = if lean {
+            ClientAuth::None
+        } else {
+            ClientAuth::Optional
+        };
+        let acceptor = node.acceptor(auth).unwrap().unwrap();
+        let server = tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(l);
+            // Each accepted connection says one byte, then waits for the client to close.
+            async fn say<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+                s.write_all(b"x").await.unwrap();
+                s.flush().await.unwrap();
+                let _ = s.read(&mut [0u8; 1]).await;
+            }
+            if lean {
+                let mut a = Box::pin(acceptor.accept_lean(incoming));
+                while let Some(c) = a.next().await {
+                    say(c.unwrap()).await;
+                }
+            } else {
+                let mut a = Box::pin(acceptor.accept(incoming));
+                while let Some(c) = a.next().await {
+                    say(c.unwrap()).await;
+                }
+            }
+        });
+        for k in 0..3 {
+            let before = tickets();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut c = connector.connect(name.clone(), tcp).await.unwrap();
+            let mut byte = [0u8; 1];
+            c.read_exact(&mut byte).await.unwrap();
+            // The first connection ever is a full handshake; every later one resumes.
+            let kind = c.get_ref().1.handshake_kind();
+            let want = if lean && k == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(want), "connection {k} (lean: {lean})");
+            assert_eq!(
+                tickets() - before,
+                1,
+                "tickets sent with connection {k} (lean: {lean})"
+            );
+            c.shutdown().await.unwrap();
+        }
+        server.abort();
+    }
+}
+
+/// With a handshake timeout, the connection timeout covers the TCP connection only: a server
+/// that accepted the connection but is slow to answer the handshake (busy with a crowd) is
+/// waited for, within the handshake timeout. Without one, the connection timeout covers both,
+/// as tonic's does. A server that never answers fails with the handshake's own error, which is
+/// not a TLS failure (another attempt may succeed).
+#[tokio::test]
+async fn a_slow_handshake_is_bounded_by_its_own_timeout() {
+    use std::time::Duration;
+    let (_dir, node, client) = localhost_certs();
+    // A health server whose every handshake starts 600 ms after the connection was made.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = l.local_addr().unwrap().to_string();
+    let acceptor = node.acceptor(ClientAuth::None).unwrap().unwrap();
+    let incoming = TcpListenerStream::new(l).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        c
+    });
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(acceptor.accept_lean(incoming)),
+    );
+    // A port whose connections are made by the kernel and never taken.
+    let silent_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = silent_listener.local_addr().unwrap().to_string();
+
+    let dial = |addr: &str, handshake: Option<Duration>| {
+        let d = client
+            .endpoint(addr)
+            .unwrap()
+            .connect_timeout(Duration::from_millis(200));
+        match handshake {
+            Some(h) => d.handshake_timeout(h),
+            None => d,
+        }
+    };
+    let waited = dial(&slow, Some(Duration::from_secs(3)));
+    assert_eq!(
+        waited.connect_bound(Duration::from_millis(400)),
+        Duration::from_millis(3400)
+    );
+    let ch = waited
+        .connect()
+        .await
+        .expect("a slow handshake is waited for");
+    HealthClient::new(ch)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap();
+    let e = dial(&slow, None)
+        .connect()
+        .await
+        .expect_err("without a handshake timeout, 200 ms bound the handshake too");
+    assert!(tls_failure(&e).is_none(), "{e:?}");
+    let e = dial(&silent, Some(Duration::from_millis(300)))
+        .connect()
+        .await
+        .expect_err("a server that never answers");
+    assert!(tls_failure(&e).is_none(), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("the TLS handshake not done within 300 ms"),
+        "{e:?}"
+    );
+    // In plaintext the setting changes nothing (there is no handshake to bound).
+    let plain = Tls::plaintext()
+        .endpoint(&silent)
+        .unwrap()
+        .handshake_timeout(Duration::from_secs(3));
+    assert_eq!(
+        plain.connect_bound(Duration::from_millis(400)),
+        Duration::from_millis(400)
+    );
+    drop(silent_listener);
 }
