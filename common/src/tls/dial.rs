@@ -152,8 +152,8 @@ impl Dial {
     /// With TLS: once the TCP connection is made, the handshake may take `d` (not counted in
     /// `connect_timeout`). A server that accepted the connection is there; a busy one (a crowd
     /// of clients reconnecting at once) answers late, and giving up on it after the short
-    /// connection timeout only sends the crowd round again. Without TLS this is the first
-    /// call's time: clients bound it with their call timeout, as they should bound this.
+    /// connection timeout only sends the crowd round again. A plaintext server gets the same
+    /// time: the caller's call timeout, for its first answer. Without TLS this changes nothing.
     pub fn handshake_timeout(mut self, d: Duration) -> Dial {
         if let Some(t) = &mut self.tls {
             t.handshake_timeout = Some(d);
