@@ -214,6 +214,15 @@ impl Tls {
             .unwrap_or_default()
     }
 
+    /// The rustls client configuration this `Tls` dials with, `None` in plaintext (for
+    /// measurements: `examples/handshake_cost.rs`).
+    pub fn rustls_client_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+        match &self.0 {
+            None => Ok(None),
+            Some(m) => m.client.config(m).map(Some),
+        }
+    }
+
     /// The TLS side of a server port asking for client certificates as `auth` says, `None` in
     /// plaintext. A server needs the node identity. Serve with
     /// `serve_with_incoming(acceptor.accept(incoming))` (see `tls/accept.rs`).

@@ -226,6 +226,11 @@ impl Acceptor {
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
+    /// The rustls server configuration (for measurements: `examples/handshake_cost.rs`).
+    pub fn rustls_config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
+    }
+
     /// The handshakes this server completed, full and resumed.
     pub fn handshakes(&self) -> Handshakes {
         Handshakes {
