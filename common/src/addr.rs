@@ -111,6 +111,5 @@ mod tests {
         for _ in 0..CROWD {
             listener.accept().await.unwrap();
         }
-        assert!(listen("no-such-host.invalid:1").await.is_err());
     }
 }
