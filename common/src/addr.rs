@@ -40,6 +40,25 @@ pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     }))
 }
 
+/// A warning for the log when the kernel caps accept queues below [`LISTEN_BACKLOG`]
+/// (`net.core.somaxconn`, 128 by default before Linux 5.4); `None` when it does not, or when the
+/// setting cannot be read (not Linux).
+pub fn backlog_warning() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?;
+    backlog_warning_for(text.trim().parse().ok()?)
+}
+
+fn backlog_warning_for(somaxconn: u32) -> Option<String> {
+    (somaxconn < LISTEN_BACKLOG).then(|| {
+        format!(
+            "net.core.somaxconn is {somaxconn}: the kernel caps this server's accept queue there \
+             (chatfeed asks for {LISTEN_BACKLOG}), and when a worker dies and its clients \
+             reconnect at once, the connections past it wait a second each; raise it with \
+             `sysctl -w net.core.somaxconn={LISTEN_BACKLOG}`"
+        )
+    })
+}
+
 /// Splits `list` into `host:port` endpoints. A bare host (no port) expands to that host with
 /// each of `default_ports`.
 pub fn parse_master_list(list: &str, default_ports: &[u16]) -> Result<Vec<String>, String> {
@@ -83,6 +102,17 @@ mod tests {
         );
         assert!(parse_master_list("a:x", &[]).is_err());
         assert!(parse_master_list(" , ", &[1]).is_err());
+    }
+
+    /// A kernel cap below the queue chatfeed asks for is worth a warning that says how to raise
+    /// it; one at or above it is not.
+    #[test]
+    fn a_low_kernel_cap_is_reported() {
+        let w = backlog_warning_for(128).expect("128 is below the queue asked for");
+        assert!(w.contains("somaxconn is 128"), "{w}");
+        assert!(w.contains("sysctl -w net.core.somaxconn=4096"), "{w}");
+        assert_eq!(backlog_warning_for(LISTEN_BACKLOG), None);
+        assert_eq!(backlog_warning_for(65535), None);
     }
 
     /// A crowd larger than tokio's default accept queue (1024) connects while the server takes

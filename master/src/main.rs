@@ -180,6 +180,9 @@ async fn run_member(
     let api = chatfeed_common::addr::listen(&me.api_addr)
         .await
         .with_context(|| format!("binding the API address {}", me.api_addr))?;
+    if let Some(w) = chatfeed_common::addr::backlog_warning() {
+        tracing::warn!("{w}");
+    }
     let metrics = match &me.metrics_addr {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

@@ -183,6 +183,9 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
     let listener = chatfeed_common::addr::listen(&s.listen)
         .await
         .with_context(|| format!("binding the worker address {}", s.listen))?;
+    if let Some(w) = chatfeed_common::addr::backlog_warning() {
+        tracing::warn!("{w}");
+    }
     let local = listener.local_addr().context("reading the bound address")?;
     // Clients are given this host's address; a wildcard address is no address to give.
     anyhow::ensure!(
