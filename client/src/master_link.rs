@@ -4,7 +4,7 @@
 //! why, in one line ("no master answered at …", "no worker available: …").
 
 use crate::failure::{describe, describe_error, is_answer, one_line};
-use chatfeed_common::tls::{Tls, tls_failure};
+use chatfeed_common::tls::{Dial, Tls, tls_failure};
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::master::master_client::MasterClient;
 use std::collections::{HashSet, VecDeque};
@@ -120,7 +120,16 @@ pub async fn connect(tls: &Tls, addr: &str, timeout: Duration) -> Result<Channel
         .connect_timeout(timeout)
         .handshake_timeout(CALL_TIMEOUT)
         .tcp_nodelay(true);
-    let bound = ep.connect_bound(timeout * 2);
+    connect_within(&ep, addr, timeout * 2).await
+}
+
+/// Connects `ep` (to `addr`) within `base` plus its handshake's time (`Dial::connect_bound`).
+pub async fn connect_within(
+    ep: &Dial,
+    addr: &str,
+    base: Duration,
+) -> Result<Channel, NoConnection> {
+    let bound = ep.connect_bound(base);
     match tokio::time::timeout(bound, ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
         Ok(Err(e)) => Err(no_connection(addr, &e)),

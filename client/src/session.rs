@@ -155,15 +155,7 @@ async fn connect_worker(tls: &Tls, addr: &str) -> Result<Channel, NoConnection> 
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    let bound = ep.connect_bound(WORKER_CONNECT_TIMEOUT * 2);
-    match tokio::time::timeout(bound, ep.connect()).await {
-        Ok(Ok(ch)) => Ok(ch),
-        Ok(Err(e)) => Err(master_link::no_connection(addr, &e)),
-        Err(_) => Err(NoConnection::Failed(format!(
-            "no connection within {} ms",
-            bound.as_millis()
-        ))),
-    }
+    master_link::connect_within(&ep, addr, WORKER_CONNECT_TIMEOUT * 2).await
 }
 
 impl Session {
