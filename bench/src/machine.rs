@@ -156,3 +156,63 @@ pub fn cpu_ms(pid: u32) -> Option<f64> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some((utime + stime) * 1000.0 / hz)
 }
+
+/// The whole machine's CPU time so far, every CPU together, from the first line of /proc/stat:
+/// (busy, all) in milliseconds, busy being all but idle and iowait. Two readings give the share
+/// of the machine in use between them, whoever used it.
+pub fn machine_cpu_ms() -> Option<(f64, f64)> {
+    let stat = read("/proc/stat")?;
+    machine_cpu_ms_of(stat.lines().next()?)
+}
+
+fn machine_cpu_ms_of(line: &str) -> Option<(f64, f64)> {
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let t: Vec<f64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if t.len() < 8 {
+        return None;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let all: f64 = t.iter().sum();
+    let busy = all - t[3] - t[4];
+    Some((busy * 1000.0 / hz, all * 1000.0 / hz))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_line_of_proc_stat() {
+        // SAFETY: sysconf has no preconditions.
+        let ms = 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let (busy, all) = machine_cpu_ms_of("cpu  100 5 50 800 20 3 2 0 0 0").unwrap();
+        assert_eq!(busy, 160.0 * ms);
+        assert_eq!(all, 980.0 * ms);
+        assert_eq!(machine_cpu_ms_of("cpu0 100 5 50 800 20 3 2 0 0 0"), None);
+        assert_eq!(machine_cpu_ms_of("cpu  100 5 50"), None);
+    }
+
+    #[test]
+    fn a_busy_thread_shows_in_both_readings() {
+        let me = std::process::id();
+        let (busy0, all0) = machine_cpu_ms().expect("/proc/stat");
+        let own0 = cpu_ms(me).expect("/proc/self/stat");
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut x = 0u64;
+        while std::time::Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let (busy1, all1) = machine_cpu_ms().unwrap();
+        let own = cpu_ms(me).unwrap() - own0;
+        // 300 ms of spinning: this process used most of it (ticks are 10 ms), and the machine
+        // was at least that busy.
+        assert!(own >= 150.0, "own CPU {own} ms");
+        assert!(busy1 - busy0 >= 150.0, "machine busy {} ms", busy1 - busy0);
+        assert!(all1 > all0);
+    }
+}

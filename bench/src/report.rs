@@ -2,7 +2,9 @@
 //! them, the machine; printed as a table and written as JSON (`<timestamp>.json`, `latest.json`).
 
 use crate::machine::Machine;
-use crate::scenarios::{Fanout, MasterFailover, Memory, Plan, Throughput, WorkerFailover};
+use crate::scenarios::{
+    CpuSpent, Fanout, MasterFailover, Memory, Plan, Throughput, WorkerFailover,
+};
 use crate::target::Target;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -44,6 +46,17 @@ fn outcome_json<T: Serialize>(o: &Outcome<T>) -> Value {
         Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
         Err(e) => json!({ "error": e }),
     }
+}
+
+/// The machine's busy share during a phase, or "?".
+fn busy(c: &CpuSpent) -> String {
+    c.machine_busy_pct
+        .map_or("?".into(), |p| format!("{p:.0} %"))
+}
+
+/// `role`'s figure, NaN (printed "-") when it was not measured (a remote cluster).
+fn role(m: &std::collections::BTreeMap<String, f64>, role: &str) -> f64 {
+    m.get(role).copied().unwrap_or(f64::NAN)
 }
 
 fn f(x: f64) -> String {
@@ -283,6 +296,8 @@ impl Report {
                         "deliveries/s".into(),
                         "delivered".into(),
                         "all arrived".into(),
+                        "machine busy".into(),
+                        "CPU µs/delivery: cluster, clients".into(),
                     ]];
                     for x in &fan.rates {
                         rows.push(vec![
@@ -294,6 +309,12 @@ impl Report {
                             f(x.deliveries_per_s),
                             format!("{}/{}", x.deliveries, x.expected_deliveries),
                             if x.all_arrived { "yes" } else { "NO" }.into(),
+                            busy(&x.cpu),
+                            format!(
+                                "{}, {}",
+                                f(role(&x.cpu.us_per_unit, "cluster")),
+                                f(role(&x.cpu.us_per_unit, "bench"))
+                            ),
                         ]);
                     }
                     p(&rows);
@@ -339,6 +360,13 @@ impl Report {
                         } else {
                             format!("GAPS: {:?}", w.check)
                         }
+                    );
+                    println!(
+                        "   CPU: machine busy {} in the second before the kill, {} until all were back; the fail-over's own CPU per moved stream (beyond the posting's): cluster {} µs, clients {} µs",
+                        busy(&w.cpu_before_kill),
+                        busy(&w.cpu_failover),
+                        f(role(&w.reconnect_us_per_stream, "cluster")),
+                        f(role(&w.reconnect_us_per_stream, "bench"))
                     );
                     if w.tls_full + w.tls_resumed > 0 {
                         println!(

@@ -98,12 +98,13 @@ async fn verify_posters(posters: &[Arc<Poster>], acked: &HashMap<String, Vec<Sen
 // CPU accounting: where the cycles go, per role, read from /proc (works on a noisy machine,
 // where wall-clock rates mostly say how much CPU the other tenants left).
 
-/// The processes of the cluster by role, as the active master reports them, and this one.
+/// The processes of the local cluster by role, as the active master reports them, and this one
+/// (a remote cluster's processes are on other machines: only this one).
 async fn roles(t: &Target) -> Vec<(&'static str, u32)> {
     let mut out = vec![("bench", std::process::id())];
     if let Some(s) = t.leader_status().await {
         for m in &s.members {
-            if m.pid != 0 {
+            if t.is_ours(m.pid) {
                 out.push((
                     if Some(m.id) == s.leader {
                         "leader"
@@ -114,35 +115,128 @@ async fn roles(t: &Target) -> Vec<(&'static str, u32)> {
                 ));
             }
         }
-        for w in &s.workers {
+        for w in s.workers.iter().filter(|w| t.is_ours(w.pid)) {
             out.push(("workers", w.pid));
         }
     }
     out
 }
 
-/// CPU time per role so far (ms).
-fn cpu_now(roles: &[(&'static str, u32)]) -> BTreeMap<&'static str, f64> {
-    let mut m = BTreeMap::new();
-    for (role, pid) in roles {
-        if let Some(c) = crate::machine::cpu_ms(*pid) {
-            *m.entry(*role).or_insert(0.0) += c;
-        }
-    }
-    m
+/// CPU readings at the start of a phase: each process of `roles(t)` and the whole machine.
+struct CpuMeter {
+    roles: Vec<(&'static str, u32)>,
+    per_pid: BTreeMap<u32, f64>,
+    machine: Option<(f64, f64)>,
+    at: Instant,
 }
 
-/// CPU microseconds per post, per role, between two readings.
-fn cpu_per_post(
-    before: &BTreeMap<&'static str, f64>,
-    after: &BTreeMap<&'static str, f64>,
-    posts: usize,
-) -> BTreeMap<String, f64> {
-    after
+/// The CPU a phase used, and per unit of its work (a post, a delivery, a moved stream).
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuSpent {
+    pub secs: f64,
+    /// The whole machine's busy share, whoever used it (percent of all its cores).
+    pub machine_busy_pct: Option<f64>,
+    /// CPU milliseconds by role (leader, followers, workers, bench = the clients), and "cluster"
+    /// (masters and workers together). A process that died during the phase (the killed
+    /// worker) is left out.
+    pub cpu_ms: BTreeMap<String, f64>,
+    /// Cores used on average, by role as in `cpu_ms`.
+    pub cores: BTreeMap<String, f64>,
+    pub units: usize,
+    /// CPU microseconds per unit, by role as in `cpu_ms`.
+    pub us_per_unit: BTreeMap<String, f64>,
+    /// CPU milliseconds by process: (role, ms).
+    #[serde(skip)]
+    by_pid: BTreeMap<u32, (&'static str, f64)>,
+}
+
+impl CpuSpent {
+    /// The same, counted per unit of `units`.
+    fn per(mut self, units: usize) -> CpuSpent {
+        self.units = units;
+        self.us_per_unit = self
+            .cpu_ms
+            .iter()
+            .map(|(k, v)| (k.clone(), v * 1000.0 / units.max(1) as f64))
+            .collect();
+        self
+    }
+}
+
+impl CpuMeter {
+    async fn start(t: &Target) -> CpuMeter {
+        let roles = roles(t).await;
+        let per_pid = roles
+            .iter()
+            .filter_map(|&(_, pid)| Some((pid, crate::machine::cpu_ms(pid)?)))
+            .collect();
+        CpuMeter {
+            roles,
+            per_pid,
+            machine: crate::machine::machine_cpu_ms(),
+            at: Instant::now(),
+        }
+    }
+
+    /// What was used since `start` (count it per unit of work with `CpuSpent::per`).
+    fn spent(&self) -> CpuSpent {
+        let secs = self.at.elapsed().as_secs_f64();
+        let mut by_pid = BTreeMap::new();
+        for &(role, pid) in &self.roles {
+            if let (Some(before), Some(now)) = (self.per_pid.get(&pid), crate::machine::cpu_ms(pid))
+            {
+                by_pid.insert(pid, (role, now - before));
+            }
+        }
+        let ms = by_role(by_pid.values().copied());
+        let machine_busy_pct = match (self.machine, crate::machine::machine_cpu_ms()) {
+            (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => Some(100.0 * (b1 - b0) / (a1 - a0)),
+            _ => None,
+        };
+        CpuSpent {
+            secs,
+            machine_busy_pct,
+            cores: ms
+                .iter()
+                .map(|(k, v)| (k.clone(), v / 1000.0 / secs.max(1e-9)))
+                .collect(),
+            cpu_ms: ms,
+            units: 0,
+            us_per_unit: BTreeMap::new(),
+            by_pid,
+        }
+    }
+}
+
+/// CPU milliseconds by role, and "cluster" for all roles but the bench's.
+fn by_role(ms: impl Iterator<Item = (&'static str, f64)>) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (role, ms) in ms {
+        *out.entry(role.to_string()).or_default() += ms;
+        if role != "bench" {
+            *out.entry("cluster".to_string()).or_default() += ms;
+        }
+    }
+    out
+}
+
+/// Per unit of `phase`, by role (µs): its CPU less what the same processes used in `calm`, at
+/// `calm`'s rate over as long (a process gone in `phase`, the killed worker, counts in neither).
+fn beyond(phase: &CpuSpent, calm: &CpuSpent) -> BTreeMap<String, f64> {
+    let scale = phase.secs / calm.secs.max(1e-9);
+    let usual = by_role(
+        phase
+            .by_pid
+            .keys()
+            .filter_map(|pid| calm.by_pid.get(pid))
+            .map(|&(role, ms)| (role, ms * scale)),
+    );
+    phase
+        .cpu_ms
         .iter()
-        .map(|(k, a)| {
-            let b = before.get(k).copied().unwrap_or(0.0);
-            (k.to_string(), (a - b) * 1000.0 / posts.max(1) as f64)
+        .map(|(role, ms)| {
+            let extra = ms - usual.get(role).copied().unwrap_or(0.0);
+            (role.clone(), extra * 1000.0 / phase.units.max(1) as f64)
         })
         .collect()
 }
@@ -167,7 +261,7 @@ pub struct Throughput {
     /// Every acknowledged post was read back from its author's timeline.
     pub verified: bool,
     /// CPU time per acknowledged post, by role (µs): leader, followers (both), workers (all),
-    /// bench (the clients).
+    /// cluster (all three), bench (the clients).
     pub cpu_us_per_post: BTreeMap<String, f64>,
 }
 
@@ -181,8 +275,7 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
     })
     .await?;
     let (term_before, leader_before) = t.term().await?;
-    let procs = roles(t).await;
-    let cpu_before = cpu_now(&procs);
+    let cpu = CpuMeter::start(t).await;
     let count = Arc::new(AtomicU64::new(0));
     let window = Duration::from_secs(plan.throughput_secs);
     let start = Instant::now();
@@ -208,7 +301,7 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
         futures::future::join_all(tasks),
     )
     .await;
-    let cpu_after = cpu_now(&procs);
+    let spent = cpu.spent();
     let mut acked: HashMap<String, Vec<Sent>> = HashMap::new();
     for (p, r) in posters.iter().zip(results) {
         acked.insert(p.user.clone(), r.context("a poster panicked")??);
@@ -230,7 +323,7 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
         leader_after,
         election: term_before != term_after || leader_before != leader_after,
         verified: true,
-        cpu_us_per_post: cpu_per_post(&cpu_before, &cpu_after, all.len()),
+        cpu_us_per_post: spent.per(all.len()).us_per_unit,
     })
 }
 
@@ -450,6 +543,8 @@ pub struct FanoutRate {
     /// Every follower got every post of its author, once, in order.
     pub all_arrived: bool,
     pub check: StreamCheckJson,
+    /// From the first post until every delivery arrived; per delivery.
+    pub cpu: CpuSpent,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -584,6 +679,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
             streams.len()
         );
         let count = Arc::new(AtomicU64::new(0));
+        let cpu = CpuMeter::start(t).await;
         let (sent, max_lag) = with_progress(
             &format!("{rate} posts/s"),
             || format!("{} posts acknowledged", count.load(Ordering::Relaxed)),
@@ -616,6 +712,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
                 .unwrap_or(0)
         })
         .await;
+        let cpu = cpu.spent();
         if let Err(e) = &arrived_in_time {
             eprintln!("    warning: {e}");
         }
@@ -665,6 +762,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
             deliveries_per_s: n as f64 / span,
             all_arrived: check.ok() && arrived_in_time.is_ok(),
             check: (&check).into(),
+            cpu: cpu.per(n),
         });
         for (u, s) in sent {
             acked.entry(u).or_default().push(s);
@@ -920,6 +1018,13 @@ pub struct WorkerFailover {
     /// and resumed (zero in plaintext).
     pub tls_full: u64,
     pub tls_resumed: u64,
+    /// The second before the kill: the posting and its deliveries alone.
+    pub cpu_before_kill: CpuSpent,
+    /// From the kill until every moved stream was streaming again; per moved stream.
+    pub cpu_failover: CpuSpent,
+    /// What the fail-over itself cost, per moved stream, by role (µs): the fail-over's CPU less
+    /// what the second before the kill used at the same rate.
+    pub reconnect_us_per_stream: BTreeMap<String, f64>,
 }
 
 const WF_INTERVAL: Duration = Duration::from_millis(10);
@@ -1028,7 +1133,9 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
             open_loop(&p, 1.0 / WF_INTERVAL.as_secs_f64(), 60.0, Some(stop), c).await
         })
     };
+    let calm = CpuMeter::start(t).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before_kill = calm.spent();
     let moved: Vec<usize> = (0..streams.len())
         .filter(|&i| on[i] == victim_addr)
         .collect();
@@ -1045,6 +1152,7 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         })
     };
     let before = handshakes(&streams);
+    let during = CpuMeter::start(t).await;
     let killed = t.kill9(victim.pid)?;
     // A moved stream is streaming again once it received anything after the kill (the first
     // arrivals after the kill come from another worker: the dead one sends nothing).
@@ -1070,6 +1178,7 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         },
     )
     .await;
+    let cpu_failover = during.spent().per(moved.len());
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, _) = posting.await.context("the posting task")??;
@@ -1133,6 +1242,9 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         posts: acked.values().map(Vec::len).sum(),
         tls_full: after.0 - before.0,
         tls_resumed: after.1 - before.1,
+        reconnect_us_per_stream: beyond(&cpu_failover, &cpu_before_kill),
+        cpu_before_kill,
+        cpu_failover,
     })
 }
 
@@ -1254,4 +1366,66 @@ pub async fn memory(t: &Target, plan: &Plan) -> Result<Memory> {
         bytes_per_stream: (after as f64 - before as f64) * 1024.0 / n as f64,
         counted_by_master: counted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spent(secs: f64, units: usize, by_pid: &[(u32, &'static str, f64)]) -> CpuSpent {
+        let by_pid: BTreeMap<u32, (&'static str, f64)> =
+            by_pid.iter().map(|&(p, r, ms)| (p, (r, ms))).collect();
+        let cpu_ms = by_role(by_pid.values().copied());
+        CpuSpent {
+            secs,
+            machine_busy_pct: None,
+            cores: cpu_ms
+                .iter()
+                .map(|(k, v)| (k.clone(), v / 1000.0 / secs))
+                .collect(),
+            cpu_ms,
+            units: 0,
+            us_per_unit: BTreeMap::new(),
+            by_pid,
+        }
+        .per(units)
+    }
+
+    #[test]
+    fn the_cluster_is_every_role_but_the_bench() {
+        let s = spent(
+            2.0,
+            100,
+            &[
+                (1, "leader", 300.0),
+                (2, "workers", 500.0),
+                (3, "bench", 200.0),
+            ],
+        );
+        assert_eq!(s.cpu_ms["cluster"], 800.0);
+        assert_eq!(s.cores["cluster"], 0.4);
+        assert_eq!(s.us_per_unit["bench"], 2000.0);
+        assert_eq!(s.us_per_unit["workers"], 5000.0);
+    }
+
+    #[test]
+    fn the_fail_over_cost_leaves_out_the_usual_load_and_the_dead() {
+        // One second before the kill: worker 2 (then killed) and worker 3 used 400 ms each.
+        let calm = spent(
+            1.0,
+            0,
+            &[
+                (2, "workers", 400.0),
+                (3, "workers", 400.0),
+                (9, "bench", 100.0),
+            ],
+        );
+        // Two seconds after it, 10 streams moved: worker 3 used 1,800 ms, 800 of them its usual
+        // load; the dead worker counts in neither.
+        let failover = spent(2.0, 10, &[(3, "workers", 1800.0), (9, "bench", 700.0)]);
+        let per_stream = beyond(&failover, &calm);
+        assert_eq!(per_stream["workers"], 100_000.0);
+        assert_eq!(per_stream["bench"], 50_000.0);
+        assert_eq!(per_stream["cluster"], 100_000.0);
+    }
 }
