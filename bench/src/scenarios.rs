@@ -178,14 +178,10 @@ impl CpuMeter {
     /// What was used since `start` (count it per unit of work with `CpuSpent::per`).
     fn spent(&self) -> CpuSpent {
         let secs = self.at.elapsed().as_secs_f64();
-        let mut by_pid = BTreeMap::new();
-        for &(role, pid) in &self.roles {
-            if let (Some(before), Some(now)) = (self.per_pid.get(&pid), crate::machine::cpu_ms(pid))
-            {
-                by_pid.insert(pid, (role, now - before));
-            }
-        }
-        let ms = by_role(by_pid.values().copied());
+        let ms = by_role(self.roles.iter().filter_map(|&(role, pid)| {
+            let before = self.per_pid.get(&pid)?;
+            Some((role, crate::machine::cpu_ms(pid)? - before))
+        }));
         let machine_busy_pct = match (self.machine, crate::machine::machine_cpu_ms()) {
             (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => Some(100.0 * (b1 - b0) / (a1 - a0)),
             _ => None,
