@@ -152,9 +152,13 @@ pub fn cpu_ms(pid: u32) -> Option<f64> {
     // After the command: state is field 3, utime 14 and stime 15 (1-based) of the whole line.
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) * tick_ms())
+}
+
+/// One clock tick (the unit of /proc's CPU times) in milliseconds.
+fn tick_ms() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some((utime + stime) * 1000.0 / hz)
+    1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// The whole machine's CPU time so far, every CPU together, from the first line of /proc/stat:
@@ -175,11 +179,9 @@ fn machine_cpu_ms_of(line: &str) -> Option<(f64, f64)> {
     if t.len() < 8 {
         return None;
     }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let all: f64 = t.iter().sum();
     let busy = all - t[3] - t[4];
-    Some((busy * 1000.0 / hz, all * 1000.0 / hz))
+    Some((busy * tick_ms(), all * tick_ms()))
 }
 
 #[cfg(test)]
@@ -188,8 +190,7 @@ mod tests {
 
     #[test]
     fn the_machine_line_of_proc_stat() {
-        // SAFETY: sysconf has no preconditions.
-        let ms = 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ms = tick_ms();
         let (busy, all) = machine_cpu_ms_of("cpu  100 5 50 800 20 3 2 0 0 0").unwrap();
         assert_eq!(busy, 160.0 * ms);
         assert_eq!(all, 980.0 * ms);

@@ -55,8 +55,8 @@ fn busy(c: &CpuSpent) -> String {
 }
 
 /// `role`'s figure, NaN (printed "-") when it was not measured (a remote cluster).
-fn role(m: &std::collections::BTreeMap<String, f64>, role: &str) -> f64 {
-    m.get(role).copied().unwrap_or(f64::NAN)
+fn role(m: &std::collections::BTreeMap<String, f64>, name: &str) -> f64 {
+    m.get(name).copied().unwrap_or(f64::NAN)
 }
 
 fn f(x: f64) -> String {
