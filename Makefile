@@ -42,11 +42,12 @@ soak:
 # MASTER=host:port,..., measures a running one without killing anything), runs the scenarios,
 # checks every answer, prints a table with the targets and writes bench/results/<time>.json and
 # latest.json. QUICK=1: about a minute. ONLY=throughput,fanout,...: some scenarios. PLAINTEXT=1:
-# without TLS, to compare with the default (TLS) figures. KEEP_LOGS=dir: copy the cluster's logs
-# there at the end.
+# without TLS, to compare with the default (TLS) figures. COMPARE=N: N runs of each mode,
+# alternated, and the medians of TLS against plaintext (issue 6). KEEP_LOGS=dir: copy the
+# cluster's logs there at the end.
 bench:
 	cargo build --release --bins
-	target/release/chatfeed-bench $(if $(QUICK),--quick) $(if $(MASTER),--master $(MASTER)) $(if $(ONLY),--only $(ONLY)) $(if $(PLAINTEXT),--plaintext) $(if $(KEEP_LOGS),--keep-logs $(KEEP_LOGS))
+	target/release/chatfeed-bench $(if $(QUICK),--quick) $(if $(MASTER),--master $(MASTER)) $(if $(ONLY),--only $(ONLY)) $(if $(PLAINTEXT),--plaintext) $(if $(COMPARE),--compare $(COMPARE)) $(if $(KEEP_LOGS),--keep-logs $(KEEP_LOGS))
 
 verify:
 	cargo fmt --all --check

@@ -9,6 +9,7 @@
 //! `target` (the cluster under test), `machine` (/proc facts), `report` (table, targets, JSON).
 
 mod check;
+mod compare;
 mod load;
 mod machine;
 mod report;
@@ -57,6 +58,12 @@ struct Args {
     /// Where the JSON goes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     results: PathBuf,
+    /// Compare TLS with plaintext: N runs of each mode, alternated (TLS first), each on a fresh
+    /// local cluster and written as usual; then each figure's median per mode and how much worse
+    /// TLS is (`compare-<time>.json`). N runs of both modes take 2N times a single run.
+    #[arg(long, value_name = "N", conflicts_with_all = ["plaintext", "master"],
+          value_parser = clap::value_parser!(u32).range(1..))]
+    compare: Option<u32>,
 }
 
 const SCENARIOS: [&str; 5] = [
@@ -85,6 +92,56 @@ async fn main() -> Result<()> {
         )
         .with_context(|| format!("opening {}", file.display()))?;
     }
+    let Some(n) = args.compare else {
+        let (_, ok) = run(&args, args.plaintext).await?;
+        if !ok {
+            bail!("the benchmark failed: see the errors above");
+        }
+        return Ok(());
+    };
+    let (mut tls, mut plaintext) = (Vec::new(), Vec::new());
+    for i in 1..=n {
+        for plain in [false, true] {
+            let mode = if plain { "plaintext" } else { "TLS" };
+            eprintln!("\n=== comparison: {mode} run {i} of {n} ===");
+            let (json, ok) = run(&args, plain).await?;
+            if !ok {
+                bail!("the {mode} run {i} failed: see the errors above; no comparison");
+            }
+            if plain {
+                plaintext.push(json);
+            } else {
+                tls.push(json);
+            }
+        }
+    }
+    let rows = compare::compare(&tls, &plaintext);
+    println!(
+        "\nTLS against plaintext: {n} runs of each, alternated; medians (TLS may be worse by {:.0} %)",
+        compare::ALLOWED * 100.0
+    );
+    report::println_table(&compare::table(&rows));
+    let out = args.results.join(format!(
+        "compare-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let text = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "runs_per_mode": n,
+        "allowed": compare::ALLOWED,
+        "figures": rows,
+        "tls_runs": tls.iter().map(|r| r["started"].clone()).collect::<Vec<_>>(),
+        "plaintext_runs": plaintext.iter().map(|r| r["started"].clone()).collect::<Vec<_>>(),
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&text)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("\nwritten: {}", out.display());
+    Ok(())
+}
+
+/// One run of the selected scenarios (`plaintext`: the local cluster without TLS): prints its
+/// table and writes its JSON; returns the JSON and whether every scenario passed.
+async fn run(args: &Args, plaintext: bool) -> Result<(serde_json::Value, bool)> {
     let nofile = machine::raise_nofile();
     let plan = if args.quick {
         Plan::quick()
@@ -128,7 +185,7 @@ async fn main() -> Result<()> {
         );
         let r = tokio::select! {
             r = async {
-                let one = Target::start_local_with(args.plaintext, IDLE_CLUSTER)
+                let one = Target::start_local_with(plaintext, IDLE_CLUSTER)
                     .await
                     .context("starting the one-worker cluster")?;
                 let r = scenarios::memory(&one, &plan).await;
@@ -144,12 +201,12 @@ async fn main() -> Result<()> {
     let target = match &args.master {
         Some(m) => Target::remote(load::Masters {
             addrs: m.split(',').map(|s| s.trim().to_string()).collect(),
-            tls: target::remote_tls(args.ca.as_deref(), args.plaintext)?,
+            tls: target::remote_tls(args.ca.as_deref(), plaintext)?,
         }),
         None => {
             eprintln!("starting a local cluster (MasterStartup.sh, WorkerStartup.sh)");
             tokio::select! {
-                t = Target::start_local(args.plaintext) => t.context("starting the local cluster")?,
+                t = Target::start_local(plaintext) => t.context("starting the local cluster")?,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }
         }
@@ -263,10 +320,7 @@ async fn main() -> Result<()> {
         keep_logs(&target, dir);
     }
     drop(target);
-    if !report.ok() {
-        bail!("the benchmark failed: see the errors above");
-    }
-    Ok(())
+    Ok((report.to_json(), report.ok()))
 }
 
 /// Copies `target`'s cluster logs into `dir`, saying where (or why not).

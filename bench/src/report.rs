@@ -477,7 +477,7 @@ impl Report {
 }
 
 /// Prints rows as columns (the first row is the header), each column as wide as its widest cell.
-fn println_table(rows: &[Vec<String>]) {
+pub fn println_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let width: Vec<usize> = (0..cols)
         .map(|c| {
