@@ -26,9 +26,34 @@ pub enum Better {
 struct Figure {
     name: String,
     better: Better,
-    value: fn(&Value, u64) -> Option<f64>,
-    /// Throughput: the client count; fan-out: the posts/s rate; else unused.
-    key: u64,
+    /// For a figure of one element of an array (a throughput run, a fan-out rate): the array's
+    /// JSON pointer, the field naming the element and its value.
+    element: Option<(&'static str, &'static str, u64)>,
+    /// The figure's JSON pointer, in the element or in the run.
+    pointer: &'static str,
+}
+
+impl Figure {
+    fn of(name: String, better: Better, pointer: &'static str) -> Figure {
+        Figure {
+            name,
+            better,
+            element: None,
+            pointer,
+        }
+    }
+
+    fn value(&self, run: &Value) -> Option<f64> {
+        let within = match self.element {
+            None => run,
+            Some((array, field, key)) => run
+                .pointer(array)?
+                .as_array()?
+                .iter()
+                .find(|e| e.get(field).and_then(Value::as_u64) == Some(key))?,
+        };
+        within.pointer(self.pointer)?.as_f64()
+    }
 }
 
 /// One figure compared.
@@ -45,23 +70,10 @@ pub struct Row {
     pub within: bool,
 }
 
-fn num(v: &Value, pointer: &str) -> Option<f64> {
-    v.pointer(pointer).and_then(Value::as_f64)
-}
-
-/// The element of the array at `pointer` whose `field` is `key`.
-fn entry<'a>(v: &'a Value, pointer: &str, field: &str, key: u64) -> Option<&'a Value> {
-    v.pointer(pointer)?
-        .as_array()?
-        .iter()
-        .find(|e| e.get(field).and_then(Value::as_u64) == Some(key))
-}
-
 /// The figures a run's JSON has, in the order of the bench's table.
 fn figures(run: &Value) -> Vec<Figure> {
-    let mut f = Vec::new();
-    let keys = |pointer: &str, field: &str| -> Vec<u64> {
-        run.pointer(pointer)
+    let keys = |array: &str, field: &str| -> Vec<u64> {
+        run.pointer(array)
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
@@ -70,82 +82,50 @@ fn figures(run: &Value) -> Vec<Figure> {
             })
             .unwrap_or_default()
     };
-    for c in keys("/throughput", "clients") {
-        f.push(Figure {
-            name: format!("throughput, {c} clients, posts/s"),
-            better: Better::Higher,
-            value: |v, c| {
-                entry(v, "/throughput", "clients", c)?
-                    .get("posts_per_s")?
-                    .as_f64()
-            },
-            key: c,
-        });
-        f.push(Figure {
-            name: format!("throughput, {c} clients, p99 ms"),
-            better: Better::Lower,
-            value: |v, c| num(entry(v, "/throughput", "clients", c)?, "/latency/p99_ms"),
-            key: c,
-        });
+    let mut f = Vec::new();
+    let per_element = [
+        (
+            "/throughput",
+            "clients",
+            "throughput, {} clients",
+            &[
+                ("posts/s", Better::Higher, "/posts_per_s"),
+                ("p99 ms", Better::Lower, "/latency/p99_ms"),
+            ][..],
+        ),
+        (
+            "/fanout/rates",
+            "target_posts_per_s",
+            "fan-out {}/s",
+            &[
+                ("p50 ms", Better::Lower, "/delivery/p50_ms"),
+                ("p99 ms", Better::Lower, "/delivery/p99_ms"),
+                ("deliveries/s", Better::Higher, "/deliveries_per_s"),
+            ][..],
+        ),
+    ];
+    for (array, field, name, figs) in per_element {
+        for key in keys(array, field) {
+            for &(what, better, pointer) in figs {
+                f.push(Figure {
+                    name: format!("{}, {what}", name.replace("{}", &key.to_string())),
+                    better,
+                    element: Some((array, field, key)),
+                    pointer,
+                });
+            }
+        }
     }
-    for r in keys("/fanout/rates", "target_posts_per_s") {
-        f.push(Figure {
-            name: format!("fan-out {r}/s, p50 ms"),
-            better: Better::Lower,
-            value: |v, r| {
-                num(
-                    entry(v, "/fanout/rates", "target_posts_per_s", r)?,
-                    "/delivery/p50_ms",
-                )
-            },
-            key: r,
-        });
-        f.push(Figure {
-            name: format!("fan-out {r}/s, p99 ms"),
-            better: Better::Lower,
-            value: |v, r| {
-                num(
-                    entry(v, "/fanout/rates", "target_posts_per_s", r)?,
-                    "/delivery/p99_ms",
-                )
-            },
-            key: r,
-        });
-        f.push(Figure {
-            name: format!("fan-out {r}/s, deliveries/s"),
-            better: Better::Higher,
-            value: |v, r| {
-                entry(v, "/fanout/rates", "target_posts_per_s", r)?
-                    .get("deliveries_per_s")?
-                    .as_f64()
-            },
-            key: r,
-        });
+    for (name, pointer) in [
+        ("master fail-over, median ms", "/master_failover/median_ms"),
+        ("master fail-over, max ms", "/master_failover/max_ms"),
+        ("worker fail-over, p50 ms", "/worker_failover/resume/p50_ms"),
+        ("worker fail-over, max ms", "/worker_failover/resume/max_ms"),
+        ("idle stream, bytes", "/memory/bytes_per_stream"),
+    ] {
+        f.push(Figure::of(name.to_string(), Better::Lower, pointer));
     }
-    let plain = |name: &str, better, value: fn(&Value, u64) -> Option<f64>| Figure {
-        name: name.to_string(),
-        better,
-        value,
-        key: 0,
-    };
-    f.push(plain(
-        "master fail-over, median ms",
-        Better::Lower,
-        |v, _| num(v, "/master_failover/median_ms"),
-    ));
-    f.push(plain("master fail-over, max ms", Better::Lower, |v, _| {
-        num(v, "/master_failover/max_ms")
-    }));
-    f.push(plain("worker fail-over, p50 ms", Better::Lower, |v, _| {
-        num(v, "/worker_failover/resume/p50_ms")
-    }));
-    f.push(plain("worker fail-over, max ms", Better::Lower, |v, _| {
-        num(v, "/worker_failover/resume/max_ms")
-    }));
-    f.push(plain("idle stream, bytes", Better::Lower, |v, _| {
-        num(v, "/memory/bytes_per_stream")
-    }));
-    f.retain(|x| (x.value)(run, x.key).is_some());
+    f.retain(|x| x.value(run).is_some());
     f
 }
 
@@ -168,9 +148,8 @@ pub fn compare(tls: &[Value], plaintext: &[Value]) -> Vec<Row> {
     figures(first)
         .into_iter()
         .filter_map(|f| {
-            let of = |runs: &[Value]| -> Vec<f64> {
-                runs.iter().filter_map(|r| (f.value)(r, f.key)).collect()
-            };
+            let of =
+                |runs: &[Value]| -> Vec<f64> { runs.iter().filter_map(|r| f.value(r)).collect() };
             let (t, p) = (of(tls), of(plaintext));
             if t.is_empty() || p.is_empty() {
                 return None;
@@ -298,5 +277,15 @@ mod tests {
             "{names:?}"
         );
         assert!(compare(&[], &[run(1.0, 1.0, 1.0, 1.0)]).is_empty());
+        let mut full = run(1.0, 1.0, 1.0, 1.0);
+        full["master_failover"] = json!({"median_ms": 400.0, "max_ms": 450.0});
+        full["memory"] = json!({"bytes_per_stream": 32000.0});
+        let rows = compare(std::slice::from_ref(&full), &[full.clone()]);
+        assert_eq!(row(&rows, "master fail-over, max ms").tls_median, 450.0);
+        assert_eq!(row(&rows, "idle stream, bytes").plaintext_median, 32000.0);
+        assert_eq!(
+            row(&rows, "fan-out 500/s, deliveries/s").tls_median,
+            25000.0
+        );
     }
 }
