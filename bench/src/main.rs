@@ -60,8 +60,9 @@ struct Args {
     results: PathBuf,
     /// Compare TLS with plaintext: N runs of each mode, alternated (TLS first), each on a fresh
     /// local cluster and written as usual; then each figure's median per mode and how much worse
-    /// TLS is (`compare-<time>.json`). N runs of both modes take 2N times a single run.
-    #[arg(long, value_name = "N", conflicts_with_all = ["plaintext", "master"],
+    /// TLS is (`compare-<time>.json`). N runs of both modes take 2N times a single run. Not
+    /// with --keep-logs (one directory cannot hold the logs of every run).
+    #[arg(long, value_name = "N", conflicts_with_all = ["plaintext", "master", "keep_logs"],
           value_parser = clap::value_parser!(u32).range(1..))]
     compare: Option<u32>,
 }
