@@ -34,15 +34,6 @@ struct Figure {
 }
 
 impl Figure {
-    fn of(name: String, better: Better, pointer: &'static str) -> Figure {
-        Figure {
-            name,
-            better,
-            element: None,
-            pointer,
-        }
-    }
-
     fn value(&self, run: &Value) -> Option<f64> {
         let within = match self.element {
             None => run,
@@ -123,7 +114,12 @@ fn figures(run: &Value) -> Vec<Figure> {
         ("worker fail-over, max ms", "/worker_failover/resume/max_ms"),
         ("idle stream, bytes", "/memory/bytes_per_stream"),
     ] {
-        f.push(Figure::of(name.to_string(), Better::Lower, pointer));
+        f.push(Figure {
+            name: name.to_string(),
+            better: Better::Lower,
+            element: None,
+            pointer,
+        });
     }
     f.retain(|x| x.value(run).is_some());
     f
