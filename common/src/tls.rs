@@ -271,17 +271,19 @@ impl Tls {
     }
 }
 
-/// rustls's ring provider with TLS 1.3's AES-128-GCM-SHA256 first (the default puts
-/// AES-256-GCM-SHA384 first). ring hashes SHA-256 with the CPU's SHA instructions and SHA-384
-/// without, and each handshake's key schedule is a few dozen hashes: a crowd of clients
-/// reconnecting at once costs less. AES-128 is what TLS 1.3 requires every implementation to
-/// offer, and what browsers choose first.
+/// rustls's aws-lc-rs provider with TLS 1.3's AES-128-GCM-SHA256 first (the default puts
+/// AES-256-GCM-SHA384 first) and X25519 the key exchange offered first, alone (no post-quantum
+/// hybrid: its ML-KEM would add to every handshake, and a crowd of clients reconnecting at once
+/// pays for each). SHA-256 runs on the CPU's SHA instructions, SHA-384 without, and each
+/// handshake's key schedule is a few dozen hashes. AES-128 is what TLS 1.3 requires every
+/// implementation to offer, and what browsers choose first.
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    use rustls::crypto::ring::{cipher_suite, default_provider};
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
     let mut p = default_provider();
     let first = cipher_suite::TLS13_AES_128_GCM_SHA256;
     p.cipher_suites.retain(|s| s.suite() != first.suite());
     p.cipher_suites.insert(0, first);
+    p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
     Arc::new(p)
 }
 

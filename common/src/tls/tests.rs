@@ -432,6 +432,35 @@ async fn servers_refuse_tls_1_2() {
     assert!(refused.to_string().contains("ProtocolVersion"), "{refused}");
 }
 
+/// A chatfeed client and server agree on TLS 1.3, AES-128-GCM-SHA256 and X25519 (aws-lc-rs):
+/// the cheapest key exchange and suite on offer, which every reconnection pays for. Fails if
+/// the provider's defaults came back (AES-256 first, or a post-quantum hybrid key share).
+#[tokio::test]
+async fn handshakes_use_x25519_and_aes_128() {
+    use rustls::pki_types::ServerName;
+    let (_dir, node, client) = localhost_certs();
+    let addr = serve(&node, ClientAuth::None).await;
+    let config = client.rustls_client_config().unwrap().unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    let session = tls.get_ref().1;
+    assert_eq!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(
+        session.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+    assert_eq!(
+        session.negotiated_key_exchange_group().map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519)
+    );
+}
+
 /// A rustls client configuration trusting the CA in `dir`, offering `versions`.
 fn raw_client(
     dir: &Path,

@@ -17,9 +17,9 @@
 //! no recorded traffic: servers speak TLS 1.3 only (`accept.rs`), where rustls resumes only with
 //! a fresh key exchange (psk_dhe_ke), and chatfeed sends no early data. The node key already lets its holder impersonate the host.
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::hkdf;
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::hkdf;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How long one ticket key is used to seal tickets.
