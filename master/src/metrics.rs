@@ -194,11 +194,12 @@ impl MasterMetrics {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        for r in ROLES {
-            self.role
-                .get_or_create(&RoleLabels { role: r })
-                .set((r == role) as i64);
+        // The others to 0 first, then the current one to 1: a scrape between two of these
+        // writes may see no role for a moment, never two (a test scraping mid-change saw two).
+        for r in ROLES.iter().filter(|r| **r != role) {
+            self.role.get_or_create(&RoleLabels { role: r }).set(0);
         }
+        self.role.get_or_create(&RoleLabels { role }).set(1);
         self.active_master.set(is_active(m, lease) as i64);
         if m.current_leader.is_some() && m.current_leader != *leader {
             self.leader_changes.inc();
