@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/raft.proto",
         "proto/master.proto",
+        "proto/cluster.proto",
         "proto/control.proto",
         "proto/feed.proto",
     ];

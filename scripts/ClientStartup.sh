@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An interactive chatfeed session for a user (PRODUCT.md §3, §4).
+# An interactive chatfeed session for a user (docs/semantics.md §1, §2).
 #   scripts/ClientStartup.sh user [addr]
 # addr: the masters' endpoints, comma-separated host:port; a bare host means the default ports on
 # that host (default: the file default_master_address at the checkout's root).

@@ -10,6 +10,7 @@ use chatfeed_client::cursor::Cursor;
 use chatfeed_client::failure::Failure;
 use chatfeed_client::session::Session;
 use chatfeed_client::timeline::{self, Until};
+use chatfeed_proto::TIMELINE_PAGE;
 use chatfeed_proto::feed::{FollowRequest, HistoryRequest, PostRequest};
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,7 +176,7 @@ pub async fn read_timeline(session: &Session) -> Result<Vec<StoredPost>> {
     loop {
         let req = HistoryRequest {
             after_seq: Some(after),
-            limit: timeline::PAGE,
+            limit: TIMELINE_PAGE,
         };
         let reply = session
             .call(Some(PATIENCE), |mut w| async move {
@@ -193,7 +194,7 @@ pub async fn read_timeline(session: &Session) -> Result<Vec<StoredPost>> {
                 text: p.text,
             });
         }
-        if n < timeline::PAGE as usize {
+        if n < TIMELINE_PAGE as usize {
             return Ok(out);
         }
     }

@@ -1,15 +1,18 @@
 //! The cluster under measurement: a local one the bench starts itself from the release binaries
 //! and the real scripts (`chatfeed_e2e::cluster::ProcCluster`, with the checkout's own Raft timing
 //! from `chatfeed.toml`), or a running one named with `--master` (measured without killing
-//! anything). Status, the Raft term and the workers as the active master sees them.
+//! anything). Status, the Raft term and the workers as the active master sees them: the reads and
+//! waits of `chatfeed_e2e::group::Group`, which it implements.
 
 use crate::load::Masters;
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use chatfeed_common::tls::Tls;
+use chatfeed_e2e::cluster::Leaders;
 use chatfeed_e2e::cluster::{self, ProcCluster, RESTART_AFTER_MS};
 use chatfeed_e2e::feed::Clients;
-use chatfeed_proto::master::{self as pb, master_client::MasterClient};
-use std::time::{Duration, Instant};
+use chatfeed_e2e::group::Group;
+use chatfeed_proto::master::master_client::MasterClient;
+use std::time::Instant;
 use tonic::transport::Channel;
 
 /// The checkout's configuration: its `[raft]` table is what the local cluster runs with.
@@ -21,6 +24,8 @@ pub struct Target {
     pub local: Option<ProcCluster>,
     /// The `[raft]` table in force (the local cluster's), for the report.
     pub raft: String,
+    /// The leaders the Status answers showed (kept for `Group`; the bench does not check them).
+    leaders: Leaders,
 }
 
 /// The `[raft]` table of a `chatfeed.toml` text, comments dropped.
@@ -83,6 +88,7 @@ impl Target {
             },
             local: Some(c),
             raft,
+            leaders: Leaders::default(),
         })
     }
 
@@ -91,66 +97,8 @@ impl Target {
             masters,
             local: None,
             raft: "(the running cluster's)".into(),
+            leaders: Leaders::default(),
         }
-    }
-
-    /// The group as the first member that answers sees it.
-    pub async fn status(&self) -> Option<pb::ClusterStatus> {
-        if let Some(c) = &self.local {
-            return c.status().await;
-        }
-        for m in &self.masters.addrs {
-            if let Some(mut c) = self.client(m).await
-                && let Ok(r) = c.status(pb::StatusRequest {}).await
-            {
-                return Some(r.into_inner());
-            }
-        }
-        None
-    }
-
-    /// The group as the active master sees it (with its workers).
-    pub async fn leader_status(&self) -> Option<pb::ClusterStatus> {
-        let s = self.status().await?;
-        if s.leader == Some(s.answered_by) {
-            return Some(s);
-        }
-        let leader = s.members.iter().find(|m| Some(m.id) == s.leader)?;
-        let mut c = self.client(&leader.api_addr).await?;
-        let s = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
-        (s.leader == Some(s.answered_by)).then_some(s)
-    }
-
-    /// Waits up to `limit` for a status of the active master that `check` accepts.
-    pub async fn wait_leader_status<T>(
-        &self,
-        what: &str,
-        limit: Duration,
-        mut check: impl FnMut(&pb::ClusterStatus) -> Result<T, String>,
-    ) -> Result<T> {
-        let end = Instant::now() + limit;
-        loop {
-            let why = match self.leader_status().await {
-                None => "no active master answers".to_string(),
-                Some(s) => match check(&s) {
-                    Ok(t) => return Ok(t),
-                    Err(e) => e,
-                },
-            };
-            if Instant::now() > end {
-                bail!("timed out after {limit:?} waiting for {what}: {why}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits for an active master and three members answering with a pid.
-    pub async fn wait_healthy(&self, limit: Duration) -> Result<pb::ClusterStatus> {
-        self.wait_leader_status("a leader and three reachable members", limit, |s| {
-            cluster::healthy(s)?;
-            Ok(s.clone())
-        })
-        .await
     }
 
     /// The Raft term and leader now.
@@ -208,10 +156,21 @@ impl Target {
         }
         Ok(n)
     }
+}
 
-    /// A master API client of `addr` (as clients reach it), when it accepts a connection.
-    pub async fn client(&self, addr: &str) -> Option<MasterClient<Channel>> {
+/// The cluster's state as clients read it: Status from the masters with the clients' TLS (the CA
+/// only).
+impl Group for Target {
+    fn master_addrs(&self) -> Vec<String> {
+        self.masters.addrs.clone()
+    }
+
+    async fn api_client(&self, addr: &str) -> Option<MasterClient<Channel>> {
         cluster::client(&self.masters.tls, addr).await
+    }
+
+    fn leaders(&self) -> &Leaders {
+        &self.leaders
     }
 }
 

@@ -1,6 +1,6 @@
-//! The command line (PRODUCT.md §4): `chatfeed [--master ADDRS] --user NAME [--json] COMMAND`,
-//! or without a command an interactive session. Parsing and every usage check live here, so that
-//! all bad usage exits 2 with clap's message and usage line.
+//! The command line (docs/semantics.md §2): `chatfeed [--master ADDRS] --user NAME [--json]
+//! COMMAND`, or without a command an interactive session. Parsing and every usage check live here,
+//! so that all bad usage exits 2 with clap's message and usage line.
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The longest user name (PRODUCT.md §5).
+/// The longest user name (docs/semantics.md §3).
 pub const MAX_NAME_LEN: usize = 32;
 /// How long a scriptable command keeps trying when nothing answers, by default.
 pub const DEFAULT_TIMEOUT_SECS: &str = "30";
@@ -276,7 +276,7 @@ mod tests {
         );
     }
 
-    /// User names follow PRODUCT.md §5.
+    /// User names follow docs/semantics.md §3.
     #[test]
     fn user_names() {
         assert!(parse_user("a.b-c_9").is_ok());

@@ -1,5 +1,5 @@
-//! Where a timeline stream stands, and so where it resumes after a break (PRODUCT.md §5): with
-//! `after_seq` = the last seq printed, or, when nothing was printed yet, the way it was first
+//! Where a timeline stream stands, and so where it resumes after a break (docs/semantics.md §3):
+//! with `after_seq` = the last seq printed, or, when nothing was printed yet, the way it was first
 //! opened (`--after SEQ`, or without `after_seq`: the latest 20). Posts at or below the cursor are
 //! never printed again, so a resumed stream shows nothing twice and skips nothing.
 

@@ -1,7 +1,8 @@
 //! How a request ends badly, and what the process then says and returns. gRPC codes fall in two
 //! classes: a domain answer (the cluster decided: "you cannot follow yourself") is final and is
 //! never retried; anything else means a worker or master failed, and the session retries through
-//! the active master. Exit status (PRODUCT.md §4): 0 success, 1 the request failed, 2 bad usage.
+//! the active master. Exit status (docs/semantics.md §2): 0 success, 1 the request failed, 2 bad
+//! usage.
 
 use std::fmt;
 use tonic::{Code, Status};
@@ -20,23 +21,14 @@ pub enum Class {
     Retry,
 }
 
-/// The class of a gRPC code.
+/// The class of a gRPC code (`reach::is_retryable`: the same for workers and the test
+/// harness). A limit (RESOURCE_EXHAUSTED) is an answer the user must act on; a full worker
+/// ("worker full") is the exception, retried by the session elsewhere.
 pub fn classify(code: Code) -> Class {
-    match code {
-        Code::InvalidArgument
-        | Code::NotFound
-        | Code::AlreadyExists
-        | Code::FailedPrecondition
-        | Code::OutOfRange
-        | Code::PermissionDenied
-        | Code::Unauthenticated
-        // A limit (posts per second, streams per user, request size): the user must act. A
-        // full worker ("worker full") is the exception, retried by the session elsewhere.
-        | Code::ResourceExhausted => Class::Answer,
-        // UNAVAILABLE, DEADLINE_EXCEEDED, transport errors (UNKNOWN, INTERNAL, CANCELLED),
-        // ABORTED and UNIMPLEMENTED (a process that does not serve the feed
-        // yet): another worker, or the same one a little later, may do better.
-        _ => Class::Retry,
+    if chatfeed_common::reach::is_retryable(code) {
+        Class::Retry
+    } else {
+        Class::Answer
     }
 }
 

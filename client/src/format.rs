@@ -1,5 +1,5 @@
 //! What the client prints: posts, user lists and acknowledgements, either as the JSON objects of
-//! PRODUCT.md §4 (one per line, `ts` in RFC 3339, UTC) or as lines for people (local time).
+//! docs/semantics.md §2 (one per line, `ts` in RFC 3339, UTC) or as lines for people (local time).
 //! The one conversion from the wire's post types to the client's [`PostView`] lives here.
 
 use chatfeed_proto::feed;
@@ -27,8 +27,8 @@ impl From<feed::Post> for PostView {
     }
 }
 
-impl From<chatfeed_proto::master::PostEvent> for PostView {
-    fn from(p: chatfeed_proto::master::PostEvent) -> Self {
+impl From<chatfeed_proto::cluster::PostEvent> for PostView {
+    fn from(p: chatfeed_proto::cluster::PostEvent) -> Self {
         PostView {
             seq: p.seq,
             author: p.author,
@@ -160,7 +160,7 @@ mod tests {
         );
     }
 
-    /// The list and acknowledgement objects have PRODUCT.md's keys.
+    /// The list and acknowledgement objects have the keys of docs/semantics.md §2.
     #[test]
     fn list_and_ack_json() {
         assert_eq!(

@@ -1,9 +1,9 @@
-//! The chatfeed command-line client (PRODUCT.md §4), as a library so tests can drive it.
+//! The chatfeed command-line client (docs/semantics.md §2), as a library so tests can drive it.
 //!
 //! - `cli`: the command line and its usage checks; `app`: what the binary runs.
 //! - `session`: the connection to the cluster every command uses (active master → worker →
-//!   login, retry elsewhere on failure); `master_link`: finding the active master; `retry`,
-//!   `backoff`: the retry loop; `outage`: the connection notices a person sees.
+//!   login, retry elsewhere on failure); `master_link`: finding the active master; `retry`:
+//!   the retry loop and its pacing; `outage`: the connection notices a person sees.
 //! - `commands`: the scriptable commands; `timeline`: the timeline read and its resumable
 //!   stream; `cursor`: where a stream resumes; `post_id`: idempotent post ids.
 //! - `interactive`: the prompt session (rustyline).
@@ -11,7 +11,6 @@
 //! - `masters`: the master address list; `status`: the cluster status table and JSON.
 
 pub mod app;
-pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod cursor;

@@ -4,14 +4,13 @@
 //! why, in one line ("no master answered at …", "no worker available: …").
 
 use crate::failure::{describe, describe_error, is_answer, one_line};
+use chatfeed_common::reach::leader_hint;
 use chatfeed_common::tls::{Dial, Tls, tls_failure};
-use chatfeed_proto::LEADER_METADATA_KEY;
-use chatfeed_proto::master::master_client::MasterClient;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 /// Connecting to one master must not hold the client up for long: another may answer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -148,20 +147,6 @@ pub fn no_connection(addr: &str, e: &tonic::transport::Error) -> NoConnection {
     }
 }
 
-/// The active master's address named in a non-active member's UNAVAILABLE answer.
-pub fn leader_of(status: &Status) -> Option<String> {
-    if status.code() != Code::Unavailable {
-        return None;
-    }
-    let v = status
-        .metadata()
-        .get(LEADER_METADATA_KEY)?
-        .to_str()
-        .ok()?
-        .trim();
-    (!v.is_empty()).then(|| v.to_string())
-}
-
 /// The order in which to try the masters: the last active one first, then the list.
 fn candidates(masters: &[String], hint: Option<&str>) -> VecDeque<String> {
     let mut out: VecDeque<String> = VecDeque::new();
@@ -173,7 +158,8 @@ fn candidates(masters: &[String], hint: Option<&str>) -> VecDeque<String> {
     out
 }
 
-/// Runs `call` on the active master. Returns the address that answered and its answer.
+/// Runs `call` on a connection to the active master (any of its services). Returns the address
+/// that answered and its answer.
 pub async fn on_active_master<T, F, Fut>(
     tls: &Tls,
     masters: &[String],
@@ -181,7 +167,7 @@ pub async fn on_active_master<T, F, Fut>(
     mut call: F,
 ) -> Result<(String, T), MasterError>
 where
-    F: FnMut(MasterClient<Channel>) -> Fut,
+    F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     let mut queue = candidates(masters, hint);
@@ -200,10 +186,10 @@ where
                 continue;
             }
         };
-        match tokio::time::timeout(CALL_TIMEOUT, call(MasterClient::new(channel))).await {
+        match tokio::time::timeout(CALL_TIMEOUT, call(channel)).await {
             Ok(Ok(v)) => return Ok((addr, v)),
             Ok(Err(s)) if is_answer(&s) => return Err(MasterError::Answer(s)),
-            Ok(Err(s)) => match leader_of(&s) {
+            Ok(Err(s)) => match leader_hint(&s) {
                 Some(leader) => {
                     if !seen.contains(&leader) {
                         queue.push_front(leader.clone());
@@ -224,7 +210,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::metadata::MetadataValue;
 
     fn trouble(tried: Vec<(&str, Outcome)>) -> MasterTrouble {
         MasterTrouble {
@@ -276,20 +261,6 @@ mod tests {
             t.summary(),
             "no worker available: no worker is registered with the active master"
         );
-    }
-
-    /// The redirect metadata is read from UNAVAILABLE answers only.
-    #[test]
-    fn reads_redirect_metadata() {
-        let mut s = Status::unavailable("not active");
-        s.metadata_mut()
-            .insert(LEADER_METADATA_KEY, MetadataValue::from_static("h:7002"));
-        assert_eq!(leader_of(&s), Some("h:7002".into()));
-        assert_eq!(leader_of(&Status::unavailable("x")), None);
-        let mut s = Status::not_found("x");
-        s.metadata_mut()
-            .insert(LEADER_METADATA_KEY, MetadataValue::from_static("h:7002"));
-        assert_eq!(leader_of(&s), None);
     }
 
     /// The last active master is tried first, and no address twice.

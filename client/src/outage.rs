@@ -3,6 +3,7 @@
 //! A pure state machine fed with failures and successes, so the wording and timing are testable.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an outage lasts before the session says it is still trying.
@@ -31,6 +32,49 @@ impl fmt::Display for Notice {
             ),
             Notice::Restored { first: true } => f.write_str("[connected]"),
             Notice::Restored { first: false } => f.write_str("[reconnected]"),
+        }
+    }
+}
+
+/// Where connection notices go (the interactive session prints them; scripts drop them).
+pub type NoticeSink = Arc<dyn Fn(Notice) + Send + Sync>;
+
+/// A session's connection notices: the outage state and where its notices go. Every retry loop
+/// of the session reports its failures and successes here.
+pub struct Notices {
+    outage: Mutex<Outage>,
+    sink: NoticeSink,
+}
+
+impl Notices {
+    pub fn new(sink: NoticeSink) -> Notices {
+        Notices {
+            outage: Mutex::default(),
+            sink,
+        }
+    }
+
+    /// An attempt failed at `now`.
+    pub fn failure(&self, now: Instant) {
+        let n = self
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failure(now);
+        if let Some(n) = n {
+            (self.sink)(n);
+        }
+    }
+
+    /// An attempt succeeded.
+    pub fn success(&self) {
+        let n = self
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .success();
+        if let Some(n) = n {
+            (self.sink)(n);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Client post ids: chosen once per post and sent with every retry of it, so a post that timed
-//! out or whose worker died commits once (PRODUCT.md §5, "idempotent posts").
+//! out or whose worker died commits once (docs/semantics.md §3, "idempotent posts").
 
 /// A fresh id: 128 random bits as 32 lowercase hex characters (the masters accept up to 64
 /// bytes; 128 bits make a collision between one user's posts practically impossible).

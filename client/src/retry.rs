@@ -2,15 +2,29 @@
 //! deadline after which a scriptable command gives up, the last reason an attempt failed (what
 //! the give-up line names), and the session's connection notices.
 
-use crate::backoff::Backoff;
 use crate::failure::Failure;
-use crate::session::Session;
+use crate::outage::Notices;
+use chatfeed_common::reach::Backoff;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The first pause: a client whose worker died is given another one by the active master at
+/// once, and a new leader is elected in about 400 ms (100-200 ms election timeout), which the
+/// doubling pauses (25-50, 50-100, 100-200, 200-400 ms) span in four attempts.
+const PAUSE_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause: a client that has waited this long should notice a recovery within 2 s.
+const PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// Reconnection pacing: doubling pauses, each never shorter than half its step ("equal
+/// jitter"), so a crowd of clients cut off by the same failure does not hammer the new active
+/// master in lockstep.
+pub fn backoff() -> Backoff {
+    Backoff::new(PAUSE_FIRST, PAUSE_MAX, 0.5)
+}
+
 /// A retry loop over one call or one stream.
 pub struct Retrier<'a> {
-    session: &'a Session,
+    notices: &'a Notices,
     /// How long a run of failures may last before giving up; `None`: forever (interactive).
     patience: Option<Duration>,
     /// When the current run of failures began (for a call: when the call began).
@@ -32,12 +46,12 @@ pub fn secs(d: Duration) -> String {
 impl<'a> Retrier<'a> {
     /// A loop whose patience runs from `started` (a call: now), or from its first failure
     /// (`None`: a stream, whose patience applies to each outage).
-    pub fn new(session: &'a Session, patience: Option<Duration>, started: Option<Instant>) -> Self {
+    pub fn new(notices: &'a Notices, patience: Option<Duration>, started: Option<Instant>) -> Self {
         Retrier {
-            session,
+            notices,
             patience,
             streak_start: started,
-            backoff: Backoff::new(),
+            backoff: backoff(),
             last: None,
         }
     }
@@ -72,7 +86,7 @@ impl<'a> Retrier<'a> {
         self.streak_start = None;
         self.last = None;
         self.backoff.reset();
-        self.session.note_success();
+        self.notices.success();
     }
 
     /// An attempt failed because of `why`; pauses before the next one, or gives up when the
@@ -83,7 +97,7 @@ impl<'a> Retrier<'a> {
         self.streak_start.get_or_insert(now);
         self.last = Some(why);
         if notice {
-            self.session.note_failure(now);
+            self.notices.failure(now);
         }
         let pause = self.backoff.next_delay();
         match self.deadline() {

@@ -11,7 +11,8 @@
 
 use crate::failure::{Failure, describe, is_answer};
 use crate::master_link::{self, MasterError, NoConnection};
-use crate::outage::{Notice, Outage};
+pub use crate::outage::NoticeSink;
+use crate::outage::Notices;
 use crate::retry::{Retrier, secs};
 use chatfeed_common::accounts::{AUTHORIZATION, SESSION_EXPIRED, WORKER_FULL, bearer};
 use chatfeed_common::tls::Tls;
@@ -20,7 +21,7 @@ use chatfeed_proto::feed::feed_client::FeedClient;
 use chatfeed_proto::master::GetWorkerRequest;
 use chatfeed_proto::master::master_client::MasterClient;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -69,9 +70,6 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const EXCLUDE_FOR: Duration = Duration::from_secs(30);
 /// At most this many excluded workers are sent: the request stays small.
 const MAX_EXCLUDED: usize = 16;
-
-/// Where connection notices go (the interactive session prints them; scripts drop them).
-pub type NoticeSink = Arc<dyn Fn(Notice) + Send + Sync>;
 
 /// A connected, logged-in worker.
 #[derive(Clone)]
@@ -141,8 +139,7 @@ pub struct Session {
     user: String,
     password: String,
     conn: tokio::sync::Mutex<Conn>,
-    outage: Mutex<Outage>,
-    notify: NoticeSink,
+    notices: Notices,
 }
 
 async fn connect_worker(tls: &Tls, addr: &str) -> Result<Channel, NoConnection> {
@@ -174,8 +171,7 @@ impl Session {
             user,
             password,
             conn: tokio::sync::Mutex::new(Conn::default()),
-            outage: Mutex::new(Outage::default()),
-            notify,
+            notices: Notices::new(notify),
         }
     }
 
@@ -200,29 +196,7 @@ impl Session {
 
     /// A retry loop on this session (see [`Retrier::new`]).
     pub fn retrier(&self, patience: Option<Duration>, started: Option<Instant>) -> Retrier<'_> {
-        Retrier::new(self, patience, started)
-    }
-
-    pub(crate) fn note_failure(&self, now: Instant) {
-        let n = self
-            .outage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failure(now);
-        if let Some(n) = n {
-            (self.notify)(n);
-        }
-    }
-
-    pub(crate) fn note_success(&self) {
-        let n = self
-            .outage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .success();
-        if let Some(n) = n {
-            (self.notify)(n);
-        }
+        Retrier::new(&self.notices, patience, started)
     }
 
     /// The worker this session uses now, without connecting: `None` while another task holds
@@ -242,10 +216,11 @@ impl Session {
         let hint = conn.hint.clone();
         let asked = std::time::Instant::now();
         let picked =
-            master_link::on_active_master(&self.tls, &self.masters, hint.as_deref(), |mut m| {
+            master_link::on_active_master(&self.tls, &self.masters, hint.as_deref(), |ch| {
                 let exclude_addrs = exclude.clone();
                 async move {
-                    m.get_worker(GetWorkerRequest { exclude_addrs })
+                    MasterClient::new(ch)
+                        .get_worker(GetWorkerRequest { exclude_addrs })
                         .await
                         .map(tonic::Response::into_inner)
                 }
@@ -441,16 +416,16 @@ impl Session {
         loop {
             let once = async {
                 let exclude = self.conn.lock().await.excluded_now();
-                let picked =
-                    master_link::on_active_master(&self.tls, &self.masters, None, |mut m| {
-                        let exclude_addrs = exclude.clone();
-                        async move {
-                            m.get_worker(GetWorkerRequest { exclude_addrs })
-                                .await
-                                .map(tonic::Response::into_inner)
-                        }
-                    })
-                    .await;
+                let picked = master_link::on_active_master(&self.tls, &self.masters, None, |ch| {
+                    let exclude_addrs = exclude.clone();
+                    async move {
+                        MasterClient::new(ch)
+                            .get_worker(GetWorkerRequest { exclude_addrs })
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await;
                 let addr = match picked {
                     Ok((_, w)) => w.addr,
                     Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
@@ -526,14 +501,14 @@ impl Session {
         }
     }
 
-    /// `call` on the active master (a linearizable read), retried like [`Session::call`].
+    /// `call` on a connection to the active master, retried like [`Session::call`].
     pub async fn call_master<T, F, Fut>(
         &self,
         patience: Option<Duration>,
         mut call: F,
     ) -> Result<T, Failure>
     where
-        F: FnMut(MasterClient<Channel>) -> Fut,
+        F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut r = self.retrier(patience, Some(Instant::now()));

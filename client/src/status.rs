@@ -1,5 +1,5 @@
 //! `chatfeed status`: the whole cluster as the masters see it, as a table or as the JSON object of
-//! PRODUCT.md §4.
+//! docs/semantics.md §2.
 
 #[cfg(test)]
 use chatfeed_proto::master::WorkerStatus;
@@ -41,7 +41,7 @@ fn role_name(m: &MemberStatus) -> &'static str {
     }
 }
 
-/// The PRODUCT.md §4 form of a cluster status.
+/// The docs/semantics.md §2 form of a cluster status.
 pub fn to_json(s: &ClusterStatus) -> StatusJson {
     StatusJson {
         leader: s.leader,
@@ -189,7 +189,7 @@ mod tests {
         }
     }
 
-    /// The JSON has exactly PRODUCT.md's fields; a down member has no pid.
+    /// The JSON has exactly the fields of docs/semantics.md §2; a down member has no pid.
     #[test]
     fn json_shape() {
         let v = serde_json::to_value(to_json(&status())).unwrap();

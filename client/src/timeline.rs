@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Posts shown without `--after` (PRODUCT.md §4: the latest 20).
-pub const LATEST: u32 = 20;
-/// Posts per read with `--after`: the masters' largest page.
-pub const PAGE: u32 = 1000;
+/// Posts shown without `--after` (docs/semantics.md §2: the latest 20), and per read with
+/// `--after` (the masters' largest page).
+pub use chatfeed_proto::{TIMELINE_LATEST as LATEST, TIMELINE_PAGE as PAGE};
 
 /// When a live stream stops by itself.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,7 +1,9 @@
-//! Code shared by the chatfeed processes: session tokens (`accounts`), the typed configuration (`config`), logging set-up
-//! (`logging`), master address parsing and listening sockets (`addr`), and
-//! background processes, pid files and signals (`process`), and TLS: certificates, server and
-//! client configurations (`tls`).
+//! Code shared by the chatfeed processes: session tokens (`accounts`), the typed configuration
+//! (`config`), logging set-up (`logging`), master address parsing and listening sockets
+//! (`addr`), metrics (`metrics`), background processes, pid files and signals (`process`),
+//! reaching the active master (`reach`: retryable answers, leader hints, backoff), and TLS:
+//! certificates, server and client configurations (`tls`). With the feature `testing` (tests and
+//! test harnesses only): the one deadline and `eventually` tests wait with (`testing`).
 
 pub mod accounts;
 pub mod addr;
@@ -9,6 +11,9 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod reach;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 
 pub use config::Config;

@@ -1,6 +1,6 @@
 //! The checker: reads a run's `History` and the cluster's final state (every user's whole
 //! timeline, read from the active master after the final restart) and reports, precisely, every
-//! broken promise of PRODUCT.md §5–6:
+//! broken promise of docs/semantics.md §3–4:
 //!
 //! - an acknowledged post missing from the final state, or there with another seq; one post
 //!   acknowledged with two seqs;
@@ -36,8 +36,8 @@ pub struct FinalState {
     pub timelines: BTreeMap<String, Vec<FinalPost>>,
 }
 
-impl From<chatfeed_proto::master::PostEvent> for FinalPost {
-    fn from(p: chatfeed_proto::master::PostEvent) -> Self {
+impl From<chatfeed_proto::cluster::PostEvent> for FinalPost {
+    fn from(p: chatfeed_proto::cluster::PostEvent) -> Self {
         FinalPost {
             seq: p.seq,
             author: p.author,

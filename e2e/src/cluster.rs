@@ -1,19 +1,21 @@
 //! A group of real chatfeed processes rooted in a temporary directory, for tests and tools that
 //! need the real thing: its own `chatfeed.toml` (three members on 127.0.0.1, free ports), the
 //! real scripts and binaries, and a guard that kills exactly its processes. Also the helpers that
-//! talk to it over the master API: status, waiting for conditions, writes that follow the active
-//! master, and the record of acknowledged posts.
+//! read its Status (`role`, `show`, `healthy`, and the `Leaders` seen), and the process helpers
+//! (`alive`, `signal`, `wait_gone`). Its Status reads and waits are `group::Group`'s; writes to
+//! it that follow the active master are `writer`'s.
 //!
 //! Every process a group starts (through a script, a supervisor or directly) carries the group's
 //! own configuration path on its command line; `ProcCluster`'s `Drop` SIGKILLs exactly those,
 //! also when a test panics.
 
 use chatfeed_common::Config;
+use chatfeed_common::testing::{DEADLINE, within};
 use chatfeed_common::tls::Tls;
-use chatfeed_proto::LEADER_METADATA_KEY;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
+use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_client::MasterClient;
-use chatfeed_proto::master::{self as pb, write_request::Command};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Mutex;
@@ -21,15 +23,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
-/// Generous: the tests wait for conditions, never for fixed times, and debug binaries on a
-/// loaded machine can be slow.
-pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How long the script may take: it waits up to 30 s for a leader itself.
 pub const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
-/// Between two looks at a condition.
-pub const POLL: Duration = Duration::from_millis(100);
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/MasterStartup.sh");
 /// The supervisor's default: restart a member of this host down for 2 s.
 pub const RESTART_AFTER_MS: u64 = 2000;
@@ -70,8 +66,8 @@ pub struct ProcCluster {
     pub members: Vec<MemberAddr>,
     /// Every pid this test saw (script output, Status, pid files, direct children).
     pub seen: Mutex<BTreeSet<u32>>,
-    /// Every (term → members that reported themselves leader in it) seen through Status.
-    pub leaders: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+    /// Every member that reported itself leader, by term, in the statuses seen.
+    pub leaders: Leaders,
     /// The node identity `MasterStartup.sh` created on the first start (see `tls`).
     tls: OnceLock<Tls>,
     // Dropped after `Drop::drop` has killed the processes.
@@ -160,7 +156,7 @@ impl ProcCluster {
             config_path,
             members,
             seen: Mutex::default(),
-            leaders: Mutex::default(),
+            leaders: Leaders::default(),
             tls: OnceLock::new(),
             _dir: dir,
         }
@@ -193,6 +189,11 @@ impl ProcCluster {
     /// A client of the member API at `addr`, with the node identity (see `tls`).
     pub async fn api_client(&self, addr: &str) -> Option<MasterClient<Channel>> {
         client(&self.tls()?, addr).await
+    }
+
+    /// A client of the member's cluster-only API at `addr`, with the node identity.
+    pub async fn cluster_client(&self, addr: &str) -> Option<ClusterClient<Channel>> {
+        cluster_client(&self.tls()?, addr).await
     }
 
     pub fn run_dir(&self) -> PathBuf {
@@ -268,54 +269,6 @@ impl ProcCluster {
             .expect("waiting for chatfeed-master")
     }
 
-    /// The group as the first member that answers sees it; records every pid and leader in it.
-    pub async fn status(&self) -> Option<pb::ClusterStatus> {
-        for m in &self.members {
-            let Some(mut c) = self.api_client(&m.api).await else {
-                continue;
-            };
-            if let Ok(r) = c.status(pb::StatusRequest {}).await {
-                let s = r.into_inner();
-                for m in s.members.iter().filter(|m| m.reachable) {
-                    self.saw(m.pid);
-                    if m.role == pb::Role::Leader as i32 {
-                        self.leaders
-                            .lock()
-                            .unwrap()
-                            .entry(m.term)
-                            .or_default()
-                            .insert(m.id);
-                    }
-                }
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    /// Waits for a Status that satisfies `check` (which says what is missing otherwise).
-    pub async fn wait_status<T>(
-        &self,
-        what: &str,
-        mut check: impl FnMut(&pb::ClusterStatus) -> Result<T, String>,
-    ) -> T {
-        eventually(what, async || match self.status().await {
-            None => Err("no member answers Status".into()),
-            Some(s) => check(&s).map_err(|why| format!("{why}; status: {}", show(&s))),
-        })
-        .await
-    }
-
-    /// Waits until the group has one active master and three reachable members, each with a pid;
-    /// returns that status.
-    pub async fn wait_healthy(&self) -> pb::ClusterStatus {
-        self.wait_status("a leader and three reachable members", |s| {
-            healthy(s)?;
-            Ok(s.clone())
-        })
-        .await
-    }
-
     /// Sends SIGTERM to member `id` (pid from its pid file) and waits for it to exit.
     pub async fn stop_member(&self, id: u64) {
         let pid = self
@@ -323,7 +276,7 @@ impl ProcCluster {
             .unwrap_or_else(|| panic!("member {id} has no pid file"));
         assert!(self.is_ours(pid), "member {id}'s pid {pid} is not running");
         signal(pid, "TERM");
-        self.wait_dead(pid).await;
+        wait_dead(pid).await;
     }
 
     /// SIGKILLs `pid`, one of this group's processes, and waits until it is gone.
@@ -333,18 +286,7 @@ impl ProcCluster {
             "pid {pid} is not a live process of this test"
         );
         signal(pid, "KILL");
-        self.wait_dead(pid).await;
-    }
-
-    pub async fn wait_dead(&self, pid: u32) {
-        eventually(&format!("pid {pid} to exit"), async || {
-            if alive(pid) {
-                Err("still running".into())
-            } else {
-                Ok(())
-            }
-        })
-        .await
+        wait_dead(pid).await;
     }
 
     /// Whether `pid` is a live process of this group (its command line names our directory).
@@ -410,13 +352,6 @@ impl ProcCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    /// Asserts that no term had two leaders among the statuses seen.
-    pub fn assert_one_leader_per_term(&self) {
-        for (term, ids) in self.leaders.lock().unwrap().iter() {
-            assert!(ids.len() <= 1, "term {term} had leaders {ids:?}");
-        }
-    }
 }
 
 impl Drop for ProcCluster {
@@ -434,6 +369,25 @@ pub fn alive(pid: u32) -> bool {
             .is_some_and(|state| state != 'Z' && state != 'X'),
         Err(_) => false,
     }
+}
+
+/// Waits until `pid` has exited; fails the test after `DEADLINE`.
+pub async fn wait_dead(pid: u32) {
+    wait_gone(pid, DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until `pid` has exited, for at most `limit`.
+pub async fn wait_gone(pid: u32, limit: Duration) -> Result<(), String> {
+    within(limit, &format!("pid {pid} to exit"), async || {
+        if alive(pid) {
+            Err("it still runs".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await
 }
 
 pub fn signal(pid: u32, sig: &str) {
@@ -457,28 +411,25 @@ pub fn started_members(stdout: &str) -> Vec<(u64, u32)> {
         .collect()
 }
 
-/// Calls `probe` until it succeeds; panics with its last complaint after `DEADLINE`.
-pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        match probe().await {
-            Ok(t) => return t,
-            Err(why) if Instant::now() > end => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}: {why}")
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    }
-}
-
-/// A client of the member at `addr` with `tls`, when it accepts a connection.
-pub async fn client(tls: &Tls, addr: &str) -> Option<MasterClient<Channel>> {
+/// A connection to the member at `addr` with `tls`, when it accepts one.
+async fn channel(tls: &Tls, addr: &str) -> Option<Channel> {
     let endpoint = tls
         .endpoint(addr)
         .ok()?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(5));
-    endpoint.connect().await.ok().map(MasterClient::new)
+    endpoint.connect().await.ok()
+}
+
+/// A client of the member API (status, worker) at `addr`.
+pub async fn client(tls: &Tls, addr: &str) -> Option<MasterClient<Channel>> {
+    channel(tls, addr).await.map(MasterClient::new)
+}
+
+/// A client of the cluster-only API (writes, reads, watch) at `addr`; `tls` must carry a node
+/// certificate.
+pub async fn cluster_client(tls: &Tls, addr: &str) -> Option<ClusterClient<Channel>> {
+    channel(tls, addr).await.map(ClusterClient::new)
 }
 
 pub fn role(m: &pb::MemberStatus) -> pb::Role {
@@ -532,176 +483,29 @@ pub fn member_status(s: &pb::ClusterStatus, id: u64) -> &pb::MemberStatus {
     s.members.iter().find(|m| m.id == id).unwrap()
 }
 
-/// Writes that go to the active master, found through Status (its `leader` field) or the
-/// `x-chatfeed-leader` hint of an UNAVAILABLE answer, retried until a deadline while the group
-/// has no active master. Safe for posts: a retried post (same client post id) commits once.
-pub struct Writer<'a> {
-    cluster: &'a ProcCluster,
-    target: Option<String>,
-    clients: HashMap<String, MasterClient<Channel>>,
-}
+/// The members seen claiming leadership, by term: from every Status (and MemberInfo) answer the
+/// harness got, so that a test can assert at the end that no term had two leaders.
+#[derive(Debug, Default)]
+pub struct Leaders(Mutex<BTreeMap<u64, BTreeSet<u64>>>);
 
-/// Failures that may pass by themselves: no active master, a member dying mid-call.
-pub fn retryable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-    )
-}
-
-impl<'a> Writer<'a> {
-    pub fn new(cluster: &'a ProcCluster) -> Self {
-        Writer {
-            cluster,
-            target: None,
-            clients: HashMap::new(),
-        }
-    }
-
-    /// The api address of the active master, according to Status.
-    pub async fn find_active(&self) -> Option<String> {
-        let s = self.cluster.status().await?;
-        Some(self.cluster.member(s.leader?).api.clone())
-    }
-
-    pub async fn client(&mut self, addr: &str) -> Option<MasterClient<Channel>> {
-        if let Some(c) = self.clients.get(addr) {
-            return Some(c.clone());
-        }
-        let c = self.cluster.api_client(addr).await?;
-        self.clients.insert(addr.to_string(), c.clone());
-        Some(c)
-    }
-
-    /// Commits `command`, retrying retryable failures until `DEADLINE`; other errors return.
-    pub async fn try_write(&mut self, command: Command) -> Result<pb::WriteReply, Status> {
-        let end = Instant::now() + DEADLINE;
-        let req = pb::WriteRequest {
-            command: Some(command),
-        };
-        let mut last = Status::unavailable("no active master found");
-        loop {
-            if self.target.is_none() {
-                self.target = self.find_active().await;
-            }
-            let mut hinted = false;
-            if let Some(addr) = self.target.clone() {
-                match self.client(&addr).await {
-                    None => {
-                        last = Status::unavailable(format!("cannot connect to {addr}"));
-                        self.target = None;
-                    }
-                    Some(mut c) => match c.write(req.clone()).await {
-                        Ok(r) => return Ok(r.into_inner()),
-                        Err(s) if retryable(&s) => {
-                            let hint = s
-                                .metadata()
-                                .get(LEADER_METADATA_KEY)
-                                .and_then(|v| v.to_str().ok())
-                                .filter(|h| *h != addr)
-                                .map(str::to_string);
-                            hinted = hint.is_some();
-                            self.target = hint;
-                            last = s;
-                        }
-                        Err(s) => return Err(s),
-                    },
-                }
-            }
-            if Instant::now() > end {
-                return Err(last);
-            }
-            if !hinted {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-
-    /// Like `try_write`, but a failure fails the test.
-    pub async fn write(&mut self, command: Command) -> pb::WriteReply {
-        let what = format!("{command:?}");
-        self.try_write(command)
-            .await
-            .unwrap_or_else(|s| panic!("write {what} failed: {:?} {}", s.code(), s.message()))
-    }
-
-    /// Creates `name`; ALREADY_EXISTS counts when an earlier attempt may have committed it.
-    pub async fn create_user(&mut self, name: &str) {
-        match self
-            .try_write(Command::CreateUser(pb::CreateUser { name: name.into() }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::AlreadyExists => {}
-            Err(s) => panic!("creating {name}: {:?} {}", s.code(), s.message()),
-        }
-    }
-}
-
-/// The acknowledged posts of one author: seq → (client post id, text).
-#[derive(Default)]
-pub struct Acked {
-    pub author: String,
-    pub posts: BTreeMap<u64, (String, String)>,
-    pub next: usize,
-}
-
-impl Acked {
-    pub fn new(author: &str) -> Self {
-        Acked {
-            author: author.into(),
-            ..Default::default()
-        }
-    }
-
-    /// Posts one new post (a fresh client post id) and records its acknowledgement.
-    pub async fn post(&mut self, w: &mut Writer<'_>) {
-        self.next += 1;
-        let id = format!("p-{}", self.next);
-        let text = format!("post number {} by {}", self.next, self.author);
-        let reply = w
-            .write(Command::Post(pb::Post {
-                author: self.author.clone(),
-                text: text.clone(),
-                client_post_id: id.clone(),
-            }))
-            .await;
-        let before = self.posts.insert(reply.seq, (id.clone(), text));
-        assert!(
-            before.is_none(),
-            "seq {} acknowledged twice ({before:?} and {id})",
-            reply.seq
-        );
-    }
-
-    /// Asserts that `posts` (a timeline in seq order) holds exactly the acknowledged posts, each
-    /// with its acknowledged seq and text, once.
-    pub fn check(&self, posts: &[pb::PostEvent], source: &str) {
-        let seqs: Vec<u64> = posts.iter().map(|p| p.seq).collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "{source}: seqs not strictly increasing: {seqs:?}"
-        );
-        let found: BTreeMap<u64, (String, String)> = posts
+impl Leaders {
+    /// Takes note of the reachable members of `members` that say they lead.
+    pub fn record(&self, members: &[pb::MemberStatus]) {
+        // A test that panicked while holding the lock still had its leaders recorded.
+        let mut l = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for m in members
             .iter()
-            .map(|p| (p.seq, (p.client_post_id.clone(), p.text.clone())))
-            .collect();
-        for (seq, post) in &self.posts {
-            assert_eq!(
-                found.get(seq),
-                Some(post),
-                "{source}: acknowledged post at seq {seq} is missing or different"
-            );
+            .filter(|m| m.reachable && role(m) == pb::Role::Leader)
+        {
+            l.entry(m.term).or_default().insert(m.id);
         }
-        assert_eq!(
-            found.len(),
-            self.posts.len(),
-            "{source}: posts that were never acknowledged (or committed twice): {:?}",
-            found
-                .keys()
-                .filter(|s| !self.posts.contains_key(s))
-                .collect::<Vec<_>>()
-        );
+    }
+
+    /// Asserts that no term had two leaders among everything recorded.
+    pub fn assert_one_per_term(&self) {
+        for (term, ids) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            assert!(ids.len() <= 1, "term {term} had leaders {ids:?}");
+        }
     }
 }
 

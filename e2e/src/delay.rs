@@ -1,8 +1,8 @@
-//! Network delay without `tc netem` (the kernel here has no netem module, see
-//! `../shared/netns.md`): a TCP proxy in the test process that holds every chunk of bytes for a
-//! set time before passing it on, in each direction, as etcd's functional tester does. The
-//! namespace hosts send their connections through it with a DNAT rule
-//! (`netns::Hosts::divert`); with a delay of zero it is a plain relay.
+//! Network delay without `tc netem` (the kernel here has no netem module, see docs/testing.md,
+//! "Several hosts on one machine"): a TCP proxy in the test process that holds every chunk of bytes
+//! for a set time before passing it on, in each direction, as etcd's functional tester does. The
+//! namespace hosts send their connections through it with a DNAT rule (`netns::Hosts::divert`);
+//! with a delay of zero it is a plain relay.
 //!
 //! Each accepted connection opens one to the target and runs a pump per direction: a reader
 //! stamps each chunk with the time it arrived and queues it (bounded), a writer waits until

@@ -1,53 +1,49 @@
 //! What the fault-injection suite needs from a running chatfeed cluster, as a small trait
 //! (`Deployment`), so the same workload, nemesis and checker run on one host (`ProcCluster`,
-//! implemented here) and across network-namespace hosts (implemented beside that cluster). The
-//! process faults (kill -9, SIGSTOP/SIGCONT, restarts by the real scripts) every deployment has;
-//! the network faults (cuts, loss) default to [`Unsupported`] and the nemesis skips them.
+//! implemented here) and across network-namespace hosts (implemented beside that cluster). Its
+//! state is read through `group::Group`. The process faults (kill -9, SIGSTOP/SIGCONT, restarts
+//! by the real scripts) every deployment has; the network faults (cuts, loss) default to
+//! [`Unsupported`] and the nemesis skips them.
 
 use crate::cluster::{
-    ProcCluster, SCRIPT, SCRIPT_DEADLINE, alive, bin_dir, signal, started_members,
+    ProcCluster, SCRIPT, SCRIPT_DEADLINE, bin_dir, signal, started_members, wait_gone,
 };
-use crate::feed::Clients;
-use crate::feed::WORKER_SCRIPT;
+use crate::feed::{Clients, WORKER_SCRIPT};
+use crate::group::Group;
 use crate::history::FaultKind;
-use chatfeed_proto::master as pb;
-use std::future::Future;
+use chatfeed_common::testing::within;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A fault this deployment cannot inject (a network cut on a single host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unsupported;
 
 /// A running cluster the nemesis can hurt and the workload can use. Every method that waits is
-/// bounded; errors say what was being done.
-/// Clients are run through `Clients` (the `chatfeed` CLI against this deployment's masters).
-pub trait Deployment: Clients + Sync {
+/// bounded; errors say what was being done. Its state is read through `Group`; clients are run
+/// through `Clients` (the `chatfeed` CLI against this deployment's masters). Like theirs, its
+/// futures are awaited where they are made (the nemesis runs in one task), so they need not be
+/// `Send`.
+#[allow(async_fn_in_trait)]
+pub trait Deployment: Group + Clients {
     /// One line saying what this is ("3 masters and 3 workers on one host, in /tmp/…").
     fn describe(&self) -> String;
-
-    /// The masters' API endpoints, as clients are given them.
-    fn master_addrs(&self) -> Vec<String>;
 
     /// The number of workers of the full pool (every worker host together).
     fn pool_size(&self) -> usize;
 
-    /// The group as the active master sees it (members and live workers); when no member is the
-    /// active master, as any member that answers sees it; `None` when none answers.
-    fn status(&self) -> impl Future<Output = Option<pb::ClusterStatus>> + Send;
-
     /// Starts every master member that is not running, with the real script; waits until the
     /// group has a leader.
-    fn start_masters(&self) -> impl Future<Output = Result<(), String>> + Send;
+    async fn start_masters(&self) -> Result<(), String>;
 
     /// Brings every worker host's pool up to size with the real script.
-    fn start_workers(&self) -> impl Future<Output = Result<(), String>> + Send;
+    async fn start_workers(&self) -> Result<(), String>;
 
     /// SIGKILLs member `id` and waits until it is gone; returns its pid.
-    fn kill_master(&self, id: u64) -> impl Future<Output = Result<u32, String>> + Send;
+    async fn kill_master(&self, id: u64) -> Result<u32, String>;
 
     /// SIGKILLs the workers `pids` at once and waits until they are gone.
-    fn kill_workers(&self, pids: &[u32]) -> impl Future<Output = Result<(), String>> + Send;
+    async fn kill_workers(&self, pids: &[u32]) -> Result<(), String>;
 
     /// SIGSTOPs member `id`; returns its pid (for `resume`).
     fn pause_master(&self, id: u64) -> Result<u32, String>;
@@ -57,7 +53,7 @@ pub trait Deployment: Clients + Sync {
 
     /// SIGKILLs every process of the cluster (masters, workers, launchers; not the clients)
     /// until none is left.
-    fn kill_everything(&self) -> impl Future<Output = Result<(), String>> + Send;
+    async fn kill_everything(&self) -> Result<(), String>;
 
     /// Whether the system itself is expected to replace every worker of a host when all of
     /// them die at once: true when a master runs on each worker host (the active master spawns
@@ -82,46 +78,29 @@ pub trait Deployment: Clients + Sync {
 
     /// Cuts member `id` off from the other members (both directions), leaving clients and
     /// workers' links to it as they are.
-    fn isolate_master(&self, _id: u64) -> impl Future<Output = Result<(), Unsupported>> + Send {
-        async { Err(Unsupported) }
+    async fn isolate_master(&self, _id: u64) -> Result<(), Unsupported> {
+        Err(Unsupported)
     }
 
     /// Cuts the worker `pid` off from the masters, not from its clients.
-    fn isolate_worker(&self, _pid: u32) -> impl Future<Output = Result<(), Unsupported>> + Send {
-        async { Err(Unsupported) }
+    async fn isolate_worker(&self, _pid: u32) -> Result<(), Unsupported> {
+        Err(Unsupported)
     }
 
     /// Drops `percent` % of the packets on every link between hosts.
-    fn add_loss(&self, _percent: u8) -> impl Future<Output = Result<(), Unsupported>> + Send {
-        async { Err(Unsupported) }
+    async fn add_loss(&self, _percent: u8) -> Result<(), Unsupported> {
+        Err(Unsupported)
     }
 
     /// Holds every packet on the links between hosts `delay` longer (each way).
-    fn add_delay(&self, _delay: Duration) -> impl Future<Output = Result<(), Unsupported>> + Send {
-        async { Err(Unsupported) }
+    async fn add_delay(&self, _delay: Duration) -> Result<(), Unsupported> {
+        Err(Unsupported)
     }
 
     /// Undoes every cut, every loss and every delay.
-    fn heal(&self) -> impl Future<Output = Result<(), Unsupported>> + Send {
-        async { Err(Unsupported) }
+    async fn heal(&self) -> Result<(), Unsupported> {
+        Err(Unsupported)
     }
-}
-
-/// Waits until the active master counts one stream on a worker (a test's only stream so far);
-/// returns that worker.
-pub async fn worker_serving_the_stream<D: Deployment>(d: &D) -> pb::WorkerStatus {
-    crate::cluster::eventually("the stream to be counted by a worker", async || {
-        let s = d
-            .status()
-            .await
-            .filter(|s| s.leader == Some(s.answered_by))
-            .ok_or("no active master")?;
-        s.workers
-            .into_iter()
-            .find(|w| w.clients == 1)
-            .ok_or_else(|| "no worker serves it yet".to_string())
-    })
-    .await
 }
 
 /// The last `lines` lines of a finished command's output, for error messages.
@@ -132,20 +111,24 @@ pub fn output_tail(out: &Output, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Waits until `pid` has exited, for at most `within`.
-pub async fn wait_gone(pid: u32, within: Duration) -> Result<(), String> {
-    let end = Instant::now() + within;
-    while alive(pid) {
-        if Instant::now() > end {
-            return Err(format!("pid {pid} still runs {within:?} after SIGKILL"));
+/// SIGKILLs every process `live()` lists, again and again until it lists none (a dying leader or
+/// worker may just have started another), for at most `DEATH_DEADLINE`.
+pub async fn kill_until_none_left(mut live: impl FnMut() -> Vec<u32>) -> Result<(), String> {
+    within(DEATH_DEADLINE, "every process to die", async || {
+        let left = live();
+        if left.is_empty() {
+            return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+        for &pid in &left {
+            signal(pid, "KILL");
+        }
+        Err(format!("processes left: {left:?}"))
+    })
+    .await
 }
 
 /// How long a SIGKILLed process may take to disappear.
-const DEATH_DEADLINE: Duration = Duration::from_secs(10);
+pub const DEATH_DEADLINE: Duration = Duration::from_secs(10);
 
 impl ProcCluster {
     /// Runs one of the real scripts on this group's configuration, quietly (the output is
@@ -197,10 +180,6 @@ impl Deployment for ProcCluster {
         )
     }
 
-    fn master_addrs(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.api.clone()).collect()
-    }
-
     fn pool_size(&self) -> usize {
         // The configuration's pool size: `[worker] pool_size` when the test set it, else the
         // product default.
@@ -216,13 +195,6 @@ impl Deployment for ProcCluster {
             .unwrap_or(3)
     }
 
-    async fn status(&self) -> Option<pb::ClusterStatus> {
-        match self.leader_status().await {
-            Some(s) => Some(s),
-            None => ProcCluster::status(self).await,
-        }
-    }
-
     async fn start_masters(&self) -> Result<(), String> {
         let out = self.script(SCRIPT, &[], SCRIPT_DEADLINE).await?;
         for (_, pid) in started_members(&String::from_utf8_lossy(&out.stdout)) {
@@ -232,7 +204,7 @@ impl Deployment for ProcCluster {
     }
 
     async fn start_workers(&self) -> Result<(), String> {
-        self.script(WORKER_SCRIPT, &[self.masters_list()], SCRIPT_DEADLINE)
+        self.script(WORKER_SCRIPT, &[self.masters_arg()], SCRIPT_DEADLINE)
             .await
             .map(|_| ())
     }
@@ -277,21 +249,7 @@ impl Deployment for ProcCluster {
     }
 
     async fn kill_everything(&self) -> Result<(), String> {
-        // As `ProcCluster::kill_everything`, without blocking the runtime: a dying leader may
-        // just have spawned a member, so look again until nothing is left.
-        let end = Instant::now() + DEATH_DEADLINE;
-        loop {
-            let live = self.live_processes();
-            if live.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > end {
-                return Err(format!("processes left after killing everything: {live:?}"));
-            }
-            for pid in live {
-                signal(pid, "KILL");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // As `ProcCluster::kill_everything`, without blocking the runtime.
+        kill_until_none_left(|| self.live_processes().into_iter().collect()).await
     }
 }

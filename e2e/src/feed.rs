@@ -2,9 +2,10 @@
 //! `scripts/WorkerStartup.sh`), the `chatfeed` client run as users run it, and streaming clients
 //! whose every printed post is recorded with the time it arrived.
 
-use crate::cluster::{DEADLINE, ProcCluster, bin_dir, eventually};
+use crate::cluster::{ProcCluster, bin_dir};
+use crate::group::Group;
+use chatfeed_common::testing::{DEADLINE, eventually};
 use chatfeed_common::tls::Tls;
-use chatfeed_proto::master as pb;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -32,19 +33,10 @@ pub struct Delivery {
 }
 
 impl ProcCluster {
-    /// The masters' API endpoints, as `--master` takes them.
-    pub fn masters_list(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| m.api.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     /// Runs `scripts/WorkerStartup.sh <masters>` on this group's configuration.
     pub async fn start_workers(&self) -> Output {
         let mut cmd = Command::new(WORKER_SCRIPT);
-        cmd.arg(self.masters_list())
+        cmd.arg(self.masters_arg())
             .env("CHATFEED_CONFIG", &self.config_path)
             .env("CHATFEED_BIN_DIR", bin_dir())
             .kill_on_drop(true);
@@ -71,7 +63,7 @@ impl ProcCluster {
             .arg("start")
             .arg("--count")
             .arg(count.to_string())
-            .arg(self.masters_list())
+            .arg(self.masters_arg())
             .kill_on_drop(true);
         let out = tokio::time::timeout(DEADLINE * 2, cmd.output())
             .await
@@ -86,40 +78,9 @@ impl ProcCluster {
         );
         out
     }
-
-    /// The group as the active master sees it (with its workers).
-    pub async fn leader_status(&self) -> Option<pb::ClusterStatus> {
-        let s = self.status().await?;
-        if s.leader == Some(s.answered_by) {
-            return Some(s);
-        }
-        let leader = self.members.iter().find(|m| Some(m.id) == s.leader)?;
-        let mut c = self.api_client(&leader.api).await?;
-        let s = c.status(pb::StatusRequest {}).await.ok()?.into_inner();
-        for w in &s.workers {
-            self.saw(w.pid);
-        }
-        (s.leader == Some(s.answered_by)).then_some(s)
-    }
-
-    /// Waits until the active master lists `n` live workers; returns them.
-    pub async fn wait_workers(&self, n: usize) -> Vec<pb::WorkerStatus> {
-        eventually(&format!("{n} live workers"), async || {
-            match self.leader_status().await {
-                Some(s) if s.workers.len() == n => Ok(s.workers),
-                Some(s) => Err(format!("{} workers", s.workers.len())),
-                None => Err("no active master".into()),
-            }
-        })
-        .await
-    }
 }
 
 impl Clients for ProcCluster {
-    fn masters_arg(&self) -> String {
-        self.masters_list()
-    }
-
     fn ca_file(&self) -> Option<PathBuf> {
         ProcCluster::ca_file(self)
     }
@@ -139,9 +100,7 @@ impl Clients for ProcCluster {
 /// its arrival time. Single-host and namespace clusters share it. (Test code, used with concrete
 /// types only: the futures' `Send`-ness is the caller's concern, so `async fn` is fine here.)
 #[allow(async_fn_in_trait)]
-pub trait Clients {
-    /// The masters' API endpoints, as `--master` takes them.
-    fn masters_arg(&self) -> String;
+pub trait Clients: Group {
     /// Where background streams write their stderr (an unread pipe could fill and block them).
     fn clients_dir(&self) -> PathBuf;
     /// The CA certificate clients verify the cluster with; `None` for a plaintext cluster.

@@ -14,6 +14,7 @@
 use crate::cluster::{healthy, role, show};
 use crate::deployment::Deployment;
 use crate::history::{FaultKind, FaultRecord, Recorder};
+use chatfeed_common::testing::within;
 use chatfeed_proto::master as pb;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -24,12 +25,12 @@ use std::time::{Duration, Instant};
 /// timeout), the supervisor's restart delay (2 s), worker replacement with its backoff (3 s), and
 /// debug binaries on a loaded machine.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(45);
-/// Between two looks at the cluster while waiting for it to recover.
-const RECOVERY_POLL: Duration = Duration::from_millis(100);
 /// How long more workers than the pool may stay listed after a recovery (a replacement and a
 /// slow worker both registered) before it counts as an oversized pool: the active master waits
 /// `dead_after` + 3 s before it retires the surplus, which then moves its streams and exits.
 pub const SURPLUS_SETTLE: Duration = Duration::from_secs(20);
+/// Between two looks at an oversized pool while it settles.
+const SURPLUS_POLL: Duration = Duration::from_millis(500);
 
 /// How long after a member is killed its host's supervisor starts it again, where chatfeed
 /// itself does not (`Deployment::restarts_killed_members`): systemd's `RestartSec`, and the
@@ -174,21 +175,13 @@ pub async fn wait_whole<D: Deployment>(
     bound: Duration,
     gone: &[u32],
 ) -> Result<pb::ClusterStatus, String> {
-    let end = Instant::now() + bound;
     let pool = d.pool_size();
-    loop {
-        let why = match d.status().await {
-            Some(s) => match whole(&s, pool, gone) {
-                Ok(_) => return Ok(s),
-                Err(why) => format!("{why}; status: {}", show(&s)),
-            },
-            None => "no member answers Status".to_string(),
-        };
-        if Instant::now() > end {
-            return Err(why);
-        }
-        tokio::time::sleep(RECOVERY_POLL).await;
-    }
+    within(bound, "the cluster to be whole", async || {
+        let s = d.overview().await.ok_or("no member answers Status")?;
+        whole(&s, pool, gone).map_err(|why| format!("{why}; status: {}", show(&s)))?;
+        Ok(s)
+    })
+    .await
 }
 
 /// Carries out plans on one deployment.
@@ -473,7 +466,7 @@ impl<D: Deployment> Nemesis<'_, D> {
         let end = Instant::now() + SURPLUS_SETTLE;
         let mut last = None;
         loop {
-            match self.d.status().await {
+            match self.d.overview().await {
                 Some(s) if s.leader == Some(s.answered_by) => match surplus(&s, pool) {
                     None => {
                         *self.last_surplus.lock().unwrap() = None;
@@ -494,7 +487,7 @@ impl<D: Deployment> Nemesis<'_, D> {
                 *reported = Some(n);
                 return Some(what);
             }
-            tokio::time::sleep(RECOVERY_POLL * 5).await;
+            tokio::time::sleep(SURPLUS_POLL).await;
         }
     }
 
@@ -521,7 +514,7 @@ impl<D: Deployment> Nemesis<'_, D> {
     async fn restart_all(&self, number: usize) {
         let at = self.rec.now();
         let mut problems = Vec::new();
-        let gone: Vec<u32> = match self.d.status().await {
+        let gone: Vec<u32> = match self.d.overview().await {
             Some(s) => s
                 .members
                 .iter()

@@ -22,9 +22,11 @@ use chatfeed_client::outage::Notice;
 use chatfeed_client::session::{NoticeSink, Session};
 use chatfeed_client::timeline::{self, StreamEnd, Until};
 use chatfeed_common::tls::Tls;
+use chatfeed_proto::TIMELINE_PAGE;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
+use chatfeed_proto::cluster::{self as cpb, TimelineRequest};
 use chatfeed_proto::feed::{FollowRequest, PostRequest};
-use chatfeed_proto::master::master_client::MasterClient;
-use chatfeed_proto::master::{self as pb, TimelineRequest};
+use chatfeed_proto::master as pb;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -49,8 +51,6 @@ pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 pub const CLAIM_POLL: Duration = Duration::from_millis(100);
 /// One MemberInfo call: a stopped member must not hold up the poll of the others.
 const CLAIM_TIMEOUT: Duration = Duration::from_millis(300);
-/// The masters' largest Timeline page.
-pub const PAGE: u32 = 1000;
 
 /// The follow graph: authors post; followers follow 1–3 authors and stream their timelines.
 #[derive(Clone, Debug)]
@@ -499,7 +499,7 @@ pub fn spawn_leader_poller(
                     .connect_timeout(CLAIM_TIMEOUT)
                     .timeout(CLAIM_TIMEOUT)
                     .connect_lazy();
-                let mut client = MasterClient::new(channel);
+                let mut client = ClusterClient::new(channel);
                 let mut seen: HashSet<u64> = HashSet::new();
                 let mut tick = tokio::time::interval(CLAIM_POLL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -511,7 +511,7 @@ pub fn spawn_leader_poller(
                     let at = rec.now();
                     let info = tokio::time::timeout(
                         CLAIM_TIMEOUT,
-                        client.member_info(pb::MemberInfoRequest {}),
+                        client.member_info(cpb::MemberInfoRequest {}),
                     )
                     .await;
                     if let Ok(Ok(m)) = info {
@@ -530,13 +530,13 @@ pub fn spawn_leader_poller(
         .collect()
 }
 
-/// Every user's whole timeline as the active master has it (after_seq 0, in pages of `PAGE`,
-/// up to where the first page says the timeline ends).
+/// Every user's whole timeline as the active master has it (after_seq 0, in pages of
+/// `TIMELINE_PAGE`, up to where the first page says the timeline ends).
 pub async fn read_timelines(
     masters: &[String],
     tls: &Tls,
     users: &[String],
-) -> Result<BTreeMap<String, Vec<pb::PostEvent>>, String> {
+) -> Result<BTreeMap<String, Vec<cpb::PostEvent>>, String> {
     let mut all = BTreeMap::new();
     for user in users {
         let session = Session::quiet(
@@ -545,23 +545,28 @@ pub async fn read_timelines(
             user.clone(),
             crate::PASSWORD.into(),
         );
-        let mut posts: Vec<pb::PostEvent> = Vec::new();
+        let mut posts: Vec<cpb::PostEvent> = Vec::new();
         let mut end: Option<u64> = None;
         loop {
             let req = TimelineRequest {
                 user: user.clone(),
                 after_seq: Some(posts.last().map_or(0, |p| p.seq)),
-                limit: PAGE,
+                limit: TIMELINE_PAGE,
             };
             let reply = session
-                .call_master(Some(SETUP_PATIENCE), |mut m| {
+                .call_master(Some(SETUP_PATIENCE), |ch| {
                     let req = req.clone();
-                    async move { m.timeline(req).await.map(tonic::Response::into_inner) }
+                    async move {
+                        ClusterClient::new(ch)
+                            .timeline(req)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
                 })
                 .await
                 .map_err(|f| format!("reading {user}'s timeline: {f}"))?;
             let end = *end.get_or_insert(reply.last_seq);
-            let full = reply.posts.len() >= PAGE as usize;
+            let full = reply.posts.len() >= TIMELINE_PAGE as usize;
             let mut past_end = false;
             for p in reply.posts {
                 if p.seq > end {

@@ -1,25 +1,25 @@
 //! The chatfeed master: one member of the Raft group that holds every user, follow and post.
-//! `node::run` hosts a member on listeners the caller bound; `launch` starts the group's processes
-//! on this host (what `scripts/MasterStartup.sh` runs); `main.rs` is the thin binary.
+//! In layers, each a folder, each calling only the ones below it:
+//!
+//! - `launch`: a member's assembly (`launch::run` hosts a member on listeners the caller bound),
+//!   this host's member processes (`launch::start`, behind `scripts/MasterStartup.sh`), `certs`;
+//! - `services`: the gRPC services, thin adapters over the core;
+//! - `background`: the loops (worker directory and pool, supervisor, watchdog);
+//! - `replicated`: the replicated core (commit, linearizable reads, logins) and the openraft
+//!   adapters under `replicated/raft/`;
+//! - `domain`: the feed's state and rules, knowing nothing of Raft or gRPC.
+//!
+//! `main.rs` is the thin binary. `testing` (feature `testing`, for tests only) hosts whole
+//! clusters in one process.
 
-pub mod accounts;
-pub mod api;
-pub mod batch;
-pub mod certs;
-pub mod control;
-pub mod directory;
-pub mod feed;
-pub mod handoff;
-pub mod health;
+// openraft's `StorageError` is large, and its traits make us return it: boxing it here would only
+// move the cost.
+#![allow(clippy::result_large_err)]
+
+pub(crate) mod background;
+pub mod domain;
 pub mod launch;
-pub mod mastership;
-pub mod metrics;
-pub mod node;
-pub mod pool;
-pub mod post_rate;
-pub mod process;
-pub mod raft;
-pub mod read_barrier;
-pub mod supervisor;
+pub mod replicated;
+pub(crate) mod services;
+#[cfg(feature = "testing")]
 pub mod testing;
-pub mod watchdog;

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use chatfeed_common::{Config, logging};
-use chatfeed_master::{certs, launch, node, pool, process, supervisor};
+use chatfeed_master::launch::{self, certs, process};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -194,34 +194,8 @@ async fn run_member(
     let pid_file = process::pid_file(&config.run_dir, id);
     process::write_pid_file(&pid_file)
         .with_context(|| format!("writing {}", pid_file.display()))?;
-    let exe = std::env::current_exe().context("finding this binary")?;
-    let config_path =
-        std::fs::canonicalize(config_path).context("resolving the configuration path")?;
-    let worker_spawn = pool::LocalSpawn {
-        exe: exe.with_file_name("chatfeed-worker"),
-        config_path: config_path.clone(),
-        run_dir: config.run_dir.clone(),
-        masters: config
-            .members
-            .iter()
-            .map(|m| m.api_addr.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        log_format: fmt.as_str(),
-    };
-    let respawn = supervisor::Respawn {
-        exe,
-        config_path,
-        log_format: fmt.as_str(),
-    };
-    let opts = node::Options {
-        id,
-        create: new,
-        bootstrap,
-        faults: None,
-        respawn: Some(respawn),
-        worker_spawn: Some(worker_spawn),
-    };
+    let opts =
+        launch::Options::for_process(id, new, bootstrap, &config, config_path, fmt.as_str())?;
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -229,10 +203,10 @@ async fn run_member(
         tracing::info!("stopping");
         signals.cancel();
     });
-    let res = node::run(
+    let res = launch::run(
         Arc::new(config),
         opts,
-        node::Listeners { raft, api, metrics },
+        launch::Listeners { raft, api, metrics },
         shutdown,
     )
     .await;

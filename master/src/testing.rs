@@ -1,17 +1,20 @@
-//! Test support: in-process three-member clusters on port 0, with links that tests can cut
-//! (`Faults`), for the many cases that need no real process. Every member runs the production
-//! code path (`node::Member::start`) over real sockets. Used by this crate's tests and by the
-//! worker's, which host masters in-process too; nothing in the product calls it.
+//! Test support (feature `testing`, which only tests enable): in-process three-member clusters
+//! on port 0, with links that tests can cut (`Faults`), for the many cases that need no real
+//! process. Every member runs the production code path (`launch::Member::start`) over real
+//! sockets. Used by this crate's tests and by the worker's, which host masters in-process too.
 
-use crate::mastership::is_active;
-use crate::node::{Listeners, Member, Options};
-use crate::raft::network::Faults;
-use crate::raft::types::NodeId;
+use crate::launch::{Listeners, Member, Options};
+use crate::replicated::mastership::is_active;
+pub use crate::replicated::raft::faults::Faults;
+use crate::replicated::raft::types::NodeId;
 use chatfeed_common::Config;
 use chatfeed_common::config::TlsMode;
 use chatfeed_common::tls::{self, Tls};
+use chatfeed_proto::TIMELINE_PAGE;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
+use chatfeed_proto::cluster::{self as cpb, write_request::Command};
+use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_client::MasterClient;
-use chatfeed_proto::master::{self as pb, write_request::Command};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +22,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-/// Generous: tests wait for conditions, never for fixed times.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub use chatfeed_common::testing::{DEADLINE, eventually};
 
 /// Logs to stderr when RUST_LOG is set (for debugging a failing test).
 pub fn init_logs() {
@@ -196,26 +198,27 @@ impl TestCluster {
 
     /// Waits for an active master among `candidates`.
     pub async fn wait_active(&self, candidates: &[NodeId]) -> NodeId {
-        let end = Instant::now() + DEADLINE;
-        loop {
-            if let Some(&id) = candidates.iter().find(|&&id| self.is_active(id)) {
-                return id;
-            }
-            assert!(
-                Instant::now() < end,
-                "no active master among {candidates:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            &format!("an active master among {candidates:?}"),
+            async || {
+                candidates
+                    .iter()
+                    .copied()
+                    .find(|&id| self.is_active(id))
+                    .ok_or_else(|| "none is active".to_string())
+            },
+        )
+        .await
     }
 
     /// Waits until `cond` holds.
     pub async fn wait_for(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
-        let end = Instant::now() + DEADLINE;
-        while !cond(self) {
-            assert!(Instant::now() < end, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(what, async || {
+            cond(self)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        })
+        .await
     }
 
     pub fn last_applied(&self, id: NodeId) -> u64 {
@@ -233,60 +236,65 @@ impl TestCluster {
         MasterClient::new(self.tls.endpoint(addr).unwrap().connect().await.unwrap())
     }
 
+    /// A client of member `id`'s cluster-only API, with this cluster's node identity.
+    pub async fn cluster(&self, id: NodeId) -> ClusterClient<Channel> {
+        let addr = &self.config.member(id).unwrap().api_addr;
+        ClusterClient::new(self.tls.endpoint(addr).unwrap().connect().await.unwrap())
+    }
+
     /// The status as the active master answers it (only it lists workers).
     pub async fn active_status(&self) -> pb::ClusterStatus {
-        let end = Instant::now() + DEADLINE;
-        loop {
+        eventually("the status from an active master", async || {
             let leader = self.wait_active(&self.ids()).await;
-            if let Ok(r) = self.api(leader).await.status(pb::StatusRequest {}).await {
-                let s = r.into_inner();
-                if s.answered_by == leader && s.leader == Some(leader) {
-                    return s;
-                }
+            let s = self
+                .api(leader)
+                .await
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            if s.answered_by == leader && s.leader == Some(leader) {
+                Ok(s)
+            } else {
+                Err(format!("member {leader} answered without leading"))
             }
-            assert!(Instant::now() < end, "no status from an active master");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until the active master lists a worker at `addr`; returns its entry.
     pub async fn wait_registered(&self, addr: &str) -> pb::WorkerStatus {
-        let end = Instant::now() + DEADLINE;
-        loop {
+        eventually(&format!("worker {addr} to register"), async || {
             let s = self.active_status().await;
-            if let Some(w) = s.workers.iter().find(|w| w.addr == addr) {
-                return w.clone();
-            }
-            assert!(Instant::now() < end, "worker {addr} never registered");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            s.workers
+                .iter()
+                .find(|w| w.addr == addr)
+                .cloned()
+                .ok_or_else(|| format!("the active master lists {:?}", s.workers))
+        })
+        .await
     }
 
     /// `user`'s whole timeline as the active master reads it, in pages.
-    pub async fn timeline(&self, user: &str) -> Vec<pb::PostEvent> {
-        let mut out: Vec<pb::PostEvent> = Vec::new();
-        let end = Instant::now() + DEADLINE;
+    pub async fn timeline(&self, user: &str) -> Vec<cpb::PostEvent> {
+        let mut out: Vec<cpb::PostEvent> = Vec::new();
         loop {
-            let leader = self.wait_active(&self.ids()).await;
             let after = out.last().map(|p| p.seq).unwrap_or(0);
-            let req = pb::TimelineRequest {
-                user: user.into(),
-                after_seq: Some(after),
-                limit: 1000,
-            };
-            match self.api(leader).await.timeline(req).await {
-                Ok(r) => {
-                    let page = r.into_inner().posts;
-                    let n = page.len();
-                    out.extend(page);
-                    if n < 1000 {
-                        return out;
-                    }
-                }
-                Err(e) => {
-                    assert!(Instant::now() < end, "cannot read {user}'s timeline: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            let page = eventually(&format!("{user}'s timeline after {after}"), async || {
+                let leader = self.wait_active(&self.ids()).await;
+                let req = cpb::TimelineRequest {
+                    user: user.into(),
+                    after_seq: Some(after),
+                    limit: TIMELINE_PAGE,
+                };
+                let r = self.cluster(leader).await.timeline(req).await;
+                r.map(|r| r.into_inner().posts).map_err(|e| e.to_string())
+            })
+            .await;
+            let n = page.len();
+            out.extend(page);
+            if n < TIMELINE_PAGE as usize {
+                return out;
             }
         }
     }
@@ -308,15 +316,15 @@ impl TestCluster {
     }
 }
 
-pub fn create_user(name: &str) -> pb::WriteRequest {
-    pb::WriteRequest {
-        command: Some(Command::CreateUser(pb::CreateUser { name: name.into() })),
+pub fn create_user(name: &str) -> cpb::WriteRequest {
+    cpb::WriteRequest {
+        command: Some(Command::CreateUser(cpb::CreateUser { name: name.into() })),
     }
 }
 
-pub fn post(author: &str, text: &str, id: &str) -> pb::WriteRequest {
-    pb::WriteRequest {
-        command: Some(Command::Post(pb::Post {
+pub fn post(author: &str, text: &str, id: &str) -> cpb::WriteRequest {
+    cpb::WriteRequest {
+        command: Some(Command::Post(cpb::Post {
             author: author.into(),
             text: text.into(),
             client_post_id: id.into(),
@@ -324,18 +332,18 @@ pub fn post(author: &str, text: &str, id: &str) -> pb::WriteRequest {
     }
 }
 
-pub fn follow(a: &str, b: &str) -> pb::WriteRequest {
-    pb::WriteRequest {
-        command: Some(Command::Follow(pb::Follow {
+pub fn follow(a: &str, b: &str) -> cpb::WriteRequest {
+    cpb::WriteRequest {
+        command: Some(Command::Follow(cpb::Follow {
             follower: a.into(),
             followee: b.into(),
         })),
     }
 }
 
-pub fn unfollow(a: &str, b: &str) -> pb::WriteRequest {
-    pb::WriteRequest {
-        command: Some(Command::Unfollow(pb::Unfollow {
+pub fn unfollow(a: &str, b: &str) -> cpb::WriteRequest {
+    cpb::WriteRequest {
+        command: Some(Command::Unfollow(cpb::Unfollow {
             follower: a.into(),
             followee: b.into(),
         })),
@@ -344,15 +352,15 @@ pub fn unfollow(a: &str, b: &str) -> pb::WriteRequest {
 
 /// Every event member `id` has applied, read through its watch stream (served from its own
 /// applied state, whatever its role), up to seq `upto`.
-pub async fn watched_events(api: &mut MasterClient<Channel>, upto: u64) -> Vec<pb::Event> {
+pub async fn watched_events(api: &mut ClusterClient<Channel>, upto: u64) -> Vec<cpb::Event> {
     let mut stream = api
-        .watch(pb::WatchRequest { after_seq: 0 })
+        .watch(cpb::WatchRequest { after_seq: 0 })
         .await
         .unwrap()
         .into_inner();
     let mut out = Vec::new();
     let end = Instant::now() + DEADLINE;
-    while out.last().map(|e: &pb::Event| e.seq).unwrap_or(0) < upto {
+    while out.last().map(|e: &cpb::Event| e.seq).unwrap_or(0) < upto {
         let left = end.saturating_duration_since(Instant::now());
         let e = tokio::time::timeout(left, stream.message())
             .await

@@ -6,9 +6,13 @@ pub mod raft {
     tonic::include_proto!("chatfeed.raft");
 }
 
-/// The masters' API (`master.proto`).
+/// The masters' API for clients and operators (`master.proto`).
 pub mod master {
     tonic::include_proto!("chatfeed.master");
+}
+/// The masters' cluster-only API, for workers and members (`cluster.proto`).
+pub mod cluster {
+    tonic::include_proto!("chatfeed.cluster");
 }
 
 /// Worker ↔ master control (`control.proto`).
@@ -28,3 +32,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat
 
 /// The metadata key that carries the active master's API address on an UNAVAILABLE answer.
 pub const LEADER_METADATA_KEY: &str = "x-chatfeed-leader";
+/// Posts a timeline shows when opened without `after_seq`: the latest 20.
+pub const TIMELINE_LATEST: u32 = 20;
+/// The most posts one timeline read returns; a longer history is read in pages of this size.
+pub const TIMELINE_PAGE: u32 = 1000;

@@ -10,14 +10,15 @@
 //! clients' session tokens, first on every stream). On shutdown the worker sends a
 //! last heartbeat with `leaving`, so the master forgets it at once and does not replace it.
 
-use crate::backoff::Backoff;
 use crate::hub::Hub;
-use crate::master_link::{MasterLink, leader_hint};
+use crate::master_link::MasterLink;
 use crate::process::SpawnSpec;
+use chatfeed_common::reach::leader_hint;
+use chatfeed_proto::cluster::MemberInfoRequest;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
 use chatfeed_proto::control::control_client::ControlClient;
 use chatfeed_proto::control::{ControlCommand, WorkerHeartbeat, control_command::Command};
-use chatfeed_proto::master::master_client::MasterClient;
-use chatfeed_proto::master::{MemberInfoRequest, Role};
+use chatfeed_proto::master::Role;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -88,7 +89,7 @@ enum SessionEnd {
 impl Control {
     /// Keeps the worker registered until `shutdown`, then says it is leaving and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
+        let mut backoff = crate::master_link::backoff();
         let mut hint: Option<String> = None;
         let mut redirected = false;
         let mut unregistered_since = std::time::Instant::now();
@@ -296,7 +297,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Probes the master behind `channel` until it fails to answer as the active master; returns why.
 async fn probe_until_failure(channel: tonic::transport::Channel) -> String {
-    let mut client = MasterClient::new(channel);
+    let mut client = ClusterClient::new(channel);
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         match tokio::time::timeout(PROBE_TIMEOUT, client.member_info(MemberInfoRequest {})).await {

@@ -2,8 +2,8 @@
 //! are converted from the master's wire types (`master.proto` `Event`, `PostEvent`) and to the
 //! client's (`feed.proto` `Post`).
 
+use chatfeed_proto::cluster::{self as pb, event::Kind};
 use chatfeed_proto::feed;
-use chatfeed_proto::master::{self as pb, event::Kind};
 
 /// One committed event, numbered by its cluster-wide `seq`.
 #[derive(Clone, Debug, PartialEq, Eq)]

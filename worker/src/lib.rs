@@ -1,4 +1,4 @@
-//! The chatfeed worker (PRODUCT.md §1): a stateless front end. It serves the client API
+//! The chatfeed worker (docs/semantics.md §1): a stateless front end. It serves the client API
 //! (`service`), sending writes and linearizable reads to the active master (`master_link`); it
 //! fans committed posts out to live timeline streams from one watch stream per worker (`watcher`
 //! feeding `hub`; `timeline` joins history and live posts without gap or duplicate); and it keeps
@@ -7,7 +7,6 @@
 //! command behind `scripts/WorkerStartup.sh`; `process` starts detached worker processes.
 
 pub mod auth;
-pub mod backoff;
 pub mod control;
 pub mod event;
 pub mod health;

@@ -6,18 +6,17 @@
 //! unchanged. One channel per master address is kept and reused; the active master's address is
 //! cached and shared with the heartbeat and watch loops.
 
-use crate::backoff::Backoff;
+use chatfeed_common::reach::{Backoff, is_retryable, leader_hint};
 use chatfeed_common::tls::Tls;
-use chatfeed_proto::LEADER_METADATA_KEY;
-use chatfeed_proto::master::master_client::MasterClient;
-use chatfeed_proto::master::{self as pb, write_request::Command};
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
+use chatfeed_proto::cluster::{self as pb, write_request::Command};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-use tonic::{Code, Response, Status};
+use tonic::{Response, Status};
 
 /// A connection attempt to a master gives up after this: on one network a live master accepts
 /// within milliseconds, and a dead host should not eat the caller's whole deadline.
@@ -43,27 +42,17 @@ pub fn channel_to(tls: &Tls, addr: &str) -> Result<Channel, Status> {
     Ok(endpoint.connect_lazy())
 }
 
-/// The active master's API address named in a refusal, if any.
-pub fn leader_hint(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .filter(|s| !s.is_empty())
-}
+/// The pause after every member failed once grows from `PAUSE_FIRST` to `PAUSE_MAX`, never
+/// less than half a step (so never under 25 ms): long enough not to spin on refusals, short
+/// next to an election (a new leader is usually there within a few hundred milliseconds,
+/// `raft.election_max_ms`), so a write waits little once it is.
+const PAUSE_FIRST: Duration = Duration::from_millis(50);
+const PAUSE_MAX: Duration = Duration::from_millis(250);
 
-/// Codes that mean "this master could not answer now", not "the request is wrong": a master
-/// that is not active, an election, a connection that broke or timed out.
-pub fn is_retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Internal
-    )
+/// Retry pacing of every loop that talks to the masters (calls, the heartbeat stream, the watch
+/// stream), jittered so a cluster's workers do not retry in lockstep after a fail-over.
+pub fn backoff() -> Backoff {
+    Backoff::new(PAUSE_FIRST, PAUSE_MAX, 0.5)
 }
 
 /// Timing of calls to the masters.
@@ -167,11 +156,11 @@ impl MasterLink {
     /// UNAVAILABLE message.
     pub async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(MasterClient<Channel>) -> Fut,
+        F: FnMut(ClusterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let end = Instant::now() + self.timing.deadline;
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         let mut hint: Option<String> = None;
         let mut redirected = false;
         // Failures since the last pause: every member is tried once before pausing, so a dead
@@ -191,7 +180,7 @@ impl MasterLink {
             let outcome = match self.channel(&addr) {
                 Ok(ch) => {
                     let attempt = left.min(self.timing.attempt);
-                    match tokio::time::timeout(attempt, f(MasterClient::new(ch))).await {
+                    match tokio::time::timeout(attempt, f(ClusterClient::new(ch))).await {
                         Ok(r) => r,
                         Err(_) => Err(Status::deadline_exceeded(format!(
                             "no answer within {} ms",

@@ -13,19 +13,16 @@ use crate::event::Post;
 use crate::hub::Hub;
 use crate::master_link::MasterLink;
 use crate::timeline::{self, TimelineStream};
+use chatfeed_proto::cluster::{self as pb, write_request::Command};
 use chatfeed_proto::feed::feed_server::{Feed, FeedServer};
 use chatfeed_proto::feed::{
     self as fpb, FollowReply, FollowRequest, HistoryReply, HistoryRequest, ListReply, ListRequest,
     LoginReply, LoginRequest, PostReply, PostRequest, TimelineRequest,
 };
-use chatfeed_proto::master::{self as pb, write_request::Command};
+use chatfeed_proto::{TIMELINE_LATEST, TIMELINE_PAGE};
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
-
-/// History pages: the latest 20 without `after_seq`, at most the master's largest page.
-const HISTORY_DEFAULT: u32 = timeline::LATEST;
-const HISTORY_MAX: u32 = timeline::PAGE;
 
 pub struct FeedService {
     link: Arc<MasterLink>,
@@ -162,8 +159,8 @@ impl Feed for FeedService {
         let user = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let limit = match r.limit {
-            0 => HISTORY_DEFAULT,
-            n => n.min(HISTORY_MAX),
+            0 => TIMELINE_LATEST,
+            n => n.min(TIMELINE_PAGE),
         };
         let page = self.link.timeline(&user, r.after_seq, limit).await?;
         Ok(Response::new(HistoryReply {

@@ -1,5 +1,5 @@
-//! Opening one timeline stream (PRODUCT.md §5): history from the active master, then live posts
-//! from the hub, with no gap and no duplicate at the boundary.
+//! Opening one timeline stream (docs/semantics.md §3): history from the active master, then live
+//! posts from the hub, with no gap and no duplicate at the boundary.
 //!
 //! 1. The subscription is registered in the hub as pending: from then on the hub buffers every
 //!    event that may concern it.
@@ -17,8 +17,9 @@
 use crate::event::{Post, move_item, post_item};
 use crate::hub::{Ending, Hub, Queued, StreamTx, SubId};
 use crate::master_link::MasterLink;
+use chatfeed_proto::cluster::TimelineReply;
 use chatfeed_proto::feed::TimelineItem;
-use chatfeed_proto::master::TimelineReply;
+use chatfeed_proto::{TIMELINE_LATEST as LATEST, TIMELINE_PAGE as PAGE};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -26,10 +27,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-/// Posts shown when a timeline opens without `after_seq` (PRODUCT.md §5).
-pub const LATEST: u32 = 20;
-/// Posts per history page when resuming after a seq: the master's largest page.
-pub const PAGE: u32 = 1000;
 /// Items queued per stream. A client that lets this many posts pile up is behind; its stream is
 /// ended and it resumes with `after_seq`, which costs one read.
 pub const STREAM_QUEUE: usize = 1024;

@@ -9,11 +9,11 @@
 //! Starting there is safe because a timeline stream registers with the hub only after this, and
 //! reads its history linearizably afterwards, so its history covers everything up to the start.
 
-use crate::backoff::Backoff;
 use crate::hub::Hub;
 use crate::master_link::MasterLink;
-use chatfeed_proto::master::master_client::MasterClient;
-use chatfeed_proto::master::{MemberInfoRequest, WatchRequest};
+use chatfeed_common::reach::Backoff;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
+use chatfeed_proto::cluster::{MemberInfoRequest, WatchRequest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ const STALL_AFTER: Duration = Duration::from_secs(3);
 
 /// Follows the committed events until `shutdown`.
 pub async fn run(link: Arc<MasterLink>, hub: Arc<Hub>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
+    let mut backoff = crate::master_link::backoff();
     let mut avoid: Option<String> = None;
     // Failures since the stream last carried an event: the first is a warning, the retries that
     // follow (while no member answers) are not news.
@@ -81,7 +81,7 @@ enum Outcome {
 
 async fn follow(addr: &str, link: &MasterLink, hub: &Hub, backoff: &mut Backoff) -> Outcome {
     let mut client = match link.channel(addr) {
-        Ok(c) => MasterClient::new(c),
+        Ok(c) => ClusterClient::new(c),
         Err(e) => return Outcome::Ended(e.message().to_string()),
     };
     let after_seq = match hub.position() {

@@ -1,5 +1,5 @@
-//! The interactive session's command language (PRODUCT.md §4): case-insensitive commands with
-//! aliases from the original system, and in timeline mode every line is a post except `/exit`.
+//! The interactive session's command language (docs/semantics.md §2): case-insensitive commands
+//! with aliases from the original system, and in timeline mode every line is a post except `/exit`.
 //! Pure parsing: a wrong line becomes a one-line explanation and the session goes on.
 
 /// A line typed at the command prompt.

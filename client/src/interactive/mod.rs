@@ -1,8 +1,8 @@
-//! The interactive session (PRODUCT.md §4): a prompt with case-insensitive commands, and the
-//! timeline mode that streams posts live while every line typed is posted. The line editor runs
-//! on its own thread (`input`), live output goes above the line being typed (`screen`), posts
-//! are sent in order by one task (`poster`), and a lost connection shows one status line and is
-//! retried without end (`session`, `outage`).
+//! The interactive session (docs/semantics.md §2): a prompt with case-insensitive commands, and the
+//! timeline mode that streams posts live while every line typed is posted. The line editor runs on
+//! its own thread (`input`), live output goes above the line being typed (`screen`), posts are sent
+//! in order by one task (`poster`), and a lost connection shows one status line and is retried
+//! without end (`session`, `outage`).
 
 pub mod command;
 pub mod input;

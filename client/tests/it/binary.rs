@@ -17,7 +17,6 @@ async fn cluster(servers: &Servers) -> (String, crate::fake::Shared) {
         .master(FakeMaster {
             leader: None,
             workers: vec![w],
-            store: store.clone(),
             excludes: Arc::default(),
         })
         .await;

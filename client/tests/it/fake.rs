@@ -284,7 +284,6 @@ async fn send_post(
 pub struct FakeMaster {
     pub leader: Option<String>,
     pub workers: Vec<String>,
-    pub store: Shared,
     pub excludes: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
@@ -294,71 +293,6 @@ impl Master for FakeMaster {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn member_info(
-        &self,
-        _: Request<pb::MemberInfoRequest>,
-    ) -> Result<Response<pb::MemberStatus>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn write(
-        &self,
-        _: Request<pb::WriteRequest>,
-    ) -> Result<Response<pb::WriteReply>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn list_users(
-        &self,
-        _: Request<pb::ListUsersRequest>,
-    ) -> Result<Response<pb::ListUsersReply>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn timeline(
-        &self,
-        req: Request<pb::TimelineRequest>,
-    ) -> Result<Response<pb::TimelineReply>, Status> {
-        if let Some(l) = &self.leader {
-            return Err(redirect(l));
-        }
-        let r = req.into_inner();
-        let s = self.store.lock().unwrap();
-        let limit = if r.limit == 0 { 20 } else { r.limit as usize };
-        let mut posts = s.after(r.after_seq, limit);
-        posts.truncate(limit);
-        Ok(Response::new(pb::TimelineReply {
-            posts: posts
-                .into_iter()
-                .map(|p| pb::PostEvent {
-                    seq: p.seq,
-                    author: p.author,
-                    text: p.text,
-                    ts_ms: p.ts_ms,
-                    client_post_id: String::new(),
-                })
-                .collect(),
-            last_seq: s.seq,
-            following: vec![],
-        }))
-    }
-
-    async fn authenticate(
-        &self,
-        _: Request<pb::AuthenticateRequest>,
-    ) -> Result<Response<pb::AuthenticateReply>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    type WatchStream = ReceiverStream<Result<pb::Event, Status>>;
-
-    async fn watch(
-        &self,
-        _: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("fake"))
     }
 

@@ -3,7 +3,7 @@
 //! across retries, a timeline stream that resumes without gap or duplicate after a cut and a
 //! move, refusals that are not retried, and the give-up message when no worker is available.
 
-use crate::fake::{FakeMaster, Knobs, Servers, Shared, store};
+use crate::fake::{FakeMaster, Knobs, Servers, store};
 use crate::fixture::dead_address;
 use chatfeed_client::cli::{Cmd, TimelineArgs};
 use chatfeed_client::commands::{self, Options};
@@ -21,13 +21,12 @@ type Excludes = Arc<Mutex<Vec<Vec<String>>>>;
 
 /// An active master over `workers` and a replica that redirects to it; returns the replica's
 /// address (the only one the client is given) and the active master's GetWorker log.
-async fn masters(servers: &Servers, store: &Shared, workers: Vec<String>) -> (String, Excludes) {
+async fn masters(servers: &Servers, workers: Vec<String>) -> (String, Excludes) {
     let excludes: Excludes = Arc::default();
     let active = servers
         .master(FakeMaster {
             leader: None,
             workers,
-            store: store.clone(),
             excludes: excludes.clone(),
         })
         .await;
@@ -35,7 +34,6 @@ async fn masters(servers: &Servers, store: &Shared, workers: Vec<String>) -> (St
         .master(FakeMaster {
             leader: Some(active),
             workers: vec![],
-            store: store.clone(),
             excludes: Arc::default(),
         })
         .await;
@@ -86,7 +84,7 @@ async fn post_commits_once_across_a_lost_reply() {
     let k2 = Arc::new(Knobs::default());
     let w1 = servers.worker(&store, k1.clone()).await;
     let w2 = servers.worker(&store, k2.clone()).await;
-    let (replica, excludes) = masters(&servers, &store, vec![w1.clone(), w2]).await;
+    let (replica, excludes) = masters(&servers, vec![w1.clone(), w2]).await;
     let session = Session::quiet(
         vec![replica],
         chatfeed_common::tls::Tls::plaintext(),
@@ -126,7 +124,7 @@ async fn dead_worker_is_skipped() {
     let store = store();
     let dead = dead_address();
     let live = servers.worker(&store, Arc::default()).await;
-    let (replica, excludes) = masters(&servers, &store, vec![dead.clone(), live]).await;
+    let (replica, excludes) = masters(&servers, vec![dead.clone(), live]).await;
     let session = Session::quiet(
         vec![replica],
         chatfeed_common::tls::Tls::plaintext(),
@@ -164,7 +162,7 @@ async fn stream_resumes_without_gap_or_duplicate() {
     let w1 = servers.worker(&store, cut.clone()).await;
     let w2 = servers.worker(&store, mover.clone()).await;
     let w3 = servers.worker(&store, steady.clone()).await;
-    let (replica, _) = masters(&servers, &store, vec![w1, w2, w3]).await;
+    let (replica, _) = masters(&servers, vec![w1, w2, w3]).await;
     let writer = store.clone();
     tokio::spawn(async move {
         for i in 6..=12 {
@@ -202,7 +200,7 @@ async fn timeline_once() {
         store.lock().unwrap().commit("bob", &format!("p{i}"), "");
     }
     let w = servers.worker(&store, Arc::default()).await;
-    let (replica, _) = masters(&servers, &store, vec![w]).await;
+    let (replica, _) = masters(&servers, vec![w]).await;
     let session = Session::quiet(
         vec![replica],
         chatfeed_common::tls::Tls::plaintext(),
@@ -241,7 +239,7 @@ async fn refusal_is_not_retried() {
     let store = store();
     let k = Arc::new(Knobs::default());
     let w = servers.worker(&store, k.clone()).await;
-    let (replica, excludes) = masters(&servers, &store, vec![w]).await;
+    let (replica, excludes) = masters(&servers, vec![w]).await;
     let session = Session::quiet(
         vec![replica],
         chatfeed_common::tls::Tls::plaintext(),
@@ -269,8 +267,7 @@ async fn refusal_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_worker_available() {
     let servers = Servers::default();
-    let store = store();
-    let (replica, _) = masters(&servers, &store, vec![]).await;
+    let (replica, _) = masters(&servers, vec![]).await;
     let session = Session::quiet(
         vec![replica],
         chatfeed_common::tls::Tls::plaintext(),

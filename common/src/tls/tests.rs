@@ -1,3 +1,6 @@
+//! Unit tests of the TLS module: certificate generation and permissions, verification, client
+//! certificates, the cluster-peer check and the handshake failures a client reports.
+
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 use tokio::net::TcpListener;

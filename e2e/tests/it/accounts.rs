@@ -2,8 +2,9 @@
 //! `CHATFEED_PASSWORD` appears in no log, no data file (SQLite database and WAL of every member)
 //! and no process's arguments; only its argon2id hash is stored.
 
-use chatfeed_e2e::cluster::*;
+use chatfeed_common::testing::{DEADLINE, eventually};
 use chatfeed_e2e::feed::*;
+use chatfeed_e2e::group::Group;
 use std::path::Path;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -12,7 +12,7 @@
 use chatfeed_e2e::history::FaultKind;
 use chatfeed_e2e::scenario::{Run, Scenario, run_on_hosts, run_on_one_host};
 
-/// Runs the bounded scenario `sc` and asserts the properties of PRODUCT.md §5–6 on it.
+/// Runs the bounded scenario `sc` and asserts the properties of docs/semantics.md §3–4 on it.
 async fn bounded(sc: Scenario) -> Run {
     let seed = sc.seed;
     eprintln!(

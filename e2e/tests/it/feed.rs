@@ -1,13 +1,15 @@
 //! The feed service end to end, with real processes: masters from MasterStartup.sh, a worker pool
-//! from WorkerStartup.sh, and the `chatfeed` client as users run it (PRODUCT.md §4–6).
+//! from WorkerStartup.sh, and the `chatfeed` client as users run it (docs/semantics.md §2–5).
 
+use chatfeed_common::testing::{DEADLINE, eventually};
 use chatfeed_e2e::cluster::*;
-use chatfeed_e2e::deployment::worker_serving_the_stream;
 use chatfeed_e2e::feed::*;
+use chatfeed_e2e::group::{Group, worker_serving_the_stream};
+use chatfeed_proto::TIMELINE_LATEST;
 use std::collections::BTreeMap;
 
-/// Timelines follow PRODUCT.md §5: a user's own posts and the posts of users it followed at the
-/// moment they committed, none from before the follow or after the unfollow; the latest 20 when
+/// Timelines follow docs/semantics.md §3: a user's own posts and the posts of users it followed at
+/// the moment they committed, none from before the follow or after the unfollow; the latest 20 when
 /// opened without --after, and exactly the later posts with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn timelines_follow_the_rules() {
@@ -41,13 +43,13 @@ async fn timelines_follow_the_rules() {
     assert_eq!(list["users"], serde_json::json!(["alice", "bob"]));
     assert_eq!(list["following"], serde_json::json!([]));
 
-    // Latest 20, oldest first; --after gives exactly the later ones.
+    // The latest TIMELINE_LATEST (20), oldest first; --after gives exactly the later ones.
     let mut all = alice.clone();
-    for i in 0..22 {
+    for i in 0..TIMELINE_LATEST + 2 {
         all.push(c.post("alice", &format!("more {i}")).await);
     }
     let latest = c.timeline("alice", &[]).await;
-    assert_eq!(latest, all[all.len() - 20..].to_vec());
+    assert_eq!(latest, all[all.len() - TIMELINE_LATEST as usize..].to_vec());
     let pivot = all[10].seq;
     assert_eq!(
         c.timeline("alice", &["--after", &pivot.to_string()]).await,
@@ -264,7 +266,7 @@ async fn surplus_worker_retires() {
         .arg(&c.config_path)
         .arg("--pool")
         .arg("2")
-        .arg(c.masters_list())
+        .arg(c.masters_arg())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(c.run_dir().join("extra-worker.log")).unwrap())

@@ -3,35 +3,21 @@
 //! root namespace, and faults done for real between hosts (iptables drops, nftables loss).
 //! They need root and iptables/nftables (`scripts/test-deps.sh`, which `make test` runs).
 
-use chatfeed_e2e::cluster::{client, eventually, healthy, retryable, role};
-use chatfeed_e2e::deployment::{Deployment, worker_serving_the_stream};
+use chatfeed_common::reach::is_retryable;
+use chatfeed_common::testing::{eventually, within};
+use chatfeed_e2e::cluster::{cluster_client, healthy, role};
+use chatfeed_e2e::deployment::Deployment;
 use chatfeed_e2e::feed::{Clients, Stream, seqs};
+use chatfeed_e2e::group::{Group, worker_serving_the_stream};
 use chatfeed_e2e::netns::NetCluster;
-use chatfeed_proto::master::{self as pb, write_request::Command};
+use chatfeed_proto::cluster::{self as cpb, write_request::Command};
+use chatfeed_proto::master as pb;
 use std::time::{Duration, Instant};
 
 async fn started() -> NetCluster {
     let mut c = NetCluster::new();
     c.start().await;
     c
-}
-
-/// Like `eventually`, with a deadline of `limit`.
-async fn within<T>(
-    limit: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let end = Instant::now() + limit;
-    loop {
-        match probe().await {
-            Ok(t) => return t,
-            Err(why) if Instant::now() > end => {
-                panic!("timed out after {limit:?} waiting for {what}: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 /// The whole service runs across five hosts, each configured only through its own
@@ -136,7 +122,8 @@ async fn isolated_leader_steps_down_and_rejoins() {
             Some(_) => Ok(()),
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "the isolated leader stepped down after {:?}",
         cut_at.elapsed()
@@ -157,12 +144,12 @@ async fn isolated_leader_steps_down_and_rejoins() {
         acked.push(c.post("alice", &format!("during the partition {i}")).await);
     }
     // The old leader, still reachable from here, refuses to act as master.
-    let mut direct = client(&c.tls, &c.member(old).api)
+    let mut direct = cluster_client(&c.tls, &c.member(old).api)
         .await
         .expect("the isolated member answers the test process");
     let refused = direct
-        .write(pb::WriteRequest {
-            command: Some(Command::Post(pb::Post {
+        .write(cpb::WriteRequest {
+            command: Some(Command::Post(cpb::Post {
                 author: "alice".into(),
                 text: "to the old leader".into(),
                 client_post_id: "direct-1".into(),
@@ -171,7 +158,7 @@ async fn isolated_leader_steps_down_and_rejoins() {
         .await
         .expect_err("a member cut off from the majority acknowledged a write");
     assert!(
-        retryable(&refused),
+        is_retryable(refused.code()),
         "the old leader refuses with a retryable code: {refused:?}"
     );
 

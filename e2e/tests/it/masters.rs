@@ -1,7 +1,12 @@
 //! Real member processes: kill -9 of the leader and of the whole group, restarts by the supervisor
 //! and by the script, refused data and configuration.
 
+use chatfeed_common::testing::eventually;
 use chatfeed_e2e::cluster::*;
+use chatfeed_e2e::group::Group;
+use chatfeed_e2e::writer::{Acked, Writer};
+use chatfeed_proto::TIMELINE_PAGE;
+use chatfeed_proto::cluster as cpb;
 use chatfeed_proto::master as pb;
 use std::time::Duration;
 
@@ -104,21 +109,21 @@ async fn kill_leader_then_everything() {
     let mut w = Writer::new(&c);
     let active = w.find_active().await.expect("an active master");
     let mut api = c
-        .api_client(&active)
+        .cluster_client(&active)
         .await
         .expect("connecting to the active master");
     let timeline = api
-        .timeline(pb::TimelineRequest {
+        .timeline(cpb::TimelineRequest {
             user: "alice".into(),
             after_seq: Some(0),
-            limit: 1000,
+            limit: TIMELINE_PAGE,
         })
         .await
         .expect("timeline after the restart")
         .into_inner();
     acked.check(&timeline.posts, "timeline after the full restart");
     let users = api
-        .list_users(pb::ListUsersRequest { following_of: None })
+        .list_users(cpb::ListUsersRequest { following_of: None })
         .await
         .expect("list users")
         .into_inner()
@@ -132,14 +137,14 @@ async fn kill_leader_then_everything() {
         let events = eventually(
             &format!("member {} to apply seq {last}", m.id),
             async || {
-                let mut api = c.api_client(&m.api).await.ok_or("not reachable")?;
+                let mut api = c.cluster_client(&m.api).await.ok_or("not reachable")?;
                 let mut stream = api
-                    .watch(pb::WatchRequest { after_seq: 0 })
+                    .watch(cpb::WatchRequest { after_seq: 0 })
                     .await
                     .map_err(|s| s.to_string())?
                     .into_inner();
                 let mut events = Vec::new();
-                while events.last().is_none_or(|e: &pb::Event| e.seq < last) {
+                while events.last().is_none_or(|e: &cpb::Event| e.seq < last) {
                     match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
                         Ok(Ok(Some(e))) => events.push(e),
                         Ok(Ok(None)) => return Err("stream ended".to_string()),
@@ -151,10 +156,10 @@ async fn kill_leader_then_everything() {
             },
         )
         .await;
-        let posts: Vec<pb::PostEvent> = events
+        let posts: Vec<cpb::PostEvent> = events
             .into_iter()
             .filter_map(|e| match e.kind {
-                Some(pb::event::Kind::Posted(p)) => Some(p),
+                Some(cpb::event::Kind::Posted(p)) => Some(p),
                 _ => None,
             })
             .collect();

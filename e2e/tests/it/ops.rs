@@ -1,10 +1,12 @@
 //! Operating the real processes: planned stops (SIGTERM, what `make stop` sends) of the active
 //! master and of a worker, while clients post and stream.
 
+use chatfeed_common::testing::eventually;
 use chatfeed_e2e::cluster::*;
-use chatfeed_e2e::deployment::worker_serving_the_stream;
 use chatfeed_e2e::feed::*;
-use chatfeed_proto::master::{self as pb, write_request::Command};
+use chatfeed_e2e::group::{Group, worker_serving_the_stream};
+use chatfeed_e2e::writer::Writer;
+use chatfeed_proto::cluster::{self as cpb, write_request::Command};
 use std::time::{Duration, Instant};
 
 /// SIGTERM to the worker serving a streaming client while another client keeps posting: the
@@ -26,7 +28,7 @@ async fn worker_sigterm_loses_no_delivery() {
         }
         acked.push(c.post("alice", &format!("post {i}")).await);
     }
-    c.wait_dead(serving.pid).await;
+    wait_dead(serving.pid).await;
     stream.wait_seq(acked.last().unwrap().seq).await;
     stream.assert_exactly(&seqs(&acked));
     let s = c.leader_status().await.expect("an active master");
@@ -65,7 +67,7 @@ async fn active_master_sigterm_hands_leadership_over() {
         }
         let text = format!("post {i}");
         let r = w
-            .write(Command::Post(pb::Post {
+            .write(Command::Post(cpb::Post {
                 author: "alice".into(),
                 text: text.clone(),
                 client_post_id: format!("ops-{i}"),
@@ -73,7 +75,7 @@ async fn active_master_sigterm_hands_leadership_over() {
             .await;
         acked.push((Instant::now(), r.seq));
     }
-    c.wait_dead(old_pid).await;
+    wait_dead(old_pid).await;
     let after = c
         .wait_status("a new active master", |s| match s.leader {
             Some(l) if l != old => Ok(s.clone()),

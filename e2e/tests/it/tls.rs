@@ -2,12 +2,15 @@
 //! `chatfeed-master certs`, membership by certificate on the Raft and control services, clients
 //! that verify the cluster with its CA, and plaintext mode.
 
+use chatfeed_common::testing::{DEADLINE, eventually};
 use chatfeed_common::tls::{self, Files, Tls};
 use chatfeed_e2e::cluster::*;
 use chatfeed_e2e::feed::*;
+use chatfeed_e2e::group::Group;
+use chatfeed_e2e::writer::Writer;
+use chatfeed_proto::cluster::{self as cpb, write_request::Command};
 use chatfeed_proto::control::WorkerHeartbeat;
 use chatfeed_proto::control::control_client::ControlClient;
-use chatfeed_proto::master::{self as pb, write_request::Command};
 use chatfeed_proto::raft::raft_client::RaftClient;
 use chatfeed_proto::raft::{RaftMessage, TimeoutNowRequest};
 use std::os::unix::fs::PermissionsExt;
@@ -143,9 +146,9 @@ async fn outsiders_cannot_vote_register_or_write() {
         let e = hb
             .err()
             .unwrap_or_else(|| panic!("a worker with {who} was let in"));
-        let w = chatfeed_proto::master::master_client::MasterClient::new(api)
-            .write(pb::WriteRequest {
-                command: Some(Command::CreateUser(pb::CreateUser {
+        let w = chatfeed_proto::cluster::cluster_client::ClusterClient::new(api)
+            .write(cpb::WriteRequest {
+                command: Some(Command::CreateUser(cpb::CreateUser {
                     name: "mallory".into(),
                 })),
             })
@@ -172,10 +175,10 @@ async fn outsiders_cannot_vote_register_or_write() {
         s.workers
     );
     let users = c
-        .api_client(&c.member(leader).api)
+        .cluster_client(&c.member(leader).api)
         .await
         .unwrap()
-        .list_users(pb::ListUsersRequest::default())
+        .list_users(cpb::ListUsersRequest::default())
         .await
         .unwrap()
         .into_inner()

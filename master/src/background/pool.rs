@@ -4,8 +4,8 @@
 //! spawn storm; retires workers beyond a host's pool (a replacement that raced with a worker
 //! coming back); and rebalances streams when loads are uneven.
 
-use crate::directory::Directory;
-use crate::mastership::Mastership;
+use crate::background::directory::Directory;
+use crate::replicated::mastership::Mastership;
 use chatfeed_common::process::SpawnSpec;
 use chatfeed_proto::control::{
     ControlCommand, Retire, Shed, SpawnWorker, control_command::Command,

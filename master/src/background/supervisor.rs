@@ -3,9 +3,9 @@
 //! leader before a fail-over. Restarts back off (doubling up to a cap) so a member that crashes at
 //! start-up cannot cause a spawn storm. Members on other hosts are their hosts' business.
 
-use crate::mastership::is_active;
-use crate::process;
-use crate::raft::types::{NodeId, Raft};
+use super::process;
+use crate::replicated::mastership::is_active;
+use crate::replicated::raft::types::{NodeId, Raft};
 use chatfeed_common::Config;
 use std::collections::HashMap;
 use std::path::PathBuf;

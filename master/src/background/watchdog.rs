@@ -1,9 +1,9 @@
 //! The no-leader watchdog. openraft 0.9 draws each member's election timeout once per process, so
 //! the two survivors of a three-member group can split their votes again and again
-//! (shared/openraft-0.9.md §7.10). When a voter has seen no leader for several election timeouts,
+//! (docs/openraft-notes.md §2). When a voter has seen no leader for several election timeouts,
 //! it waits a random fraction of one and campaigns itself, which breaks the tie.
 
-use crate::raft::types::{NodeId, Raft};
+use crate::replicated::raft::types::{NodeId, Raft};
 use chatfeed_common::Config;
 use rand::Rng;
 use std::sync::Arc;

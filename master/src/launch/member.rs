@@ -6,25 +6,32 @@
 //! Shutdown order: cancel the token → the gRPC servers stop accepting and drain, watch streams and
 //! background tasks end → `Raft::shutdown` → the SQLite connections close when dropped.
 
-use crate::api::MasterApi;
-use crate::control::ControlService;
-use crate::directory::Directory;
-use crate::handoff;
-use crate::mastership::Mastership;
-use crate::metrics::{self, MasterMetrics};
-use crate::raft::db::{DataDirError, Reader, open_member_db};
-use crate::raft::log_store::LogStore;
-use crate::raft::network::{Faults, Network};
-use crate::raft::service::RaftService;
-use crate::raft::state_machine::StateMachine;
-use crate::raft::timed::{TimedLog, TimedStateMachine};
-use crate::raft::types::{MemberNode, NodeId, Raft};
-use crate::{health, pool, supervisor, watchdog};
+use crate::background::directory::Directory;
+use crate::background::{pool, supervisor, watchdog};
+use crate::replicated::Core;
+use crate::replicated::handoff;
+use crate::replicated::mastership::Mastership;
+use crate::replicated::raft::db::{DataDirError, Reader, open_member_db};
+#[cfg(feature = "testing")]
+use crate::replicated::raft::faults::Faults;
+use crate::replicated::raft::log_store::LogStore;
+use crate::replicated::raft::network::Network;
+use crate::replicated::raft::service::RaftService;
+use crate::replicated::raft::state_machine::StateMachine;
+use crate::replicated::raft::timed::{TimedLog, TimedStateMachine};
+use crate::replicated::raft::types::{MemberNode, NodeId, Raft};
+use crate::services::cluster::ClusterService;
+use crate::services::control::ControlService;
+use crate::services::master::MasterService;
+use crate::services::metrics::{self, MasterMetrics};
+use crate::services::peers::cluster_only;
+use crate::services::{health, status};
 use anyhow::Context;
 use chatfeed_common::Config;
 use chatfeed_common::tls::{ClientAuth, Tls};
 use openraft::SnapshotPolicy;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -46,12 +53,56 @@ pub struct Options {
     pub create: bool,
     /// Initialise the group with every configured member, if this member's log is empty.
     pub bootstrap: bool,
-    /// Links cut by tests; `None` in production.
+    /// Links cut by tests.
+    #[cfg(feature = "testing")]
     pub faults: Option<Arc<Faults>>,
     /// Restart members of this host that stay down (only real processes enable it).
     pub respawn: Option<supervisor::Respawn>,
     /// Start replacement workers on this host (only real processes enable it).
     pub worker_spawn: Option<pool::LocalSpawn>,
+}
+
+impl Options {
+    /// Member `id` run as its own process (`chatfeed-master --id N`): it restarts the members of
+    /// its host that stay down and starts its host's replacement workers, with the binaries next
+    /// to its own and the configuration at `config_path`.
+    pub fn for_process(
+        id: NodeId,
+        create: bool,
+        bootstrap: bool,
+        config: &Config,
+        config_path: &Path,
+        log_format: &'static str,
+    ) -> anyhow::Result<Options> {
+        let exe = std::env::current_exe().context("finding this binary")?;
+        let config_path =
+            std::fs::canonicalize(config_path).context("resolving the configuration path")?;
+        let worker_spawn = pool::LocalSpawn {
+            exe: exe.with_file_name("chatfeed-worker"),
+            config_path: config_path.clone(),
+            run_dir: config.run_dir.clone(),
+            masters: config
+                .members
+                .iter()
+                .map(|m| m.api_addr.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            log_format,
+        };
+        let respawn = supervisor::Respawn {
+            exe,
+            config_path,
+            log_format,
+        };
+        Ok(Options {
+            id,
+            create,
+            bootstrap,
+            respawn: Some(respawn),
+            worker_spawn: Some(worker_spawn),
+            ..Default::default()
+        })
+    }
 }
 
 /// The listeners a member serves.
@@ -70,7 +121,9 @@ pub struct Member {
     /// Where the Prometheus endpoint listens, when it does.
     pub metrics_addr: Option<std::net::SocketAddr>,
     directory: Arc<Mutex<Directory>>,
-    handoff: (Mastership, Option<Arc<Faults>>),
+    mastership: Mastership,
+    #[cfg(feature = "testing")]
+    faults: Option<Arc<Faults>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -136,6 +189,7 @@ impl Member {
         let network = Network {
             from: id,
             tls: tls.clone(),
+            #[cfg(feature = "testing")]
             faults: opts.faults.clone(),
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
@@ -173,19 +227,15 @@ impl Member {
             stepping_down: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::default()));
-        let api = MasterApi::new(
-            mastership.clone(),
-            directory.clone(),
-            reader,
-            applied_seq,
-            shutdown.clone(),
-        );
-        let control = ControlService::new(
-            mastership.clone(),
-            directory.clone(),
-            shutdown.clone(),
-            api.clone(),
-        );
+        let core = Core::new(mastership.clone(), reader, applied_seq);
+        let local = status::Local {
+            core: core.clone(),
+            started: std::time::Instant::now(),
+        };
+        let master_api = MasterService::new(local.clone(), directory.clone());
+        let cluster_api = ClusterService::new(local, shutdown.clone());
+        let control = ControlService::new(core, directory.clone(), shutdown.clone());
+        let peer_tls = mastership.tls.clone();
         let mut tasks = Vec::new();
         let (health_reporter, health_server) = health::service().await;
         let (reflection_v1, reflection_v1alpha) =
@@ -240,8 +290,17 @@ impl Member {
         tasks.push(tokio::spawn(async move {
             let router = Server::builder()
                 .layer(rpc_layer)
-                .add_service(api.into_server())
-                .add_service(control.into_server())
+                .add_service(master_api.into_server())
+                .add_service(cluster_only(
+                    cluster_api.into_server(),
+                    &peer_tls,
+                    "chatfeed.cluster.Cluster",
+                ))
+                .add_service(cluster_only(
+                    control.into_server(),
+                    &peer_tls,
+                    "chatfeed.control.Control (worker registration)",
+                ))
                 .add_service(health_server)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha);
@@ -286,7 +345,9 @@ impl Member {
         Ok(Member {
             id,
             raft,
-            handoff: (mastership_for_handoff, opts.faults.clone()),
+            mastership: mastership_for_handoff,
+            #[cfg(feature = "testing")]
+            faults: opts.faults.clone(),
             metrics,
             metrics_addr,
             directory: directory_for_metrics,
@@ -303,8 +364,14 @@ impl Member {
     /// A planned stop: hands the leadership over when this member leads (`handoff`), then stops
     /// serving and stops Raft (see the shutdown order above).
     pub async fn stop(self) {
-        let (mastership, faults) = &self.handoff;
-        handoff::hand_off(mastership, faults.as_deref()).await;
+        #[cfg(feature = "testing")]
+        let reachable = {
+            let (me, faults) = (self.id, self.faults.clone());
+            move |peer| faults.as_ref().is_none_or(|f| !f.is_cut(me, peer))
+        };
+        #[cfg(not(feature = "testing"))]
+        let reachable = |_| true;
+        handoff::hand_off(&self.mastership, reachable).await;
         self.halt().await;
     }
 

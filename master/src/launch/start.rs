@@ -10,7 +10,7 @@
 //! and the lowest id with `--bootstrap`. Otherwise members start plainly, and a member whose data
 //! is missing refuses to start and says why; it is never silently re-initialised.
 
-use crate::process;
+use crate::background::process;
 use anyhow::{Context, bail};
 use chatfeed_common::Config;
 use chatfeed_common::config::TlsMode;

@@ -5,6 +5,7 @@
 //! Passwords and hashes are never logged: the functions here take them by value, hand them to
 //! the blocking pool and return only a PHC string or a yes/no.
 
+use super::error::Error;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use chatfeed_common::config::Accounts as Settings;
@@ -13,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tonic::Status;
 
 /// Users whose failures are remembered at once; past it, the ones whose delay ran out long ago
 /// are forgotten (a flood of made-up names cannot grow the map without bound).
@@ -52,36 +52,36 @@ impl Accounts {
         Duration::from_secs(self.settings.token_ttl_secs)
     }
 
-    fn argon2(settings: &Settings) -> Result<Argon2<'static>, Status> {
+    fn argon2(settings: &Settings) -> Result<Argon2<'static>, Error> {
         let params = Params::new(
             settings.argon2_memory_kib,
             settings.argon2_iterations,
             settings.argon2_parallelism,
             None,
         )
-        .map_err(|e| Status::internal(format!("bad argon2 parameters: {e}")))?;
+        .map_err(|e| Error::Internal(format!("bad argon2 parameters: {e}")))?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
     /// A salted argon2id PHC string of `password`.
-    pub async fn hash(&self, password: String) -> Result<String, Status> {
+    pub async fn hash(&self, password: String) -> Result<String, Error> {
         let settings = self.settings.clone();
         self.blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             Self::argon2(&settings)?
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| Status::internal(format!("cannot hash the password: {e}")))
+                .map_err(|e| Error::Internal(format!("cannot hash the password: {e}")))
         })
         .await
     }
 
     /// Whether `password` matches the PHC string `hash` (its own parameters and salt).
-    pub async fn verify(&self, password: String, hash: String) -> Result<bool, Status> {
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, Error> {
         let settings = self.settings.clone();
         self.blocking(move || {
             let parsed = PasswordHash::new(&hash).map_err(|e| {
-                Status::internal(format!("a stored password hash is unreadable: {e}"))
+                Error::Internal(format!("a stored password hash is unreadable: {e}"))
             })?;
             Ok(Self::argon2(&settings)?
                 .verify_password(password.as_bytes(), &parsed)
@@ -92,16 +92,16 @@ impl Accounts {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-    ) -> Result<T, Status> {
+        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
         let _turn = self
             .hashing
             .acquire()
             .await
-            .map_err(|_| Status::unavailable("the master is stopping"))?;
+            .map_err(|_| Error::Unavailable("the master is stopping".into()))?;
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| Status::internal(format!("password hashing failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))?
     }
 
     /// How long an attempt for `user` must wait before it is checked (zero when it may go now).

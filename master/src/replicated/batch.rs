@@ -10,8 +10,8 @@
 //! writes to arrive: the loop takes whatever is queued when a commit slot is free, so a lone write
 //! goes out at once.
 
-use crate::feed::FeedError;
-use crate::raft::types::{Applied, Command, MemberNode, NodeId, Raft, Request};
+use super::raft::types::{MemberNode, NodeId, Raft, Request};
+use crate::domain::{Applied, Command, FeedError};
 use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};

@@ -20,9 +20,8 @@
 //! Every step has a deadline; when one passes (the successor is stopping too, a partition), the
 //! member stops anyway and the group elects a leader by timeout, as after a crash.
 
-use crate::mastership::Mastership;
-use crate::raft::network::Faults;
-use crate::raft::types::NodeId;
+use crate::replicated::mastership::Mastership;
+use crate::replicated::raft::types::NodeId;
 use chatfeed_proto::raft::TimeoutNowRequest;
 use chatfeed_proto::raft::raft_client::RaftClient;
 use openraft::ServerState;
@@ -36,7 +35,11 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Hands leadership over if this member leads (see the module doc); returns the new leader.
-pub async fn hand_off(mastership: &Mastership, faults: Option<&Faults>) -> Option<NodeId> {
+/// Only replicas that `reachable` accepts are asked (tests cut links in-process).
+pub async fn hand_off(
+    mastership: &Mastership,
+    reachable: impl Fn(NodeId) -> bool,
+) -> Option<NodeId> {
     let raft = &mastership.raft;
     let config = &mastership.config;
     let me = mastership.id;
@@ -89,7 +92,7 @@ pub async fn hand_off(mastership: &Mastership, faults: Option<&Faults>) -> Optio
             .iter()
             .flatten()
             .filter(|(id, _)| **id != me)
-            .filter(|(id, _)| faults.is_none_or(|f| !f.is_cut(me, **id)))
+            .filter(|(id, _)| reachable(**id))
             .map(|(id, l)| (*id, l.map(|l| l.index)))
             .collect();
         peers.sort_by_key(|(_, matched)| std::cmp::Reverse(*matched));

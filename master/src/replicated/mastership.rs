@@ -3,15 +3,14 @@
 //! within that time, long before it learns that it was replaced. Services ask `require_active`
 //! before acting as master; the refusal names the leader it knows, so callers can redirect.
 
-use crate::raft::types::{MemberNode, NodeId, Raft};
+use super::error::Error;
+use super::raft::types::{MemberNode, NodeId, Raft};
 use chatfeed_common::Config;
 use chatfeed_common::tls::Tls;
-use chatfeed_proto::LEADER_METADATA_KEY;
 use openraft::{RaftMetrics, ServerState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tonic::Status;
 
 /// True when the metrics show an active master (see the module doc).
 pub fn is_active(m: &RaftMetrics<NodeId, MemberNode>, lease: Duration) -> bool {
@@ -26,8 +25,7 @@ pub struct Mastership {
     pub id: NodeId,
     pub config: Arc<Config>,
     pub raft: Raft,
-    /// This member's TLS (its node identity), for the calls it makes and the peer checks of the
-    /// cluster-only calls it serves.
+    /// This member's TLS (its node identity), for the calls it makes to the other members.
     pub tls: Tls,
     /// Set when this member is stopping and hands its leadership over (`handoff`): from then on
     /// it acts as master no more, whatever Raft says.
@@ -47,28 +45,20 @@ impl Mastership {
         self.stepping_down.load(Ordering::Acquire)
     }
 
-    /// UNAUTHENTICATED unless the caller presented a certificate of the cluster CA (any caller in
-    /// plaintext mode): for the calls only masters and workers make. `what` names the call.
-    #[allow(clippy::result_large_err)]
-    pub fn require_cluster_peer<T>(
-        &self,
-        req: &tonic::Request<T>,
-        what: &str,
-    ) -> Result<(), Status> {
-        self.tls.require_cluster_peer(req, what)
-    }
-
-    /// UNAVAILABLE unless this member is the active master.
-    pub fn require_active(&self) -> Result<(), Status> {
+    /// `NotActive` unless this member is the active master.
+    pub fn require_active(&self) -> Result<(), Error> {
         if self.is_stepping_down() {
             let leader = self.raft.metrics().borrow().current_leader;
             if let Some(l) = leader.filter(|&l| l != self.id) {
                 return Err(self.not_leader(Some(l)));
             }
-            return Err(Status::unavailable(format!(
-                "member {} is stopping and hands the mastership to another member; retry shortly",
-                self.id
-            )));
+            return Err(Error::NotActive {
+                message: format!(
+                    "member {} is stopping and hands the mastership to another member; retry shortly",
+                    self.id
+                ),
+                leader_api: None,
+            });
         }
         let m = self.raft.metrics().borrow().clone();
         if is_active(&m, self.lease()) {
@@ -77,26 +67,24 @@ impl Mastership {
         Err(self.not_leader(m.current_leader.filter(|&l| l != self.id)))
     }
 
-    /// UNAVAILABLE naming `leader`'s API address in the message and in `x-chatfeed-leader`.
-    pub fn not_leader(&self, leader: Option<NodeId>) -> Status {
-        let addr = leader
+    /// `NotActive`, naming `leader`'s API address when it is known.
+    pub fn not_leader(&self, leader: Option<NodeId>) -> Error {
+        let leader_api = leader
             .and_then(|l| self.config.member(l))
             .map(|m| m.api_addr.clone());
-        match addr {
-            Some(addr) => {
-                let mut s = Status::unavailable(format!(
-                    "member {} is not the active master; the active master is at {addr}",
-                    self.id
-                ));
-                if let Ok(v) = addr.parse() {
-                    s.metadata_mut().insert(LEADER_METADATA_KEY, v);
-                }
-                s
-            }
-            None => Status::unavailable(format!(
+        let message = match &leader_api {
+            Some(addr) => format!(
+                "member {} is not the active master; the active master is at {addr}",
+                self.id
+            ),
+            None => format!(
                 "member {} is not the active master and knows of none yet (election in progress or no quorum); retry shortly",
                 self.id
-            )),
+            ),
+        };
+        Error::NotActive {
+            message,
+            leader_api,
         }
     }
 }

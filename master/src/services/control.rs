@@ -1,11 +1,12 @@
-//! The `chatfeed.control.Control` service: workers' heartbeat streams to the active master.
+//! The `chatfeed.control.Control` service: workers' heartbeat streams to the active master
+//! (cluster-only: behind the cluster certificate, `peers.rs`).
 //! Each incoming heartbeat updates the `Directory`; commands for the worker (shed load, spawn a
 //! sibling) go back on the same stream. The first command on every accepted stream is `Keys`: the
 //! token key, so the worker checks its clients' session tokens itself.
 
-use crate::api::MasterApi;
-use crate::directory::Directory;
-use crate::mastership::Mastership;
+use crate::background::directory::Directory;
+use crate::replicated::Core;
+use crate::replicated::mastership::Mastership;
 use chatfeed_proto::control::control_server::{Control, ControlServer};
 use chatfeed_proto::control::{ControlCommand, Keys, WorkerHeartbeat, control_command};
 use std::sync::{Arc, Mutex};
@@ -19,25 +20,18 @@ use tonic::{Request, Response, Status, Streaming};
 const COMMAND_BUFFER: usize = 16;
 
 pub struct ControlService {
-    mastership: Mastership,
+    /// Who is master, and the token key.
+    core: Core,
     directory: Arc<Mutex<Directory>>,
     shutdown: CancellationToken,
-    /// For the token key.
-    api: MasterApi,
 }
 
 impl ControlService {
-    pub fn new(
-        mastership: Mastership,
-        directory: Arc<Mutex<Directory>>,
-        shutdown: CancellationToken,
-        api: MasterApi,
-    ) -> Self {
+    pub fn new(core: Core, directory: Arc<Mutex<Directory>>, shutdown: CancellationToken) -> Self {
         ControlService {
-            mastership,
+            core,
             directory,
             shutdown,
-            api,
         }
     }
 
@@ -54,10 +48,8 @@ impl Control for ControlService {
         &self,
         req: Request<Streaming<WorkerHeartbeat>>,
     ) -> Result<Response<Self::HeartbeatsStream>, Status> {
-        self.mastership
-            .require_cluster_peer(&req, "Control.Heartbeats (worker registration)")?;
-        self.mastership.require_active()?;
-        let token_key = self.api.token_key().await?;
+        self.core.mastership().require_active()?;
+        let token_key = self.core.token_key().await?;
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel::<ControlCommand>(COMMAND_BUFFER);
         // The channel is new and empty: the keys go first.
@@ -68,7 +60,7 @@ impl Control for ControlService {
         });
         let (out_tx, out_rx) = mpsc::channel(COMMAND_BUFFER);
         let directory = self.directory.clone();
-        let mastership = self.mastership.clone();
+        let mastership: Mastership = self.core.mastership().clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             // Forward commands to the stream.

@@ -10,10 +10,10 @@
 //! campaigns (it then knows no leader). Stopping reports NOT_SERVING first, so balancers drain
 //! the member before it goes. The overall status ("") and every API service share one status.
 
-use crate::mastership::{Mastership, is_active};
-use crate::raft::types::{MemberNode, NodeId};
-use chatfeed_proto::master::MemberInfoRequest;
-use chatfeed_proto::master::master_client::MasterClient;
+use crate::replicated::mastership::{Mastership, is_active};
+use crate::replicated::raft::types::{MemberNode, NodeId};
+use chatfeed_proto::cluster::MemberInfoRequest;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
 use openraft::{RaftMetrics, ServerState};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,12 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// The services whose status the member reports ("" is the whole server).
-pub const SERVICES: [&str; 3] = ["", "chatfeed.master.Master", "chatfeed.control.Control"];
+pub const SERVICES: [&str; 4] = [
+    "",
+    "chatfeed.master.Master",
+    "chatfeed.cluster.Cluster",
+    "chatfeed.control.Control",
+];
 /// A follower whose log holds more than this many entries beyond what it applied is still
 /// catching up (one full AppendEntries batch is 256 entries; a few may be in flight).
 pub const CAUGHT_UP_LAG: u64 = 1024;
@@ -122,7 +127,7 @@ async fn ask_applied(mastership: &Mastership, leader: NodeId) -> Option<u64> {
             .connect()
             .await
             .ok()?;
-        let r = MasterClient::new(channel)
+        let r = ClusterClient::new(channel)
             .member_info(MemberInfoRequest {})
             .await
             .ok()?;

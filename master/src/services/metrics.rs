@@ -6,10 +6,10 @@
 //! `follow_raft`; storage figures from the timed store wrappers (`raft::timed`); the worker
 //! directory is read at each scrape (`refresh`).
 
-use crate::directory::Directory;
-use crate::mastership::is_active;
-use crate::raft::timed::StoreMetrics;
-use crate::raft::types::{MemberNode, NodeId, Raft};
+use crate::background::directory::Directory;
+use crate::replicated::mastership::is_active;
+use crate::replicated::raft::timed::StoreMetrics;
+use crate::replicated::raft::types::{MemberNode, NodeId, Raft};
 use chatfeed_common::metrics::{
     HandshakeLabels, RpcMetrics, latency_histogram, register_handshakes,
 };

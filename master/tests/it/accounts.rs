@@ -1,7 +1,7 @@
 //! The token key in the replicated state: one key on every member, kept across a leader change.
 
 use chatfeed_master::testing::*;
-use chatfeed_proto::master as pb;
+use chatfeed_proto::cluster as cpb;
 use std::time::{Duration, Instant};
 
 /// The token key each member stored (hex), read from its own database.
@@ -9,7 +9,7 @@ fn stored_key(cluster: &TestCluster, id: u64) -> Option<String> {
     let path = cluster
         .config
         .member_data_dir(id)
-        .join(chatfeed_master::raft::db::DB_FILE);
+        .join(chatfeed_master::replicated::raft::db::DB_FILE);
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .ok()?;
@@ -22,11 +22,11 @@ fn stored_key(cluster: &TestCluster, id: u64) -> Option<String> {
     .ok()
 }
 
-async fn authenticate(cluster: &TestCluster, id: u64, user: &str) -> pb::AuthenticateReply {
+async fn authenticate(cluster: &TestCluster, id: u64, user: &str) -> cpb::AuthenticateReply {
     cluster
-        .api(id)
+        .cluster(id)
         .await
-        .authenticate(pb::AuthenticateRequest {
+        .authenticate(cpb::AuthenticateRequest {
             user: user.into(),
             password: "a-good-password".into(),
             probe: false,
@@ -61,7 +61,7 @@ async fn one_token_key_on_every_member_across_a_leader_change() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let key = chatfeed_master::accounts::from_hex(&key).unwrap();
+    let key = chatfeed_master::replicated::accounts::from_hex(&key).unwrap();
     let now = chatfeed_common::accounts::now_ms();
     assert_eq!(
         chatfeed_common::accounts::verify(&key, &first.token, now).unwrap(),
@@ -80,7 +80,8 @@ async fn one_token_key_on_every_member_across_a_leader_change() {
     );
     for id in rest {
         assert_eq!(
-            stored_key(&cluster, id).map(|k| chatfeed_master::accounts::from_hex(&k).unwrap()),
+            stored_key(&cluster, id)
+                .map(|k| chatfeed_master::replicated::accounts::from_hex(&k).unwrap()),
             Some(key.clone())
         );
     }

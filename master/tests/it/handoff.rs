@@ -2,7 +2,7 @@
 //! timeout.
 
 use chatfeed_master::testing::{TestCluster, create_user, post};
-use chatfeed_proto::master::master_client::MasterClient;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 /// A client that keeps posting through whichever member accepts writes, and records each
 /// acknowledgement's time and seq.
 async fn write_until(
-    clients: Vec<MasterClient<Channel>>,
+    clients: Vec<ClusterClient<Channel>>,
     stop: Arc<AtomicBool>,
 ) -> Vec<(Instant, u64, String)> {
     let mut acked = Vec::new();
@@ -47,14 +47,18 @@ async fn write_until(
 async fn planned_stop_of_the_active_master_hands_leadership_over() {
     let mut c = TestCluster::start(|_| {}).await;
     let old = c.wait_active(&c.ids()).await;
-    c.api(old).await.write(create_user("ana")).await.unwrap();
+    c.cluster(old)
+        .await
+        .write(create_user("ana"))
+        .await
+        .unwrap();
     let term = c.members[&old].raft.metrics().borrow().current_term;
     let clients: Vec<_> = c
         .ids()
         .iter()
         .map(|&id| {
             let addr = &c.config.member(id).unwrap().api_addr;
-            MasterClient::new(c.tls.endpoint(addr).unwrap().connect_lazy())
+            ClusterClient::new(c.tls.endpoint(addr).unwrap().connect_lazy())
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));

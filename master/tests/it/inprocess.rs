@@ -1,14 +1,16 @@
 //! In-process clusters: leader isolation, the API's answers to good and bad input, idempotent
 //! posts, the watch stream, and snapshot catch-up.
 
-use chatfeed_master::raft::types::{Command, Request};
+use chatfeed_master::domain::Command;
+use chatfeed_master::replicated::raft::types::Request;
 use chatfeed_master::testing::*;
 use chatfeed_proto::LEADER_METADATA_KEY;
-use chatfeed_proto::master::{self as pb, event::Kind};
+use chatfeed_proto::cluster::{self as cpb, event::Kind};
+use chatfeed_proto::master as pb;
 use std::time::Duration;
 use tonic::Code;
 
-fn posted_texts(events: &[pb::Event]) -> Vec<String> {
+fn posted_texts(events: &[cpb::Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -26,7 +28,7 @@ fn posted_texts(events: &[pb::Event]) -> Vec<String> {
 async fn isolated_leader_loses_mastership_and_rejoins() {
     let c = TestCluster::start(|_| {}).await;
     let old = c.wait_active(&c.ids()).await;
-    let mut api = c.api(old).await;
+    let mut api = c.cluster(old).await;
     api.write(create_user("alice")).await.unwrap();
     api.write(post("alice", "before the partition", "p1"))
         .await
@@ -61,7 +63,7 @@ async fn isolated_leader_loses_mastership_and_rejoins() {
         "an isolated leader committed a write"
     );
 
-    let mut new_api = c.api(new).await;
+    let mut new_api = c.cluster(new).await;
     let acked = new_api
         .write(post("alice", "after the partition", "p4"))
         .await
@@ -78,7 +80,7 @@ async fn isolated_leader_loses_mastership_and_rejoins() {
         c.last_applied(old) >= c.last_applied(new)
     })
     .await;
-    let mut old_api = c.api(old).await;
+    let mut old_api = c.cluster(old).await;
     let texts = posted_texts(&watched_events(&mut old_api, acked.seq).await);
     assert!(
         texts.contains(&"after the partition".to_string()),
@@ -100,8 +102,8 @@ async fn isolated_leader_loses_mastership_and_rejoins() {
 async fn existing_users_log_in_without_a_raft_entry() {
     let c = TestCluster::start(|_| {}).await;
     let leader = c.wait_active(&c.ids()).await;
-    let mut api = c.api(leader).await;
-    let login = || pb::AuthenticateRequest {
+    let mut api = c.cluster(leader).await;
+    let login = || cpb::AuthenticateRequest {
         user: "alice".into(),
         password: "alice-password".into(),
         probe: false,
@@ -128,11 +130,11 @@ async fn existing_users_log_in_without_a_raft_entry() {
 async fn api_answers_good_and_bad_input() {
     let c = TestCluster::start(|_| {}).await;
     let leader = c.wait_active(&c.ids()).await;
-    let mut api = c.api(leader).await;
+    let mut api = c.cluster(leader).await;
     for u in ["alice", "bob"] {
         api.write(create_user(u)).await.unwrap();
     }
-    let cases: Vec<(pb::WriteRequest, Code, &str)> = vec![
+    let cases: Vec<(cpb::WriteRequest, Code, &str)> = vec![
         (
             create_user(""),
             Code::InvalidArgument,
@@ -181,7 +183,7 @@ async fn api_answers_good_and_bad_input() {
             "does not follow",
         ),
         (
-            pb::WriteRequest { command: None },
+            cpb::WriteRequest { command: None },
             Code::InvalidArgument,
             "needs a command",
         ),
@@ -222,7 +224,7 @@ async fn api_answers_good_and_bad_input() {
         (first.seq, true, false)
     );
     let tl = api
-        .timeline(pb::TimelineRequest {
+        .timeline(cpb::TimelineRequest {
             user: "bob".into(),
             after_seq: Some(0),
             limit: 100,
@@ -235,7 +237,7 @@ async fn api_answers_good_and_bad_input() {
     // A replica answers UNAVAILABLE and names the active master.
     let replica = c.ids().into_iter().find(|&i| i != leader).unwrap();
     let err = c
-        .api(replica)
+        .cluster(replica)
         .await
         .write(post("alice", "hi", "r"))
         .await
@@ -251,9 +253,9 @@ async fn api_answers_good_and_bad_input() {
         leader_addr
     );
     let err = c
-        .api(replica)
+        .cluster(replica)
         .await
-        .list_users(pb::ListUsersRequest { following_of: None })
+        .list_users(cpb::ListUsersRequest { following_of: None })
         .await
         .unwrap_err();
     assert_eq!(
@@ -264,21 +266,21 @@ async fn api_answers_good_and_bad_input() {
 
     // Reads and status.
     let users = api
-        .list_users(pb::ListUsersRequest { following_of: None })
+        .list_users(cpb::ListUsersRequest { following_of: None })
         .await
         .unwrap()
         .into_inner()
         .users;
     assert_eq!(users, vec!["alice".to_string(), "bob".to_string()]);
     let following = api
-        .list_users(pb::ListUsersRequest {
+        .list_users(cpb::ListUsersRequest {
             following_of: Some("bob".into()),
         })
         .await
         .unwrap();
     assert_eq!(following.into_inner().users, vec!["alice".to_string()]);
     let err = api
-        .timeline(pb::TimelineRequest {
+        .timeline(cpb::TimelineRequest {
             user: "zed".into(),
             after_seq: None,
             limit: 0,
@@ -310,7 +312,7 @@ async fn api_answers_good_and_bad_input() {
 async fn watch_resumes_after_seq_and_goes_live() {
     let c = TestCluster::start(|_| {}).await;
     let leader = c.wait_active(&c.ids()).await;
-    let mut api = c.api(leader).await;
+    let mut api = c.cluster(leader).await;
     api.write(create_user("alice")).await.unwrap();
     let mut seqs = Vec::new();
     for i in 0..10 {
@@ -324,9 +326,9 @@ async fn watch_resumes_after_seq_and_goes_live() {
     }
     let replica = c.ids().into_iter().find(|&i| i != leader).unwrap();
     let mut stream = c
-        .api(replica)
+        .cluster(replica)
         .await
-        .watch(pb::WatchRequest { after_seq: seqs[4] })
+        .watch(cpb::WatchRequest { after_seq: seqs[4] })
         .await
         .unwrap()
         .into_inner();
@@ -368,7 +370,7 @@ async fn lagging_member_catches_up_by_snapshot() {
     .await;
     let leader = c.wait_active(&c.ids()).await;
     let lagging = c.ids().into_iter().find(|&i| i != leader).unwrap();
-    let mut api = c.api(leader).await;
+    let mut api = c.cluster(leader).await;
     api.write(create_user("alice")).await.unwrap();
     c.wait_for("the lagging member to know alice", |c| {
         c.last_applied(lagging) >= c.last_applied(leader)
@@ -405,7 +407,7 @@ async fn lagging_member_catches_up_by_snapshot() {
         snapshot.is_some_and(|s| s.index > behind),
         "caught up through a snapshot: {snapshot:?}"
     );
-    let texts = posted_texts(&watched_events(&mut c.api(lagging).await, last).await);
+    let texts = posted_texts(&watched_events(&mut c.cluster(lagging).await, last).await);
     assert_eq!(texts.len(), 100);
     assert!((0..100).all(|i| texts.contains(&format!("post {i}"))));
     c.shutdown().await;

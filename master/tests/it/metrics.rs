@@ -64,8 +64,9 @@ async fn metrics_parse_and_move_with_the_work() {
     );
     assert_eq!(get(&before[&leader], "chatfeed_raft_active_master"), 1.0);
 
-    let write = "chatfeed_rpc_requests_total{method=\"chatfeed.master.Master/Write\",code=\"OK\"}";
-    let mut api = c.api(leader).await;
+    let write =
+        "chatfeed_rpc_requests_total{method=\"chatfeed.cluster.Cluster/Write\",code=\"OK\"}";
+    let mut api = c.cluster(leader).await;
     api.write(create_user("ana")).await.unwrap();
     for i in 0..3 {
         api.write(post("ana", &format!("post {i}"), &format!("p{i}")))
@@ -84,7 +85,7 @@ async fn metrics_parse_and_move_with_the_work() {
     );
     assert_eq!(get(&a, write) - get(b, write), 5.0);
     let refused_series = format!(
-        "chatfeed_rpc_requests_total{{method=\"chatfeed.master.Master/Write\",code=\"{:?}\"}}",
+        "chatfeed_rpc_requests_total{{method=\"chatfeed.cluster.Cluster/Write\",code=\"{:?}\"}}",
         refused.code()
     );
     assert_eq!(get(&a, &refused_series), 1.0, "{refused_series} in {a:?}");
@@ -94,7 +95,7 @@ async fn metrics_parse_and_move_with_the_work() {
         "chatfeed_raft_last_log_index",
         "chatfeed_raft_append_duration_seconds_count",
         "chatfeed_raft_apply_duration_seconds_count",
-        "chatfeed_rpc_duration_seconds_count{method=\"chatfeed.master.Master/Write\",code=\"OK\"}",
+        "chatfeed_rpc_duration_seconds_count{method=\"chatfeed.cluster.Cluster/Write\",code=\"OK\"}",
     ] {
         assert!(
             get(&a, s) >= get(b, s) + 4.0,

@@ -4,10 +4,12 @@
 use chatfeed_common::config::TlsMode;
 use chatfeed_common::tls::{self, Files, Tls};
 use chatfeed_master::testing::{TestCluster, create_user};
+use chatfeed_proto::cluster as cpb;
+use chatfeed_proto::cluster::cluster_client::ClusterClient;
 use chatfeed_proto::control::WorkerHeartbeat;
 use chatfeed_proto::control::control_client::ControlClient;
+use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_client::MasterClient;
-use chatfeed_proto::master::{self as pb};
 use chatfeed_proto::raft::raft_client::RaftClient;
 use chatfeed_proto::raft::{RaftMessage, TimeoutNowRequest};
 use std::path::Path;
@@ -57,7 +59,11 @@ fn term_and_leader(c: &TestCluster) -> Vec<(u64, Option<u64>)> {
 async fn raft_port_refuses_processes_without_a_cluster_certificate() {
     let c = tls_cluster().await;
     let leader = c.wait_active(&c.ids()).await;
-    c.api(leader).await.write(create_user("ana")).await.unwrap();
+    c.cluster(leader)
+        .await
+        .write(create_user("ana"))
+        .await
+        .unwrap();
     let before = term_and_leader(&c);
     let term = before[0].0;
     let vote = serde_json::to_vec(&openraft::raft::VoteRequest::<u64> {
@@ -66,7 +72,7 @@ async fn raft_port_refuses_processes_without_a_cluster_certificate() {
     })
     .unwrap();
     let append = serde_json::to_vec(&openraft::raft::AppendEntriesRequest::<
-        chatfeed_master::raft::types::TypeConfig,
+        chatfeed_master::replicated::raft::types::TypeConfig,
     > {
         vote: openraft::Vote::new_committed(term + 100, 99),
         prev_log_id: None,
@@ -101,7 +107,11 @@ async fn raft_port_refuses_processes_without_a_cluster_certificate() {
         }
     }
     // Another committed write: every member has processed whatever it had received by then.
-    c.api(leader).await.write(create_user("bo")).await.unwrap();
+    c.cluster(leader)
+        .await
+        .write(create_user("bo"))
+        .await
+        .unwrap();
     assert_eq!(
         term_and_leader(&c),
         before,
@@ -154,19 +164,19 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
         let e = hb
             .err()
             .unwrap_or_else(|| panic!("a worker with {who} was let in"));
-        let mut m = MasterClient::new(ch);
+        let mut m = ClusterClient::new(ch.clone());
         let w = m.write(create_user("mallory")).await.unwrap_err();
         let l = m
-            .list_users(pb::ListUsersRequest::default())
+            .list_users(cpb::ListUsersRequest::default())
             .await
             .unwrap_err();
         let wa = m
-            .watch(pb::WatchRequest { after_seq: 0 })
+            .watch(cpb::WatchRequest { after_seq: 0 })
             .await
             .unwrap_err();
-        let i = m.member_info(pb::MemberInfoRequest {}).await.unwrap_err();
+        let i = m.member_info(cpb::MemberInfoRequest {}).await.unwrap_err();
         let t = m
-            .timeline(pb::TimelineRequest {
+            .timeline(cpb::TimelineRequest {
                 user: "alice".into(),
                 after_seq: None,
                 limit: 20,
@@ -174,7 +184,7 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
             .await
             .unwrap_err();
         let a = m
-            .authenticate(pb::AuthenticateRequest {
+            .authenticate(cpb::AuthenticateRequest {
                 user: "alice".into(),
                 password: "guess-a-password".into(),
                 probe: false,
@@ -199,6 +209,7 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
                 );
             }
             // Open to clients: status, get worker (no worker yet: UNAVAILABLE, not refused).
+            let mut m = MasterClient::new(ch.clone());
             let s = m
                 .status(pb::StatusRequest {})
                 .await
@@ -227,7 +238,12 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
                 );
             }
             // Not even the open Status call gets through: the handshake itself is refused.
-            assert!(m.status(pb::StatusRequest {}).await.is_err());
+            assert!(
+                MasterClient::new(ch.clone())
+                    .status(pb::StatusRequest {})
+                    .await
+                    .is_err()
+            );
         }
     }
     let s = c.active_status().await;
@@ -238,9 +254,9 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
     );
     // The cluster's own identity is served.
     let users = c
-        .api(leader)
+        .cluster(leader)
         .await
-        .list_users(pb::ListUsersRequest::default())
+        .list_users(cpb::ListUsersRequest::default())
         .await
         .expect("a member's certificate is accepted")
         .into_inner()

@@ -129,9 +129,11 @@ async fn expired_tokens_are_refused() {
     cluster.wait_registered(&worker.addr).await;
     let mut c = worker.client().await;
     login(&mut c, "eve").await;
-    let e = eventually("the token to expire", || {
-        let mut cl = c.as_("eve").clone();
-        async move { cl.post(post_req("eve", "hi", &rand_id())).await.err() }
+    let e = eventually("the token to expire", async || {
+        match c.as_("eve").post(post_req("eve", "hi", &rand_id())).await {
+            Ok(_) => Err("a post with the token is still accepted".to_string()),
+            Err(e) => Ok(e),
+        }
     })
     .await;
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -173,7 +175,7 @@ async fn first_login_chooses_the_password() {
     // A user from before accounts: created without a hash.
     let leader = cluster.wait_active(&cluster.ids()).await;
     cluster
-        .api(leader)
+        .cluster(leader)
         .await
         .write(chatfeed_master::testing::create_user("legacy"))
         .await
@@ -260,15 +262,11 @@ async fn token_key_survives_a_leader_change() {
     let fresh = TestWorker::start(&cluster, |_| {}).await;
     cluster.wait_registered(&fresh.addr).await;
     let mut raw = fresh.client().await.anonymous().clone();
-    let seq = eventually("the post with the old token", || {
-        let mut raw = raw.clone();
-        let token = token.clone();
-        async move {
-            raw.post(with_token(Some(&token), "", "after fail-over", "k1"))
-                .await
-                .ok()
-                .map(|r| r.into_inner().seq)
-        }
+    let seq = eventually("the post with the old token", async || {
+        raw.post(with_token(Some(&token), "", "after fail-over", "k1"))
+            .await
+            .map(|r| r.into_inner().seq)
+            .map_err(|e| e.to_string())
     })
     .await;
     assert!(seq > 0);
@@ -373,12 +371,11 @@ async fn limits_hold_and_others_keep_going() {
     assert!(e.message().starts_with("worker full"), "{e:?}");
     post(&mut a, "calm", "first connection still served").await;
     drop(a);
-    let again = eventually("a freed connection", || {
-        let fut = small.client();
-        async move {
-            let mut c = fut.await;
-            try_login(&mut c, "calm", PASSWORD).await.ok()
-        }
+    let again = eventually("a freed connection", async || {
+        let mut c = small.client().await;
+        try_login(&mut c, "calm", PASSWORD)
+            .await
+            .map_err(|e| e.to_string())
     })
     .await;
     assert!(!again.token.is_empty());

@@ -25,12 +25,13 @@ async fn registers_once_across_failover() {
     let mut s = open(&mut c, "u", None).await;
     let first = post(&mut c, "u", "before the fail-over").await;
     assert_eq!(next_post(&mut s).await.seq, first);
-    eventually("the stream to be counted", || async {
+    eventually("the stream to be counted", async || {
         let st = cluster.active_status().await;
-        st.workers
-            .iter()
-            .any(|w| w.id == before.id && w.clients == 1)
-            .then_some(())
+        match st.workers.iter().find(|w| w.id == before.id) {
+            Some(w) if w.clients == 1 => Ok(()),
+            Some(w) => Err(format!("the worker counts {} streams", w.clients)),
+            None => Err("the worker is not listed".into()),
+        }
     })
     .await;
 
@@ -43,10 +44,10 @@ async fn registers_once_across_failover() {
     let heartbeat_ms = cluster.config.worker.heartbeat_ms;
     eventually(
         "the worker to be listed once by the new master, for a while",
-        || async {
+        async || {
             let st = cluster.active_status().await;
             if st.answered_by == old {
-                return None;
+                return Err("the old active master answered".into());
             }
             let mine: Vec<_> = st
                 .workers
@@ -55,9 +56,13 @@ async fn registers_once_across_failover() {
                 .collect();
             assert!(mine.len() <= 1, "listed twice: {:?}", st.workers);
             assert_eq!(st.workers.len(), mine.len(), "{:?}", st.workers);
-            let w = mine.first()?;
+            let w = mine.first().ok_or("the worker is not listed yet")?;
             assert_eq!(w.id, before.id, "the worker id survives the fail-over");
-            (w.age_ms > 4 * heartbeat_ms).then_some(())
+            if w.age_ms > 4 * heartbeat_ms {
+                Ok(())
+            } else {
+                Err(format!("listed for {} ms", w.age_ms))
+            }
         },
     )
     .await;
@@ -105,8 +110,12 @@ async fn shed_moves_streams() {
             }
         }));
     }
-    eventually("the master to move streams", || async {
-        (moved.load(Ordering::SeqCst) > 0).then_some(())
+    eventually("the master to move streams", async || {
+        if moved.load(Ordering::SeqCst) > 0 {
+            Ok(())
+        } else {
+            Err("no stream moved".into())
+        }
     })
     .await;
     post(&mut c, "u", "marker").await;
@@ -152,9 +161,13 @@ async fn graceful_stop_moves_streams_and_leaves() {
         }
         assert!(next_item(s).await.is_none());
     }
-    eventually("the master to forget the worker", || async {
+    eventually("the master to forget the worker", async || {
         let st = cluster.active_status().await;
-        (!st.workers.iter().any(|w| w.addr == addr)).then_some(())
+        if st.workers.iter().any(|w| w.addr == addr) {
+            Err("still listed".into())
+        } else {
+            Ok(())
+        }
     })
     .await;
     cluster.shutdown().await;
@@ -183,15 +196,21 @@ async fn spawn_worker_command_starts_a_process() {
     .await;
     let w = cluster.wait_registered(&worker.addr).await;
     assert_eq!(w.host, "spawn-test-host");
-    eventually("the worker to start a process", || async {
-        marker.exists().then_some(())
+    eventually("the worker to start a process", async || {
+        if marker.exists() {
+            Ok(())
+        } else {
+            Err(format!("no {}", marker.display()))
+        }
     })
     .await;
-    eventually("the process's output in the log", || async {
-        std::fs::read_to_string(&log)
-            .ok()?
-            .contains("spawned")
-            .then_some(())
+    eventually("the process's output in the log", async || {
+        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        if text.contains("spawned") {
+            Ok(())
+        } else {
+            Err(format!("the log says {text:?}"))
+        }
     })
     .await;
     worker.stop().await.unwrap();

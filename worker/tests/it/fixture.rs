@@ -1,15 +1,14 @@
 //! Shared fixtures: an in-process three-member master cluster on port 0
-//! (`chatfeed_master::testing::TestCluster`), workers
-//! hosted in the test process through `chatfeed_worker::run`, and helpers that wait for
-//! conditions with deadlines.
+//! (`chatfeed_master::testing::TestCluster`), workers hosted in the test process through
+//! `chatfeed_worker::run`, clients that carry a user's session token, and the helpers that read
+//! streams within a deadline. Waiting for a condition is `chatfeed_common::testing::eventually`,
+//! re-exported here with its `DEADLINE`.
 
 use chatfeed_proto::feed::feed_client::FeedClient;
 use chatfeed_proto::feed::{self, timeline_item::Item};
 use chatfeed_worker::WorkerOptions;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +17,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub use chatfeed_master::testing::{DEADLINE, TestCluster};
+pub use chatfeed_common::testing::{DEADLINE, eventually};
+pub use chatfeed_master::testing::TestCluster;
 
 /// The password of every test user.
 pub const PASSWORD: &str = "worker-test-password";
@@ -137,22 +137,6 @@ impl TestWorker {
             .await
             .expect("the worker did not stop in time")
             .expect("the worker task panicked")
-    }
-}
-
-/// Retries `f` until it returns `Some`, or fails the test after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -23,8 +23,10 @@ async fn not_serving_until_registered() {
         .await;
 
     let worker = TestWorker::start(&cluster, |o| o.pool_size = 1).await;
-    let first = eventually("the worker's health service to answer", || {
+    let first = eventually("the worker's health service to answer", async || {
         health_status(&worker.client_tls, &worker.addr, "")
+            .await
+            .ok_or_else(|| "no answer".to_string())
     })
     .await;
     assert_eq!(
@@ -40,10 +42,13 @@ async fn not_serving_until_registered() {
     cluster.start_member(2, false, false).await;
     cluster.start_member(3, false, false).await;
     cluster.wait_registered(&worker.addr).await;
-    eventually("the registered worker to report SERVING", || async {
-        (health_status(&worker.client_tls, &worker.addr, "").await == Some(ServingStatus::Serving))
-            .then_some(())
-    })
+    eventually(
+        "the registered worker to report SERVING",
+        async || match health_status(&worker.client_tls, &worker.addr, "").await {
+            Some(ServingStatus::Serving) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
     .await;
     assert_eq!(
         health_status(&worker.client_tls, &worker.addr, "chatfeed.feed.Feed").await,

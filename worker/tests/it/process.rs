@@ -4,7 +4,6 @@
 use crate::fixture::*;
 use chatfeed_worker::process;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use tokio::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_chatfeed-worker");
@@ -92,18 +91,25 @@ async fn start_and_sigterm() {
             .unwrap();
         assert!(st.success());
     }
-    let end = Instant::now() + DEADLINE;
-    while pids.iter().any(|p| process::is_live_worker(*p))
-        || pids
+    eventually("the workers to stop on SIGTERM", async || {
+        let running: Vec<&u32> = pids
             .iter()
-            .any(|p| process::pid_file(&run_dir, *p).exists())
-    {
-        assert!(Instant::now() < end, "workers did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eventually("the master to forget the stopped workers", || async {
+            .filter(|p| process::is_live_worker(**p) || process::pid_file(&run_dir, **p).exists())
+            .collect();
+        if running.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{running:?} still running or with a pid file"))
+        }
+    })
+    .await;
+    eventually("the master to forget the stopped workers", async || {
         let st = cluster.active_status().await;
-        (!st.workers.iter().any(|w| pids.contains(&w.pid))).then_some(())
+        if st.workers.iter().any(|w| pids.contains(&w.pid)) {
+            Err("still listed".into())
+        } else {
+            Ok(())
+        }
     })
     .await;
     // Each worker logs to its own file, every line tagged with its role and pid.

@@ -1,10 +1,10 @@
-//! Timeline semantics (PRODUCT.md §5) as a client of one worker sees them: own posts, followed
-//! users' posts only from the follow on, none after an unfollow, the latest 20 on open, and a
-//! resume with `after_seq` that gives exactly the later posts, then live ones.
+//! Timeline semantics (docs/semantics.md §3) as a client of one worker sees them: own posts,
+//! followed users' posts only from the follow on, none after an unfollow, the latest 20 on open,
+//! and a resume with `after_seq` that gives exactly the later posts, then live ones.
 
 use crate::fixture::*;
+use chatfeed_proto::cluster as pb;
 use chatfeed_proto::feed::timeline_item::Item;
-use chatfeed_proto::master as pb;
 
 /// A stream shows the user's own posts and the posts of users it followed at the moment they
 /// committed: not a followee's posts from before the follow, not after the unfollow, never a
@@ -114,7 +114,7 @@ async fn long_history_is_paged() {
     let leader = cluster.wait_active(&cluster.ids()).await;
     let mut tasks = Vec::new();
     for t in 0..10 {
-        let mut api = cluster.api(leader).await;
+        let mut api = cluster.cluster(leader).await;
         tasks.push(tokio::spawn(async move {
             for i in 0..110 {
                 api.write(pb::WriteRequest {

@@ -3,7 +3,7 @@
 //! Every connection runs in WAL mode with `synchronous=FULL` (a commit is an fsync) and a busy
 //! timeout, and no connection is ever used on an async worker thread (`blocking`).
 
-use crate::raft::types::{NodeId, StorageError};
+use crate::replicated::raft::types::{NodeId, StorageError};
 use openraft::{AnyError, StorageIOError};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Serialize, de::DeserializeOwned};
@@ -93,8 +93,8 @@ pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<PathBuf, D
         });
     }
     conn.execute_batch(RAFT_SCHEMA).map_err(corrupt)?;
-    conn.execute_batch(crate::feed::SCHEMA).map_err(corrupt)?;
-    crate::feed::migrate(&conn).map_err(corrupt)?;
+    conn.execute_batch(crate::domain::SCHEMA).map_err(corrupt)?;
+    crate::domain::migrate(&conn).map_err(corrupt)?;
     let version: Option<i64> = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .optional()

@@ -3,8 +3,8 @@
 //! is on disk before openraft is told (the vote before `save_vote` returns, entries before the
 //! flush callback).
 
-use crate::raft::db::{Shared, Sync, get_meta, put_meta, storage_error, write_tx};
-use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::replicated::raft::db::{Shared, Sync, get_meta, put_meta, storage_error, write_tx};
+use crate::replicated::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use rusqlite::params;

@@ -1,11 +1,10 @@
-//! Everything Raft: the type configuration, the SQLite-backed log store and state machine, and
-//! the tonic transport between members.
-
-// openraft's `StorageError` is large, and its traits make us return it: boxing it here would only
-// move the cost.
-#![allow(clippy::result_large_err)]
+//! The openraft adapters: the type configuration (`types`), the SQLite-backed log store and state
+//! machine (`db`, `log_store`, `state_machine`, timed by `timed`), and the tonic transport between
+//! members (`network`: client side, `service`: server side).
 
 pub mod db;
+#[cfg(feature = "testing")]
+pub mod faults;
 pub mod log_store;
 pub mod network;
 pub mod service;

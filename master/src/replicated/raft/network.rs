@@ -2,13 +2,16 @@
 //! service. Each call carries the JSON encoding of the openraft request and gets back the encoding
 //! of `Result<Response, RaftError>`, and every call has a deadline (openraft's hard TTL).
 //!
-//! Error mapping (see shared/openraft-0.9.md §3): a peer that cannot be reached (connection
+//! Error mapping (see docs/openraft-notes.md §1): a peer that cannot be reached (connection
 //! refused, gRPC UNAVAILABLE) is `Unreachable`, so openraft backs off; any other transport failure
 //! is a `NetworkError`; an error returned by the remote Raft is a `RemoteError`.
 //!
-//! `Faults` lets in-process tests cut links between members; production passes none.
+//! With the `testing` feature, `Faults` (`faults.rs`) lets in-process tests cut links between
+//! members; the product is built without it.
 
-use crate::raft::types::{MemberNode, NodeId, TypeConfig};
+#[cfg(feature = "testing")]
+use super::faults::Faults;
+use crate::replicated::raft::types::{MemberNode, NodeId, TypeConfig};
 use chatfeed_proto::raft::RaftMessage;
 use chatfeed_proto::raft::raft_client::RaftClient;
 use openraft::error::{
@@ -21,8 +24,8 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+#[cfg(feature = "testing")]
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -32,42 +35,13 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 /// Connecting must fail fast: openraft's deadline for an AppendEntries is one heartbeat.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Links cut by a test: a message from `a` to `b` is dropped while `(a, b)` is in the set.
-#[derive(Debug, Default)]
-pub struct Faults {
-    cut: Mutex<HashSet<(NodeId, NodeId)>>,
-}
-
-impl Faults {
-    /// Cuts every link to and from `node`.
-    pub fn isolate(&self, node: NodeId, members: &[NodeId]) {
-        let mut cut = self.cut.lock().unwrap_or_else(|p| p.into_inner());
-        for &m in members.iter().filter(|&&m| m != node) {
-            cut.insert((node, m));
-            cut.insert((m, node));
-        }
-    }
-
-    /// Restores every link.
-    pub fn heal(&self) {
-        self.cut.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    /// Whether messages from `from` to `to` are dropped.
-    pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
-        self.cut
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(from, to))
-    }
-}
-
 /// Creates one `Network` per peer; connections are opened lazily, on first use.
 #[derive(Clone)]
 pub struct Network {
     pub from: NodeId,
     /// The member's node identity: the Raft port requires it (mutual TLS).
     pub tls: chatfeed_common::tls::Tls,
+    #[cfg(feature = "testing")]
     pub faults: Option<Arc<Faults>>,
 }
 
@@ -85,9 +59,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             })
             .map_err(|e| format!("bad raft address {:?}: {e}", node.raft_addr));
         PeerClient {
+            #[cfg(feature = "testing")]
             from: self.from,
             target,
             channel,
+            #[cfg(feature = "testing")]
             faults: self.faults.clone(),
         }
     }
@@ -95,9 +71,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// The transport to one peer.
 pub struct PeerClient {
+    #[cfg(feature = "testing")]
     from: NodeId,
     target: NodeId,
     channel: Result<Channel, String>,
+    #[cfg(feature = "testing")]
     faults: Option<Arc<Faults>>,
 }
 
@@ -124,6 +102,7 @@ impl PeerClient {
     {
         let unreachable =
             |msg: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)));
+        #[cfg(feature = "testing")]
         if let Some(f) = &self.faults
             && f.is_cut(self.from, self.target)
         {

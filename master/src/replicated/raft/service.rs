@@ -2,7 +2,7 @@
 //! request to the local openraft node and returns its `Result` serialised in the reply, so a
 //! remote Raft error reaches the caller as data (openraft's RemoteError), not as a gRPC failure.
 
-use crate::raft::types::Raft;
+use crate::replicated::raft::types::Raft;
 use chatfeed_proto::raft::raft_server;
 use chatfeed_proto::raft::{RaftMessage, TimeoutNowReply, TimeoutNowRequest};
 use openraft::ServerState;

@@ -4,9 +4,11 @@
 //! Snapshots are the feed tables serialised inside one read transaction; the current snapshot is
 //! kept in the same file, so a replica behind the purge point can always be caught up.
 
-use crate::feed;
-use crate::raft::db::{Shared, Sync, connect, get_meta, put_meta, storage_error, write_tx};
-use crate::raft::types::{
+use crate::domain as feed;
+use crate::replicated::raft::db::{
+    Shared, Sync, connect, get_meta, put_meta, storage_error, write_tx,
+};
+use crate::replicated::raft::types::{
     Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};

@@ -4,7 +4,7 @@ use super::db::open_member_db;
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
 use super::types::*;
-use crate::feed::FeedError;
+use crate::domain::{Applied, Command, FeedError};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader};
@@ -116,7 +116,7 @@ async fn state_survives_reopen() {
         "two events (user, post) were applied before"
     );
     let conn = super::db::connect(&path).unwrap();
-    let tl = crate::feed::timeline(&conn, "alice", None, 20).unwrap();
+    let tl = crate::domain::timeline(&conn, "alice", None, 20).unwrap();
     assert_eq!(tl.len(), 1);
     assert_eq!(tl[0].text.as_deref(), Some("hello"));
     // A member id mismatch and a missing directory are refused.
@@ -192,7 +192,7 @@ async fn idempotent_posts_and_validation() {
     assert_eq!(a[12].as_ref().unwrap().seq, 5);
     assert!(matches!(a[13], Err(FeedError::AlreadyFollowing { .. })));
     let conn = super::db::connect(&path).unwrap();
-    let posts = crate::feed::timeline(&conn, "alice", Some(0), 100).unwrap();
+    let posts = crate::domain::timeline(&conn, "alice", Some(0), 100).unwrap();
     assert_eq!(posts.len(), 1, "the duplicate did not commit a second post");
 }
 
@@ -231,7 +231,7 @@ async fn timeline_follows_commit_points() {
     sm.apply(entries).await.unwrap();
     let conn = super::db::connect(&path).unwrap();
     let seqs = |after, limit| -> Vec<u64> {
-        crate::feed::timeline(&conn, "bob", after, limit)
+        crate::domain::timeline(&conn, "bob", after, limit)
             .unwrap()
             .iter()
             .map(|e| e.seq)
@@ -242,7 +242,7 @@ async fn timeline_follows_commit_points() {
     assert_eq!(seqs(Some(5), 20), vec![6, 10]);
     assert_eq!(seqs(Some(10), 20), Vec::<u64>::new());
     assert_eq!(
-        crate::feed::following(&conn, "bob").unwrap().unwrap(),
+        crate::domain::following(&conn, "bob").unwrap().unwrap(),
         vec!["alice".to_string()]
     );
 }

@@ -4,11 +4,11 @@
 //! and the posts that took effect. Wrapping keeps the storage code itself free of metrics; the
 //! conformance suite tests the unwrapped stores, which these only forward to.
 
-use crate::raft::log_store::LogStore;
-use crate::raft::state_machine::{SnapshotBuilder, StateMachine};
-use crate::raft::types::{
-    Command, Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig, Vote,
+use crate::domain::Command;
+use crate::replicated::raft::log_store::LogStore;
+use crate::replicated::raft::state_machine::{SnapshotBuilder, StateMachine};
+use crate::replicated::raft::types::{
+    Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
 use chatfeed_common::metrics::seconds_since;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};

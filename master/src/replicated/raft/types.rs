@@ -1,6 +1,8 @@
-//! The Raft type configuration of the master group: what a log entry carries (`Command`), what
-//! applying it answers (`Reply`), and what a member is (`MemberNode`).
+//! The Raft type configuration of the master group: what a log entry carries (`Request`, a batch
+//! of the domain's commands), what applying it answers (`Reply`), and what a member is
+//! (`MemberNode`).
 
+use crate::domain::{Applied, Command, FeedError};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
@@ -83,53 +85,7 @@ impl From<RequestWire> for Request {
     }
 }
 
-/// A command of the replicated state machine.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    /// A new user; with a password hash (argon2id PHC string) when created by a login. Entries
-    /// from before accounts carry none.
-    CreateUser {
-        name: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        password_hash: Option<String>,
-    },
-    /// Sets the password hash of a user that has none (a user created before accounts, at its
-    /// first login since). Refused when the user has one: the first login wins.
-    SetPassword {
-        name: String,
-        password_hash: String,
-    },
-    /// The key that signs session tokens (hex), applied only when none is stored: every member
-    /// ends with the first one committed.
-    SetTokenKey {
-        key_hex: String,
-    },
-    Follow {
-        follower: String,
-        followee: String,
-    },
-    Unfollow {
-        follower: String,
-        followee: String,
-    },
-    Post {
-        author: String,
-        text: String,
-        client_post_id: String,
-    },
-}
-
 /// What applying one log entry answered: one answer per command, in order. Blank and
 /// membership entries answer nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply(pub Vec<Result<Applied, crate::feed::FeedError>>);
-
-/// A command that took effect (or a post that had already).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    /// The event's seq; for a duplicate post, the original post's seq.
-    pub seq: u64,
-    pub ts_ms: i64,
-    /// The post had been committed before under the same client post id.
-    pub duplicate: bool,
-}
+pub struct Reply(pub Vec<Result<Applied, FeedError>>);

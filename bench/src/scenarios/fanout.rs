@@ -1,0 +1,216 @@
+//! Scenario 2, fan-out: authors posting in an open loop at set rates, each followed by as many
+//! live streams; post-to-delivery latency, deliveries per second and their CPU cost, and a check
+//! that every stream got every post of its author once, in order.
+
+use super::cpu::{CpuMeter, CpuSpent};
+use super::{
+    Plan, StreamCheckJson, index_by_user, open_loop, open_streams, user, verify_posters,
+    wait_warmed_up, with_progress,
+};
+use crate::check::StreamCheck;
+use crate::load::{self, Poster, Sent, ms};
+use crate::stats::Latency;
+use crate::target::Target;
+use anyhow::{Result, ensure};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutRate {
+    pub target_posts_per_s: u64,
+    pub posts: usize,
+    pub posts_per_s: f64,
+    /// How far behind its open-loop schedule the sender fell at most.
+    pub max_send_lag_ms: f64,
+    pub post_ack: Latency,
+    /// Post (just before the call) to arrival in a follower's stream.
+    pub delivery: Latency,
+    pub deliveries: usize,
+    pub expected_deliveries: usize,
+    pub deliveries_per_s: f64,
+    /// Every follower got every post of its author, once, in order.
+    pub all_arrived: bool,
+    pub check: StreamCheckJson,
+    /// From the first post until every delivery arrived; per delivery.
+    pub cpu: CpuSpent,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Fanout {
+    pub authors: usize,
+    pub followers_per_author: usize,
+    pub streams: usize,
+    pub rates: Vec<FanoutRate>,
+    pub verified: bool,
+}
+
+pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
+    let (na, nf) = (plan.fanout_authors, plan.fanout_followers);
+    let authors: Vec<Arc<Poster>> = load::many(
+        "authors log in",
+        (0..na).map(|i| format!("fa{i}")).collect(),
+        |u| {
+            let masters = t.masters.clone();
+            async move { Ok(Arc::new(Poster::login(&masters, &u, "fan").await?)) }
+        },
+    )
+    .await?;
+    let follower_of = |i: usize| format!("fa{}", i / nf);
+    let sessions = load::many("followers log in and follow", (0..na * nf).collect(), |i| {
+        let masters = t.masters.clone();
+        let author = follower_of(i);
+        async move {
+            let s = load::login(&masters, &user(i)).await?;
+            load::follow(&s, &author).await?;
+            Ok(s)
+        }
+    })
+    .await?;
+    let streams = open_streams(t, sessions).await?;
+    let author_of: Vec<String> = (0..streams.len()).map(follower_of).collect();
+
+    // Warm-up: one post per author, which every stream must receive (all streams are live).
+    let mut acked: HashMap<String, Vec<Sent>> = HashMap::new();
+    let warm = load::many("warm-up posts", authors.clone(), |p| async move {
+        Ok((p.user.clone(), p.post().await?))
+    })
+    .await?;
+    for (u, s) in warm {
+        acked.entry(u).or_default().push(s);
+    }
+    let last_of = |acked: &HashMap<String, Vec<Sent>>| -> HashMap<String, u64> {
+        acked
+            .iter()
+            .map(|(u, v)| (u.clone(), v.iter().map(|s| s.post.seq).max().unwrap_or(0)))
+            .collect()
+    };
+    {
+        let last = last_of(&acked);
+        let idx = index_by_user(&streams);
+        wait_warmed_up(t, &streams, |s| last[&author_of[idx[s.user.as_str()]]]).await?;
+    }
+
+    let mut rates = Vec::new();
+    for &rate in &plan.fanout_rates {
+        eprintln!(
+            "  fan-out at {rate} posts/s for {} s ({} streams)",
+            plan.fanout_secs,
+            streams.len()
+        );
+        let count = Arc::new(AtomicU64::new(0));
+        let cpu = CpuMeter::start(t).await;
+        let (sent, max_lag) = with_progress(
+            &format!("{rate} posts/s"),
+            || format!("{} posts acknowledged", count.load(Ordering::Relaxed)),
+            open_loop(
+                &authors,
+                rate as f64,
+                plan.fanout_secs as f64,
+                None,
+                count.clone(),
+            ),
+        )
+        .await?;
+        let phase_first = sent.iter().map(|(_, s)| s.sent).min();
+        let mut per_author: HashMap<String, Vec<&Sent>> = HashMap::new();
+        for (u, s) in &sent {
+            per_author.entry(u.clone()).or_default().push(s);
+        }
+        let want: HashMap<String, u64> = per_author
+            .iter()
+            .map(|(u, v)| (u.clone(), v.iter().map(|s| s.post.seq).max().unwrap_or(0)))
+            .collect();
+        let idx = index_by_user(&streams);
+        let arrived_in_time = load::wait_delivered(&streams, Duration::from_secs(30), |s| {
+            want.get(&author_of[idx[s.user.as_str()]])
+                .copied()
+                .unwrap_or(0)
+        })
+        .await;
+        let cpu = cpu.spent();
+        if let Err(e) = &arrived_in_time {
+            eprintln!("    warning: {e}");
+        }
+        let sent_at: HashMap<u64, Instant> =
+            sent.iter().map(|(_, s)| (s.post.seq, s.sent)).collect();
+        let mut lat = Vec::new();
+        let mut check = StreamCheck::default();
+        let mut expected_total = 0usize;
+        let mut last_arrival = phase_first;
+        for (i, s) in streams.iter().enumerate() {
+            let expected: Vec<u64> = per_author
+                .get(&author_of[i])
+                .map(|v| {
+                    let mut e: Vec<u64> = v.iter().map(|s| s.post.seq).collect();
+                    e.sort_unstable();
+                    e
+                })
+                .unwrap_or_default();
+            expected_total += expected.len();
+            let d = s.snapshot();
+            let phase: Vec<(u64, Instant)> = d
+                .into_iter()
+                .filter(|(seq, _)| sent_at.contains_key(seq))
+                .collect();
+            for (seq, at) in &phase {
+                lat.push(ms(*at - sent_at[seq]));
+                last_arrival = last_arrival.max(Some(*at));
+            }
+            let seqs: Vec<u64> = phase.iter().map(|(s, _)| *s).collect();
+            check.add(&StreamCheck::of(&seqs, &expected));
+        }
+        let span = match (phase_first, last_arrival) {
+            (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        let post_ack = Latency::of(sent.iter().map(|(_, s)| ms(s.acked - s.sent)).collect());
+        let n = lat.len();
+        rates.push(FanoutRate {
+            target_posts_per_s: rate,
+            posts: sent.len(),
+            posts_per_s: sent.len() as f64 / plan.fanout_secs as f64,
+            max_send_lag_ms: max_lag,
+            post_ack,
+            delivery: Latency::of(lat),
+            deliveries: n,
+            expected_deliveries: expected_total,
+            deliveries_per_s: n as f64 / span,
+            all_arrived: check.ok() && arrived_in_time.is_ok(),
+            check: (&check).into(),
+            cpu: cpu.per(n),
+        });
+        for (u, s) in sent {
+            acked.entry(u).or_default().push(s);
+        }
+    }
+
+    // The whole run, stream by stream: every post of the author since the stream opened, once,
+    // in order (the warm-up post included).
+    let delivered = load::stop_all(streams).await?;
+    let mut whole = StreamCheck::default();
+    for (i, d) in delivered.iter().enumerate() {
+        let mut expected: Vec<u64> = acked
+            .get(&author_of[i])
+            .map(|v| v.iter().map(|s| s.post.seq).collect())
+            .unwrap_or_default();
+        expected.sort_unstable();
+        let seqs: Vec<u64> = d.iter().map(|(s, _)| *s).collect();
+        whole.add(&StreamCheck::of(&seqs, &expected));
+    }
+    ensure!(
+        whole.ok(),
+        "the streams did not get exactly their authors' posts: {whole:?}"
+    );
+    verify_posters(&authors, &acked).await?;
+    let _ = last_of;
+    Ok(Fanout {
+        authors: na,
+        followers_per_author: nf,
+        streams: na * nf,
+        rates,
+        verified: true,
+    })
+}

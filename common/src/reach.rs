@@ -1,0 +1,184 @@
+//! Reaching the active master: what every caller of the masters shares (the worker's link, the
+//! client's session, the test harness). Which answers are final and which mean "this master or
+//! worker could not answer now, try again or elsewhere" (`is_retryable`); the active master's
+//! address that a member which is not the active master names in its refusal (`leader_hint`);
+//! and the pacing of retries (`Backoff`, its jitter a parameter).
+
+use chatfeed_proto::LEADER_METADATA_KEY;
+use rand::Rng;
+use std::time::Duration;
+use tonic::{Code, Status};
+
+/// Whether a failed call may succeed if tried again, here a little later or on another member
+/// or worker. The codes of a decision are final: the request itself is wrong or impossible
+/// (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, OUT_OF_RANGE), the caller
+/// may not (PERMISSION_DENIED, UNAUTHENTICATED) or is over a limit it must act on
+/// (RESOURCE_EXHAUSTED). Everything else (UNAVAILABLE, DEADLINE_EXCEEDED, and the transport's
+/// UNKNOWN, INTERNAL, CANCELLED; ABORTED; UNIMPLEMENTED from a process that does not serve the
+/// call yet) means the process failed or could not answer in time.
+pub fn is_retryable(code: Code) -> bool {
+    !matches!(
+        code,
+        Code::Ok
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+    )
+}
+
+/// The active master's API address named in a refusal (UNAVAILABLE with `x-chatfeed-leader`),
+/// if any.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    let v = status
+        .metadata()
+        .get(LEADER_METADATA_KEY)?
+        .to_str()
+        .ok()?
+        .trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Doubling pauses between attempts, from `first` up to `max`, each drawn uniformly from the top
+/// `jitter` share of its step: `[step × (1 − jitter), step]`. Jitter keeps a crowd of callers
+/// cut off by the same failure (a worker's clients, a cluster's workers after a fail-over) from
+/// retrying in lockstep; 0.5 ("equal jitter") never waits less than half a step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    jitter: f64,
+    step: Duration,
+}
+
+impl Backoff {
+    /// Pauses from `first` to `max`; `jitter` in [0, 1] (clamped).
+    pub fn new(first: Duration, max: Duration, jitter: f64) -> Backoff {
+        Backoff {
+            first,
+            max: max.max(first),
+            jitter: jitter.clamp(0.0, 1.0),
+            step: first,
+        }
+    }
+
+    /// The next pause, drawn with `rng`.
+    pub fn next_with(&mut self, rng: &mut impl Rng) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let low = step.mul_f64(1.0 - self.jitter);
+        if low >= step {
+            return step;
+        }
+        rng.gen_range(low..=step)
+    }
+
+    /// The next pause.
+    pub fn next_delay(&mut self) -> Duration {
+        self.next_with(&mut rand::thread_rng())
+    }
+
+    /// Back to the first step, after a success.
+    pub fn reset(&mut self) {
+        self.step = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use tonic::metadata::MetadataValue;
+
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// Every pause lies in [step × (1 − jitter), step]; steps double from `first` and never
+    /// exceed `max`; a reset starts over.
+    #[test]
+    fn pauses_stay_within_their_step() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for jitter in [0.0, 0.5, 1.0] {
+            let mut b = Backoff::new(FIRST, MAX, jitter);
+            let mut step = FIRST;
+            for _ in 0..12 {
+                let d = b.next_with(&mut rng);
+                assert!(
+                    d >= step.mul_f64(1.0 - jitter) && d <= step,
+                    "jitter {jitter}: {d:?} outside its step {step:?}"
+                );
+                step = (step * 2).min(MAX);
+            }
+            assert!(b.next_with(&mut rng) >= MAX.mul_f64(1.0 - jitter));
+            b.reset();
+            assert!(b.next_with(&mut rng) <= FIRST);
+        }
+    }
+
+    /// With jitter, many draws at the same step differ; without, they are all the step.
+    #[test]
+    fn jitter_spreads_the_pauses() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let draws = |jitter, rng: &mut rand::rngs::StdRng| {
+            (0..20)
+                .map(|_| Backoff::new(FIRST, MAX, jitter).next_with(rng))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert!(draws(0.5, &mut rng).len() > 1);
+        assert_eq!(
+            draws(0.0, &mut rng).into_iter().collect::<Vec<_>>(),
+            [FIRST]
+        );
+    }
+
+    /// Domain answers are final; failures to answer are retried.
+    #[test]
+    fn final_answers_are_not_retried() {
+        for c in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::ResourceExhausted,
+        ] {
+            assert!(!is_retryable(c), "{c:?}");
+        }
+        for c in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Unknown,
+            Code::Internal,
+            Code::Cancelled,
+            Code::Unimplemented,
+        ] {
+            assert!(is_retryable(c), "{c:?}");
+        }
+    }
+
+    /// The redirect is read from UNAVAILABLE answers only, and an empty one is none.
+    #[test]
+    fn reads_the_redirect_of_unavailable_answers() {
+        let mut s = Status::unavailable("not active");
+        s.metadata_mut()
+            .insert(LEADER_METADATA_KEY, MetadataValue::from_static(" h:7002 "));
+        assert_eq!(leader_hint(&s), Some("h:7002".into()));
+        assert_eq!(leader_hint(&Status::unavailable("x")), None);
+        let mut s = Status::not_found("x");
+        s.metadata_mut()
+            .insert(LEADER_METADATA_KEY, MetadataValue::from_static("h:7002"));
+        assert_eq!(leader_hint(&s), None);
+        let mut s = Status::unavailable("x");
+        s.metadata_mut()
+            .insert(LEADER_METADATA_KEY, MetadataValue::from_static(""));
+        assert_eq!(leader_hint(&s), None);
+    }
+}

@@ -1,0 +1,172 @@
+//! The feed's commands and their answers: what a client can ask the replicated state to do
+//! (`Command`), what a command that took effect answers (`Applied`), why one is refused
+//! (`FeedError`), and the checks that need no state (names, post text, client post ids). The
+//! checks are deterministic, so every member reaches the same answer.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest user name.
+pub const MAX_NAME_LEN: usize = 32;
+/// Longest client post id: it is an idempotency key, not content.
+pub const MAX_CLIENT_POST_ID_LEN: usize = 64;
+
+/// A command of the replicated state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A new user; with a password hash (argon2id PHC string) when created by a login. Entries
+    /// from before accounts carry none.
+    CreateUser {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_hash: Option<String>,
+    },
+    /// Sets the password hash of a user that has none (a user created before accounts, at its
+    /// first login since). Refused when the user has one: the first login wins.
+    SetPassword {
+        name: String,
+        password_hash: String,
+    },
+    /// The key that signs session tokens (hex), applied only when none is stored: every member
+    /// ends with the first one committed.
+    SetTokenKey {
+        key_hex: String,
+    },
+    Follow {
+        follower: String,
+        followee: String,
+    },
+    Unfollow {
+        follower: String,
+        followee: String,
+    },
+    Post {
+        author: String,
+        text: String,
+        client_post_id: String,
+    },
+}
+
+/// A command that took effect (or a post that had already).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The event's seq; for a duplicate post, the original post's seq.
+    pub seq: u64,
+    pub ts_ms: i64,
+    /// The post had been committed before under the same client post id.
+    pub duplicate: bool,
+}
+
+/// Why a command was refused. Deterministic: the same state and command give the same error on
+/// every member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FeedError {
+    #[error("invalid user name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("user {0:?} does not exist")]
+    UserNotFound(String),
+    #[error("you cannot follow yourself")]
+    FollowSelf,
+    #[error("{follower:?} already follows {followee:?}")]
+    AlreadyFollowing { follower: String, followee: String },
+    #[error("{follower:?} does not follow {followee:?}")]
+    NotFollowing { follower: String, followee: String },
+    #[error("a post cannot be empty")]
+    EmptyPost,
+    #[error("a post is at most {max} characters; this one has {chars}")]
+    PostTooLong { chars: usize, max: usize },
+    #[error("invalid client post id: {0}")]
+    InvalidPostId(String),
+    #[error("user {0:?} has a password already")]
+    PasswordAlreadySet(String),
+    #[error("the token key is set already")]
+    TokenKeySet,
+    #[error("invalid command: {0}")]
+    Invalid(String),
+}
+
+/// Checks a user name: 1 to 32 characters of `[A-Za-z0-9_.-]`.
+pub fn validate_name(name: &str) -> Result<(), FeedError> {
+    let bad = |reason: &str| FeedError::InvalidName {
+        name: name.into(),
+        reason: reason.into(),
+    };
+    if name.is_empty() {
+        return Err(bad("a name needs at least one character"));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(bad("a name has at most 32 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(bad("use only letters, digits, '_', '.' and '-'"));
+    }
+    Ok(())
+}
+
+/// Checks a post's text against `max_chars`.
+pub fn validate_text(text: &str, max_chars: usize) -> Result<(), FeedError> {
+    if text.trim().is_empty() {
+        return Err(FeedError::EmptyPost);
+    }
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(FeedError::PostTooLong {
+            chars,
+            max: max_chars,
+        });
+    }
+    Ok(())
+}
+
+/// Validates what can be validated without the state; the API calls it before proposing, and
+/// `apply_command` again (with the hard limit) so the log cannot carry a bad command.
+pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), FeedError> {
+    match cmd {
+        Command::CreateUser { name, .. } => validate_name(name),
+        Command::SetPassword {
+            name,
+            password_hash,
+        } => {
+            validate_name(name)?;
+            if password_hash.is_empty() {
+                return Err(FeedError::Invalid("an empty password hash".into()));
+            }
+            Ok(())
+        }
+        Command::SetTokenKey { key_hex } => {
+            if key_hex.len() != 2 * chatfeed_common::accounts::TOKEN_KEY_LEN
+                || !key_hex.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                return Err(FeedError::Invalid("a token key is 32 bytes in hex".into()));
+            }
+            Ok(())
+        }
+        Command::Follow { follower, followee } | Command::Unfollow { follower, followee } => {
+            validate_name(follower)?;
+            validate_name(followee)?;
+            if follower == followee {
+                return Err(FeedError::FollowSelf);
+            }
+            Ok(())
+        }
+        Command::Post {
+            author,
+            text,
+            client_post_id,
+            ..
+        } => {
+            validate_name(author)?;
+            validate_text(text, max_post_chars)?;
+            if client_post_id.len() > MAX_CLIENT_POST_ID_LEN {
+                return Err(FeedError::InvalidPostId(format!(
+                    "at most {MAX_CLIENT_POST_ID_LEN} bytes"
+                )));
+            }
+            Ok(())
+        }
+    }
+}

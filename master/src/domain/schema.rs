@@ -1,0 +1,41 @@
+//! The feed's SQLite tables: users, follows (with the seq range in which each held), the event
+//! log (user created, followed, unfollowed, posted; every event numbered by its `seq`) and the
+//! cluster's secrets. `migrate` brings an older database up to date.
+
+use rusqlite::Connection;
+
+/// Event kinds, as stored in `events.kind`.
+pub const KIND_USER: i64 = 0;
+pub const KIND_FOLLOW: i64 = 1;
+pub const KIND_UNFOLLOW: i64 = 2;
+pub const KIND_POST: i64 = 3;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS follows (
+    follower TEXT NOT NULL, followee TEXT NOT NULL,
+    from_seq INTEGER NOT NULL, to_seq INTEGER,
+    PRIMARY KEY (follower, followee, from_seq));
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, kind INTEGER NOT NULL, actor TEXT NOT NULL, target TEXT,
+    text TEXT, ts_ms INTEGER NOT NULL, client_post_id TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS post_ids ON events(actor, client_post_id)
+    WHERE kind = 3 AND client_post_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS posts_by_author ON events(actor, seq) WHERE kind = 3;
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// The `secrets` row that holds the token key (hex).
+pub(super) const TOKEN_KEY: &str = "token_key";
+
+/// Brings a database made before accounts up to date: `users.pw_hash` (NULL: no password yet).
+/// Idempotent; runs when a member opens its database.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_hash = conn
+        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'pw_hash'")?
+        .exists([])?;
+    if !has_hash {
+        conn.execute_batch("ALTER TABLE users ADD COLUMN pw_hash TEXT")?;
+    }
+    Ok(())
+}

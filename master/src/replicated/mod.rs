@@ -1,0 +1,23 @@
+//! The replicated core: a member's part in the Raft group and what it does with the replicated
+//! state. `core.rs` (`Core`: commit, linearizable reads, the watch stream, a client's write with
+//! its limits) and `login.rs` (logins and the token key) are the operations the services call;
+//! `mastership.rs` says who is the active master; `batch.rs` (group commit), `read_barrier.rs`
+//! (shared quorum rounds), `accounts.rs` (password hashing, wrong-password slow-down) and
+//! `post_rate.rs` (posts per user per second) serve them; `handoff.rs` passes the leadership on a
+//! planned stop; `raft/` holds the openraft adapters (types, storage, transport). It knows the
+//! domain, never the gRPC services.
+
+pub mod accounts;
+mod batch;
+mod core;
+mod error;
+pub mod handoff;
+mod login;
+pub mod mastership;
+mod post_rate;
+pub mod raft;
+mod read_barrier;
+
+pub use core::{Core, TimelinePage};
+pub use error::{Error, Result};
+pub use login::Login;

@@ -1,0 +1,120 @@
+//! Between the wire and the domain, in one place: the gRPC status of each core error and each
+//! refused command (the one mapping of errors to codes), wire requests to domain commands, and
+//! domain events to wire events.
+
+use crate::domain::{self, Command, FeedError};
+use crate::replicated::Error;
+use chatfeed_proto::LEADER_METADATA_KEY;
+use chatfeed_proto::cluster as pb;
+use tonic::Status;
+
+/// The gRPC status for a refused command.
+pub fn feed_status(e: &FeedError) -> Status {
+    let msg = e.to_string();
+    match e {
+        FeedError::InvalidName { .. }
+        | FeedError::EmptyPost
+        | FeedError::PostTooLong { .. }
+        | FeedError::InvalidPostId(_)
+        | FeedError::FollowSelf => Status::invalid_argument(msg),
+        FeedError::UserExists(_)
+        | FeedError::AlreadyFollowing { .. }
+        | FeedError::PasswordAlreadySet(_)
+        | FeedError::TokenKeySet => Status::already_exists(msg),
+        FeedError::Invalid(_) => Status::invalid_argument(msg),
+        FeedError::UserNotFound(_) => Status::not_found(msg),
+        FeedError::NotFollowing { .. } => Status::failed_precondition(msg),
+    }
+}
+
+/// The gRPC status for a core error: UNAVAILABLE with the active master's address in
+/// `x-chatfeed-leader` for a member that is not the active master.
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::NotActive {
+                message,
+                leader_api,
+            } => {
+                let mut s = Status::unavailable(message);
+                if let Some(v) = leader_api.and_then(|a| a.parse().ok()) {
+                    s.metadata_mut().insert(LEADER_METADATA_KEY, v);
+                }
+                s
+            }
+            Error::Unavailable(m) => Status::unavailable(m),
+            Error::Refused(f) => feed_status(&f),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::Exhausted(m) => Status::resource_exhausted(m),
+            Error::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// The domain command of a `Write` request.
+pub fn command_of(req: pb::WriteRequest) -> Result<Command, Status> {
+    use pb::write_request::Command as C;
+    Ok(
+        match req
+            .command
+            .ok_or_else(|| Status::invalid_argument("a write needs a command"))?
+        {
+            // A user without a password: its first login sets one. Logins create users through
+            // Authenticate, with the password's hash.
+            C::CreateUser(c) => Command::CreateUser {
+                name: c.name,
+                password_hash: None,
+            },
+            C::Follow(c) => Command::Follow {
+                follower: c.follower,
+                followee: c.followee,
+            },
+            C::Unfollow(c) => Command::Unfollow {
+                follower: c.follower,
+                followee: c.followee,
+            },
+            C::Post(p) => Command::Post {
+                author: p.author,
+                text: p.text,
+                client_post_id: p.client_post_id,
+            },
+        },
+    )
+}
+
+impl From<domain::Event> for pb::PostEvent {
+    fn from(e: domain::Event) -> Self {
+        pb::PostEvent {
+            seq: e.seq,
+            author: e.actor,
+            text: e.text.unwrap_or_default(),
+            ts_ms: e.ts_ms,
+            client_post_id: e.client_post_id.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<domain::Event> for pb::Event {
+    fn from(e: domain::Event) -> Self {
+        use pb::event::Kind;
+        let seq = e.seq;
+        let pair = |e: &domain::Event| (e.actor.clone(), e.target.clone().unwrap_or_default());
+        let kind = match e.kind {
+            domain::KIND_USER => Kind::UserCreated(e.actor),
+            domain::KIND_FOLLOW => {
+                let (follower, followee) = pair(&e);
+                Kind::Followed(pb::Follow { follower, followee })
+            }
+            domain::KIND_UNFOLLOW => {
+                let (follower, followee) = pair(&e);
+                Kind::Unfollowed(pb::Unfollow { follower, followee })
+            }
+            _ => Kind::Posted(e.into()),
+        };
+        pb::Event {
+            seq,
+            kind: Some(kind),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `chatfeed.master.Master`: what clients and operators call on any member. `Status` is the whole
+//! group as this member sees it (`status.rs`); `GetWorker` names the least-loaded live worker and
+//! is answered by the active master only.
+
+use super::status::{self, Local};
+use crate::background::directory::Directory;
+use chatfeed_proto::master as pb;
+use chatfeed_proto::master::master_server::{Master, MasterServer};
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+
+/// The client and operator API of one member.
+pub struct MasterService {
+    local: Local,
+    directory: Arc<Mutex<Directory>>,
+}
+
+impl MasterService {
+    pub fn new(local: Local, directory: Arc<Mutex<Directory>>) -> Self {
+        MasterService { local, directory }
+    }
+
+    pub fn into_server(self) -> MasterServer<Self> {
+        MasterServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Master for MasterService {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(
+            status::group(&self.local, &self.directory).await,
+        ))
+    }
+
+    async fn get_worker(
+        &self,
+        req: Request<pb::GetWorkerRequest>,
+    ) -> Result<Response<pb::GetWorkerReply>, Status> {
+        self.local.core.mastership().require_active()?;
+        let exclude = req.into_inner().exclude_addrs;
+        let picked = self
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assign(&exclude);
+        match picked {
+            Some((worker_id, addr)) => Ok(Response::new(pb::GetWorkerReply { worker_id, addr })),
+            None => Err(Status::unavailable(
+                "no worker is registered with the active master; start workers with scripts/WorkerStartup.sh",
+            )),
+        }
+    }
+}
