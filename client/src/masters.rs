@@ -2,6 +2,7 @@
 //! the TLS to reach them with (`--ca`, `--plaintext`, else the configuration's `[tls]`), and a
 //! connection to the first master that answers.
 
+use crate::master_link::{CALL_TIMEOUT, CONNECT_TIMEOUT};
 use anyhow::{Context, bail};
 use chatfeed_common::Config;
 use chatfeed_common::tls::Dial;
@@ -9,15 +10,10 @@ use chatfeed_common::tls::Tls;
 use chatfeed_proto::master::master_client::MasterClient;
 use std::path::Path;
 use std::path::PathBuf;
-use std::time::Duration;
 use tonic::transport::Channel;
 
 /// The file that names the masters when `--master` is not given.
 pub const DEFAULT_ADDRESS_FILE: &str = "default_master_address";
-/// Connecting to one master must not hold the client up for long: another may answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// A call that takes longer than this has failed.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The configuration file the client takes its CA from when no `--ca` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "chatfeed.toml";

@@ -18,8 +18,8 @@ use chatfeed_common::accounts::{AUTHORIZATION, SESSION_EXPIRED, WORKER_FULL, bea
 use chatfeed_common::tls::Tls;
 use chatfeed_proto::feed::LoginRequest;
 use chatfeed_proto::feed::feed_client::FeedClient;
-use chatfeed_proto::master::GetWorkerRequest;
 use chatfeed_proto::master::master_client::MasterClient;
+use chatfeed_proto::master::{GetWorkerReply, GetWorkerRequest};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,6 +206,25 @@ impl Session {
         Some(conn.worker.as_ref().map(|l| l.addr.clone()))
     }
 
+    /// A worker from the active master (`GetWorker`, trying `hint` first), not one of `exclude`
+    /// while others are live: one pass over the masters, no retry.
+    async fn get_worker(
+        &self,
+        hint: Option<&str>,
+        exclude: Vec<String>,
+    ) -> Result<(String, GetWorkerReply), MasterError> {
+        master_link::on_active_master(&self.tls, &self.masters, hint, |ch| {
+            let exclude_addrs = exclude.clone();
+            async move {
+                MasterClient::new(ch)
+                    .get_worker(GetWorkerRequest { exclude_addrs })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await
+    }
+
     /// The current worker, or a new one: one attempt through the active master, no retry.
     pub async fn lease(&self) -> Result<Lease, CallError> {
         let mut conn = self.conn.lock().await;
@@ -215,17 +234,7 @@ impl Session {
         let exclude = conn.excluded_now();
         let hint = conn.hint.clone();
         let asked = std::time::Instant::now();
-        let picked =
-            master_link::on_active_master(&self.tls, &self.masters, hint.as_deref(), |ch| {
-                let exclude_addrs = exclude.clone();
-                async move {
-                    MasterClient::new(ch)
-                        .get_worker(GetWorkerRequest { exclude_addrs })
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
-            .await;
+        let picked = self.get_worker(hint.as_deref(), exclude).await;
         let (master, reply) = match picked {
             Ok(v) => v,
             Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
@@ -416,16 +425,7 @@ impl Session {
         loop {
             let once = async {
                 let exclude = self.conn.lock().await.excluded_now();
-                let picked = master_link::on_active_master(&self.tls, &self.masters, None, |ch| {
-                    let exclude_addrs = exclude.clone();
-                    async move {
-                        MasterClient::new(ch)
-                            .get_worker(GetWorkerRequest { exclude_addrs })
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await;
+                let picked = self.get_worker(None, exclude).await;
                 let addr = match picked {
                     Ok((_, w)) => w.addr,
                     Err(MasterError::Answer(s)) => return Err(CallError::Answer(s)),
