@@ -19,9 +19,11 @@ run: build
 stop:
 	scripts/stop.sh
 
-# The whole test suite (what .ci/run calls). The process tests run the debug binaries it builds.
+# The whole test suite (what .ci/run calls). The process tests run the debug binaries it builds;
+# the bench's own tests start a real etcd (scripts/bench-deps.sh installs it).
 test:
 	scripts/test-deps.sh
+	scripts/bench-deps.sh
 	cargo test --workspace --all-targets
 
 # The fault-injection soak: SECS seconds of seeded faults (kill -9 of masters and workers, a
@@ -44,10 +46,14 @@ soak:
 # latest.json. QUICK=1: about a minute. ONLY=throughput,fanout,...: some scenarios. PLAINTEXT=1:
 # without TLS, to compare with the default (TLS) figures. COMPARE=N: N runs of each mode,
 # alternated, and the medians of TLS against plaintext (issue 6). KEEP_LOGS=dir: copy the
-# cluster's logs there at the end.
+# cluster's logs there at the end. PEER=etcd (issue 19): then the throughput and fan-out against
+# a three-member etcd on this machine in the same mode (scripts/bench-deps.sh installs Debian's
+# etcd-server), each figure for both and the ratio; with COMPARE=N, N alternated rounds of
+# chatfeed and etcd (in the mode PLAINTEXT chooses) and the medians.
 bench:
+	$(if $(PEER),scripts/bench-deps.sh)
 	cargo build --release --bins
-	target/release/chatfeed-bench $(if $(QUICK),--quick) $(if $(MASTER),--master $(MASTER)) $(if $(ONLY),--only $(ONLY)) $(if $(PLAINTEXT),--plaintext) $(if $(COMPARE),--compare $(COMPARE)) $(if $(KEEP_LOGS),--keep-logs $(KEEP_LOGS))
+	target/release/chatfeed-bench $(if $(QUICK),--quick) $(if $(MASTER),--master $(MASTER)) $(if $(ONLY),--only $(ONLY)) $(if $(PLAINTEXT),--plaintext) $(if $(COMPARE),--compare $(COMPARE)) $(if $(KEEP_LOGS),--keep-logs $(KEEP_LOGS)) $(if $(PEER),--peer $(PEER))
 
 verify:
 	cargo fmt --all --check

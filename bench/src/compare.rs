@@ -6,6 +6,10 @@
 //! On a shared machine one run of a mode can differ from the next by more than the two modes
 //! differ, so a comparison of single runs says little: hence the medians, and every run's value
 //! in the JSON.
+//!
+//! The figures are read from the runs' JSON by pointer, so the same machinery serves
+//! `versus` (chatfeed against a peer such as etcd, issue 19): [`series`] with
+//! [`Figures::Peer`] gives each figure's values over both sets of runs.
 
 use crate::stats::median;
 use serde::Serialize;
@@ -22,10 +26,21 @@ pub enum Better {
     Lower,
 }
 
+/// Which figures a comparison takes from each run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Figures {
+    /// TLS against plaintext (issue 6): the rates and latencies of every scenario.
+    Modes,
+    /// chatfeed against a peer (issue 19): everything the throughput and fan-out measure.
+    Peer,
+}
+
 /// One figure of a run's JSON: its name and where it is.
 struct Figure {
     name: String,
     better: Better,
+    /// A yes/no figure (true: 1, false: 0).
+    flag: bool,
     /// For a figure of one element of an array (a throughput run, a fan-out rate): the array's
     /// JSON pointer, the field naming the element and its value.
     element: Option<(&'static str, &'static str, u64)>,
@@ -43,8 +58,22 @@ impl Figure {
                 .iter()
                 .find(|e| e.get(field).and_then(Value::as_u64) == Some(key))?,
         };
-        within.pointer(self.pointer)?.as_f64()
+        let v = within.pointer(self.pointer)?;
+        v.as_f64()
+            .or_else(|| v.as_bool().map(|b| if b { 1.0 } else { 0.0 }))
     }
+}
+
+/// One figure's values over two sets of runs (`a` and `b`: TLS and plaintext, or chatfeed and
+/// a peer), each in run order.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub figure: String,
+    pub better: Better,
+    /// A yes/no figure: values are 1 (yes) and 0 (no).
+    pub flag: bool,
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
 }
 
 /// One figure compared.
@@ -61,8 +90,12 @@ pub struct Row {
     pub within: bool,
 }
 
-/// The figures a run's JSON has, in the order of the bench's table.
-fn figures(run: &Value) -> Vec<Figure> {
+/// What the figures of a throughput run and a fan-out rate are: (name, better, pointer in the
+/// element, yes/no).
+type ElementFigures = &'static [(&'static str, Better, &'static str, bool)];
+
+/// The figures of `set` that a run's JSON has, in the order of the bench's table.
+fn figures(run: &Value, set: Figures) -> Vec<Figure> {
     let keys = |array: &str, field: &str| -> Vec<u64> {
         run.pointer(array)
             .and_then(Value::as_array)
@@ -73,56 +106,131 @@ fn figures(run: &Value) -> Vec<Figure> {
             })
             .unwrap_or_default()
     };
+    let (throughput, fanout): (ElementFigures, ElementFigures) = match set {
+        Figures::Modes => (
+            &[
+                ("posts/s", Better::Higher, "/posts_per_s", false),
+                ("p99 ms", Better::Lower, "/latency/p99_ms", false),
+            ],
+            &[
+                ("p50 ms", Better::Lower, "/delivery/p50_ms", false),
+                ("p99 ms", Better::Lower, "/delivery/p99_ms", false),
+                ("deliveries/s", Better::Higher, "/deliveries_per_s", false),
+            ],
+        ),
+        Figures::Peer => (
+            &[
+                ("writes/s", Better::Higher, "/posts_per_s", false),
+                ("p50 ms", Better::Lower, "/latency/p50_ms", false),
+                ("p99 ms", Better::Lower, "/latency/p99_ms", false),
+                ("max ms", Better::Lower, "/latency/max_ms", false),
+                (
+                    "cluster CPU µs/write",
+                    Better::Lower,
+                    "/cpu_us_per_post/cluster",
+                    false,
+                ),
+            ],
+            &[
+                ("sent/s", Better::Higher, "/posts_per_s", false),
+                ("delivery p50 ms", Better::Lower, "/delivery/p50_ms", false),
+                ("delivery p99 ms", Better::Lower, "/delivery/p99_ms", false),
+                ("delivery max ms", Better::Lower, "/delivery/max_ms", false),
+                ("deliveries/s", Better::Higher, "/deliveries_per_s", false),
+                (
+                    "every delivery arrived",
+                    Better::Higher,
+                    "/all_arrived",
+                    true,
+                ),
+                (
+                    "machine busy %",
+                    Better::Lower,
+                    "/cpu/machine_busy_pct",
+                    false,
+                ),
+                (
+                    "cluster CPU µs/delivery",
+                    Better::Lower,
+                    "/cpu/us_per_unit/cluster",
+                    false,
+                ),
+            ],
+        ),
+    };
     let mut f = Vec::new();
     let per_element = [
         (
             "/throughput",
             "clients",
             "throughput, {} clients",
-            &[
-                ("posts/s", Better::Higher, "/posts_per_s"),
-                ("p99 ms", Better::Lower, "/latency/p99_ms"),
-            ][..],
+            throughput,
         ),
         (
             "/fanout/rates",
             "target_posts_per_s",
             "fan-out {}/s",
-            &[
-                ("p50 ms", Better::Lower, "/delivery/p50_ms"),
-                ("p99 ms", Better::Lower, "/delivery/p99_ms"),
-                ("deliveries/s", Better::Higher, "/deliveries_per_s"),
-            ][..],
+            fanout,
         ),
     ];
     for (array, field, name, figs) in per_element {
         for key in keys(array, field) {
-            for &(what, better, pointer) in figs {
+            for &(what, better, pointer, flag) in figs {
                 f.push(Figure {
                     name: format!("{}, {what}", name.replace("{}", &key.to_string())),
                     better,
+                    flag,
                     element: Some((array, field, key)),
                     pointer,
                 });
             }
         }
     }
-    for (name, pointer) in [
-        ("master fail-over, median ms", "/master_failover/median_ms"),
-        ("master fail-over, max ms", "/master_failover/max_ms"),
-        ("worker fail-over, p50 ms", "/worker_failover/resume/p50_ms"),
-        ("worker fail-over, max ms", "/worker_failover/resume/max_ms"),
-        ("idle stream, bytes", "/memory/bytes_per_stream"),
-    ] {
-        f.push(Figure {
-            name: name.to_string(),
-            better: Better::Lower,
-            element: None,
-            pointer,
-        });
+    if set == Figures::Modes {
+        for (name, pointer) in [
+            ("master fail-over, median ms", "/master_failover/median_ms"),
+            ("master fail-over, max ms", "/master_failover/max_ms"),
+            ("worker fail-over, p50 ms", "/worker_failover/resume/p50_ms"),
+            ("worker fail-over, max ms", "/worker_failover/resume/max_ms"),
+            ("idle stream, bytes", "/memory/bytes_per_stream"),
+        ] {
+            f.push(Figure {
+                name: name.to_string(),
+                better: Better::Lower,
+                flag: false,
+                element: None,
+                pointer,
+            });
+        }
     }
     f.retain(|x| x.value(run).is_some());
     f
+}
+
+/// Every figure of `set` that the first run of `a` has, with its values in every run of `a`
+/// and of `b` that has it; figures missing from all runs of either side are left out.
+pub fn series(set: Figures, a: &[Value], b: &[Value]) -> Vec<Series> {
+    let Some(first) = a.first() else {
+        return Vec::new();
+    };
+    figures(first, set)
+        .into_iter()
+        .filter_map(|f| {
+            let of =
+                |runs: &[Value]| -> Vec<f64> { runs.iter().filter_map(|r| f.value(r)).collect() };
+            let (va, vb) = (of(a), of(b));
+            if va.is_empty() || vb.is_empty() {
+                return None;
+            }
+            Some(Series {
+                figure: f.name,
+                better: f.better,
+                flag: f.flag,
+                a: va,
+                b: vb,
+            })
+        })
+        .collect()
 }
 
 /// How much worse `tls` is than `plaintext` for a figure where `better` values are better.
@@ -138,35 +246,27 @@ pub fn worse_by(better: Better, tls: f64, plaintext: f64) -> f64 {
 
 /// Every figure the first TLS run has, compared over all runs that have it.
 pub fn compare(tls: &[Value], plaintext: &[Value]) -> Vec<Row> {
-    let Some(first) = tls.first() else {
-        return Vec::new();
-    };
-    figures(first)
+    series(Figures::Modes, tls, plaintext)
         .into_iter()
-        .filter_map(|f| {
-            let of =
-                |runs: &[Value]| -> Vec<f64> { runs.iter().filter_map(|r| f.value(r)).collect() };
-            let (t, p) = (of(tls), of(plaintext));
-            if t.is_empty() || p.is_empty() {
-                return None;
-            }
-            let (tm, pm) = (median(&t), median(&p));
-            let worse = worse_by(f.better, tm, pm);
-            Some(Row {
-                figure: f.name,
-                better: f.better,
-                tls: t,
-                plaintext: p,
+        .map(|s| {
+            let (tm, pm) = (median(&s.a), median(&s.b));
+            let worse = worse_by(s.better, tm, pm);
+            Row {
+                figure: s.figure,
+                better: s.better,
+                tls: s.a,
+                plaintext: s.b,
                 tls_median: tm,
                 plaintext_median: pm,
                 tls_worse_by: worse,
                 within: worse <= ALLOWED,
-            })
+            }
         })
         .collect()
 }
 
-fn fmt(v: f64) -> String {
+/// A figure for a table: whole numbers from 100 on, one decimal below.
+pub fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else {

@@ -325,26 +325,48 @@ impl Drop for Stream {
     }
 }
 
+/// What `wait_delivered` needs of something that receives deliveries: a chatfeed timeline
+/// stream, or a peer's watch (`peer::watch`).
+pub trait Receiver {
+    /// Its name in messages (the stream's user).
+    fn name(&self) -> &str;
+    /// The largest seq (or revision) delivered so far.
+    fn last(&self) -> u64;
+    /// How it ended, once it did by itself (`None` while it runs).
+    fn ended(&self) -> Option<String>;
+}
+
+impl Receiver for Stream {
+    fn name(&self) -> &str {
+        &self.user
+    }
+
+    fn last(&self) -> u64 {
+        self.last.load(Ordering::Relaxed)
+    }
+
+    fn ended(&self) -> Option<String> {
+        self.client_state().0
+    }
+}
+
 /// Waits until every stream in `streams` has delivered a seq >= `want(stream)`; fails after
 /// `limit`, naming how many are behind, or as soon as a stream that is behind has ended (its
 /// client gave up: it will never catch up), naming why.
-pub async fn wait_delivered(
-    streams: &[Stream],
+pub async fn wait_delivered<R: Receiver>(
+    streams: &[R],
     limit: Duration,
-    want: impl Fn(&Stream) -> u64,
+    want: impl Fn(&R) -> u64,
 ) -> Result<()> {
     let end = Instant::now() + limit;
     loop {
-        let behind: Vec<&Stream> = streams
-            .iter()
-            .filter(|s| s.last.load(Ordering::Relaxed) < want(s))
-            .collect();
+        let behind: Vec<&R> = streams.iter().filter(|s| s.last() < want(s)).collect();
         if behind.is_empty() {
             return Ok(());
         }
         let ended: Vec<(&str, String)> = behind
             .iter()
-            .filter_map(|s| Some((s.user.as_str(), s.client_state().0?)))
+            .filter_map(|s| Some((s.name(), s.ended()?)))
             .collect();
         if let Some((user, why)) = ended.first() {
             bail!(

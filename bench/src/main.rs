@@ -4,21 +4,29 @@
 //! a table with the targets and writes the figures as JSON to `bench/results/<timestamp>.json`
 //! and `bench/results/latest.json`, with the machine it ran on.
 //!
+//! With `--peer etcd` (issue 19) the same run then measures the throughput and fan-out against
+//! a three-member etcd on this machine, in the same security mode, and prints each figure for
+//! both and the ratio.
+//!
 //! Modules: `scenarios` (the five measurements), `load` (posting and streaming clients: the real
 //! client's `Session` and resumable stream), `check` (answer checking), `stats` (percentiles),
-//! `target` (the cluster under test), `machine` (/proc facts), `report` (table, targets, JSON).
+//! `target` (the cluster under test), `machine` (/proc facts), `report` (table, targets, JSON),
+//! `compare` (`--compare N`: medians of alternated runs), `peer` (the same scenarios against
+//! etcd), `versus` (chatfeed against the peer, figure by figure).
 
 mod check;
 mod compare;
 mod load;
 mod machine;
+mod peer;
 mod report;
 mod scenarios;
 mod stats;
 mod target;
+mod versus;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use report::Report;
 use scenarios::Plan;
 use std::path::PathBuf;
@@ -61,10 +69,19 @@ struct Args {
     /// Compare TLS with plaintext: N runs of each mode, alternated (TLS first), each on a fresh
     /// local cluster and written as usual; then each figure's median per mode and how much worse
     /// TLS is (`compare-<time>.json`). N runs of both modes take 2N times a single run. Not
-    /// with --keep-logs (one directory cannot hold the logs of every run).
-    #[arg(long, value_name = "N", conflicts_with_all = ["plaintext", "master", "keep_logs"],
+    /// with --keep-logs (one directory cannot hold the logs of every run). With --peer: N
+    /// alternated rounds of chatfeed then the peer, in one mode (TLS, or --plaintext), and the
+    /// medians of both (`compare-<peer>-<time>.json`).
+    #[arg(long, value_name = "N", conflicts_with_all = ["master", "keep_logs"],
           value_parser = clap::value_parser!(u32).range(1..))]
     compare: Option<u32>,
+    /// Then run the throughput and fan-out scenarios against this system, a three-member
+    /// cluster on this machine started by the bench in the same security mode, and print each
+    /// figure for both and the ratio (issue 19). Only `etcd` (scripts/bench-deps.sh installs
+    /// it). chatfeed's scenarios are then only throughput and fan-out (and --only's).
+    #[arg(long, value_name = "PEER", conflicts_with = "master",
+          value_parser = clap::builder::PossibleValuesParser::new(peer::PEERS))]
+    peer: Option<String>,
 }
 
 const SCENARIOS: [&str; 5] = [
@@ -83,6 +100,21 @@ async fn main() -> Result<()> {
             bail!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
         }
     }
+    if args.compare.is_some() && args.plaintext && args.peer.is_none() {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--compare compares TLS with plaintext: not with --plaintext (with --peer, it \
+                 compares chatfeed with the peer in the mode --plaintext chooses)",
+            )
+            .exit();
+    }
+    if args.peer.is_some() && !PEER_SCENARIOS.iter().any(|s| wanted(&args, s)) {
+        bail!(
+            "--peer runs only {} and --only names neither",
+            PEER_SCENARIOS.join(" and ")
+        );
+    }
     if let Some(file) = &args.client_log {
         chatfeed_common::logging::init_to(
             chatfeed_common::logging::LogFormat::Text,
@@ -100,6 +132,9 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     };
+    if let Some(peer) = &args.peer {
+        return compare_with_peer(&args, peer, n).await;
+    }
     let (mut tls, mut plaintext) = (Vec::new(), Vec::new());
     for i in 1..=n {
         for plain in [false, true] {
@@ -140,8 +175,70 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// One run of the selected scenarios (`plaintext`: the local cluster without TLS): prints its
-/// table and writes its JSON; returns the JSON and whether every scenario passed.
+/// The scenarios `--peer` runs against the peer (and restricts chatfeed's to).
+const PEER_SCENARIOS: [&str; 2] = ["throughput", "fanout"];
+
+/// Whether scenario `s` runs: named by --only (or no --only), and one the peer runs too when
+/// --peer is given.
+fn wanted(args: &Args, s: &str) -> bool {
+    (args.only.is_empty() || args.only.iter().any(|o| o == s))
+        && (args.peer.is_none() || PEER_SCENARIOS.contains(&s))
+}
+
+/// `--compare N --peer P`: N rounds, each chatfeed's run then the peer's (each on a fresh
+/// cluster, both in the mode of --plaintext), written as usual; then every figure's runs, the
+/// medians of both and the ratio of the medians, printed and written to
+/// `compare-<peer>-<time>.json`.
+async fn compare_with_peer(args: &Args, peer: &str, n: u32) -> Result<()> {
+    let mut runs = Vec::new();
+    for i in 1..=n {
+        eprintln!("\n=== comparison with {peer}: round {i} of {n} (chatfeed, then {peer}) ===");
+        let (json, ok) = run(args, args.plaintext).await?;
+        if !ok {
+            bail!("round {i} failed: see the errors above; no comparison");
+        }
+        runs.push(json);
+    }
+    let rows = versus::rows(&runs);
+    println!(
+        "\nchatfeed against {peer}: {n} alternated rounds ({}); medians, ratio = chatfeed median / {peer} median",
+        if args.plaintext { "plaintext" } else { "TLS" }
+    );
+    report::println_table(&versus::table(&rows, peer));
+    println!("\ntargets of issue 19 that are ratios to etcd, on the medians:");
+    let mut t = vec![vec![
+        String::new(),
+        "target".into(),
+        "measured".into(),
+        String::new(),
+    ]];
+    t.extend(
+        report::peer_verdicts(&rows)
+            .into_iter()
+            .map(report::verdict_row),
+    );
+    report::println_table(&t);
+    let out = args.results.join(format!(
+        "compare-{peer}-{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let text = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "peer": peer,
+        "rounds": n,
+        "tls": !args.plaintext,
+        "figures": rows,
+        "runs": runs.iter().map(|r| r["started"].clone()).collect::<Vec<_>>(),
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&text)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("\nwritten: {}", out.display());
+    Ok(())
+}
+
+/// One run of the selected scenarios (`plaintext`: the local cluster without TLS), then, with
+/// --peer, the peer's (chatfeed's cluster stopped first): prints its table and writes its JSON;
+/// returns the JSON and whether every scenario passed.
 async fn run(args: &Args, plaintext: bool) -> Result<(serde_json::Value, bool)> {
     let nofile = machine::raise_nofile();
     let plan = if args.quick {
@@ -149,7 +246,7 @@ async fn run(args: &Args, plaintext: bool) -> Result<(serde_json::Value, bool)> 
     } else {
         Plan::full()
     };
-    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let want = |s: &str| wanted(args, s);
     let mut machine = machine::Machine::now();
     let started = chrono::Utc::now();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -312,15 +409,30 @@ async fn run(args: &Args, plaintext: bool) -> Result<(serde_json::Value, bool)> 
     if let Err(e) = &outcome {
         report.error(format!("{e:#}"));
     }
+    if let Some(dir) = &args.keep_logs {
+        keep_logs(&target, dir);
+    }
+    // chatfeed's cluster is stopped before the peer starts: each side has the machine alone.
+    drop(target);
+    if args.peer.is_some() && outcome.is_ok() {
+        let selected = peer::Selected {
+            throughput: want("throughput"),
+            fanout: want("fanout"),
+        };
+        let tag = format!("r{}", started.timestamp());
+        // Interrupted, the peer's run is dropped, and with it its cluster (killed, removed).
+        tokio::select! {
+            p = peer::etcd(&plan, plaintext, selected, args.keep_logs.as_deref(), &tag) => {
+                report.peer = Some(p);
+            }
+            _ = tokio::signal::ctrl_c() => report.error("interrupted".into()),
+        }
+    }
     machine.load_end = machine::load_average();
     report.finish(machine, t0.elapsed());
     report.print();
     let path = report.write(&args.results)?;
     eprintln!("\nwritten: {} and latest.json", path.display());
-    if let Some(dir) = &args.keep_logs {
-        keep_logs(&target, dir);
-    }
-    drop(target);
     Ok((report.to_json(), report.ok()))
 }
 

@@ -1,11 +1,16 @@
 //! The report: every scenario's figures (or its error), the targets of issue 5 judged against
 //! them, the machine; printed as a table and written as JSON (`<timestamp>.json`, `latest.json`).
+//! With `--peer etcd`, also the peer's figures in the same tables, chatfeed against the peer
+//! (`versus`: each figure for both and the ratio) and the targets of issue 19 that are ratios to
+//! etcd; the JSON gains `peer` (the peer's figures, in chatfeed's shape) and `versus` (the rows).
 
 use crate::machine::Machine;
+use crate::peer::PeerRun;
 use crate::scenarios::{
     CpuSpent, Fanout, MasterFailover, Memory, Plan, Throughput, WorkerFailover,
 };
 use crate::target::Target;
+use crate::versus;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -25,6 +30,8 @@ pub struct Report {
     pub master_failover: Option<Outcome<MasterFailover>>,
     pub worker_failover: Option<Outcome<WorkerFailover>>,
     pub memory: Option<Outcome<Memory>>,
+    /// `--peer`: the peer's run.
+    pub peer: Option<PeerRun>,
     skipped: Vec<(String, String)>,
     errors: Vec<String>,
     machine: Option<Machine>,
@@ -93,6 +100,7 @@ impl Report {
             master_failover: None,
             worker_failover: None,
             memory: None,
+            peer: None,
             skipped: Vec::new(),
             errors: Vec::new(),
             machine: None,
@@ -126,6 +134,7 @@ impl Report {
             && good(&self.master_failover)
             && good(&self.worker_failover)
             && good(&self.memory)
+            && self.peer.as_ref().is_none_or(PeerRun::ok)
     }
 
     pub fn verdicts(&self) -> Vec<Verdict> {
@@ -250,35 +259,7 @@ impl Report {
                 "\n1. write throughput ({} s per run, 140-byte posts through Feed/Post)",
                 self.plan.throughput_secs
             );
-            let mut rows = vec![vec![
-                "clients".into(),
-                "posts/s".into(),
-                "p50 ms".into(),
-                "p99 ms".into(),
-                "max ms".into(),
-                "term".into(),
-                "checked".into(),
-            ]];
-            for r in &self.throughput {
-                match r {
-                    Ok(t) => rows.push(vec![
-                        t.clients.to_string(),
-                        f(t.posts_per_s),
-                        f(t.latency.p50_ms),
-                        f(t.latency.p99_ms),
-                        f(t.latency.max_ms),
-                        format!(
-                            "{}->{}{}",
-                            t.term_before,
-                            t.term_after,
-                            if t.election { " ELECTION" } else { "" }
-                        ),
-                        "ok".into(),
-                    ]),
-                    Err(e) => rows.push(vec!["?".into(), format!("FAILED: {e}")]),
-                }
-            }
-            p(&rows);
+            p(&throughput_table(&self.throughput, "posts/s"));
         }
         if let Some(r) = &self.fanout {
             match r {
@@ -287,37 +268,7 @@ impl Report {
                         "\n2. fan-out ({} authors x {} followers = {} streams, {} s per rate; latency = post sent -> arrival in a stream)",
                         fan.authors, fan.followers_per_author, fan.streams, self.plan.fanout_secs
                     );
-                    let mut rows = vec![vec![
-                        "posts/s".into(),
-                        "sent/s".into(),
-                        "p50 ms".into(),
-                        "p99 ms".into(),
-                        "max ms".into(),
-                        "deliveries/s".into(),
-                        "delivered".into(),
-                        "all arrived".into(),
-                        "machine busy".into(),
-                        "CPU µs/delivery: cluster, clients".into(),
-                    ]];
-                    for x in &fan.rates {
-                        rows.push(vec![
-                            x.target_posts_per_s.to_string(),
-                            f(x.posts_per_s),
-                            f(x.delivery.p50_ms),
-                            f(x.delivery.p99_ms),
-                            f(x.delivery.max_ms),
-                            f(x.deliveries_per_s),
-                            format!("{}/{}", x.deliveries, x.expected_deliveries),
-                            if x.all_arrived { "yes" } else { "NO" }.into(),
-                            busy(&x.cpu),
-                            format!(
-                                "{}, {}",
-                                f(role(&x.cpu.us_per_unit, "cluster")),
-                                f(role(&x.cpu.us_per_unit, "bench"))
-                            ),
-                        ]);
-                    }
-                    p(&rows);
+                    p(&fanout_table(fan, "posts/s"));
                 }
                 Err(e) => println!("\n2. fan-out FAILED: {e}"),
             }
@@ -404,6 +355,9 @@ impl Report {
         for (what, why) in &self.skipped {
             println!("\n{what}: skipped ({why})");
         }
+        if let Some(peer) = &self.peer {
+            self.print_peer(peer);
+        }
         println!("\ntargets (issue 5):");
         let mut rows = vec![vec![
             "".into(),
@@ -412,19 +366,22 @@ impl Report {
             "".into(),
         ]];
         for v in self.verdicts() {
-            rows.push(vec![
-                v.what,
-                v.target,
-                v.measured,
-                match v.met {
-                    Some(true) => "met",
-                    Some(false) => "NOT MET",
-                    None => "not measured",
-                }
-                .into(),
-            ]);
+            rows.push(verdict_row(v));
         }
         p(&rows);
+        if self.peer.is_some() {
+            println!("\ntargets of issue 19 that are ratios to etcd (ratio = chatfeed / etcd):");
+            let mut rows = vec![vec![
+                "".into(),
+                "target".into(),
+                "measured".into(),
+                "".into(),
+            ]];
+            for v in peer_verdicts(&versus::rows(&[self.to_json_without_versus()])) {
+                rows.push(verdict_row(v));
+            }
+            p(&rows);
+        }
         for e in &self.errors {
             println!("ERROR: {e}");
         }
@@ -439,7 +396,17 @@ impl Report {
         }
     }
 
+    /// The run's JSON, with the peer's figures and the rows of chatfeed against the peer.
     pub fn to_json(&self) -> Value {
+        let mut j = self.to_json_without_versus();
+        if self.peer.is_some() {
+            j["versus"] =
+                serde_json::to_value(versus::rows(std::slice::from_ref(&j))).unwrap_or(Value::Null);
+        }
+        j
+    }
+
+    fn to_json_without_versus(&self) -> Value {
         json!({
             "started": self.started.to_rfc3339(),
             "command": self.command,
@@ -453,6 +420,7 @@ impl Report {
             "master_failover": self.master_failover.as_ref().map(outcome_json),
             "worker_failover": self.worker_failover.as_ref().map(outcome_json),
             "memory": self.memory.as_ref().map(outcome_json),
+            "peer": self.peer.as_ref().map(peer_json),
             "skipped": self.skipped.iter().map(|(w, y)| json!({"scenario": w, "why": y})).collect::<Vec<_>>(),
             "targets": self.verdicts(),
             "errors": self.errors,
@@ -476,6 +444,189 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The peer's own tables (as chatfeed's), then chatfeed against it.
+    fn print_peer(&self, peer: &PeerRun) {
+        let p = println_table;
+        println!(
+            "\n{} {} (three members on this machine, {}; the same plan: 140-byte values)",
+            peer.name,
+            peer.version.as_deref().unwrap_or("?"),
+            if peer.tls {
+                "TLS for clients and peers from one CA"
+            } else {
+                "plaintext"
+            }
+        );
+        for e in &peer.errors {
+            println!("   FAILED: {e}");
+        }
+        if !peer.throughput.is_empty() {
+            println!(
+                "\n1. {} write throughput ({} s per run, a new key per Put; term = Raft term)",
+                peer.name, self.plan.throughput_secs
+            );
+            println_table(&throughput_table(&peer.throughput, "writes/s"));
+        }
+        match &peer.fanout {
+            Some(Ok(fan)) => {
+                println!(
+                    "\n2. {} fan-out ({} authors x {} followers = {} watching connections, {} s per rate; latency = Put sent -> event arrival)",
+                    peer.name,
+                    fan.authors,
+                    fan.followers_per_author,
+                    fan.streams,
+                    self.plan.fanout_secs
+                );
+                p(&fanout_table(fan, "writes/s"));
+            }
+            Some(Err(e)) => println!("\n2. {} fan-out FAILED: {e}", peer.name),
+            None => {}
+        }
+        let rows = versus::rows(&[self.to_json_without_versus()]);
+        if !rows.is_empty() {
+            println!(
+                "\nchatfeed against {} (ratio = chatfeed / {}; \"better\" says which way each figure is better)",
+                peer.name, peer.name
+            );
+            p(&versus::table(&rows, peer.name));
+        }
+    }
+}
+
+/// The peer's JSON: its figures in the shape of chatfeed's (`throughput`, `fanout`).
+fn peer_json(p: &PeerRun) -> Value {
+    json!({
+        "name": p.name,
+        "version": p.version,
+        "tls": p.tls,
+        "members": p.members,
+        "throughput": p.throughput.iter().map(outcome_json).collect::<Vec<_>>(),
+        "fanout": p.fanout.as_ref().map(outcome_json),
+        "errors": p.errors,
+        "ok": p.ok(),
+    })
+}
+
+/// The throughput runs as table rows (header first); `rate` names the unit (posts/s, writes/s).
+fn throughput_table(runs: &[Outcome<Throughput>], rate: &str) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "clients".into(),
+        rate.into(),
+        "p50 ms".into(),
+        "p99 ms".into(),
+        "max ms".into(),
+        "term".into(),
+        "checked".into(),
+    ]];
+    for r in runs {
+        match r {
+            Ok(t) => rows.push(vec![
+                t.clients.to_string(),
+                f(t.posts_per_s),
+                f(t.latency.p50_ms),
+                f(t.latency.p99_ms),
+                f(t.latency.max_ms),
+                format!(
+                    "{}->{}{}",
+                    t.term_before,
+                    t.term_after,
+                    if t.election { " ELECTION" } else { "" }
+                ),
+                "ok".into(),
+            ]),
+            Err(e) => rows.push(vec!["?".into(), format!("FAILED: {e}")]),
+        }
+    }
+    rows
+}
+
+/// A fan-out's rates as table rows (header first); `rate` names the unit (posts/s, writes/s).
+fn fanout_table(fan: &Fanout, rate: &str) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        rate.into(),
+        "sent/s".into(),
+        "p50 ms".into(),
+        "p99 ms".into(),
+        "max ms".into(),
+        "deliveries/s".into(),
+        "delivered".into(),
+        "all arrived".into(),
+        "machine busy".into(),
+        "CPU µs/delivery: cluster, clients".into(),
+    ]];
+    for x in &fan.rates {
+        rows.push(vec![
+            x.target_posts_per_s.to_string(),
+            f(x.posts_per_s),
+            f(x.delivery.p50_ms),
+            f(x.delivery.p99_ms),
+            f(x.delivery.max_ms),
+            f(x.deliveries_per_s),
+            format!("{}/{}", x.deliveries, x.expected_deliveries),
+            if x.all_arrived { "yes" } else { "NO" }.into(),
+            busy(&x.cpu),
+            format!(
+                "{}, {}",
+                f(role(&x.cpu.us_per_unit, "cluster")),
+                f(role(&x.cpu.us_per_unit, "bench"))
+            ),
+        ]);
+    }
+    rows
+}
+
+/// A target as a table row: what, target, measured, met.
+pub fn verdict_row(v: Verdict) -> Vec<String> {
+    vec![
+        v.what,
+        v.target,
+        v.measured,
+        match v.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        }
+        .into(),
+    ]
+}
+
+/// The targets of issue 19 that are ratios to etcd (one run, or the medians of rounds), judged
+/// on chatfeed-against-etcd `rows`.
+pub fn peer_verdicts(rows: &[versus::Row]) -> Vec<Verdict> {
+    let get = |name: &str| rows.iter().find(|r| r.figure == name);
+    let times = versus::times;
+    let mut v = Vec::new();
+    let tp64 = get("throughput, 64 clients, writes/s");
+    let p99_64 = get("throughput, 64 clients, p99 ms");
+    v.push(Verdict {
+        what: "64 clients against etcd".into(),
+        target: ">= 2× its writes/s, p99 no worse".into(),
+        measured: match (tp64, p99_64) {
+            (Some(t), Some(p)) => format!("{} writes/s, p99 {}", times(t.ratio), times(p.ratio)),
+            _ => "-".into(),
+        },
+        met: tp64
+            .zip(p99_64)
+            .map(|(t, p)| t.ratio >= 2.0 && p.ratio <= 1.0),
+    });
+    let tp1 = get("throughput, 1 clients, writes/s");
+    v.push(Verdict {
+        what: "1 client against etcd".into(),
+        target: ">= 1× its writes/s".into(),
+        measured: tp1.map_or("-".into(), |t| format!("{} writes/s", times(t.ratio))),
+        met: tp1.map(|t| t.ratio >= 1.0),
+    });
+    let f500 = get("fan-out 500/s, delivery p99 ms");
+    v.push(Verdict {
+        what: "fan-out 500/s against etcd's watches".into(),
+        target: "delivery p99 no worse".into(),
+        measured: f500.map_or("-".into(), |f| format!("p99 {}", times(f.ratio))),
+        met: f500.map(|f| f.ratio <= 1.0),
+    });
+    v
+}
+
 /// Prints rows as columns (the first row is the header), each column as wide as its widest cell.
 pub fn println_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -495,5 +646,63 @@ pub fn println_table(rows: &[Vec<String>]) {
             .map(|(i, s)| format!("{s:<w$}", w = width[i]))
             .collect();
         println!("   {}", line.join(" | ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::Better;
+
+    fn row(figure: &str, better: Better, chatfeed: f64, peer: f64) -> versus::Row {
+        versus::Row {
+            figure: figure.into(),
+            better,
+            flag: false,
+            chatfeed: vec![chatfeed],
+            peer: vec![peer],
+            chatfeed_median: chatfeed,
+            peer_median: peer,
+            ratio: versus::ratio(chatfeed, peer),
+            ahead: versus::ahead(better, chatfeed, peer),
+        }
+    }
+
+    /// Issue 19's ratio targets: twice etcd's writes at 64 clients with a p99 no worse, as many
+    /// at 1 client, a fan-out p99 no worse; unmeasured without the rows.
+    #[test]
+    fn issue_19_targets_are_ratios() {
+        let rows = [
+            row(
+                "throughput, 64 clients, writes/s",
+                Better::Higher,
+                11000.0,
+                5000.0,
+            ),
+            row("throughput, 64 clients, p99 ms", Better::Lower, 30.0, 31.0),
+            row(
+                "throughput, 1 clients, writes/s",
+                Better::Higher,
+                400.0,
+                900.0,
+            ),
+            row("fan-out 500/s, delivery p99 ms", Better::Lower, 20.0, 8.0),
+        ];
+        let v = peer_verdicts(&rows);
+        assert_eq!(v[0].met, Some(true), "{:?}", v[0]);
+        assert_eq!(v[0].measured, "2.20× writes/s, p99 0.97×");
+        assert_eq!(v[1].met, Some(false), "{:?}", v[1]);
+        assert_eq!(v[2].met, Some(false), "{:?}", v[2]);
+        let slower_p99 = [
+            row(
+                "throughput, 64 clients, writes/s",
+                Better::Higher,
+                11000.0,
+                5000.0,
+            ),
+            row("throughput, 64 clients, p99 ms", Better::Lower, 40.0, 31.0),
+        ];
+        assert_eq!(peer_verdicts(&slower_p99)[0].met, Some(false));
+        assert!(peer_verdicts(&[]).iter().all(|v| v.met.is_none()));
     }
 }

@@ -1,6 +1,7 @@
 //! CPU accounting: where the cycles go, per role (leader, followers, workers, the bench's own
-//! clients), read from /proc at the start and end of a phase. It works on a noisy machine, where
-//! wall-clock rates mostly say how much CPU the other tenants left.
+//! clients; for a peer such as etcd, its members as leader and followers), read from /proc at the
+//! start and end of a phase. It works on a noisy machine, where wall-clock rates mostly say how
+//! much CPU the other tenants left.
 
 use crate::target::Target;
 use chatfeed_e2e::group::Group;
@@ -33,7 +34,7 @@ async fn roles(t: &Target) -> Vec<(&'static str, u32)> {
 }
 
 /// CPU readings at the start of a phase: each process of `roles(t)` and the whole machine.
-pub(super) struct CpuMeter {
+pub(crate) struct CpuMeter {
     roles: Vec<(&'static str, u32)>,
     per_pid: BTreeMap<u32, f64>,
     machine: Option<(f64, f64)>,
@@ -59,7 +60,7 @@ pub struct CpuSpent {
 
 impl CpuSpent {
     /// The same, counted per unit of `units`.
-    pub(super) fn per(mut self, units: usize) -> CpuSpent {
+    pub(crate) fn per(mut self, units: usize) -> CpuSpent {
         self.units = units;
         self.us_per_unit = self
             .cpu_ms
@@ -72,7 +73,12 @@ impl CpuSpent {
 
 impl CpuMeter {
     pub(super) async fn start(t: &Target) -> CpuMeter {
-        let roles = roles(t).await;
+        Self::of(roles(t).await)
+    }
+
+    /// Readings of the processes in `roles` (role, pid): a peer's cluster, and the bench as
+    /// "bench". Every role but "bench" counts as the "cluster".
+    pub(crate) fn of(roles: Vec<(&'static str, u32)>) -> CpuMeter {
         let per_pid = roles
             .iter()
             .filter_map(|&(_, pid)| Some((pid, crate::machine::cpu_ms(pid)?)))
@@ -86,7 +92,7 @@ impl CpuMeter {
     }
 
     /// What was used since `start` (count it per unit of work with `CpuSpent::per`).
-    pub(super) fn spent(&self) -> CpuSpent {
+    pub(crate) fn spent(&self) -> CpuSpent {
         let secs = self.at.elapsed().as_secs_f64();
         let ms = by_role(self.roles.iter().filter_map(|&(role, pid)| {
             let before = self.per_pid.get(&pid)?;

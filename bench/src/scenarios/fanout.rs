@@ -47,8 +47,42 @@ pub struct Fanout {
     pub verified: bool,
 }
 
+/// The fan-out's shape, the same for chatfeed's streams and a peer's watches (`peer`): `authors`
+/// authors, each followed by `followers` users of its own, one stream (or watching connection)
+/// per follower; follower `i` follows author `i / followers` (users fa0, fa1, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub authors: usize,
+    pub followers: usize,
+}
+
+impl Shape {
+    pub fn of(plan: &Plan) -> Shape {
+        Shape {
+            authors: plan.fanout_authors,
+            followers: plan.fanout_followers,
+        }
+    }
+
+    /// Streams (followers), one connection each.
+    pub fn streams(&self) -> usize {
+        self.authors * self.followers
+    }
+
+    /// The author follower `i` follows.
+    pub fn author_of(&self, i: usize) -> usize {
+        i / self.followers
+    }
+
+    /// Every author follower `i` follows (one in this shape): what its stream receives.
+    pub fn follows(&self, i: usize) -> Vec<usize> {
+        vec![self.author_of(i)]
+    }
+}
+
 pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
-    let (na, nf) = (plan.fanout_authors, plan.fanout_followers);
+    let shape = Shape::of(plan);
+    let (na, nf) = (shape.authors, shape.followers);
     let authors: Vec<Arc<Poster>> = load::many(
         "authors log in",
         (0..na).map(|i| format!("fa{i}")).collect(),
@@ -58,16 +92,20 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
         },
     )
     .await?;
-    let follower_of = |i: usize| format!("fa{}", i / nf);
-    let sessions = load::many("followers log in and follow", (0..na * nf).collect(), |i| {
-        let masters = t.masters.clone();
-        let author = follower_of(i);
-        async move {
-            let s = load::login(&masters, &user(i)).await?;
-            load::follow(&s, &author).await?;
-            Ok(s)
-        }
-    })
+    let follower_of = |i: usize| format!("fa{}", shape.author_of(i));
+    let sessions = load::many(
+        "followers log in and follow",
+        (0..shape.streams()).collect(),
+        |i| {
+            let masters = t.masters.clone();
+            let author = follower_of(i);
+            async move {
+                let s = load::login(&masters, &user(i)).await?;
+                load::follow(&s, &author).await?;
+                Ok(s)
+            }
+        },
+    )
     .await?;
     let streams = open_streams(t, sessions).await?;
     let author_of: Vec<String> = (0..streams.len()).map(follower_of).collect();
@@ -209,8 +247,36 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
     Ok(Fanout {
         authors: na,
         followers_per_author: nf,
-        streams: na * nf,
+        streams: shape.streams(),
         rates,
         verified: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every follower follows exactly one author, and every author has `followers` followers.
+    #[test]
+    fn each_author_has_its_own_followers() {
+        let s = Shape {
+            authors: 4,
+            followers: 3,
+        };
+        assert_eq!(s.streams(), 12);
+        let mut per_author = vec![0; 4];
+        for i in 0..s.streams() {
+            assert_eq!(s.follows(i), vec![s.author_of(i)]);
+            per_author[s.author_of(i)] += 1;
+        }
+        assert_eq!(per_author, vec![3; 4]);
+        assert_eq!(
+            Shape::of(&Plan::full()),
+            Shape {
+                authors: 100,
+                followers: 50
+            }
+        );
+    }
 }

@@ -16,8 +16,9 @@ mod memory;
 mod throughput;
 mod worker_failover;
 
+pub(crate) use cpu::CpuMeter;
 pub use cpu::CpuSpent;
-pub use fanout::{Fanout, fanout};
+pub use fanout::{Fanout, FanoutRate, Shape, fanout};
 pub use master_failover::{MasterFailover, master_failover};
 pub use memory::{Memory, memory};
 pub use throughput::{Throughput, throughput};
@@ -83,7 +84,7 @@ impl Plan {
 }
 
 /// A progress line every second while `work` runs: `line()` says how far it is.
-async fn with_progress<T>(
+pub(crate) async fn with_progress<T>(
     label: &str,
     line: impl Fn() -> String,
     work: impl std::future::Future<Output = T>,
@@ -207,7 +208,7 @@ impl From<&StreamCheck> for StreamCheckJson {
     }
 }
 
-/// Posts in flight at once in an open loop: beyond it the sender falls behind its schedule
+/// Posts (or a peer's writes) in flight at once in an open loop: beyond it the sender falls behind its schedule
 /// (reported as its lag) instead of piling up retries on an overloaded cluster.
 const MAX_IN_FLIGHT: usize = 512;
 
@@ -221,6 +222,30 @@ async fn open_loop(
     stop: Option<Arc<AtomicBool>>,
     sent_count: Arc<AtomicU64>,
 ) -> Result<(Vec<(String, Sent)>, f64)> {
+    open_loop_with(rate, secs, stop, sent_count, |k| {
+        let p = posters[k as usize % posters.len()].clone();
+        async move { p.post().await.map(|s| (p.user.clone(), s)) }
+    })
+    .await
+}
+
+/// The open loop itself, for any write: `send(k)` makes the k-th (0, 1, …), started at its
+/// scheduled instant `k / rate` s after the start, for `secs` (or until `stop`), at most
+/// `MAX_IN_FLIGHT` at once; `sent_count` counts those answered. Returns every answer in
+/// schedule order and how far behind its schedule the sender fell at most (ms). Chatfeed's
+/// posts here, a peer's writes in `peer`.
+pub(crate) async fn open_loop_with<T, F, Fut>(
+    rate: f64,
+    secs: f64,
+    stop: Option<Arc<AtomicBool>>,
+    sent_count: Arc<AtomicU64>,
+    send: F,
+) -> Result<(Vec<T>, f64)>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
     let total = (rate * secs).round() as u64;
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
@@ -234,18 +259,18 @@ async fn open_loop(
         tokio::time::sleep_until(at.into()).await;
         let slot = slots.clone().acquire_owned().await?;
         max_lag = max_lag.max(ms(Instant::now().saturating_duration_since(at)));
-        let p = posters[k as usize % posters.len()].clone();
+        let write = send(k);
         let c = sent_count.clone();
         tasks.push(tokio::spawn(async move {
             let _slot = slot;
-            let s = p.post().await;
+            let r = write.await;
             c.fetch_add(1, Ordering::Relaxed);
-            s.map(|s| (p.user.clone(), s))
+            r
         }));
     }
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
-        out.push(t.await.context("a post task panicked")??);
+        out.push(t.await.context("a write task panicked")??);
     }
     Ok((out, max_lag))
 }
