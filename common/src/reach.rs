@@ -1,10 +1,13 @@
 //! Reaching the active master: what every caller of the masters shares (the worker's link, the
 //! client's session, the test harness). Which answers are final and which mean "this master or
 //! worker could not answer now, try again or elsewhere" (`is_retryable`); the active master's
-//! address that a member which is not the active master names in its refusal (`leader_hint`);
-//! and the pacing of retries (`Backoff`, its jitter a parameter).
+//! address that a member which is not the active master names in its refusal (`leader_hint`,
+//! and `redirect_to` to make one); one write's failure in a batch as the status a write of it
+//! alone would have got (`write_error_status`); and the pacing of retries (`Backoff`, its jitter
+//! a parameter).
 
 use chatfeed_proto::LEADER_METADATA_KEY;
+use chatfeed_proto::cluster::WriteError;
 use rand::Rng;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -44,6 +47,28 @@ pub fn leader_hint(status: &Status) -> Option<String> {
         .ok()?
         .trim();
     (!v.is_empty()).then(|| v.to_string())
+}
+
+/// A redirect to the active master at `leader`: UNAVAILABLE carrying its address in
+/// `x-chatfeed-leader`, as a member that is not the active master answers (an address that
+/// cannot be metadata is left out: the caller then tries the members in turn).
+pub fn redirect_to(leader: &str, message: impl Into<String>) -> Status {
+    let mut s = Status::unavailable(message);
+    if let Ok(v) = leader.parse() {
+        s.metadata_mut().insert(LEADER_METADATA_KEY, v);
+    }
+    s
+}
+
+/// One write's failure in a `Cluster.WriteBatch` reply as the status a `Write` of it alone would
+/// have failed with: its code and message, and its leader as a redirect, so that `is_retryable`
+/// and `leader_hint` read it as they read a whole call's.
+pub fn write_error_status(e: &WriteError) -> Status {
+    let code = Code::from_i32(e.code);
+    if code == Code::Unavailable && !e.leader.is_empty() {
+        return redirect_to(&e.leader, e.message.clone());
+    }
+    Status::new(code, e.message.clone())
 }
 
 /// Doubling pauses between attempts, from `first` up to `max`, each drawn uniformly from the top
@@ -162,6 +187,34 @@ mod tests {
         ] {
             assert!(is_retryable(c), "{c:?}");
         }
+    }
+
+    /// A batch's write failure reads as the status of a write alone: a redirect's leader is its
+    /// hint, a refusal keeps its code and message and is final, a retryable code stays so.
+    #[test]
+    fn write_errors_read_as_statuses() {
+        let e = |code: Code, message: &str, leader: &str| WriteError {
+            code: code as i32,
+            message: message.into(),
+            leader: leader.into(),
+        };
+        let s = write_error_status(&e(Code::Unavailable, "not active", "h:7003"));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(leader_hint(&s), Some("h:7003".into()));
+        assert_eq!(s.message(), "not active");
+        let s = write_error_status(&e(Code::InvalidArgument, "empty post", ""));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "empty post")
+        );
+        assert!(!is_retryable(s.code()));
+        let s = write_error_status(&e(Code::DeadlineExceeded, "late", ""));
+        assert!(is_retryable(s.code()));
+        assert_eq!(leader_hint(&s), None);
+        assert_eq!(
+            leader_hint(&redirect_to("h:7001", "go")),
+            Some("h:7001".into())
+        );
     }
 
     /// The redirect is read from UNAVAILABLE answers only, and an empty one is none.

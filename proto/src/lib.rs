@@ -32,6 +32,17 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat
 
 /// The metadata key that carries the active master's API address on an UNAVAILABLE answer.
 pub const LEADER_METADATA_KEY: &str = "x-chatfeed-leader";
+/// The most writes one `Cluster.WriteBatch` carries: the active master's group commit puts at
+/// most this many commands in one Raft entry (`replicated/batch.rs` `MAX_BATCH`), so a batch
+/// normally becomes one entry.
+pub const WRITE_BATCH_MAX: usize = 256;
+/// The most bytes of command text (names, post texts, client post ids) one `Cluster.WriteBatch`
+/// carries, a little less than its encoded size: far below the masters' 4 MiB gRPC request
+/// limit (tonic's default), and small enough that the Raft entry it becomes replicates within
+/// openraft's AppendEntries deadline (one heartbeat, 50 ms by default): at most 16 posts of the
+/// longest kind (4096 characters, up to 16 KiB), about a thousand of the usual 140-character
+/// ones (the count bound comes first).
+pub const WRITE_BATCH_MAX_BYTES: usize = 256 * 1024;
 /// Posts a timeline shows when opened without `after_seq`: the latest 20.
 pub const TIMELINE_LATEST: u32 = 20;
 /// The most posts one timeline read returns; a longer history is read in pages of this size.

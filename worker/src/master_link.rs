@@ -5,11 +5,18 @@
 //! master decides (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION) pass through
 //! unchanged. One channel per master address is kept and reused; the active master's address is
 //! cached and shared with the heartbeat and watch loops.
+//!
+//! An attempt whose answer is late (`LinkTiming::late`, about one election timeout) does not
+//! wait out its whole bound on a master that may be frozen or cut off: the link asks the members
+//! which of them is the active master now (`Cluster.MemberInfo`), and when another one is, the
+//! attempt is abandoned and the request goes there, as after a redirect. (Writes are batched by
+//! `writes.rs`, which uses the same attempts and pacing: `Retries`.)
 
-use chatfeed_common::reach::{Backoff, is_retryable, leader_hint};
+use chatfeed_common::reach::{Backoff, is_retryable, leader_hint, redirect_to};
 use chatfeed_common::tls::Tls;
 use chatfeed_proto::cluster::cluster_client::ClusterClient;
 use chatfeed_proto::cluster::{self as pb, write_request::Command};
+use chatfeed_proto::master::Role;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -56,6 +63,18 @@ pub fn backoff() -> Backoff {
     Backoff::new(PAUSE_FIRST, PAUSE_MAX, 0.5)
 }
 
+/// The shortest time a client request may spend looking for an active master: enough for a
+/// write that times out on a master that just lost its quorum plus the election that follows.
+pub const MIN_MASTER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long asking one member whether it is the active master may take: a live member answers
+/// `MemberInfo` from memory within milliseconds; one that does not is frozen or cut off, which is
+/// what the question is about (the masters' `Status` waits as long for the same call).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A member that says it is the active master: its address as listed, and as it reports it.
+type Found = (String, String);
+
 /// Timing of calls to the masters.
 #[derive(Clone, Copy, Debug)]
 pub struct LinkTiming {
@@ -64,6 +83,96 @@ pub struct LinkTiming {
     /// How long one attempt on one master may take (the master's own write timeout plus a
     /// margin), so that a master that hangs does not use up the whole deadline.
     pub attempt: Duration,
+    /// An attempt still unanswered after this is late: the link asks the members who is the
+    /// active master now, and moves the request when another member is (see the module doc).
+    pub late: Duration,
+    /// While an attempt stays late, the members are asked again at this pace (and one answer
+    /// serves every late attempt for this long).
+    pub recheck: Duration,
+}
+
+impl LinkTiming {
+    /// The timing that Raft's (`raft.*_ms`) implies.
+    ///
+    /// `late` is one election timeout (`election_max_ms`) and a heartbeat: a healthy active
+    /// master answers a write within one commit (milliseconds); one cut off from its majority
+    /// refuses it by itself once its lease (`election_max_ms`) has passed, which answers sooner
+    /// when it can still be reached; and by then the other members have had their election
+    /// timeout, so a new active master is usually there to be found. The heartbeat's margin lets
+    /// a reachable old leader's own refusal, the cheaper path, come first. Asking too early costs
+    /// only two small calls (no other member is active yet: the attempt goes on waiting); asking
+    /// again each `recheck` (a heartbeat: members learn an election's outcome within one) finds
+    /// the new master soon after it is elected.
+    pub fn from_raft(raft: &chatfeed_common::config::RaftTiming) -> LinkTiming {
+        let write = Duration::from_millis(raft.write_timeout_ms);
+        let election = Duration::from_millis(raft.election_max_ms);
+        let heartbeat = Duration::from_millis(raft.heartbeat_ms);
+        LinkTiming {
+            deadline: MIN_MASTER_DEADLINE.max(write + 2 * election),
+            attempt: write + Duration::from_secs(1),
+            late: election + heartbeat,
+            recheck: heartbeat,
+        }
+    }
+}
+
+/// The pacing of one request's attempts over the masters, shared by every call (`MasterLink::
+/// call`) and the write batches (`writes.rs`): the next master to try (a redirect's target, else
+/// the cached active master, else the next in turn); after a failure, the first redirect is
+/// followed at once, every member is tried once before pausing (a dead active master costs one
+/// refused connection, not a backoff delay), and pauses grow with `backoff()`.
+pub struct Retries {
+    backoff: Backoff,
+    hint: Option<String>,
+    redirected: bool,
+    /// Failures since the last pause.
+    failed_in_round: usize,
+    /// The last failure, `addr: message`, for the caller's UNAVAILABLE.
+    pub last_error: String,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            backoff: backoff(),
+            hint: None,
+            redirected: false,
+            failed_in_round: 0,
+            last_error: String::from("no master was tried"),
+        }
+    }
+}
+
+impl Retries {
+    /// The master to try next.
+    pub fn next(&mut self, link: &MasterLink) -> String {
+        link.pick(self.hint.take())
+    }
+
+    /// After an attempt on `addr` failed with the retryable `status`: `addr` is no longer taken
+    /// for the active master, a redirect is followed (the first at once; a chain of them, an
+    /// election in progress, is paced like any failure), and once every member failed in a
+    /// round, a pause (never past `end`).
+    pub async fn failed(&mut self, link: &MasterLink, addr: &str, status: &Status, end: Instant) {
+        link.forget_active(addr);
+        self.last_error = format!("{addr}: {}", status.message());
+        match leader_hint(status).filter(|l| l != addr) {
+            Some(leader) if !self.redirected => {
+                self.hint = Some(leader);
+                self.redirected = true;
+                return;
+            }
+            Some(leader) => self.hint = Some(leader),
+            None => self.redirected = false,
+        }
+        self.failed_in_round += 1;
+        if self.failed_in_round < link.masters.len() {
+            return;
+        }
+        self.failed_in_round = 0;
+        let left = end.saturating_duration_since(Instant::now());
+        tokio::time::sleep(self.backoff.next_delay().min(left)).await;
+    }
 }
 
 /// Calls to the active master (see the module doc).
@@ -74,6 +183,9 @@ pub struct MasterLink {
     channels: Mutex<HashMap<String, Channel>>,
     active: Mutex<Option<String>>,
     rotation: AtomicUsize,
+    /// The last answer to "which member is the active master now?" (`active_elsewhere`) and when
+    /// it came; the lock makes concurrent late attempts share one round of questions.
+    probed: tokio::sync::Mutex<Option<(Instant, Option<Found>)>>,
     /// The largest committed seq any master reply showed: the watch loop compares its progress
     /// with it to notice a stalled member.
     known_seq: AtomicU64,
@@ -89,6 +201,7 @@ impl MasterLink {
             channels: Mutex::default(),
             active: Mutex::default(),
             rotation: AtomicUsize::new(rand::random::<u16>() as usize),
+            probed: tokio::sync::Mutex::new(None),
             known_seq: AtomicU64::new(0),
         }
     }
@@ -149,49 +262,40 @@ impl MasterLink {
         self.known_seq.load(Ordering::Relaxed)
     }
 
-    fn note_seq(&self, seq: u64) {
+    pub(crate) fn note_seq(&self, seq: u64) {
         self.known_seq.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// Runs `f` against the active master (see the module doc). `what` names the request in the
     /// UNAVAILABLE message.
-    pub async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, Status>
+    pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Status>
     where
         F: FnMut(ClusterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let end = Instant::now() + self.timing.deadline;
-        let mut backoff = backoff();
-        let mut hint: Option<String> = None;
-        let mut redirected = false;
-        // Failures since the last pause: every member is tried once before pausing, so a dead
-        // active master costs one refused connection, not a backoff delay.
-        let mut failed_in_round = 0usize;
-        let mut last_error = String::from("no master was tried");
+        self.call_until(Instant::now() + self.timing.deadline, what, f)
+            .await
+    }
+
+    /// `call`, retried until `end`.
+    pub async fn call_until<T, F, Fut>(
+        &self,
+        end: Instant,
+        what: &str,
+        mut f: F,
+    ) -> Result<T, Status>
+    where
+        F: FnMut(ClusterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut retries = Retries::default();
         loop {
-            let addr = self.pick(hint.take());
+            let addr = retries.next(self);
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Status::unavailable(format!(
-                    "no active master answered within {} ms ({what}); last error: {last_error}. \
-                     Retry shortly (a post with the same client post id commits once)",
-                    self.timing.deadline.as_millis(),
-                )));
+                return Err(self.gave_up(what, &retries.last_error));
             }
-            let outcome = match self.channel(&addr) {
-                Ok(ch) => {
-                    let attempt = left.min(self.timing.attempt);
-                    match tokio::time::timeout(attempt, f(ClusterClient::new(ch))).await {
-                        Ok(r) => r,
-                        Err(_) => Err(Status::deadline_exceeded(format!(
-                            "no answer within {} ms",
-                            attempt.as_millis()
-                        ))),
-                    }
-                }
-                Err(s) => Err(s),
-            };
-            let status = match outcome {
+            let status = match self.attempt(&addr, left, &mut f).await {
                 Ok(resp) => {
                     self.set_active(&addr);
                     return Ok(resp.into_inner());
@@ -202,37 +306,123 @@ impl MasterLink {
                 }
                 Err(s) => s,
             };
-            self.forget_active(&addr);
             tracing::debug!(master = %addr, code = ?status.code(), error = %status.message(), what, "master call failed; retrying");
-            last_error = format!("{addr}: {}", status.message());
-            match leader_hint(&status).filter(|l| l != &addr) {
-                // The first redirect is followed at once; a chain of them (an election in
-                // progress) is paced like any failure.
-                Some(leader) if !redirected => {
-                    hint = Some(leader);
-                    redirected = true;
-                    continue;
-                }
-                Some(leader) => hint = Some(leader),
-                None => redirected = false,
-            }
-            failed_in_round += 1;
-            if failed_in_round < self.masters.len() {
-                continue;
-            }
-            failed_in_round = 0;
-            let left = end.saturating_duration_since(Instant::now());
-            tokio::time::sleep(backoff.next_delay().min(left)).await;
+            retries.failed(self, &addr, &status, end).await;
         }
     }
 
-    /// Commits one command on the active master.
-    pub async fn write(&self, command: Command) -> Result<pb::WriteReply, Status> {
+    /// The UNAVAILABLE of a request that found no active master in time.
+    pub fn gave_up(&self, what: &str, last_error: &str) -> Status {
+        Status::unavailable(format!(
+            "no active master answered within {} ms ({what}); last error: {last_error}. \
+             Retry shortly (a post with the same client post id commits once)",
+            self.timing.deadline.as_millis(),
+        ))
+    }
+
+    /// One attempt of `f` on the master at `addr`, for at most `left` (and `timing.attempt`).
+    /// When it is late (`timing.late`) and another member is the active master now, it is
+    /// abandoned with a redirect there (UNAVAILABLE naming it, as a member that is not the active
+    /// master answers). An abandoned write may still commit where it was sent, as one that timed
+    /// out may: posts carry a client post id for that.
+    pub async fn attempt<T, F, Fut>(
+        &self,
+        addr: &str,
+        left: Duration,
+        f: &mut F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnMut(ClusterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let ch = self.channel(addr)?;
+        let limit = left.min(self.timing.attempt);
+        tokio::select! {
+            r = tokio::time::timeout(limit, f(ClusterClient::new(ch))) => match r {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    limit.as_millis()
+                ))),
+            },
+            other = self.moved_from(addr) => {
+                tracing::info!(from = %addr, to = %other, late_ms = self.timing.late.as_millis() as u64, "no answer in time; another member is the active master now");
+                Err(redirect_to(
+                    &other,
+                    format!(
+                        "{addr} did not answer within {} ms and {other} is the active master now",
+                        self.timing.late.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Resolves, once an attempt on `addr` is late, with another member that is the active
+    /// master now; never while none is.
+    async fn moved_from(&self, addr: &str) -> String {
+        tokio::time::sleep(self.timing.late).await;
+        loop {
+            if let Some(other) = self.active_elsewhere(addr).await {
+                return other;
+            }
+            tokio::time::sleep(self.timing.recheck).await;
+        }
+    }
+
+    /// The member, other than `addr`, that says it is the active master, if any. Concurrent
+    /// askers share one round of `MemberInfo` calls, and its answer serves for `timing.recheck`.
+    async fn active_elsewhere(&self, addr: &str) -> Option<String> {
+        let mut probed = self.probed.lock().await;
+        let fresh = probed
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < self.timing.recheck);
+        if !fresh {
+            *probed = Some((Instant::now(), self.find_active().await));
+        }
+        let (listed, says) = probed.as_ref().and_then(|(_, a)| a.clone())?;
+        // The same member may be known by two spellings (the configured list, a redirect).
+        (listed != addr && says != addr).then_some(listed)
+    }
+
+    /// Asks every member at once whether it is the active master (`MemberInfo`, within
+    /// `PROBE_TIMEOUT`); the first that is, if any: its address as listed and as it reports it.
+    async fn find_active(&self) -> Option<Found> {
+        let mut asks = tokio::task::JoinSet::new();
+        for addr in &self.masters {
+            let Ok(ch) = self.channel(addr) else { continue };
+            let addr = addr.clone();
+            asks.spawn(async move {
+                let mut client = ClusterClient::new(ch);
+                let ask = client.member_info(pb::MemberInfoRequest {});
+                match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+                    Ok(Ok(m)) if m.get_ref().role == Role::Leader as i32 => {
+                        Some((addr, m.into_inner().api_addr))
+                    }
+                    _ => None,
+                }
+            });
+        }
+        while let Some(r) = asks.join_next().await {
+            if let Ok(Some(addr)) = r {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// Commits one command on the active master with a unary `Write`, retried until `end`. The
+    /// worker batches its writes (`writes.rs`); this is for a master without `WriteBatch`.
+    pub async fn write_until(
+        &self,
+        command: Command,
+        end: Instant,
+    ) -> Result<pb::WriteReply, Status> {
         let req = pb::WriteRequest {
             command: Some(command),
         };
         let reply = self
-            .call("write", |mut c| {
+            .call_until(end, "write", |mut c| {
                 let req = req.clone();
                 async move { c.write(req).await }
             })

@@ -24,9 +24,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The shortest time a client request may spend looking for an active master: enough for a
-/// write that times out on a master that just lost its quorum plus the election that follows.
-pub const MIN_MASTER_DEADLINE: Duration = Duration::from_secs(5);
 /// HTTP/2 pings to clients: a client that vanished without closing its connection (power loss,
 /// partition) has its streams ended within about `interval + timeout`, so it no longer counts as a
 /// live stream in the heartbeats.
@@ -73,17 +70,12 @@ impl WorkerOptions {
         host: String,
         tls: Tls,
     ) -> WorkerOptions {
-        let write = Duration::from_millis(config.raft.write_timeout_ms);
-        let election = Duration::from_millis(config.raft.election_max_ms);
         WorkerOptions {
             masters,
             host,
             pool_size: config.worker.pool_size,
             heartbeat: Duration::from_millis(config.worker.heartbeat_ms),
-            link: LinkTiming {
-                deadline: MIN_MASTER_DEADLINE.max(write + 2 * election),
-                attempt: write + Duration::from_secs(1),
-            },
+            link: LinkTiming::from_raft(&config.raft),
             spawn: None,
             limits: config.limits.clone(),
             tls,
@@ -224,6 +216,7 @@ pub async fn run_with_metrics(
     let limits = opts.limits.clone();
     let service = FeedService::new(
         link.clone(),
+        crate::writes::Writes::start(link.clone()),
         hub.clone(),
         streams.clone(),
         auth,

@@ -1,7 +1,8 @@
-//! The client API (`chatfeed.feed.Feed`): each call becomes a write or a linearizable read on the
-//! active master through `MasterLink`, whose statuses are the answers (the master's domain errors
-//! pass through unchanged; UNAVAILABLE when no active master answered in time). Timelines are
-//! opened by `timeline::open`.
+//! The client API (`chatfeed.feed.Feed`): each call becomes a write (batched with the others
+//! in flight, `writes.rs`) or a linearizable read on the active master through `MasterLink`,
+//! whose statuses are the answers (the master's domain errors pass through unchanged;
+//! UNAVAILABLE when no active master answered in time). Timelines are opened by
+//! `timeline::open`.
 //!
 //! Every call but `Login` starts with `Auth::caller` (the session token's user) and, where the
 //! request names a user, `acting_as`: a post's author, a follower, a timeline's owner are the
@@ -13,6 +14,7 @@ use crate::event::Post;
 use crate::hub::Hub;
 use crate::master_link::MasterLink;
 use crate::timeline::{self, TimelineStream};
+use crate::writes::Writes;
 use chatfeed_proto::cluster::{self as pb, write_request::Command};
 use chatfeed_proto::feed::feed_server::{Feed, FeedServer};
 use chatfeed_proto::feed::{
@@ -26,6 +28,7 @@ use tonic::{Request, Response, Status};
 
 pub struct FeedService {
     link: Arc<MasterLink>,
+    writes: Writes,
     hub: Arc<Hub>,
     streams: TaskTracker,
     auth: Arc<Auth>,
@@ -33,10 +36,12 @@ pub struct FeedService {
 }
 
 impl FeedService {
-    /// `streams` tracks the timeline streams' tasks, so that shutdown can wait for their last
-    /// item; `auth` checks session tokens; a user holds at most `streams_per_user` streams here.
+    /// `writes` sends the writes to the masters, `link` the reads; `streams` tracks the timeline
+    /// streams' tasks, so that shutdown can wait for their last item; `auth` checks session
+    /// tokens; a user holds at most `streams_per_user` streams here.
     pub fn new(
         link: Arc<MasterLink>,
+        writes: Writes,
         hub: Arc<Hub>,
         streams: TaskTracker,
         auth: Arc<Auth>,
@@ -44,6 +49,7 @@ impl FeedService {
     ) -> Self {
         FeedService {
             link,
+            writes,
             hub,
             streams,
             auth,
@@ -74,7 +80,7 @@ impl Feed for FeedService {
         let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let reply = self
-            .link
+            .writes
             .write(Command::Follow(pb::Follow {
                 follower: acting_as(caller, &r.user)?,
                 followee: r.target,
@@ -87,7 +93,7 @@ impl Feed for FeedService {
         let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let reply = self
-            .link
+            .writes
             .write(Command::Unfollow(pb::Unfollow {
                 follower: acting_as(caller, &r.user)?,
                 followee: r.target,
@@ -115,9 +121,9 @@ impl Feed for FeedService {
                  the same post, at most 64 bytes)",
             ));
         }
-        // Retried by the link with the same client post id: the post commits once.
+        // Retried with the same client post id (`writes.rs`): the post commits once.
         let reply = self
-            .link
+            .writes
             .write(Command::Post(pb::Post {
                 author,
                 text: r.text,

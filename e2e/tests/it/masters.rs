@@ -250,7 +250,7 @@ async fn refuses_bad_data_and_config() {
 
     // (iii) A corrupt database.
     c.stop_member(3).await;
-    let db = c.data_dir(3).join("chatfeed.db");
+    let db = c.data_dir(3).join("state.db");
     assert!(db.exists(), "member 3 has a database");
     let garbage: Vec<u8> = (0..16384u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)

@@ -3,7 +3,7 @@
 //! here (with the hard post limit), so the log cannot carry a bad command into the state.
 
 use super::command::{Applied, Command, FeedError, validate_command};
-use super::query::{follows_now, last_seq, token_key_hex, user_exists};
+use super::query::{Event, follows_now, last_seq, token_key_hex, user_exists};
 use super::schema::{KIND_FOLLOW, KIND_POST, KIND_UNFOLLOW, KIND_USER, TOKEN_KEY};
 use chatfeed_common::config::HARD_MAX_POST_CHARS;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -157,7 +157,7 @@ pub fn apply_command(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn insert_event(
+fn insert_event(
     conn: &Connection,
     seq: u64,
     kind: i64,
@@ -181,4 +181,104 @@ pub(super) fn insert_event(
         client_post_id
     ])?;
     Ok(())
+}
+
+/// The event that `cmd`, applied with answer `applied`, added to the events table (what
+/// `events_after` reads back), without reading it: the watch stream's in-memory window is fed
+/// from here. `None` for a command that adds no event (a duplicate post, a password, the token
+/// key).
+pub fn event_of(cmd: &Command, applied: &Applied) -> Option<Event> {
+    if applied.duplicate {
+        return None;
+    }
+    let event = |kind, actor: &str, target: Option<&str>, text: Option<&str>, id: Option<&str>| {
+        Some(Event {
+            seq: applied.seq,
+            kind,
+            actor: actor.to_string(),
+            target: target.map(str::to_string),
+            text: text.map(str::to_string),
+            ts_ms: applied.ts_ms,
+            client_post_id: id.map(str::to_string),
+        })
+    };
+    match cmd {
+        Command::CreateUser { name, .. } => event(KIND_USER, name, None, None, None),
+        Command::Follow { follower, followee } => {
+            event(KIND_FOLLOW, follower, Some(followee), None, None)
+        }
+        Command::Unfollow { follower, followee } => {
+            event(KIND_UNFOLLOW, follower, Some(followee), None, None)
+        }
+        Command::Post {
+            author,
+            text,
+            client_post_id,
+        } => {
+            let id = (!client_post_id.is_empty()).then_some(client_post_id.as_str());
+            event(KIND_POST, author, None, Some(text), id)
+        }
+        Command::SetPassword { .. } | Command::SetTokenKey { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::query::events_after;
+    use crate::domain::schema::{SCHEMA, migrate};
+
+    /// Every event `event_of` derives is the row `apply_command` wrote, and commands that write
+    /// no row derive none.
+    #[test]
+    fn derived_events_are_the_stored_ones() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
+        let user = |n: &str| Command::CreateUser {
+            name: n.into(),
+            password_hash: None,
+        };
+        let post = |a: &str, t: &str, id: &str| Command::Post {
+            author: a.into(),
+            text: t.into(),
+            client_post_id: id.into(),
+        };
+        let cmds = vec![
+            user("ann"),
+            user("bo"),
+            Command::Follow {
+                follower: "bo".into(),
+                followee: "ann".into(),
+            },
+            post("ann", "one", "p1"),
+            post("ann", "one again", "p1"),
+            post("ann", "no id", ""),
+            Command::SetPassword {
+                name: "bo".into(),
+                password_hash: "$argon2id$x".into(),
+            },
+            Command::SetTokenKey {
+                key_hex: "ab".repeat(32),
+            },
+            Command::Unfollow {
+                follower: "bo".into(),
+                followee: "ann".into(),
+            },
+            user("ann"),
+        ];
+        let mut derived = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            if let Ok(a) = apply_command(&conn, c, 1000 + i as i64).unwrap() {
+                derived.extend(event_of(c, &a));
+            }
+        }
+        let stored = events_after(&conn, 0, 100).unwrap();
+        assert_eq!(derived, stored);
+        assert_eq!(
+            stored.len(),
+            6,
+            "two users, a follow, two posts, an unfollow"
+        );
+    }
 }

@@ -17,7 +17,7 @@ pub enum Command {
     /// from before accounts carry none.
     CreateUser {
         name: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default)]
         password_hash: Option<String>,
     },
     /// Sets the password hash of a user that has none (a user created before accounts, at its

@@ -1,20 +1,20 @@
 //! The domain: the feed's state and rules, knowing nothing of Raft or gRPC. Commands and their
 //! answers (`command`), the SQLite tables (`schema`), applying a command (`apply`, called only by
-//! the state machine), reads (`query`) and the tables in full for snapshots (`dump`). Everything
+//! the state machine), reads (`query`) and the tables as a whole for snapshots (`snapshot`). Everything
 //! here is a pure function over a `rusqlite::Connection`, run inside the caller's transaction,
 //! so the same state and command give the same answer on every member.
 
 mod apply;
 mod command;
-mod dump;
 mod query;
 mod schema;
+mod snapshot;
 
-pub use apply::apply_command;
+pub use apply::{apply_command, event_of};
 pub use command::{Applied, Command, FeedError, validate_command, validate_name};
-pub use dump::{Dump, dump, restore};
 pub use query::{
     Credential, Event, credential, events_after, following, last_seq, post_exists, timeline,
     token_key_hex, users,
 };
 pub use schema::{KIND_FOLLOW, KIND_UNFOLLOW, KIND_USER, SCHEMA, migrate};
+pub use snapshot::replace_from;

@@ -11,7 +11,8 @@ use crate::background::{pool, supervisor, watchdog};
 use crate::replicated::Core;
 use crate::replicated::handoff;
 use crate::replicated::mastership::Mastership;
-use crate::replicated::raft::db::{DataDirError, Reader, open_member_db};
+use crate::replicated::raft::data_dir::open_member_db;
+use crate::replicated::raft::db::{DataDirError, Reader};
 #[cfg(feature = "testing")]
 use crate::replicated::raft::faults::Faults;
 use crate::replicated::raft::log_store::LogStore;
@@ -156,18 +157,21 @@ impl Member {
             .context("the API port's TLS")?;
         let dir = config.member_data_dir(id);
         let create = opts.create || opts.bootstrap;
-        let path = tokio::task::spawn_blocking(move || open_member_db(&dir, id, create))
+        let files = tokio::task::spawn_blocking(move || open_member_db(&dir, id, create))
             .await?
             .map_err(|e: DataDirError| anyhow::anyhow!(e))?;
         let metrics = Arc::new(MasterMetrics::new());
         let raft_tls = raft_tls.map(|a| a.counted_in(&metrics.tls_handshakes, "raft"));
         let api_tls = api_tls.map(|a| a.counted_in(&metrics.tls_handshakes, "api"));
         let log = TimedLog {
-            inner: LogStore::open(&path).context("opening the log store")?,
+            inner: LogStore::open_observed(&files.log, Some(metrics.store.flush_observer()))
+                .context("opening the log store")?,
             metrics: metrics.store.clone(),
         };
-        let sm = StateMachine::open(&path).context("opening the state machine")?;
+        let sm = StateMachine::open(&files).context("opening the state machine")?;
         let applied_seq = sm.applied_seq();
+        let window = sm.window();
+        let flusher = sm.flusher();
         let sm = TimedStateMachine {
             inner: sm,
             metrics: metrics.store.clone(),
@@ -218,7 +222,7 @@ impl Member {
         }
 
         let shutdown = CancellationToken::new();
-        let reader = Arc::new(Reader::new(path));
+        let reader = Arc::new(Reader::new(files.state.clone()));
         let mastership = Mastership {
             id,
             config: config.clone(),
@@ -227,7 +231,7 @@ impl Member {
             stepping_down: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::default()));
-        let core = Core::new(mastership.clone(), reader, applied_seq);
+        let core = Core::new(mastership.clone(), reader, applied_seq, window, flusher);
         let local = status::Local {
             core: core.clone(),
             started: std::time::Instant::now(),

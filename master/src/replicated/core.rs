@@ -1,20 +1,24 @@
 //! `Core`: what a member does with the replicated state, whoever asks. Commits go through the
-//! batcher on the active master; linearizable reads wait for a quorum round that started after
-//! they arrived (`read_barrier`) and then read the member's applied state; the watch stream
-//! follows the applied state of this member. The services are thin adapters over these
+//! batcher on the active master, a worker's batch of writes as one group (one entry); a commit
+//! in flight on a member that stops being the active master is answered at once with the
+//! not-active refusal (`commit_group`); linearizable reads wait for a quorum round that started
+//! after they arrived (`read_barrier`) and then read the member's applied state; the watch
+//! stream follows the applied state of this member. The services are thin adapters over these
 //! operations (`services/`); the logins are in `login.rs`.
 
 use super::accounts::Accounts;
-use super::batch::{Batcher, Stopped, WriteFailed};
+use super::batch::{Batcher, MAX_BATCH, Stopped, WriteFailed, command_bytes};
 use super::error::{Error, Result};
-use super::mastership::Mastership;
+use super::mastership::{Mastership, is_active};
 use super::post_rate::PostRate;
 use super::raft::db::Reader;
+use super::raft::state_machine::Flusher;
 use super::raft::types::{NodeId, Raft};
 use super::read_barrier::ReadBarrier;
+use super::window::EventWindow;
 use crate::domain::{self, Applied, Command, Event, FeedError};
 use chatfeed_common::Config;
-use chatfeed_proto::{TIMELINE_LATEST, TIMELINE_PAGE};
+use chatfeed_proto::{TIMELINE_LATEST, TIMELINE_PAGE, WRITE_BATCH_MAX_BYTES};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,44 @@ const WATCH_BATCH: usize = 512;
 /// Events buffered per watch stream before the reader waits for the client: bounds memory per
 /// slow watcher.
 const WATCH_BUFFER: usize = 1024;
+
+/// Follows Raft's metrics and publishes whether they show this member as the active master,
+/// only when that changes: commits in flight wake on a change of mastership, not on every
+/// metrics update. Ends when Raft stops.
+///
+/// RaftCore publishes its metrics at the top of each turn of its loop, at least every tick (1.5
+/// heartbeats), and computes the age of the last quorum acknowledgement then; after a turn spent
+/// waiting for a slow fsync, the acknowledgements that came meanwhile are only counted in the
+/// next turn, so one report may show a lease that has in fact been renewed. Losing the
+/// mastership is therefore published only once the reports have shown it for a whole tick (an
+/// isolated leader's keep showing it; such a stale one is followed at once by a fresh one), and
+/// regaining it at once: a write in flight is refused no sooner than one tick after the lease
+/// passed, and never for a stall of the leader's own loop.
+fn follow_active(mastership: &Mastership) -> watch::Receiver<bool> {
+    let mut metrics = mastership.raft.metrics();
+    let lease = mastership.lease();
+    let tick = Duration::from_millis(mastership.config.raft.heartbeat_ms * 3 / 2);
+    let (tx, rx) = watch::channel(is_active(&metrics.borrow(), lease));
+    tokio::spawn(async move {
+        // When the reports began to show this member inactive, while they do.
+        let mut inactive_since: Option<Instant> = None;
+        loop {
+            let active = is_active(&metrics.borrow_and_update(), lease);
+            if active {
+                inactive_since = None;
+            }
+            let was = *tx.borrow();
+            let publish =
+                active || (was && inactive_since.get_or_insert_with(Instant::now).elapsed() < tick);
+            tx.send_if_modified(|v| std::mem::replace(v, publish) != publish);
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    rx
+}
 
 /// A page of a user's timeline, read at one point of the log.
 pub struct TimelinePage {
@@ -49,6 +91,13 @@ pub struct Core {
     pub(super) mastership: Mastership,
     reader: Arc<Reader>,
     applied_seq: watch::Receiver<u64>,
+    /// The recent applied events, which the watch streams read before the database.
+    window: Arc<EventWindow>,
+    /// Commits what was applied before a read of the database.
+    flusher: Flusher,
+    /// Whether Raft's metrics show this member as the active master (`is_active`, whatever
+    /// `stepping_down` says), updated only when that changes: what commits in flight watch.
+    active: watch::Receiver<bool>,
     pub(super) accounts: Arc<Accounts>,
     post_rate: Arc<PostRate>,
 }
@@ -58,6 +107,8 @@ impl Core {
         mastership: Mastership,
         reader: Arc<Reader>,
         applied_seq: watch::Receiver<u64>,
+        window: Arc<EventWindow>,
+        flusher: Flusher,
     ) -> Core {
         let config = mastership.config.clone();
         Core {
@@ -65,8 +116,11 @@ impl Core {
             raft: mastership.raft.clone(),
             batcher: Batcher::start(mastership.raft.clone()),
             barrier: Arc::default(),
+            active: follow_active(&mastership),
             reader,
             applied_seq,
+            window,
+            flusher,
             accounts: Arc::new(Accounts::new(config.accounts.clone())),
             post_rate: Arc::new(PostRate::new(
                 config.limits.posts_per_sec,
@@ -140,26 +194,53 @@ impl Core {
         &self,
         command: Command,
     ) -> Result<std::result::Result<Applied, FeedError>> {
+        let mut answers = self.commit_group(vec![command]).await?;
+        Ok(answers.pop().expect("one answer per command"))
+    }
+
+    /// Commits `commands` together through the batcher on the active master, in one entry (with
+    /// whatever else is queued): each command's own answer in order (`Err` when the feed's rules
+    /// refused it), or why the group could not be committed. At most `MAX_BATCH` commands.
+    ///
+    /// A group in flight on a member that stops being the active master (its last quorum
+    /// acknowledgement aged past the lease: it was cut off from its majority, or replaced) is
+    /// answered at once with the not-active refusal, naming the leader this member knows, rather
+    /// than after `raft.write_timeout_ms`: its caller goes on to the new leader within about one
+    /// election timeout. The group may still commit here if the majority comes back, as after a
+    /// timeout; the message says so (a post retried with its client post id commits once).
+    pub async fn commit_group(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<std::result::Result<Applied, FeedError>>> {
         self.mastership.require_active()?;
+        let n = commands.len();
         let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
-        let res = match tokio::time::timeout(wait, self.batcher.write(command)).await {
-            Err(_) => {
+        let res = tokio::select! {
+            r = self.batcher.write_group(commands) => r,
+            () = tokio::time::sleep(wait) => {
                 return Err(Error::Unavailable(format!(
                     "the write was not committed within {} ms (the master may have lost its quorum); \
                      it may still commit: retry it (a post with the same client post id commits once)",
                     wait.as_millis()
                 )));
             }
-            Ok(Err(Stopped)) => {
+            e = self.lost_mastership() => return Err(e),
+        };
+        let res = match res {
+            Err(Stopped) => {
                 return Err(Error::Unavailable(format!(
                     "member {} is stopping",
                     self.id
                 )));
             }
-            Ok(Ok(r)) => r,
+            Ok(r) => r,
         };
         match res {
-            Ok(r) => Ok(r),
+            Ok(r) if r.len() == n => Ok(r),
+            Ok(r) => Err(Error::Internal(format!(
+                "a group of {n} commands got {} answers",
+                r.len()
+            ))),
             Err(WriteFailed::NotLeader(leader)) => Err(self.mastership.not_leader(leader)),
             Err(WriteFailed::Unavailable(e)) => {
                 Err(Error::Unavailable(format!("cannot write now: {e}")))
@@ -172,13 +253,55 @@ impl Core {
         }
     }
 
-    /// Runs the read `f` on this member's applied state (not linearizable by itself: call
-    /// `linearize` first where it must be).
+    /// Resolves when this member is no longer the active master by its Raft metrics (never while
+    /// it is), with the not-active refusal for a write in flight.
+    async fn lost_mastership(&self) -> Error {
+        let mut active = self.active.clone();
+        loop {
+            // The follower task may trail the metrics by a moment when this member has just
+            // become active: the metrics themselves decide.
+            if !*active.borrow_and_update()
+                && !is_active(&self.raft.metrics().borrow(), self.mastership.lease())
+            {
+                break;
+            }
+            if active.changed().await.is_err() {
+                // Raft stopped: the commit's own answer (or its timeout) comes instead.
+                std::future::pending::<()>().await;
+            }
+        }
+        let leader = self
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .filter(|&l| l != self.id);
+        match self.mastership.not_leader(leader) {
+            Error::NotActive {
+                message,
+                leader_api,
+            } => Error::NotActive {
+                message: format!(
+                    "{message} (it lost its quorum while the write was in flight; the write may \
+                     still commit: retry it, a post with the same client post id commits once)"
+                ),
+                leader_api,
+            },
+            e => e,
+        }
+    }
+
+    /// Runs the read `f` on this member's applied state, everything applied before the call
+    /// included (not linearizable by itself: call `linearize` first where it must be).
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.flusher.flush().await.map_err(|e| {
+            tracing::error!(error = %e, "committing the applied state failed");
+            Error::Internal(format!("member {} cannot commit its state: {e}", self.id))
+        })?;
         self.reader.read(f).await.map_err(|e| {
             tracing::error!(error = %e, "database read failed");
             Error::Internal(format!("database read failed on member {}: {e}", self.id))
@@ -189,14 +312,68 @@ impl Core {
     pub async fn write(&self, command: Command) -> Result<Applied> {
         domain::validate_command(&command, self.config.max_post_chars as usize)?;
         self.mastership.require_active()?;
+        self.limit(&command).await?;
+        Ok(self.commit(command).await??)
+    }
+
+    /// Several clients' writes (a worker's batch): the active-master check once for all, then
+    /// each write checked and limited as `write` does, and the ones that pass committed together
+    /// (`commit_group`: normally one entry). Each write's own answer, in order: a write that is
+    /// refused or over its author's limit fails alone, a failed commit fails the writes it
+    /// carried. At most `MAX_BATCH` writes and `WRITE_BATCH_MAX_BYTES` of command text.
+    pub async fn write_batch(&self, commands: Vec<Command>) -> Result<Vec<Result<Applied>>> {
+        let bytes: usize = commands.iter().map(command_bytes).sum();
+        if commands.len() > MAX_BATCH || bytes > WRITE_BATCH_MAX_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "a write batch carries at most {MAX_BATCH} writes and {WRITE_BATCH_MAX_BYTES} \
+                 bytes; this one has {} writes and {bytes} bytes: split it",
+                commands.len()
+            )));
+        }
+        self.mastership.require_active()?;
+        let max_chars = self.config.max_post_chars as usize;
+        let mut answers: Vec<Option<Result<Applied>>> = Vec::with_capacity(commands.len());
+        let mut accepted = Vec::with_capacity(commands.len());
+        for command in commands {
+            let checked = match domain::validate_command(&command, max_chars) {
+                Ok(()) => self.limit(&command).await,
+                Err(e) => Err(e.into()),
+            };
+            match checked {
+                Ok(()) => {
+                    accepted.push(command);
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        if !accepted.is_empty() {
+            let open = answers.iter_mut().filter(|a| a.is_none());
+            match self.commit_group(accepted).await {
+                Ok(committed) => {
+                    for (slot, a) in open.zip(committed) {
+                        *slot = Some(a.map_err(Error::from));
+                    }
+                }
+                Err(e) => open.for_each(|slot| *slot = Some(Err(e.clone()))),
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.expect("every write answered"))
+            .collect())
+    }
+
+    /// The posts-per-second limit of a post's author; a retry of a post that committed is never
+    /// refused (it only answers its seq).
+    async fn limit(&self, command: &Command) -> Result<()> {
         if let Command::Post {
             author,
             client_post_id,
             ..
-        } = &command
+        } = command
             && let Err(wait) = self.post_rate.take(author, Instant::now())
         {
-            // A retry of a post that committed only answers its seq: never refuse it.
             let (a, id) = (author.clone(), client_post_id.clone());
             let retry =
                 !id.is_empty() && self.read(move |c| domain::post_exists(c, &a, &id)).await?;
@@ -211,7 +388,7 @@ impl Core {
                 )));
             }
         }
-        Ok(self.commit(command).await??)
+        Ok(())
     }
 
     /// Every user, or the ones `following_of` follows now (linearizable).
@@ -258,7 +435,9 @@ impl Core {
     }
 
     /// Committed events with seq > `after`, then each new one as this member applies it, until
-    /// the receiver is dropped or `shutdown` fires. A failed read ends the stream with its error.
+    /// the receiver is dropped or `shutdown` fires: from the window of recent events, or from
+    /// the database for those the window no longer holds. A failed read ends the stream with
+    /// its error.
     pub fn watch(&self, after: u64, shutdown: CancellationToken) -> mpsc::Receiver<Result<Event>> {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let core = self.clone();
@@ -267,15 +446,18 @@ impl Core {
             let mut cursor = after;
             loop {
                 applied.borrow_and_update();
-                let batch = match core
-                    .read(move |c| domain::events_after(c, cursor, WATCH_BATCH))
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
+                let batch = match core.window.after(cursor, WATCH_BATCH) {
+                    Some(b) => b,
+                    None => match core
+                        .read(move |c| domain::events_after(c, cursor, WATCH_BATCH))
+                        .await
+                    {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    },
                 };
                 if batch.is_empty() {
                     tokio::select! {

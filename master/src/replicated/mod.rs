@@ -17,6 +17,7 @@ pub mod mastership;
 mod post_rate;
 pub mod raft;
 mod read_barrier;
+pub mod window;
 
 pub use core::{Core, TimelinePage};
 pub use error::{Error, Result};

@@ -1,9 +1,11 @@
 //! `chatfeed.cluster.Cluster`: what workers and the other members call on a member, behind the
 //! cluster certificate (`peers.rs`, at the service level). Each method converts the request,
-//! calls the core and converts the answer (`convert.rs`).
+//! calls the core and converts the answer (`convert.rs`); `WriteBatch` does so for each of its
+//! writes, which the core commits together.
 
-use super::convert::command_of;
+use super::convert::{command_of, write_reply, write_result};
 use super::status::Local;
+use crate::domain::Applied;
 use crate::replicated::{Core, Login};
 use chatfeed_proto::cluster as pb;
 use chatfeed_proto::cluster::cluster_server::{Cluster, ClusterServer};
@@ -51,10 +53,37 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::WriteReply>, Status> {
         let command = command_of(req.into_inner())?;
         let a = self.core().write(command).await?;
-        Ok(Response::new(pb::WriteReply {
-            seq: a.seq,
-            ts_ms: a.ts_ms,
-            duplicate: a.duplicate,
+        Ok(Response::new(write_reply(&a)))
+    }
+
+    /// Each write converted on its own (one without a command fails alone), the others committed
+    /// together by the core; the results in request order.
+    async fn write_batch(
+        &self,
+        req: Request<pb::WriteBatchRequest>,
+    ) -> Result<Response<pb::WriteBatchReply>, Status> {
+        let writes = req.into_inner().writes;
+        let mut results: Vec<Option<Result<Applied, Status>>> = Vec::with_capacity(writes.len());
+        let mut commands = Vec::with_capacity(writes.len());
+        for w in writes {
+            match command_of(w) {
+                Ok(c) => {
+                    commands.push(c);
+                    results.push(None);
+                }
+                Err(s) => results.push(Some(Err(s))),
+            }
+        }
+        let answers = self.core().write_batch(commands).await?;
+        let open = results.iter_mut().filter(|r| r.is_none());
+        for (slot, a) in open.zip(answers) {
+            *slot = Some(a.map_err(Status::from));
+        }
+        Ok(Response::new(pb::WriteBatchReply {
+            results: results
+                .into_iter()
+                .map(|r| write_result(r.expect("every write answered")))
+                .collect(),
         }))
     }
 

@@ -1,6 +1,6 @@
 //! Between the wire and the domain, in one place: the gRPC status of each core error and each
-//! refused command (the one mapping of errors to codes), wire requests to domain commands, and
-//! domain events to wire events.
+//! refused command (the one mapping of errors to codes, also for each write of a batch), wire
+//! requests to domain commands, and domain answers and events to wire ones.
 
 use crate::domain::{self, Command, FeedError};
 use crate::replicated::Error;
@@ -49,6 +49,37 @@ impl From<Error> for Status {
             Error::Exhausted(m) => Status::resource_exhausted(m),
             Error::Internal(m) => Status::internal(m),
         }
+    }
+}
+
+/// The wire answer of a committed write.
+pub fn write_reply(a: &domain::Applied) -> pb::WriteReply {
+    pb::WriteReply {
+        seq: a.seq,
+        ts_ms: a.ts_ms,
+        duplicate: a.duplicate,
+    }
+}
+
+/// One write's result in a `WriteBatch` reply: its answer, or the status a `Write` of it alone
+/// would have failed with (code, message and the leader's address of a redirect).
+pub fn write_result(r: Result<domain::Applied, Status>) -> pb::WriteResult {
+    use pb::write_result::Outcome;
+    let outcome = match r {
+        Ok(a) => Outcome::Ok(write_reply(&a)),
+        Err(s) => Outcome::Error(pb::WriteError {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+            leader: s
+                .metadata()
+                .get(LEADER_METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        }),
+    };
+    pb::WriteResult {
+        outcome: Some(outcome),
     }
 }
 

@@ -9,7 +9,7 @@ fn stored_key(cluster: &TestCluster, id: u64) -> Option<String> {
     let path = cluster
         .config
         .member_data_dir(id)
-        .join(chatfeed_master::replicated::raft::db::DB_FILE);
+        .join(chatfeed_master::replicated::raft::db::STATE_FILE);
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .ok()?;

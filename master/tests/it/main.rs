@@ -1,5 +1,6 @@
 //! Integration tests of the master group: in-process clusters with faults injected on the Raft
-//! transport (`inprocess`, on `chatfeed_master::testing`). Real processes are tested in the `e2e` crate.
+//! transport (`inprocess`, on `chatfeed_master::testing`), and batched writes (`write_batch`).
+//! Real processes are tested in the `e2e` crate.
 
 mod accounts;
 mod handoff;
@@ -7,3 +8,4 @@ mod health;
 mod inprocess;
 mod metrics;
 mod tls;
+mod write_batch;

@@ -64,6 +64,12 @@ async fn raft_port_refuses_processes_without_a_cluster_certificate() {
         .write(create_user("ana"))
         .await
         .unwrap();
+    // A write commits on a majority: the third member may not have heard from the leader yet.
+    c.wait_for("every member to know the leader", |c| {
+        let now = term_and_leader(c);
+        now.iter().all(|t| t.1 == Some(leader) && t.0 == now[0].0)
+    })
+    .await;
     let before = term_and_leader(&c);
     let term = before[0].0;
     let vote = serde_json::to_vec(&openraft::raft::VoteRequest::<u64> {

@@ -1,7 +1,8 @@
 //! Integration tests of the worker against in-process master clusters: the client API and its
 //! errors (`api`), timeline semantics (`timeline`), the history/live boundary under concurrent
 //! writes (`boundary`), and the worker's life with the masters: registration, fail-over, shedding,
-//! graceful stop, respawn requests (`control`); and real worker processes (`process`).
+//! graceful stop, respawn requests (`control`); batched writes and writes that move on from a
+//! leader cut off or late (`writes`); and real worker processes (`process`).
 
 mod accounts;
 mod api;
@@ -12,3 +13,4 @@ mod health;
 mod metrics;
 mod process;
 mod timeline;
+mod writes;

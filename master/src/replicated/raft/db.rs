@@ -1,33 +1,51 @@
-//! The member's SQLite database: one file per member (`<data_dir>/master-<id>/chatfeed.db`)
-//! holding the Raft log and metadata, the state machine's tables and the current snapshot.
-//! Every connection runs in WAL mode with `synchronous=FULL` (a commit is an fsync) and a busy
-//! timeout, and no connection is ever used on an async worker thread (`blocking`).
+//! A member's data directory (`<data_dir>/master-<id>/`) and its SQLite files:
+//!
+//! - `log.db`: the Raft log, the vote, the purge and committed markers and the member's id, each
+//!   commit fsynced (`synchronous=FULL`); written only by the log store's thread (`log_store.rs`);
+//! - `state.db`: the state machine (the feed's tables, the last applied log id and membership),
+//!   committed without an fsync of its own (`synchronous=NORMAL`: rebuilt from the log after a
+//!   power loss); written only by the state machine's thread (`state_machine.rs`), read by the
+//!   pool `Reader`;
+//! - `snapshot.db`: the current snapshot, a consistent copy of `state.db` (`state_machine.rs`).
+//!
+//! Two files, so a log append fsyncs only the log's own pages and each file has one writer whose
+//! page cache stays warm. Opening and checking the directory is `data_dir.rs`'s (which splits a
+//! directory of the earlier one-file layout, `legacy.rs`). No connection is ever used on an async
+//! worker thread.
 
-use crate::replicated::raft::types::{NodeId, StorageError};
+use super::types::{NodeId, StorageError};
 use openraft::{AnyError, StorageIOError};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub const DB_FILE: &str = "chatfeed.db";
-pub const SCHEMA_VERSION: i64 = 1;
-/// How long a connection waits for another's write lock before failing. The log store and the
-/// state machine write the same file; their transactions are short, so seconds is ample.
+/// The Raft log and metadata.
+pub const LOG_FILE: &str = "log.db";
+/// The state machine.
+pub const STATE_FILE: &str = "state.db";
+/// The current snapshot (a copy of `STATE_FILE`).
+pub const SNAPSHOT_FILE: &str = "snapshot.db";
+/// Both files of the earlier layout, in one (schema version 1).
+pub const LEGACY_FILE: &str = "chatfeed.db";
+/// The layout this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 2;
+/// How long a connection waits for another's lock before failing: a reader's transaction may
+/// hold a checkpoint back, never for long.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a connection waiting for the write lock sleeps between tries. SQLite's own busy
-/// handler (`busy_timeout`) sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries, so the log's
-/// append, waiting for an apply transaction of a few hundred µs, lost 1 ms, often 3 and up to
-/// 14 ms (measured at the BEGIN IMMEDIATE under load); the lock is held for short transactions,
-/// so trying again often costs little.
+/// How long a connection waiting for a lock sleeps between tries (SQLite's own handler sleeps
+/// 1, 2, 5, 10… ms, far longer than the transactions it waits for).
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_micros(100);
 
-const RAFT_SCHEMA: &str = "
+pub(super) const LOG_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS raft_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+";
+
+pub(super) const STATE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS sm_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), meta BLOB NOT NULL, data BLOB NOT NULL);
 ";
 
 /// Why a member's data directory cannot be used. Each message says what to do.
@@ -40,7 +58,7 @@ pub enum DataDirError {
     )]
     Missing(PathBuf),
     #[error(
-        "data directory {0} exists but holds no {DB_FILE}: its data is lost or it is not a chatfeed \
+        "data directory {0} exists but holds no {LOG_FILE}: its data is lost or it is not a chatfeed \
          data directory. Restore it from a backup, or remove the directory and re-add the member"
     )]
     NoDatabase(PathBuf),
@@ -61,89 +79,44 @@ pub enum DataDirError {
     },
 }
 
-/// Opens (and with `create`, creates) the database of member `id` in `dir`, checks that it is
-/// intact and belongs to `id`, and returns its path.
-pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<PathBuf, DataDirError> {
-    let path = dir.join(DB_FILE);
-    if !dir.exists() {
-        if !create {
-            return Err(DataDirError::Missing(dir.to_owned()));
+/// The files of one member's data directory.
+#[derive(Clone, Debug)]
+pub struct MemberFiles {
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub state: PathBuf,
+    pub snapshot: PathBuf,
+}
+
+impl MemberFiles {
+    pub fn in_dir(dir: &Path) -> MemberFiles {
+        MemberFiles {
+            dir: dir.to_owned(),
+            log: dir.join(LOG_FILE),
+            state: dir.join(STATE_FILE),
+            snapshot: dir.join(SNAPSHOT_FILE),
         }
-        std::fs::create_dir_all(dir).map_err(|source| DataDirError::Create {
-            path: dir.to_owned(),
-            source,
-        })?;
     }
-    let fresh = !path.exists();
-    if fresh && !create {
-        return Err(DataDirError::NoDatabase(dir.to_owned()));
-    }
-    let corrupt = |e: rusqlite::Error| DataDirError::Corrupt {
-        path: path.clone(),
+}
+
+/// The error of a database at `path`.
+pub(super) fn corrupt(path: &Path) -> impl Fn(rusqlite::Error) -> DataDirError + '_ {
+    move |e| DataDirError::Corrupt {
+        path: path.to_owned(),
         reason: e.to_string(),
-    };
-    let conn = connect(&path).map_err(corrupt)?;
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(corrupt)?;
-    if check != "ok" {
-        return Err(DataDirError::Corrupt {
-            path,
-            reason: format!("integrity check: {check}"),
-        });
     }
-    conn.execute_batch(RAFT_SCHEMA).map_err(corrupt)?;
-    conn.execute_batch(crate::domain::SCHEMA).map_err(corrupt)?;
-    crate::domain::migrate(&conn).map_err(corrupt)?;
-    let version: Option<i64> = conn
-        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-        .optional()
-        .map_err(corrupt)?;
-    let stored_id: Option<NodeId> = get_meta(&conn, "raft_meta", "node_id").map_err(corrupt)?;
-    match (version, stored_id) {
-        (None, None) if fresh || create => {
-            conn.execute(
-                "INSERT INTO schema_version (version) VALUES (?1)",
-                [SCHEMA_VERSION],
-            )
-            .map_err(corrupt)?;
-            put_meta(&conn, "raft_meta", "node_id", &id).map_err(corrupt)?;
-        }
-        (Some(SCHEMA_VERSION), Some(found)) if found == id => {}
-        (Some(SCHEMA_VERSION), Some(found)) => {
-            return Err(DataDirError::WrongMember {
-                path,
-                found,
-                expected: id,
-            });
-        }
-        (Some(v), _) if v != SCHEMA_VERSION => {
-            return Err(DataDirError::Corrupt {
-                path,
-                reason: format!("schema version {v}, this build reads {SCHEMA_VERSION}"),
-            });
-        }
-        _ => {
-            return Err(DataDirError::Corrupt {
-                path,
-                reason: "no member id recorded".into(),
-            });
-        }
-    }
-    Ok(path)
 }
 
 /// How a connection's commits reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sync {
     /// `synchronous=FULL`: the commit is fsynced before it returns. For everything Raft's safety
-    /// rests on: log entries, the vote, truncation and purge markers, snapshots.
+    /// rests on: log entries, the vote, truncation and purge markers.
     Full,
-    /// `synchronous=NORMAL`: the commit reaches the WAL but is fsynced by the next `Full` commit
-    /// (the WAL is one append-only file, so a durable commit makes every earlier one durable).
-    /// Only for what can be rebuilt from the durable log after a power loss: the state machine
-    /// (its last-applied marker rolls back with it and openraft re-applies the entries) and the
-    /// committed marker (a stale one only means re-applying less at start-up).
+    /// `synchronous=NORMAL`: the commit reaches the WAL, fsynced at the next checkpoint. Only for
+    /// what the durable log rebuilds after a power loss: the state machine, whose last-applied
+    /// marker rolls back with it (the log keeps every entry a durable copy does not hold, see
+    /// `state_machine.rs`).
     Normal,
 }
 
@@ -175,9 +148,9 @@ pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
     connect_with(path, Sync::Full)
 }
 
-/// Begins a write transaction. IMMEDIATE takes the write lock up front (waiting up to the busy
-/// timeout): a deferred transaction that reads and then writes fails at once with SQLITE_BUSY
-/// when another connection wrote in between, and a storage error stops the Raft node.
+/// Begins a write transaction. IMMEDIATE takes the write lock up front: a deferred transaction
+/// that reads and then writes fails at once with SQLITE_BUSY when another connection wrote in
+/// between, and a storage error stops the Raft node.
 pub fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
@@ -214,33 +187,6 @@ pub fn put_meta<T: Serialize>(
     Ok(())
 }
 
-/// A connection shared by one owner's calls, each run on the blocking pool.
-#[derive(Clone)]
-pub struct Shared(Arc<Mutex<Connection>>);
-
-impl Shared {
-    pub fn open(path: &Path, sync: Sync) -> rusqlite::Result<Shared> {
-        Ok(Shared(Arc::new(Mutex::new(connect_with(path, sync)?))))
-    }
-
-    /// Runs `f` with the connection on the blocking pool. Errors become openraft storage errors,
-    /// which stop the Raft node: they mean the disk failed us.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let conn = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| storage_error(&e))?
-        .map_err(|e| storage_error(&e))
-    }
-}
-
 /// Wraps any error as an openraft storage error.
 pub fn storage_error(e: &(impl std::error::Error + 'static)) -> StorageError {
     StorageError::IO {
@@ -248,8 +194,13 @@ pub fn storage_error(e: &(impl std::error::Error + 'static)) -> StorageError {
     }
 }
 
-/// A small pool of read connections for queries (timelines, lists, the watch stream), so reads
-/// never wait behind the state machine's writer.
+/// fsyncs the directory `dir`, so a file renamed or created in it survives a power loss.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A small pool of read connections to the state machine for queries (timelines, lists, the
+/// watch stream behind its window), so reads never wait behind the state machine's writer.
 pub struct Reader {
     path: PathBuf,
     /// Idle connections; at most `MAX_IDLE` are kept.

@@ -1,65 +1,424 @@
-//! The Raft log store (`RaftLogStorage`): log entries, vote, committed and purge markers in the
-//! member's SQLite file. Every write is one transaction committed with `synchronous=FULL`, so it
-//! is on disk before openraft is told (the vote before `save_vote` returns, entries before the
-//! flush callback).
+//! The Raft log store (`RaftLogStorage`): the log's entries, the vote and the purge and committed
+//! markers in `log.db`, written by one thread of its own ("raft-log") that owns the file's one
+//! write connection and takes its work from a channel, in order: no blocking-pool hop per call,
+//! and a page cache that stays warm.
+//!
+//! The recent log is kept in memory (`Tail`): an entry is readable from there as soon as
+//! `append` returns, and replication and apply read it from there, not from SQLite; only an
+//! entry older than the tail (a far-behind follower, or after a restart) is read from the file.
+//! Every write is one transaction committed with `synchronous=FULL`: the entries are on disk
+//! before openraft's flush callback is called (from the log thread, right after the commit), the
+//! vote before `save_vote` returns, a truncation or purge before it returns. The committed marker
+//! openraft reports is not worth a transaction of its own: it is written with the next append
+//! (a stale one only means re-applying fewer entries at start-up, and the state machine keeps
+//! its own last-applied marker).
 
-use crate::replicated::raft::db::{Shared, Sync, get_meta, put_meta, storage_error, write_tx};
-use crate::replicated::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::checkpoint::Checkpointer;
+use super::codec;
+use super::db::{Sync, connect_with, get_meta, put_meta, storage_error, write_tx};
+use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader};
-use rusqlite::params;
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
-/// The log store; clones share one connection and serve as the log reader.
+/// Entries the tail keeps at most: a follower this far behind is caught up from the file (or a
+/// snapshot), and a few thousand entries are several seconds of writes at full speed.
+const TAIL_ENTRIES: usize = 8192;
+/// Bytes of entries the tail keeps at most: an entry carries up to a batch of posts.
+const TAIL_BYTES: usize = 64 << 20;
+/// Jobs queued for the log thread: openraft waits for each append's flush before the next, so
+/// the queue holds a few at most; the bound only keeps a stuck disk from growing it.
+const QUEUE: usize = 1024;
+
+/// Called after each append's commit with how long the commit took (metrics).
+pub type FlushObserver = Arc<dyn Fn(Duration) + Send + std::marker::Sync>;
+
+/// The log store; clones share the thread and the tail, and serve as the log reader.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Shared,
-    /// For the committed marker only (see `Sync::Normal`): saving it costs no fsync of its own.
-    relaxed: Shared,
+    shared: Arc<Shared>,
 }
 
-impl LogStore {
-    pub fn open(path: &Path) -> rusqlite::Result<LogStore> {
-        Ok(LogStore {
-            db: Shared::open(path, Sync::Full)?,
-            relaxed: Shared::open(path, Sync::Normal)?,
-        })
+struct Shared {
+    jobs: mpsc::SyncSender<Job>,
+    _checkpoints: Checkpointer,
+    /// Shared with the log thread, which marks appends durable.
+    state: Arc<Mutex<State>>,
+    /// For reads older than the tail (rare): a connection of their own, used on the blocking
+    /// pool, never the log thread's.
+    path: PathBuf,
+    reader: Arc<Mutex<Option<Connection>>>,
+}
+
+/// What the store knows without reading the file.
+struct State {
+    tail: Tail,
+    last_log: Option<LogId>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    /// The committed log id openraft last reported; written with the next append.
+    committed: Option<LogId>,
+    /// The last index whose append committed: the tail keeps every entry above it.
+    durable: u64,
+}
+
+/// The recent log: contiguous entries from `first`.
+#[derive(Default)]
+struct Tail {
+    entries: VecDeque<(Entry, usize)>,
+    first: u64,
+    bytes: usize,
+}
+
+impl Tail {
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index)
     }
 
-    /// Writes `entries` at their indexes in one durable transaction.
-    pub async fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        let mut rows = Vec::new();
-        for e in &entries {
-            let bytes = serde_json::to_vec(e).map_err(|e| storage_error(&e))?;
-            rows.push((e.log_id.index, bytes));
+    fn push(&mut self, e: Entry, size: usize) {
+        if self.last_index().is_some_and(|l| l + 1 != e.log_id.index) {
+            // Not contiguous (never after a truncate, which cuts the tail first): start afresh.
+            self.entries.clear();
+            self.bytes = 0;
         }
-        self.db
-            .run(move |c| {
-                let tx = write_tx(c)?;
-                {
-                    let mut stmt = tx.prepare_cached(
-                        "INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?1, ?2)",
-                    )?;
-                    for (idx, bytes) in &rows {
-                        stmt.execute(params![to_i64(*idx), bytes])?;
-                    }
-                }
-                tx.commit()
-            })
-            .await
+        if self.entries.is_empty() {
+            self.first = e.log_id.index;
+        }
+        self.bytes += size;
+        self.entries.push_back((e, size));
     }
+
+    /// Drops the oldest entries beyond the bounds, never one above `durable` (not yet in the
+    /// file).
+    fn evict(&mut self, durable: u64) {
+        while (self.entries.len() > TAIL_ENTRIES || self.bytes > TAIL_BYTES)
+            && self.first <= durable
+        {
+            let Some((_, size)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= size;
+            self.first += 1;
+        }
+    }
+
+    /// Drops the entries at `index` and above.
+    fn truncate(&mut self, index: u64) {
+        while self.last_index().is_some_and(|l| l >= index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Drops the entries at `index` and below.
+    fn purge(&mut self, index: u64) {
+        while !self.entries.is_empty() && self.first <= index {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+            self.first += 1;
+        }
+    }
+
+    /// The entries of `[start, end)` it holds.
+    fn get(&self, start: u64, end: u64) -> Vec<Entry> {
+        let from = start.saturating_sub(self.first) as usize;
+        let to = (end.saturating_sub(self.first) as usize).min(self.entries.len());
+        if end <= self.first || from >= to {
+            return Vec::new();
+        }
+        self.entries
+            .range(from..to)
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+}
+
+/// The size an entry counts for in the tail.
+fn size_of(e: &Entry) -> usize {
+    64 + match &e.payload {
+        EntryPayload::Normal(r) => r.encoded().len(),
+        _ => 256,
+    }
+}
+
+type Done<T> = oneshot::Sender<rusqlite::Result<T>>;
+
+/// Told once an append's entries are on disk, or why they are not (openraft's flush callback).
+pub type Flushed = Box<dyn FnOnce(std::io::Result<()>) + Send>;
+
+/// The log thread's work, done in order.
+enum Job {
+    Append {
+        rows: Vec<(u64, Vec<u8>)>,
+        committed: Option<LogId>,
+        flushed: Flushed,
+    },
+    Vote(Vote, Done<()>),
+    /// Deletes `[index, ∞)`; answers the log id now last in the file.
+    Truncate(u64, Done<Option<LogId>>),
+    Purge(LogId, Done<()>),
 }
 
 fn to_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
-fn decode_entry(bytes: &[u8]) -> rusqlite::Result<Entry> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+fn decode_row(bytes: &[u8]) -> rusqlite::Result<Entry> {
+    codec::decode::<Entry>(bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
     })
+}
+
+/// The log id of the last row of the file, if any.
+fn last_row(c: &Connection) -> rusqlite::Result<Option<LogId>> {
+    let last: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT entry FROM raft_log ORDER BY idx DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    last.map(|b| decode_row(&b).map(|e| e.log_id)).transpose()
+}
+
+/// Purged rows deleted per transaction, between other jobs: deleting thousands of entries at
+/// once held the next append up for tens of milliseconds.
+const PURGE_CHUNK: i64 = 256;
+
+/// Deletes up to `PURGE_CHUNK` rows at or below `upto`; answers whether some are left. No fsync of
+/// its own: a purged row the crash keeps is below the durable purge marker, never read, and
+/// deleted again later.
+fn purge_chunk(conn: &mut Connection, upto: u64) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "DELETE FROM raft_log WHERE idx IN \
+         (SELECT idx FROM raft_log WHERE idx <= ?1 ORDER BY idx LIMIT ?2)",
+        params![to_i64(upto), PURGE_CHUNK],
+    )?;
+    Ok(n as i64 == PURGE_CHUNK)
+}
+
+/// The log thread: does each job in order; while it has none, deletes purged rows a chunk at a
+/// time.
+fn run(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    state: Arc<Mutex<State>>,
+    observe: Option<FlushObserver>,
+    mut purging: Option<u64>,
+) {
+    loop {
+        let job = match purging {
+            Some(upto) => match jobs.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::TryRecvError::Empty) => {
+                    match purge_chunk(&mut conn, upto) {
+                        Ok(true) => {}
+                        Ok(false) => purging = None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "deleting purged log entries failed");
+                            purging = None;
+                        }
+                    }
+                    continue;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            },
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Append {
+                rows,
+                committed,
+                flushed,
+            } => {
+                let started = Instant::now();
+                let res = (|| {
+                    let tx = write_tx(&mut conn)?;
+                    {
+                        let mut stmt = tx.prepare_cached(
+                            "INSERT OR REPLACE INTO raft_log (idx, entry) VALUES (?1, ?2)",
+                        )?;
+                        for (idx, bytes) in &rows {
+                            stmt.execute(params![to_i64(*idx), bytes])?;
+                        }
+                    }
+                    if committed.is_some() {
+                        put_meta(&tx, "raft_meta", "committed", &committed)?;
+                    }
+                    tx.commit()
+                })();
+                if let Some(o) = &observe {
+                    o(started.elapsed());
+                }
+                if res.is_ok()
+                    && let Some(&(last, _)) = rows.last()
+                {
+                    // In the file now: the tail may let these entries go.
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.durable = st.durable.max(last);
+                }
+                flushed(res.map_err(std::io::Error::other));
+            }
+            Job::Vote(vote, done) => {
+                let _ = done.send(put_meta(&conn, "raft_meta", "vote", &vote));
+            }
+            Job::Truncate(index, done) => {
+                let res = conn
+                    .execute("DELETE FROM raft_log WHERE idx >= ?1", [to_i64(index)])
+                    .and_then(|_| last_row(&conn));
+                let _ = done.send(res);
+            }
+            Job::Purge(upto, done) => {
+                // The marker is durable at once; the rows go a chunk at a time, when idle.
+                let res = put_meta(&conn, "raft_meta", "last_purged", &upto);
+                if res.is_ok() {
+                    purging = Some(upto.index);
+                }
+                let _ = done.send(res);
+            }
+        }
+    }
+}
+
+impl LogStore {
+    /// Opens the log of `path` (`log.db`) and starts its thread.
+    pub fn open(path: &Path) -> rusqlite::Result<LogStore> {
+        LogStore::open_observed(path, None)
+    }
+
+    /// `open`, with `observe` called after each append's commit with how long it took.
+    pub fn open_observed(
+        path: &Path,
+        observe: Option<FlushObserver>,
+    ) -> rusqlite::Result<LogStore> {
+        let conn = connect_with(path, Sync::Full)?;
+        let vote: Option<Vote> = get_meta(&conn, "raft_meta", "vote")?;
+        let committed: Option<LogId> =
+            get_meta::<Option<LogId>>(&conn, "raft_meta", "committed")?.flatten();
+        let last_purged: Option<LogId> = get_meta(&conn, "raft_meta", "last_purged")?;
+        let last_log = last_row(&conn)?
+            .filter(|l| Some(*l) > last_purged)
+            .or(last_purged);
+        // Rows a crash left below the marker are deleted again, when idle.
+        let purging = last_purged.map(|l| l.index);
+        // Checkpoints run on a thread of their own (`checkpoint.rs`), never inside an append.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let state = Arc::new(Mutex::new(State {
+            tail: Tail::default(),
+            last_log,
+            last_purged,
+            vote,
+            committed,
+            durable: last_log.map_or(0, |l| l.index),
+        }));
+        let (jobs, rx) = mpsc::sync_channel(QUEUE);
+        let for_thread = state.clone();
+        std::thread::Builder::new()
+            .name("raft-log".into())
+            .spawn(move || run(conn, rx, for_thread, observe, purging))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                jobs,
+                _checkpoints: Checkpointer::start(path)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                state,
+                path: path.to_owned(),
+                reader: Arc::default(),
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, job: Job) -> Result<(), StorageError> {
+        self.shared
+            .jobs
+            .send(job)
+            .map_err(|_| storage_error(&std::io::Error::other("the log thread has stopped")))
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(Done<T>) -> Job) -> Result<T, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(job(tx))?;
+        rx.await
+            .map_err(|_| storage_error(&std::io::Error::other("the log thread has stopped")))?
+            .map_err(|e| storage_error(&e))
+    }
+
+    /// Appends `entries` (readable at once from the tail) and has the log thread call `flushed`
+    /// once they are on disk.
+    pub fn append_then(&self, entries: Vec<Entry>, flushed: Flushed) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            flushed(Ok(()));
+            return Ok(());
+        }
+        let rows: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (e.log_id.index, codec::encode(e)))
+            .collect();
+        let committed = {
+            let mut st = self.state();
+            for e in entries {
+                st.last_log = Some(e.log_id);
+                let size = size_of(&e);
+                st.tail.push(e, size);
+            }
+            let durable = st.durable;
+            st.tail.evict(durable);
+            st.committed
+        };
+        self.send(Job::Append {
+            rows,
+            committed,
+            flushed,
+        })
+    }
+
+    /// Entries of `[start, end)` from the file (those older than the tail), none at or below
+    /// the purge marker (their rows may not be deleted yet).
+    async fn read_file(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let start = match self.state().last_purged {
+            Some(p) => start.max(p.index.saturating_add(1)),
+            None => start,
+        };
+        let path = self.shared.path.clone();
+        let reader = self.shared.reader.clone();
+        tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<Entry>> {
+            let mut slot = reader.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(connect_with(&path, Sync::Full)?);
+            }
+            let Some(c) = slot.as_ref() else {
+                return Ok(Vec::new());
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            )?;
+            let rows = stmt.query_map(params![to_i64(start), to_i64(end)], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?;
+            rows.map(|r| r.and_then(|b| decode_row(&b))).collect()
+        })
+        .await
+        .map_err(|e| storage_error(&e))?
+        .map_err(|e| storage_error(&e))
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -77,17 +436,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        self.db
-            .run(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
-                )?;
-                let rows = stmt.query_map(params![to_i64(start), to_i64(end)], |r| {
-                    r.get::<_, Vec<u8>>(0)
-                })?;
-                rows.map(|r| r.and_then(|b| decode_entry(&b))).collect()
-            })
-            .await
+        let (from_tail, tail_first) = {
+            let st = self.state();
+            let first = if st.tail.entries.is_empty() {
+                u64::MAX
+            } else {
+                st.tail.first
+            };
+            (st.tail.get(start.max(first), end), first)
+        };
+        if start >= tail_first {
+            return Ok(from_tail);
+        }
+        let mut out = self.read_file(start, end.min(tail_first)).await?;
+        // The file's part, then the tail's: the file holds every entry below the tail (the tail
+        // lets only durable entries go), so they join; none at all when the log starts at the
+        // tail.
+        if out.last().is_none_or(|e| e.log_id.index + 1 == tail_first) {
+            out.extend(from_tail);
+        }
+        Ok(out)
     }
 }
 
@@ -95,30 +463,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        self.db
-            .run(|c| {
-                let last_purged: Option<LogId> = get_meta(c, "raft_meta", "last_purged")?;
-                let last: Option<Vec<u8>> = c
-                    .query_row(
-                        "SELECT entry FROM raft_log ORDER BY idx DESC LIMIT 1",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
-                let last_log_id = match last {
-                    Some(b) => Some(decode_entry(&b)?.log_id),
-                    None => last_purged,
-                };
-                Ok(LogState {
-                    last_purged_log_id: last_purged,
-                    last_log_id,
-                })
-            })
-            .await
+        let st = self.state();
+        Ok(LogState {
+            last_purged_log_id: st.last_purged,
+            last_log_id: st.last_log.or(st.last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -126,26 +475,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let vote = *vote;
-        self.db
-            .run(move |c| put_meta(c, "raft_meta", "vote", &vote))
-            .await
+        let v = *vote;
+        self.ask(|done| Job::Vote(v, done)).await?;
+        self.state().vote = Some(v);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.db.run(|c| get_meta(c, "raft_meta", "vote")).await
+        Ok(self.state().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.relaxed
-            .run(move |c| put_meta(c, "raft_meta", "committed", &committed))
-            .await
+        self.state().committed = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.db
-            .run(|c| Ok(get_meta::<Option<LogId>>(c, "raft_meta", "committed")?.flatten()))
-            .await
+        Ok(self.state().committed)
     }
 
     async fn append<I>(
@@ -157,37 +503,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let res = self.write_entries(entries.into_iter().collect()).await;
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
-        }
-        res
+        self.append_then(
+            entries.into_iter().collect(),
+            Box::new(move |r| callback.log_io_completed(r)),
+        )
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.db
-            .run(move |c| {
-                c.execute(
-                    "DELETE FROM raft_log WHERE idx >= ?1",
-                    [to_i64(log_id.index)],
-                )
-                .map(|_| ())
-            })
-            .await
+        self.state().tail.truncate(log_id.index);
+        let last = self.ask(|done| Job::Truncate(log_id.index, done)).await?;
+        let mut st = self.state();
+        st.last_log = last
+            .filter(|l| Some(*l) > st.last_purged)
+            .or(st.last_purged);
+        st.durable = st.durable.min(log_id.index.saturating_sub(1));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.db
-            .run(move |c| {
-                let tx = write_tx(c)?;
-                put_meta(&tx, "raft_meta", "last_purged", &log_id)?;
-                tx.execute(
-                    "DELETE FROM raft_log WHERE idx <= ?1",
-                    [to_i64(log_id.index)],
-                )?;
-                tx.commit()
-            })
-            .await
+        {
+            let mut st = self.state();
+            st.tail.purge(log_id.index);
+            st.last_purged = Some(log_id);
+            if st.last_log < Some(log_id) {
+                st.last_log = Some(log_id);
+            }
+        }
+        self.ask(|done| Job::Purge(log_id, done)).await
     }
 }

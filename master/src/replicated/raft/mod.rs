@@ -2,9 +2,13 @@
 //! machine (`db`, `log_store`, `state_machine`, timed by `timed`), and the tonic transport between
 //! members (`network`: client side, `service`: server side).
 
+mod checkpoint;
+pub mod codec;
+pub mod data_dir;
 pub mod db;
 #[cfg(feature = "testing")]
 pub mod faults;
+mod legacy;
 pub mod log_store;
 pub mod network;
 pub mod service;
@@ -12,5 +16,7 @@ pub mod state_machine;
 pub mod timed;
 pub mod types;
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! The Raft transport, client side: openraft's `RaftNetwork` over the `chatfeed.raft.Raft` gRPC
-//! service. Each call carries the JSON encoding of the openraft request and gets back the encoding
-//! of `Result<Response, RaftError>`, and every call has a deadline (openraft's hard TTL).
+//! service. Each call carries the encoding of the openraft request (`codec.rs`) and gets back the
+//! encoding of `Result<Response, RaftError>`, and every call has a deadline (openraft's hard TTL).
 //!
 //! Error mapping (see docs/openraft-notes.md §1): a peer that cannot be reached (connection
 //! refused, gRPC UNAVAILABLE) is `Unreachable`, so openraft backs off; any other transport failure
@@ -9,9 +9,10 @@
 //! With the `testing` feature, `Faults` (`faults.rs`) lets in-process tests cut links between
 //! members; the product is built without it.
 
+use super::codec;
 #[cfg(feature = "testing")]
 use super::faults::Faults;
-use crate::replicated::raft::types::{MemberNode, NodeId, TypeConfig};
+use super::types::{MemberNode, NodeId, TypeConfig};
 use chatfeed_proto::raft::RaftMessage;
 use chatfeed_proto::raft::raft_client::RaftClient;
 use openraft::error::{
@@ -112,7 +113,7 @@ impl PeerClient {
             )));
         }
         let channel = self.channel.clone().map_err(unreachable)?;
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = codec::encode(req);
         let mut request = tonic::Request::new(RaftMessage { data });
         request.set_timeout(option.hard_ttl());
         let mut client = RaftClient::new(channel).max_decoding_message_size(usize::MAX);
@@ -128,8 +129,8 @@ impl PeerClient {
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -2,7 +2,8 @@
 //! request to the local openraft node and returns its `Result` serialised in the reply, so a
 //! remote Raft error reaches the caller as data (openraft's RemoteError), not as a gRPC failure.
 
-use crate::replicated::raft::types::Raft;
+use super::codec;
+use super::types::Raft;
 use chatfeed_proto::raft::raft_server;
 use chatfeed_proto::raft::{RaftMessage, TimeoutNowReply, TimeoutNowRequest};
 use openraft::ServerState;
@@ -26,14 +27,14 @@ impl RaftService {
 }
 
 fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().data)
+    codec::decode(&req.into_inner().data)
         .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
-    serde_json::to_vec(v)
-        .map(|data| Response::new(RaftMessage { data }))
-        .map_err(|e| Status::internal(format!("cannot encode Raft reply: {e}")))
+    Ok(Response::new(RaftMessage {
+        data: codec::encode(v),
+    }))
 }
 
 #[tonic::async_trait]

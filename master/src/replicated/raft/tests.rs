@@ -1,11 +1,11 @@
 //! Store tests: openraft's conformance suite, durability across reopen, and applying commands.
 
-use super::db::open_member_db;
+use super::data_dir::open_member_db;
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
 use super::types::*;
 use crate::domain::{Applied, Command, FeedError};
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,9 +16,10 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("tempdir");
-        let path = open_member_db(&dir.path().join("m"), 1, true).expect("open db");
-        let log = LogStore::open(&path).expect("log store");
-        let sm = StateMachine::open(&path).expect("state machine");
+        let files = open_member_db(&dir.path().join("m"), 1, true).expect("open db");
+        let log = LogStore::open(&files.log).expect("log store");
+        let sm = StateMachine::open(&files)
+            .map_err(|e| super::db::storage_error(&std::io::Error::other(e.to_string())))?;
         Ok((dir, log, sm))
     }
 }
@@ -69,13 +70,21 @@ fn answers(replies: Vec<Reply>) -> Vec<Result<Applied, FeedError>> {
         .collect()
 }
 
+/// Appends `entries` and waits until they are on disk.
+async fn append(log: &LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    log.append_then(entries, Box::new(move |r| drop(tx.send(r))))
+        .unwrap();
+    rx.await.unwrap().unwrap();
+}
+
 /// Vote, log, committed marker, applied state and the feed tables survive closing and reopening
 /// the database.
 #[tokio::test]
 async fn state_survives_reopen() {
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("m");
-    let path = open_member_db(&data, 1, true).unwrap();
+    let files = open_member_db(&data, 1, true).unwrap();
     let members = BTreeMap::from([(
         1,
         MemberNode {
@@ -90,16 +99,19 @@ async fn state_survives_reopen() {
         entry(1, 3, cmd(post("alice", "hello", "p1"))),
     ];
     {
-        let mut log = LogStore::open(&path).unwrap();
-        let mut sm = StateMachine::open(&path).unwrap();
+        let mut log = LogStore::open(&files.log).unwrap();
+        let mut sm = StateMachine::open(&files).unwrap();
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
-        log.write_entries(entries.clone()).await.unwrap();
         log.save_committed(Some(log_id(1, 3))).await.unwrap();
+        append(&log, entries.clone()).await;
+        // The committed marker travels with the next append.
+        append(&log, vec![entry(1, 4, EntryPayload::Blank)]).await;
+        log.truncate(log_id(1, 4)).await.unwrap();
         sm.apply(entries.clone()).await.unwrap();
     }
-    let path = open_member_db(&data, 1, false).unwrap();
-    let mut log = LogStore::open(&path).unwrap();
-    let mut sm = StateMachine::open(&path).unwrap();
+    let files = open_member_db(&data, 1, false).unwrap();
+    let mut log = LogStore::open(&files.log).unwrap();
+    let mut sm = StateMachine::open(&files).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
     assert_eq!(
@@ -115,7 +127,8 @@ async fn state_survives_reopen() {
         2,
         "two events (user, post) were applied before"
     );
-    let conn = super::db::connect(&path).unwrap();
+    sm.flusher().flush().await.unwrap();
+    let conn = super::db::connect(&files.state).unwrap();
     let tl = crate::domain::timeline(&conn, "alice", None, 20).unwrap();
     assert_eq!(tl.len(), 1);
     assert_eq!(tl[0].text.as_deref(), Some("hello"));
@@ -129,8 +142,8 @@ async fn state_survives_reopen() {
 #[tokio::test]
 async fn idempotent_posts_and_validation() {
     let dir = TempDir::new().unwrap();
-    let path = open_member_db(&dir.path().join("m"), 1, true).unwrap();
-    let mut sm = StateMachine::open(&path).unwrap();
+    let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
+    let mut sm = StateMachine::open(&files).unwrap();
     let cmds = [
         user("alice"),
         user("bob"),
@@ -191,7 +204,8 @@ async fn idempotent_posts_and_validation() {
     assert!(matches!(a[11], Err(FeedError::InvalidName { .. })));
     assert_eq!(a[12].as_ref().unwrap().seq, 5);
     assert!(matches!(a[13], Err(FeedError::AlreadyFollowing { .. })));
-    let conn = super::db::connect(&path).unwrap();
+    sm.flusher().flush().await.unwrap();
+    let conn = super::db::connect(&files.state).unwrap();
     let posts = crate::domain::timeline(&conn, "alice", Some(0), 100).unwrap();
     assert_eq!(posts.len(), 1, "the duplicate did not commit a second post");
 }
@@ -201,8 +215,8 @@ async fn idempotent_posts_and_validation() {
 #[tokio::test]
 async fn timeline_follows_commit_points() {
     let dir = TempDir::new().unwrap();
-    let path = open_member_db(&dir.path().join("m"), 1, true).unwrap();
-    let mut sm = StateMachine::open(&path).unwrap();
+    let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
+    let mut sm = StateMachine::open(&files).unwrap();
     let f = |a: &str, b: &str| Command::Follow {
         follower: a.into(),
         followee: b.into(),
@@ -229,7 +243,8 @@ async fn timeline_follows_commit_points() {
         .map(|(i, c)| entry(1, i as u64 + 1, cmd(c)))
         .collect();
     sm.apply(entries).await.unwrap();
-    let conn = super::db::connect(&path).unwrap();
+    sm.flusher().flush().await.unwrap();
+    let conn = super::db::connect(&files.state).unwrap();
     let seqs = |after, limit| -> Vec<u64> {
         crate::domain::timeline(&conn, "bob", after, limit)
             .unwrap()
@@ -248,22 +263,21 @@ async fn timeline_follows_commit_points() {
 }
 
 /// A batched entry applies its commands in order, each with its own seq and its own answer (a
-/// refused command in the middle takes no seq and does not affect the others); and an entry
-/// stored before batching (one `command`) still decodes.
+/// refused command in the middle takes no seq and does not affect the others).
 #[tokio::test]
 async fn batched_entry_answers_each_command() {
     let dir = TempDir::new().unwrap();
-    let path = open_member_db(&dir.path().join("m"), 1, true).unwrap();
-    let mut sm = StateMachine::open(&path).unwrap();
-    let batch = Request {
-        ts_ms: 1_700_000_000_000,
-        commands: vec![
+    let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
+    let mut sm = StateMachine::open(&files).unwrap();
+    let batch = Request::new(
+        1_700_000_000_000,
+        vec![
             user("alice"),
             user("alice"),
             post("alice", "hello", "p1"),
             post("alice", "hello again", "p1"),
         ],
-    };
+    );
     let replies = sm
         .apply([entry(1, 1, EntryPayload::Normal(batch))])
         .await
@@ -276,10 +290,215 @@ async fn batched_entry_answers_each_command() {
     assert_eq!(a[2].as_ref().unwrap().seq, 2);
     let dup = a[3].as_ref().unwrap();
     assert_eq!((dup.seq, dup.duplicate), (2, true));
+}
 
-    let old: Request =
-        serde_json::from_str(r#"{"ts_ms":5,"command":{"CreateUser":{"name":"bob"}}}"#).unwrap();
-    assert_eq!(old, Request::one(5, user("bob")));
-    let new = serde_json::to_string(&Request::one(5, user("bob"))).unwrap();
-    assert_eq!(serde_json::from_str::<Request>(&new).unwrap(), old);
+/// A data directory of the one-file layout (`chatfeed.db`: JSON log rows, schema version 1) is
+/// split at open into `log.db` and `state.db`: the vote, the log (re-encoded), the applied state
+/// and the feed's tables are all there, and the old file is gone.
+#[tokio::test]
+async fn one_file_layout_is_split_at_open() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("m");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        let c = rusqlite::Connection::open(data.join(super::db::LEGACY_FILE)).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (1);
+             CREATE TABLE raft_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+             CREATE TABLE raft_log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+             CREATE TABLE sm_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+             CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), meta BLOB NOT NULL, data BLOB NOT NULL);",
+        )
+        .unwrap();
+        c.execute_batch(crate::domain::SCHEMA).unwrap();
+        crate::domain::migrate(&c).unwrap();
+        super::db::put_meta(&c, "raft_meta", "node_id", &1u64).unwrap();
+        super::db::put_meta(&c, "raft_meta", "vote", &Vote::new(4, 1)).unwrap();
+        // Rows as earlier builds wrote them: a blank entry, a one-command entry, a batch.
+        let rows = [
+            (
+                1,
+                r#"{"log_id":{"leader_id":{"term":4,"node_id":1},"index":1},"payload":"Blank"}"#,
+            ),
+            (
+                2,
+                r#"{"log_id":{"leader_id":{"term":4,"node_id":1},"index":2},"payload":{"Normal":{"ts_ms":5,"command":{"CreateUser":{"name":"bob"}}}}}"#,
+            ),
+            (
+                3,
+                r#"{"log_id":{"leader_id":{"term":4,"node_id":1},"index":3},"payload":{"Normal":{"ts_ms":6,"commands":[{"Post":{"author":"bob","text":"hi","client_post_id":"p"}}]}}}"#,
+            ),
+        ];
+        for (i, json) in rows {
+            c.execute(
+                "INSERT INTO raft_log (idx, entry) VALUES (?1, ?2)",
+                rusqlite::params![i, json.as_bytes()],
+            )
+            .unwrap();
+        }
+        crate::domain::apply_command(&c, &user("bob"), 5)
+            .unwrap()
+            .unwrap();
+        super::db::put_meta(&c, "sm_meta", "last_applied", &Some(log_id(4, 2))).unwrap();
+    }
+    let files = open_member_db(&data, 1, false).unwrap();
+    assert!(files.log.exists() && files.state.exists());
+    assert!(!data.join(super::db::LEGACY_FILE).exists());
+    let mut log = LogStore::open(&files.log).unwrap();
+    let mut sm = StateMachine::open(&files).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
+    let entries = log.try_get_log_entries(1..4).await.unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0].payload, EntryPayload::Blank);
+    assert_eq!(
+        entries[1].payload,
+        EntryPayload::Normal(Request::one(5, user("bob")))
+    );
+    assert_eq!(
+        entries[2].payload,
+        EntryPayload::Normal(Request::one(6, post("bob", "hi", "p")))
+    );
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(4, 2)));
+    let a = answers(sm.apply(entries[2..].to_vec()).await.unwrap());
+    assert_eq!(
+        a[0].as_ref().unwrap().seq,
+        2,
+        "the feed's tables came along"
+    );
+    // Opening again changes nothing; a member id mismatch is still refused.
+    drop((log, sm));
+    assert!(open_member_db(&data, 1, false).is_ok());
+    assert!(open_member_db(&data, 2, false).is_err());
+}
+
+/// A snapshot is a copy of the state machine at its applied log id; building it again after more
+/// applies stores the newer one; installing an older one replaces the state but never the stored
+/// snapshot; and a state machine found behind its snapshot (rolled back by a power loss) is
+/// restored from it when it opens.
+#[tokio::test]
+async fn snapshots_are_copies_that_never_go_backwards() {
+    let dir = TempDir::new().unwrap();
+    let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
+    let mut sm = StateMachine::open(&files).unwrap();
+    sm.apply([
+        entry(1, 1, cmd(user("ann"))),
+        entry(1, 2, cmd(post("ann", "a", "1"))),
+    ])
+    .await
+    .unwrap();
+    let first = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(first.meta.last_log_id, Some(log_id(1, 2)));
+    sm.apply([entry(1, 3, cmd(post("ann", "b", "2")))])
+        .await
+        .unwrap();
+    let second = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(second.meta.last_log_id, Some(log_id(1, 3)));
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, second.meta);
+
+    // Installing the first (older) snapshot: the state is its, the stored snapshot stays.
+    sm.install_snapshot(&first.meta, first.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 2)));
+    assert_eq!(*sm.applied_seq().borrow(), 2);
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        current.meta, second.meta,
+        "the stored snapshot never goes backwards"
+    );
+
+    // A received snapshot whose data does not match its meta is refused.
+    let mut lying = second.meta.clone();
+    lying.last_log_id = Some(log_id(1, 9));
+    let data = Box::new(std::io::Cursor::new(
+        std::fs::read(&files.snapshot).unwrap(),
+    ));
+    assert!(sm.install_snapshot(&lying, data).await.is_err());
+
+    // The state machine behind the stored snapshot (2 < 3) is restored from it at open.
+    drop(sm);
+    let sm = StateMachine::open(&files).unwrap();
+    let mut sm = sm;
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 3)));
+    sm.flusher().flush().await.unwrap();
+    let conn = super::db::connect(&files.state).unwrap();
+    assert_eq!(
+        crate::domain::timeline(&conn, "ann", Some(0), 10)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// After a restart the log is read from the file, from index 0 (where `initialize` writes the
+/// membership) to its end; after a purge, from just above the purge marker, even while the
+/// purged rows are still being deleted.
+#[tokio::test]
+async fn the_log_reads_back_from_its_file() {
+    let dir = TempDir::new().unwrap();
+    let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
+    let entries: Vec<Entry> = (0..6).map(|i| entry(1, i, EntryPayload::Blank)).collect();
+    {
+        let log = LogStore::open(&files.log).unwrap();
+        append(&log, entries.clone()).await;
+    }
+    let mut log = LogStore::open(&files.log).unwrap();
+    assert_eq!(log.try_get_log_entries(0..6).await.unwrap(), entries);
+    assert_eq!(log.try_get_log_entries(0..1).await.unwrap(), entries[..1]);
+    log.purge(log_id(1, 2)).await.unwrap();
+    assert_eq!(log.try_get_log_entries(0..6).await.unwrap(), entries[3..]);
+    drop(log);
+    let mut log = LogStore::open(&files.log).unwrap();
+    assert_eq!(log.try_get_log_entries(0..6).await.unwrap(), entries[3..]);
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_purged_log_id,
+        Some(log_id(1, 2))
+    );
+}
+
+/// A garbage `state.db` is refused as corrupt and left as it was, also with a write-ahead log
+/// left beside it (a member killed before it closed its files).
+#[test]
+fn a_garbage_state_file_is_refused_untouched() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("m");
+    let files = open_member_db(&data, 1, true).unwrap();
+    let garbage: Vec<u8> = (0..16384u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    // A write-ahead log with frames left beside it, as a killed process leaves it: copied
+    // while the connection is open, put back once it is closed.
+    let wal = data.join(format!("{}-wal", super::db::STATE_FILE));
+    let saved = {
+        let c = super::db::connect(&files.state).unwrap();
+        c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        std::fs::read(&wal).unwrap()
+    };
+    assert!(!saved.is_empty(), "the WAL had frames");
+    std::fs::write(&wal, &saved).unwrap();
+    std::fs::write(&files.state, &garbage).unwrap();
+    let e = open_member_db(&data, 1, false).unwrap_err().to_string();
+    assert!(e.contains("corrupt"), "{e}");
+    let after = std::fs::read(&files.state).unwrap();
+    let first_diff = after.iter().zip(&garbage).position(|(a, b)| a != b);
+    assert_eq!(
+        (after.len(), first_diff),
+        (garbage.len(), None),
+        "a refused directory's state file is left as it was"
+    );
 }

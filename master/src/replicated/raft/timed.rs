@@ -1,11 +1,12 @@
 //! Instrumented storage: `TimedLog` and `TimedStateMachine` wrap the log store and the state
-//! machine, delegating every call, and record what an operator watches: how long appending
-//! entries (their fsync included) and applying batches take, the committed index openraft saves,
-//! and the posts that took effect. Wrapping keeps the storage code itself free of metrics; the
-//! conformance suite tests the unwrapped stores, which these only forward to.
+//! machine, delegating every call, and record what an operator watches: how long applying
+//! batches takes, the committed index openraft saves, and the posts that took effect; the log
+//! thread times each append's commit through `StoreMetrics::flush_observer` (an append returns
+//! before its commit). Wrapping keeps the storage code itself free of metrics; the conformance
+//! suite tests the unwrapped stores, which these only forward to.
 
 use crate::domain::Command;
-use crate::replicated::raft::log_store::LogStore;
+use crate::replicated::raft::log_store::{FlushObserver, LogStore};
 use crate::replicated::raft::state_machine::{SnapshotBuilder, StateMachine};
 use crate::replicated::raft::types::{
     Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
@@ -19,6 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the stores record (clones of registered metrics).
@@ -28,6 +30,14 @@ pub struct StoreMetrics {
     pub apply_seconds: Histogram,
     pub commit_index: Gauge,
     pub posts_committed: Counter,
+}
+
+impl StoreMetrics {
+    /// What the log thread calls after each append's commit (its fsync included).
+    pub fn flush_observer(&self) -> FlushObserver {
+        let h = self.append_seconds.clone();
+        Arc::new(move |d: std::time::Duration| h.observe(d.as_secs_f64()))
+    }
 }
 
 /// The log store, timed.
@@ -87,10 +97,9 @@ impl RaftLogStorage<TypeConfig> for TimedLog {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let start = Instant::now();
-        let res = self.inner.append(entries, callback).await;
-        self.metrics.append_seconds.observe(seconds_since(start));
-        res
+        // The append's commit is timed by the log thread (`StoreMetrics::flush_observer`): the
+        // call returns before it.
+        self.inner.append(entries, callback).await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -127,7 +136,7 @@ impl RaftStateMachine<TypeConfig> for TimedStateMachine {
             .iter()
             .map(|e| match &e.payload {
                 EntryPayload::Normal(r) => r
-                    .commands
+                    .commands()
                     .iter()
                     .map(|c| matches!(c, Command::Post { .. }))
                     .collect(),

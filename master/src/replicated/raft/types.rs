@@ -5,6 +5,7 @@
 use crate::domain::{Applied, Command, FeedError};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::sync::Arc;
 
 /// A member as recorded in the Raft membership: where its two services listen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,41 +48,114 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 /// member applies the same timestamp. The active master batches the writes that arrive together
 /// into one entry (`batch.rs`): one log append, one fsync and one apply transaction for all of
 /// them. Each command still takes its own seq and gets its own answer, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "RequestWire")]
-pub struct Request {
-    pub ts_ms: i64,
-    pub commands: Vec<Command>,
+///
+/// Encoded once: the commands are encoded (postcard) when the entry is made, on the leader, or
+/// when it arrives, on a follower; storing the entry and sending it to followers copy those
+/// bytes (`Serialize` writes them as one byte string), and clones share them (`Arc`).
+#[derive(Clone)]
+pub struct Request(Arc<RequestInner>);
+
+struct RequestInner {
+    ts_ms: i64,
+    commands: Vec<Command>,
+    /// postcard of `(ts_ms, commands)`.
+    encoded: Vec<u8>,
 }
 
+/// Why stored or received entry bytes are not a request of this version.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable log entry payload: {0}")]
+pub struct DecodeError(String);
+
 impl Request {
+    /// An entry's payload: `commands`, proposed at `ts_ms` (ms since the Unix epoch).
+    pub fn new(ts_ms: i64, commands: Vec<Command>) -> Request {
+        // Encoding owned, plain data into a Vec cannot fail.
+        let encoded = postcard::to_stdvec(&(ts_ms, &commands)).unwrap_or_default();
+        Request(Arc::new(RequestInner {
+            ts_ms,
+            commands,
+            encoded,
+        }))
+    }
+
     /// An entry with one command.
     pub fn one(ts_ms: i64, command: Command) -> Request {
-        Request {
+        Request::new(ts_ms, vec![command])
+    }
+
+    /// The payload of `encoded` (what `encoded()` gave).
+    pub fn decode(encoded: &[u8]) -> Result<Request, DecodeError> {
+        let (ts_ms, commands): (i64, Vec<Command>) =
+            postcard::from_bytes(encoded).map_err(|e| DecodeError(e.to_string()))?;
+        Ok(Request(Arc::new(RequestInner {
             ts_ms,
-            commands: vec![command],
-        }
+            commands,
+            encoded: encoded.to_vec(),
+        })))
+    }
+
+    pub fn ts_ms(&self) -> i64 {
+        self.0.ts_ms
+    }
+
+    pub fn commands(&self) -> &[Command] {
+        &self.0.commands
+    }
+
+    /// The encoded form, as stored and sent.
+    pub fn encoded(&self) -> &[u8] {
+        &self.0.encoded
     }
 }
 
-/// The stored form of `Request`: entries written before batching hold one `command`.
-#[derive(Deserialize)]
-struct RequestWire {
-    ts_ms: i64,
-    #[serde(default)]
-    command: Option<Command>,
-    #[serde(default)]
-    commands: Vec<Command>,
+impl PartialEq for Request {
+    fn eq(&self, other: &Request) -> bool {
+        self.0.encoded == other.0.encoded
+    }
 }
 
-impl From<RequestWire> for Request {
-    fn from(w: RequestWire) -> Request {
-        let mut commands: Vec<Command> = w.command.into_iter().collect();
-        commands.extend(w.commands);
-        Request {
-            ts_ms: w.ts_ms,
-            commands,
+impl Eq for Request {}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("ts_ms", &self.0.ts_ms)
+            .field("commands", &self.0.commands)
+            .finish()
+    }
+}
+
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0.encoded)
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Request, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Request;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an encoded request")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Request, E> {
+                Request::decode(v).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Request, A::Error> {
+                // Self-describing formats (JSON) give a byte string as a sequence of numbers.
+                let mut v = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Request::decode(&v).map_err(serde::de::Error::custom)
+            }
         }
+        d.deserialize_bytes(Bytes)
     }
 }
 

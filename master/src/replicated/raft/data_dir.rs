@@ -1,0 +1,121 @@
+//! Opening a member's data directory: splits a directory of the one-file layout (`legacy.rs`),
+//! creates a brand-new member's files (with `create`), checks both files' integrity and schema
+//! version, and that they belong to this member. Every refusal says what to do (`DataDirError`).
+
+use super::db::{
+    DataDirError, LOG_SCHEMA, MemberFiles, SCHEMA_VERSION, STATE_SCHEMA, connect, corrupt,
+    get_meta, put_meta,
+};
+use super::legacy;
+use super::types::NodeId;
+use rusqlite::{Connection, OptionalExtension};
+use std::path::Path;
+
+/// Opens (and with `create`, creates) the data directory of member `id` in `dir`: splits a
+/// directory of the one-file layout, checks that both files are intact and belong to `id`, and
+/// returns their paths.
+pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<MemberFiles, DataDirError> {
+    let files = MemberFiles::in_dir(dir);
+    if !dir.exists() {
+        if !create {
+            return Err(DataDirError::Missing(dir.to_owned()));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| DataDirError::Create {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    legacy::split_if_needed(&files, id)?;
+    let fresh = !files.log.exists();
+    if fresh && !create {
+        return Err(DataDirError::NoDatabase(dir.to_owned()));
+    }
+    if fresh && files.state.exists() {
+        return Err(DataDirError::Corrupt {
+            path: files.log.clone(),
+            reason: format!(
+                "missing, while {} exists: the log of this member is lost",
+                files.state.display()
+            ),
+        });
+    }
+    let log = open_checked(&files.log, LOG_SCHEMA)?;
+    let state = open_checked(&files.state, STATE_SCHEMA)?;
+    state
+        .execute_batch(crate::domain::SCHEMA)
+        .and_then(|_| crate::domain::migrate(&state))
+        .map_err(corrupt(&files.state))?;
+    let stored_id: Option<NodeId> =
+        get_meta(&log, "raft_meta", "node_id").map_err(corrupt(&files.log))?;
+    match stored_id {
+        None if fresh => {
+            put_meta(&log, "raft_meta", "node_id", &id).map_err(corrupt(&files.log))?;
+        }
+        Some(found) if found == id => {}
+        Some(found) => {
+            return Err(DataDirError::WrongMember {
+                path: files.log.clone(),
+                found,
+                expected: id,
+            });
+        }
+        None => {
+            return Err(DataDirError::Corrupt {
+                path: files.log.clone(),
+                reason: "no member id recorded".into(),
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Opens `path`, checks its integrity and schema version (setting it on a new file), and creates
+/// what `schema` declares.
+fn open_checked(path: &Path, schema: &str) -> Result<Connection, DataDirError> {
+    let fail = corrupt(path);
+    // A file that is not SQLite at all is refused before SQLite opens it: with a write-ahead log
+    // left beside it, opening would write that log's pages into it.
+    if let Ok(mut f) = std::fs::File::open(path) {
+        use std::io::Read;
+        let mut header = [0u8; 16];
+        let n = f.read(&mut header).unwrap_or(0);
+        if n > 0 && (n < header.len() || &header != b"SQLite format 3\0") {
+            return Err(DataDirError::Corrupt {
+                path: path.to_owned(),
+                reason: "not an SQLite database (its header is wrong)".into(),
+            });
+        }
+    }
+    let conn = connect(path).map_err(&fail)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(&fail)?;
+    if check != "ok" {
+        return Err(DataDirError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("integrity check: {check}"),
+        });
+    }
+    conn.execute_batch(schema).map_err(&fail)?;
+    let version: Option<i64> = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .optional()
+        .map_err(&fail)?;
+    match version {
+        None => {
+            conn.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [SCHEMA_VERSION],
+            )
+            .map_err(&fail)?;
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(v) => {
+            return Err(DataDirError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("schema version {v}, this build reads {SCHEMA_VERSION}"),
+            });
+        }
+    }
+    Ok(conn)
+}
