@@ -334,24 +334,7 @@ async fn run(args: &Args, plaintext: bool) -> Result<(serde_json::Value, bool)> 
                 );
                 let r = scenarios::throughput(&target, &plan, c, &tag).await;
                 if let Ok(r) = &r {
-                    eprintln!(
-                        "    {:.0} acknowledged posts/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",
-                        r.posts_per_s,
-                        r.latency.p50_ms,
-                        r.latency.p99_ms,
-                        r.latency.max_ms,
-                        if r.election {
-                            "; AN ELECTION HAPPENED"
-                        } else {
-                            ""
-                        }
-                    );
-                    let cpu: Vec<String> = r
-                        .cpu_us_per_post
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.0}"))
-                        .collect();
-                    eprintln!("    CPU µs per post: {}", cpu.join(", "));
+                    r.print("post");
                 }
                 report.throughput.push(r.map_err(fail));
             }

@@ -12,7 +12,9 @@ use super::client;
 use super::watch::Watcher;
 use crate::check::StreamCheck;
 use crate::load::{self, ms};
-use crate::scenarios::{CpuMeter, Fanout, FanoutRate, Plan, Shape, open_loop_with, with_progress};
+use crate::scenarios::{
+    CpuMeter, Fanout, FanoutRate, PhaseTally, Plan, Shape, open_loop_with, with_progress,
+};
 use crate::stats::Latency;
 use anyhow::{Result, ensure};
 use std::collections::HashMap;
@@ -157,25 +159,16 @@ pub async fn fanout(e: &Etcd, plan: &Plan, run: &str) -> Result<Fanout> {
             eprintln!("    warning: {err}");
         }
         let sent_at: HashMap<u64, Instant> = sent.iter().map(|w| (w.revision, w.sent)).collect();
-        let mut lat = Vec::new();
-        let mut check = StreamCheck::default();
-        let mut expected_total = 0usize;
-        let mut last_arrival = phase_first;
+        let mut tally = PhaseTally::new(phase_first);
         for (i, w) in watchers.iter().enumerate() {
-            let expected = want_of(&per_author, i);
-            expected_total += expected.len();
-            let phase: Vec<(u64, Instant)> = w
-                .snapshot()
-                .into_iter()
-                .filter(|(rev, _)| sent_at.contains_key(rev))
-                .collect();
-            for (rev, at) in &phase {
-                lat.push(ms(*at - sent_at[rev]));
-                last_arrival = last_arrival.max(Some(*at));
-            }
-            let revs: Vec<u64> = phase.iter().map(|(r, _)| *r).collect();
-            check.add(&StreamCheck::of(&revs, &expected));
+            tally.add(w.snapshot(), &sent_at, &want_of(&per_author, i));
         }
+        let PhaseTally {
+            lat,
+            check,
+            expected_total,
+            last_arrival,
+        } = tally;
         let span = match (phase_first, last_arrival) {
             (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
             _ => f64::NAN,

@@ -80,6 +80,48 @@ impl Shape {
     }
 }
 
+/// What one rate's deliveries add up to over every stream (or watching connection): each
+/// delivery's latency from its write, the order and completeness check, how many were expected,
+/// and the last arrival.
+pub struct PhaseTally {
+    pub lat: Vec<f64>,
+    pub check: StreamCheck,
+    pub expected_total: usize,
+    pub last_arrival: Option<Instant>,
+}
+
+impl PhaseTally {
+    pub fn new(phase_first: Option<Instant>) -> PhaseTally {
+        PhaseTally {
+            lat: Vec::new(),
+            check: StreamCheck::default(),
+            expected_total: 0,
+            last_arrival: phase_first,
+        }
+    }
+
+    /// One stream's `delivered` (id, arrival), of which those written in this phase (`sent_at`)
+    /// count, against the ids it should have got (`expected`, ascending).
+    pub fn add(
+        &mut self,
+        delivered: Vec<(u64, Instant)>,
+        sent_at: &HashMap<u64, Instant>,
+        expected: &[u64],
+    ) {
+        self.expected_total += expected.len();
+        let phase: Vec<(u64, Instant)> = delivered
+            .into_iter()
+            .filter(|(id, _)| sent_at.contains_key(id))
+            .collect();
+        for (id, at) in &phase {
+            self.lat.push(ms(*at - sent_at[id]));
+            self.last_arrival = self.last_arrival.max(Some(*at));
+        }
+        let ids: Vec<u64> = phase.iter().map(|(id, _)| *id).collect();
+        self.check.add(&StreamCheck::of(&ids, expected));
+    }
+}
+
 pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
     let shape = Shape::of(plan);
     let (na, nf) = (shape.authors, shape.followers);
@@ -174,10 +216,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
         }
         let sent_at: HashMap<u64, Instant> =
             sent.iter().map(|(_, s)| (s.post.seq, s.sent)).collect();
-        let mut lat = Vec::new();
-        let mut check = StreamCheck::default();
-        let mut expected_total = 0usize;
-        let mut last_arrival = phase_first;
+        let mut tally = PhaseTally::new(phase_first);
         for (i, s) in streams.iter().enumerate() {
             let expected: Vec<u64> = per_author
                 .get(&author_of[i])
@@ -187,19 +226,14 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
                     e
                 })
                 .unwrap_or_default();
-            expected_total += expected.len();
-            let d = s.snapshot();
-            let phase: Vec<(u64, Instant)> = d
-                .into_iter()
-                .filter(|(seq, _)| sent_at.contains_key(seq))
-                .collect();
-            for (seq, at) in &phase {
-                lat.push(ms(*at - sent_at[seq]));
-                last_arrival = last_arrival.max(Some(*at));
-            }
-            let seqs: Vec<u64> = phase.iter().map(|(s, _)| *s).collect();
-            check.add(&StreamCheck::of(&seqs, &expected));
+            tally.add(s.snapshot(), &sent_at, &expected);
         }
+        let PhaseTally {
+            lat,
+            check,
+            expected_total,
+            last_arrival,
+        } = tally;
         let span = match (phase_first, last_arrival) {
             (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
             _ => f64::NAN,

@@ -18,7 +18,7 @@ mod worker_failover;
 
 pub(crate) use cpu::CpuMeter;
 pub use cpu::CpuSpent;
-pub use fanout::{Fanout, FanoutRate, Shape, fanout};
+pub use fanout::{Fanout, FanoutRate, PhaseTally, Shape, fanout};
 pub use master_failover::{MasterFailover, master_failover};
 pub use memory::{Memory, memory};
 pub use throughput::{Throughput, throughput};

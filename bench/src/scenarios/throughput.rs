@@ -36,6 +36,30 @@ pub struct Throughput {
     pub cpu_us_per_post: BTreeMap<String, f64>,
 }
 
+impl Throughput {
+    /// Its progress lines: rate and latency, then CPU per acknowledged `what` ("post", "write").
+    pub fn print(&self, what: &str) {
+        eprintln!(
+            "    {:.0} acknowledged {what}s/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",
+            self.posts_per_s,
+            self.latency.p50_ms,
+            self.latency.p99_ms,
+            self.latency.max_ms,
+            if self.election {
+                "; AN ELECTION HAPPENED"
+            } else {
+                ""
+            }
+        );
+        let cpu: Vec<String> = self
+            .cpu_us_per_post
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect();
+        eprintln!("    CPU µs per {what}: {}", cpu.join(", "));
+    }
+}
+
 pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> Result<Throughput> {
     let users: Vec<String> = (0..clients)
         .map(|i| format!("{tag}c{clients}x{i}"))
