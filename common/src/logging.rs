@@ -116,21 +116,45 @@ pub fn init_to(
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let writer = match file {
-        Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            BoxMakeWriter::new(Mutex::new(f))
-        }
+        Some(path) => BoxMakeWriter::new(Mutex::new(rotating_file(
+            path,
+            LOG_FILE_BYTES,
+            LOG_FILES_KEPT,
+        )?)),
         None => BoxMakeWriter::new(std::io::stderr),
     };
     // A test binary may call this more than once: the first subscriber stays.
     let _ = tracing::subscriber::set_global_default(subscriber(format, filter, role, id, writer));
     Ok(tracing::Span::none())
+}
+
+/// A log file is rotated once it passes this size: a day of a busy member's logs at info.
+pub const LOG_FILE_BYTES: usize = 64 << 20;
+/// Rotated files kept beside the current one (`.1` the newest): at most about 320 MB a process.
+pub const LOG_FILES_KEPT: usize = 4;
+
+/// `path`, appended to, rotated once it passes `bytes`: the current file keeps its name, the
+/// older ones become `path.1` (newest) to `path.<kept>`; the oldest beyond is deleted.
+pub fn rotating_file(
+    path: &Path,
+    bytes: usize,
+    kept: usize,
+) -> std::io::Result<file_rotate::FileRotate<file_rotate::suffix::AppendCount>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Fails here, with the reason, when the file cannot be written (the crate would panic).
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(file_rotate::FileRotate::new(
+        path,
+        file_rotate::suffix::AppendCount::new(kept),
+        file_rotate::ContentLimit::BytesSurpassed(bytes.max(1)),
+        file_rotate::compression::Compression::None,
+        None,
+    ))
 }
 
 /// The subscriber `init_to` installs.
@@ -190,6 +214,27 @@ pub fn per_process(template: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// A log file passing its size is rotated: the current file keeps its name and starts
+    /// afresh, older lines are in `.1`, `.2`, and no more than `kept` old files remain.
+    #[test]
+    fn log_files_rotate_by_size_and_keep_a_few() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("w.log");
+        let mut f = rotating_file(&path, 1000, 2).unwrap();
+        for i in 0..100 {
+            writeln!(f, "line {i:03} {}", "x".repeat(90)).unwrap();
+        }
+        f.flush().unwrap();
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&path) < 1200, "the current file started afresh: {}", size(&path));
+        assert!(size(&dir.path().join("w.log.1")) >= 1000);
+        assert!(size(&dir.path().join("w.log.2")) >= 1000);
+        assert!(!dir.path().join("w.log.3").exists(), "only two old files are kept");
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(last.contains("line 099"), "the newest lines are in the current file");
+    }
 
     /// What a subscriber of `format` writes for one event inside a task's span and one outside
     /// any span.
