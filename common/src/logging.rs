@@ -228,12 +228,22 @@ mod tests {
         }
         f.flush().unwrap();
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        assert!(size(&path) < 1200, "the current file started afresh: {}", size(&path));
+        assert!(
+            size(&path) < 1200,
+            "the current file started afresh: {}",
+            size(&path)
+        );
         assert!(size(&dir.path().join("w.log.1")) >= 1000);
         assert!(size(&dir.path().join("w.log.2")) >= 1000);
-        assert!(!dir.path().join("w.log.3").exists(), "only two old files are kept");
+        assert!(
+            !dir.path().join("w.log.3").exists(),
+            "only two old files are kept"
+        );
         let last = std::fs::read_to_string(&path).unwrap();
-        assert!(last.contains("line 099"), "the newest lines are in the current file");
+        assert!(
+            last.contains("line 099"),
+            "the newest lines are in the current file"
+        );
     }
 
     /// What a subscriber of `format` writes for one event inside a task's span and one outside
