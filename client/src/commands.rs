@@ -77,16 +77,33 @@ pub async fn run(
             write_line(out, &line)
         }
         Cmd::List => {
-            let reply = session
-                .call(patience, |mut c| {
-                    let req = ListRequest { user: user.clone() };
-                    async move { c.list(req).await.map(Response::into_inner) }
-                })
-                .await?;
+            // Page by page (a worker answers at most 1,000 names at once), the following with
+            // the first.
+            let (mut users, mut following) = (Vec::new(), Vec::new());
+            let mut after = String::new();
+            loop {
+                let reply = session
+                    .call(patience, |mut c| {
+                        let req = ListRequest {
+                            user: user.clone(),
+                            after: after.clone(),
+                            limit: 0,
+                        };
+                        async move { c.list(req).await.map(Response::into_inner) }
+                    })
+                    .await?;
+                users.extend(reply.users);
+                following.extend(reply.following);
+                // A next page must start past this one: a reply that does not move on ends it.
+                if reply.next.is_empty() || reply.next <= after {
+                    break;
+                }
+                after = reply.next;
+            }
             let text = if opts.json {
-                format::list_json(&reply.users, &reply.following)
+                format::list_json(&users, &following)
             } else {
-                format::list_lines(&reply.users, &reply.following)
+                format::list_lines(&users, &following)
             };
             write_line(out, &text)
         }

@@ -88,12 +88,15 @@ pub fn ack_json(seq: u64) -> String {
     serde_json::to_string(&AckJson { ok: true, seq }).unwrap_or_default()
 }
 
-/// Text safe to print on a terminal: tabs and line breaks become spaces, other control
-/// characters (escape sequences a post could carry) become U+FFFD.
+/// Text safe to print on a terminal: tabs, line breaks and the Unicode line and paragraph
+/// separators become spaces; bidirectional marks, embeddings, overrides and isolates (which
+/// would reorder what follows them on the line: another post's author, the time) are dropped;
+/// other control characters (escape sequences a post could carry) become U+FFFD.
 pub fn printable(text: &str) -> String {
     text.chars()
+        .filter(|&c| !matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
         .map(|c| match c {
-            '\t' | '\n' | '\r' => ' ',
+            '\t' | '\n' | '\r' | '\u{2028}' | '\u{2029}' | '\u{85}' => ' ',
             c if c.is_control() => '\u{fffd}',
             c => c,
         })
@@ -184,6 +187,12 @@ mod tests {
     #[test]
     fn control_characters_are_neutralised() {
         assert_eq!(printable("a\nb\tc\x1b[2Jd"), "a b c\u{fffd}[2Jd");
+        // A right-to-left override would print "bob: gnp.exe" as "bob: exe.png"; separators
+        // would start a line of their own.
+        assert_eq!(
+            printable("x\u{202e}gnp.exe\u{2066}y\u{2069}\u{200f}\u{2028}z\u{2029}w"),
+            "xgnp.exey z w"
+        );
         let mut p = post();
         p.text = "x\ny".into();
         assert_eq!(post_line_in(&p, &Utc).lines().count(), 1);

@@ -51,6 +51,20 @@ pub const DEFAULT_POSTS_PER_SEC: u32 = 50;
 pub const DEFAULT_POST_BURST: u32 = 100;
 /// Timeline streams one user may hold open on one worker: a few devices and terminals.
 pub const DEFAULT_STREAMS_PER_USER: u32 = 16;
+/// Follows and unfollows per user per second, and the burst above it.
+pub const DEFAULT_FOLLOWS_PER_SEC: u32 = 5;
+pub const DEFAULT_FOLLOW_BURST: u32 = 100;
+/// Users one user may follow at once (Twitter's figure): it bounds the cost of a timeline read.
+pub const DEFAULT_MAX_FOLLOWING: u32 = 5000;
+/// Login attempts per user per second, and the burst above it.
+pub const DEFAULT_LOGINS_PER_SEC: u32 = 2;
+pub const DEFAULT_LOGIN_BURST: u32 = 20;
+/// Login attempts per client address per second, and the burst above it.
+pub const DEFAULT_LOGINS_PER_SEC_PER_ADDRESS: u32 = 20;
+pub const DEFAULT_LOGIN_BURST_PER_ADDRESS: u32 = 400;
+/// Accounts created per client address per minute, and the burst above it.
+pub const DEFAULT_ACCOUNTS_PER_MIN_PER_ADDRESS: u32 = 60;
+pub const DEFAULT_ACCOUNT_BURST_PER_ADDRESS: u32 = 200;
 /// The largest gRPC request a worker accepts: a post is at most 4096 characters (16 KiB of
 /// UTF-8), so 64 KiB leaves room and refuses junk early.
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 64 * 1024;
@@ -275,6 +289,21 @@ pub struct Limits {
     pub posts_per_sec: u32,
     /// Posts a user may send at once above that rate.
     pub post_burst: u32,
+    /// Follows and unfollows per user per second, sustained (active master).
+    pub follows_per_sec: u32,
+    /// Follows and unfollows a user may send at once above that rate.
+    pub follow_burst: u32,
+    /// Users one user may follow at once.
+    pub max_following: u32,
+    /// Login attempts per user per second (active master), and the burst above it.
+    pub logins_per_sec: u32,
+    pub login_burst: u32,
+    /// Login attempts per client address per second, and the burst above it.
+    pub logins_per_sec_per_address: u32,
+    pub login_burst_per_address: u32,
+    /// Accounts created per client address per minute, and the burst above it.
+    pub accounts_per_min_per_address: u32,
+    pub account_burst_per_address: u32,
     /// Timeline streams per user on one worker.
     pub streams_per_user: u32,
     /// The largest request a worker accepts, in bytes.
@@ -283,11 +312,41 @@ pub struct Limits {
     pub connections_per_worker: u32,
 }
 
+impl Limits {
+    /// Limits no single client of a test or a benchmark reaches (one user posting in a tight
+    /// loop, thousands of accounts from one address); what is not a rate keeps its default.
+    pub fn unlimited() -> Limits {
+        const MANY: u32 = 1_000_000;
+        Limits {
+            posts_per_sec: MANY,
+            post_burst: MANY,
+            follows_per_sec: MANY,
+            follow_burst: MANY,
+            logins_per_sec: MANY,
+            login_burst: MANY,
+            logins_per_sec_per_address: MANY,
+            login_burst_per_address: MANY,
+            accounts_per_min_per_address: MANY,
+            account_burst_per_address: MANY,
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             posts_per_sec: DEFAULT_POSTS_PER_SEC,
             post_burst: DEFAULT_POST_BURST,
+            follows_per_sec: DEFAULT_FOLLOWS_PER_SEC,
+            follow_burst: DEFAULT_FOLLOW_BURST,
+            max_following: DEFAULT_MAX_FOLLOWING,
+            logins_per_sec: DEFAULT_LOGINS_PER_SEC,
+            login_burst: DEFAULT_LOGIN_BURST,
+            logins_per_sec_per_address: DEFAULT_LOGINS_PER_SEC_PER_ADDRESS,
+            login_burst_per_address: DEFAULT_LOGIN_BURST_PER_ADDRESS,
+            accounts_per_min_per_address: DEFAULT_ACCOUNTS_PER_MIN_PER_ADDRESS,
+            account_burst_per_address: DEFAULT_ACCOUNT_BURST_PER_ADDRESS,
             streams_per_user: DEFAULT_STREAMS_PER_USER,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             connections_per_worker: DEFAULT_CONNECTIONS_PER_WORKER,
@@ -498,6 +557,24 @@ impl Config {
         for (field, v) in [
             ("limits.posts_per_sec", l.posts_per_sec),
             ("limits.post_burst", l.post_burst),
+            ("limits.follows_per_sec", l.follows_per_sec),
+            ("limits.follow_burst", l.follow_burst),
+            ("limits.max_following", l.max_following),
+            ("limits.logins_per_sec", l.logins_per_sec),
+            ("limits.login_burst", l.login_burst),
+            (
+                "limits.logins_per_sec_per_address",
+                l.logins_per_sec_per_address,
+            ),
+            ("limits.login_burst_per_address", l.login_burst_per_address),
+            (
+                "limits.accounts_per_min_per_address",
+                l.accounts_per_min_per_address,
+            ),
+            (
+                "limits.account_burst_per_address",
+                l.account_burst_per_address,
+            ),
             ("limits.streams_per_user", l.streams_per_user),
             ("limits.connections_per_worker", l.connections_per_worker),
         ] {
@@ -569,11 +646,7 @@ impl Config {
                 ..Accounts::default()
             },
             // Tests post in tight loops from one user; the limit's own tests set theirs.
-            limits: Limits {
-                posts_per_sec: 10_000,
-                post_burst: 10_000,
-                ..Limits::default()
-            },
+            limits: Limits::unlimited(),
             tls: TlsSettings {
                 mode: TlsMode::Plaintext,
                 dir: dir.join(DEFAULT_TLS_DIR),

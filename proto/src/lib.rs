@@ -47,3 +47,7 @@ pub const WRITE_BATCH_MAX_BYTES: usize = 256 * 1024;
 pub const TIMELINE_LATEST: u32 = 20;
 /// The most posts one timeline read returns; a longer history is read in pages of this size.
 pub const TIMELINE_PAGE: u32 = 1000;
+/// The most user names one `List` (and `ListUsers`) answer carries: a page, whatever the
+/// number of users (names have at most 32 bytes, so a page stays far below the 4 MiB message
+/// limit).
+pub const USERS_PAGE: u32 = 1000;

@@ -76,6 +76,14 @@ pub fn check_connection<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// The IP address of the client of `req` ("unknown" when the connection did not say).
+pub fn client_ip<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<ConnInfo>()
+        .and_then(|i| i.remote_addr)
+        .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string())
+}
+
 impl Connected for Limited {
     type ConnectInfo = ConnInfo;
 
@@ -152,6 +160,10 @@ pub struct RequestSizeService<S> {
 
 /// OUT_OF_RANGE as a `grpc-status` value.
 const OUT_OF_RANGE: &str = "11";
+/// The start of tonic's message for a request over the decoding limit, as it is, and as it
+/// travels in `grpc-message` (percent-encoded).
+const DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
+const DECODE_TOO_LARGE_ENCODED: &str = "Error,%20decoded%20message%20length%20too%20large";
 /// RESOURCE_EXHAUSTED as a `grpc-status` value.
 const RESOURCE_EXHAUSTED: &str = "8";
 
@@ -174,7 +186,15 @@ where
         Box::pin(async move {
             let mut res = fut.await?;
             let h = res.headers_mut();
-            if h.get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE) {
+            // Only tonic's refusal of the request itself: any other OUT_OF_RANGE is passed on
+            // as it is.
+            let oversized_request = h.get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE)
+                && h.get("grpc-message").is_some_and(|m| {
+                    m.as_bytes().starts_with(DECODE_TOO_LARGE.as_bytes())
+                        || m.as_bytes()
+                            .starts_with(DECODE_TOO_LARGE_ENCODED.as_bytes())
+                });
+            if oversized_request {
                 let msg = format!(
                     "request too large: a request is at most {max} bytes (limits.max_request_bytes); \
                      send a shorter one"

@@ -300,6 +300,14 @@ impl MasterLink {
                     self.set_active(&addr);
                     return Ok(resp.into_inner());
                 }
+                // An answer over the size limit is this worker's problem, not the client's
+                // request's (which the size layer reports): said as what it is.
+                Err(s) if s.code() == tonic::Code::OutOfRange => {
+                    return Err(Status::internal(format!(
+                        "{what}: the active master's answer is too large for this worker: {}",
+                        s.message()
+                    )));
+                }
                 Err(s) if !is_retryable(s.code()) => {
                     // The master's decision, for the client: same code, same message.
                     return Err(Status::new(s.code(), s.message()));
@@ -431,30 +439,43 @@ impl MasterLink {
         Ok(reply)
     }
 
-    /// Every user, or the ones `following_of` follows (linearizable).
-    pub async fn list_users(&self, following_of: Option<String>) -> Result<Vec<String>, Status> {
-        let req = pb::ListUsersRequest { following_of };
+    /// A page of the users, or of the ones `following_of` follows (linearizable): the names
+    /// after `after`, at most `limit`, and whether more follow.
+    pub async fn list_users(
+        &self,
+        following_of: Option<String>,
+        after: String,
+        limit: u32,
+    ) -> Result<(Vec<String>, bool), Status> {
+        let req = pb::ListUsersRequest {
+            following_of,
+            after,
+            limit,
+        };
         let reply = self
             .call("list users", |mut c| {
                 let req = req.clone();
                 async move { c.list_users(req).await }
             })
             .await?;
-        Ok(reply.users)
+        Ok((reply.users, reply.more))
     }
 
     /// Checks a password on the active master and gets a session token (or, `probe`, whether
     /// the user has a password). A wrong password is not retried.
+    /// `client_addr` is the client's IP, for the master's limits per address.
     pub async fn authenticate(
         &self,
         user: String,
         password: String,
         probe: bool,
+        client_addr: String,
     ) -> Result<pb::AuthenticateReply, Status> {
         let req = pb::AuthenticateRequest {
             user,
             password,
             probe,
+            client_addr,
         };
         self.call("log in", |mut c| {
             let req = req.clone();

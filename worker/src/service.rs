@@ -66,8 +66,12 @@ impl FeedService {
 impl Feed for FeedService {
     async fn login(&self, req: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         crate::limits::check_connection(&req)?;
+        let client = crate::limits::client_ip(&req);
         let r = req.into_inner();
-        let reply = self.link.authenticate(r.user, r.password, r.probe).await?;
+        let reply = self
+            .link
+            .authenticate(r.user, r.password, r.probe, client)
+            .await?;
         Ok(Response::new(LoginReply {
             created: reply.created,
             token: reply.token,
@@ -104,11 +108,28 @@ impl Feed for FeedService {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let caller = self.auth.caller(&req).await?;
-        let user = acting_as(caller, &req.into_inner().user)?;
-        // Following first: it answers NOT_FOUND for an unknown user.
-        let following = self.link.list_users(Some(user)).await?;
-        let users = self.link.list_users(None).await?;
-        Ok(Response::new(ListReply { users, following }))
+        let r = req.into_inner();
+        let user = acting_as(caller, &r.user)?;
+        // Following first (with the first page only): it answers NOT_FOUND for an unknown user.
+        let following = if r.after.is_empty() {
+            let (names, _) = self
+                .link
+                .list_users(Some(user), String::new(), u32::MAX)
+                .await?;
+            names
+        } else {
+            Vec::new()
+        };
+        let (users, more) = self.link.list_users(None, r.after, r.limit).await?;
+        let next = match users.last() {
+            Some(last) if more => last.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListReply {
+            users,
+            following,
+            next,
+        }))
     }
 
     async fn post(&self, req: Request<PostRequest>) -> Result<Response<PostReply>, Status> {

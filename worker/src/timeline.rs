@@ -133,6 +133,7 @@ impl Stream {
         let mut last_sent = self.after_seq.unwrap_or(0);
         loop {
             let full = self.after_seq.is_some() && page.posts.len() >= PAGE as usize;
+            let before = last_sent;
             for p in std::mem::take(&mut page.posts) {
                 let post = Post::from(p);
                 if post.seq <= last_sent {
@@ -147,10 +148,18 @@ impl Stream {
             if !full {
                 break;
             }
+            // Every page read must move the stream on: a full page of nothing new would be
+            // asked for again and again.
+            if last_sent == before {
+                return Outcome::End(Ending::Fail(Status::internal(format!(
+                    "the history after seq {last_sent} did not advance; open the stream again"
+                ))));
+            }
             // Boxed: held in the task only while a page is read, not for the stream's life.
             let next = tokio::select! {
                 r = Box::pin(self.link.timeline(&self.user, Some(last_sent), PAGE)) => r,
                 e = &mut *ended => return ended_with(e),
+                _ = self.tx.closed() => return Outcome::Gone,
             };
             match next {
                 Ok(p) => {

@@ -47,11 +47,17 @@ async fn chatfeed(args: &[&str], stdin: &str) -> std::process::Output {
         .unwrap()
 }
 
-/// `--json list` prints exactly one JSON object and exits 0.
+/// `--json list` prints exactly one JSON object and exits 0, with every user of every page
+/// (the fake worker answers two at a time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_list() {
     let servers = Servers::default();
-    let (m, _) = cluster(&servers).await;
+    let (m, store) = cluster(&servers).await;
+    store
+        .lock()
+        .unwrap()
+        .users
+        .extend(["alice", "carol", "dave", "erin"].map(String::from));
     let out = chatfeed(&["--master", &m, "--user", "bob", "--json", "list"], "").await;
     assert_eq!(
         out.status.code(),
@@ -61,7 +67,7 @@ async fn json_list() {
     );
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        "{\"users\":[\"bob\"],\"following\":[]}\n"
+        "{\"users\":[\"alice\",\"bob\",\"carol\",\"dave\",\"erin\"],\"following\":[]}\n"
     );
 }
 

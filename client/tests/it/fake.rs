@@ -168,16 +168,37 @@ impl Feed for FakeWorker {
         &self,
         req: Request<feed::ListRequest>,
     ) -> Result<Response<feed::ListReply>, Status> {
-        let user = req.into_inner().user;
+        // Pages of two users, as a worker pages its (larger) ones: the client must put the
+        // pages together.
+        const PAGE: usize = 2;
+        let req = req.into_inner();
         let s = self.store.lock().unwrap();
-        Ok(Response::new(feed::ListReply {
-            users: s.users.iter().cloned().collect(),
-            following: s
-                .follows
+        let mut users: Vec<String> = s
+            .users
+            .iter()
+            .filter(|u| **u > req.after)
+            .cloned()
+            .collect();
+        users.sort();
+        let more = users.len() > PAGE;
+        users.truncate(PAGE);
+        let following = if req.after.is_empty() {
+            s.follows
                 .iter()
-                .filter(|(a, _)| *a == user)
+                .filter(|(a, _)| *a == req.user)
                 .map(|(_, b)| b.clone())
-                .collect(),
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(feed::ListReply {
+            next: if more {
+                users.last().cloned().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            users,
+            following,
         }))
     }
 

@@ -123,7 +123,10 @@ async fn kill_leader_then_everything() {
         .into_inner();
     acked.check(&timeline.posts, "timeline after the full restart");
     let users = api
-        .list_users(cpb::ListUsersRequest { following_of: None })
+        .list_users(cpb::ListUsersRequest {
+            following_of: None,
+            ..Default::default()
+        })
         .await
         .expect("list users")
         .into_inner()

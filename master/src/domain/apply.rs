@@ -112,6 +112,15 @@ pub fn apply_command(
                     followee: followee.clone(),
                 }));
             }
+            // A follow during which the followee posted nothing adds nothing to any timeline:
+            // it is dropped, so that follow/unfollow cycles cannot make timeline reads costly
+            // (`query::timeline` reads each closed range that remains).
+            conn.prepare_cached(
+                "DELETE FROM follows WHERE follower = ?1 AND followee = ?2 AND to_seq = ?3 \
+                 AND NOT EXISTS (SELECT 1 FROM events WHERE kind = 3 AND actor = ?2 \
+                 AND seq > follows.from_seq AND seq < ?3)",
+            )?
+            .execute(params![follower, followee, seq as i64])?;
             insert_event(
                 conn,
                 seq,

@@ -72,7 +72,7 @@ pub enum FeedError {
     AlreadyFollowing { follower: String, followee: String },
     #[error("{follower:?} does not follow {followee:?}")]
     NotFollowing { follower: String, followee: String },
-    #[error("a post cannot be empty")]
+    #[error("a post cannot be empty or show nothing (only spaces or invisible characters)")]
     EmptyPost,
     #[error("a post is at most {max} characters; this one has {chars}")]
     PostTooLong { chars: usize, max: usize },
@@ -118,6 +118,41 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), FeedError> {
             chars,
             max: max_chars,
         });
+    }
+    Ok(())
+}
+
+/// Whether `c` prints as nothing: white space, a control character, or a Unicode
+/// Default_Ignorable_Code_Point (zero-width spaces and joiners, bidirectional marks and
+/// overrides, variation selectors, fillers, tags; DerivedCoreProperties.txt), or the blank
+/// Braille pattern.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c as u32,
+            0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+            | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x2800 | 0x3164
+            | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// Checks a new post's text before it is proposed: `validate_text`, and that it shows
+/// something. (Not part of `apply_command`'s checks: posts committed before this check existed
+/// must apply the same on every member.)
+pub fn validate_new_text(text: &str, max_chars: usize) -> Result<(), FeedError> {
+    validate_text(text, max_chars)?;
+    if text.chars().all(is_invisible) {
+        return Err(FeedError::EmptyPost);
+    }
+    Ok(())
+}
+
+/// `validate_command`, with the checks of a new command on top (`validate_new_text`): what the
+/// active master runs before proposing.
+pub fn validate_new_command(cmd: &Command, max_post_chars: usize) -> Result<(), FeedError> {
+    validate_command(cmd, max_post_chars)?;
+    if let Command::Post { text, .. } = cmd {
+        validate_new_text(text, max_post_chars)?;
     }
     Ok(())
 }
@@ -168,5 +203,40 @@ pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), Feed
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new post of only invisible characters (zero-width spaces and joiners, bidi marks,
+    /// variation selectors, fillers, tags, white space) is refused like an empty one; one
+    /// visible character among them is enough. The apply-time check keeps accepting them (posts
+    /// committed before the check must apply the same everywhere).
+    #[test]
+    fn posts_that_show_nothing_are_refused() {
+        for text in [
+            "\u{200b}",
+            "\u{200b}\u{200c}\u{200d}\u{2060}\u{feff}",
+            " \u{202e}\u{2066}\u{2069} \u{3000}",
+            "\u{fe0f}\u{e0041}\u{3164}\u{115f}",
+            "\u{2800}\u{00ad}",
+        ] {
+            assert_eq!(
+                validate_new_text(text, 280),
+                Err(FeedError::EmptyPost),
+                "{text:?}"
+            );
+            assert_eq!(validate_text(text, 280), Ok(()), "{text:?}");
+        }
+        assert_eq!(validate_new_text("\u{200b}a\u{200b}", 280), Ok(()));
+        assert_eq!(validate_new_text("👍\u{fe0f}", 280), Ok(()));
+        let post = Command::Post {
+            author: "alice".into(),
+            text: "\u{200b}\u{200b}".into(),
+            client_post_id: String::new(),
+        };
+        assert_eq!(validate_new_command(&post, 280), Err(FeedError::EmptyPost));
     }
 }

@@ -11,10 +11,12 @@ mod schema;
 mod snapshot;
 
 pub use apply::{apply_command, event_of};
-pub use command::{Applied, Command, FeedError, validate_command, validate_name};
+pub use command::{
+    Applied, Command, FeedError, validate_command, validate_name, validate_new_command,
+};
 pub use query::{
-    Credential, Event, credential, events_after, following, last_seq, post_exists, timeline,
-    token_key_hex, users,
+    Credential, Event, credential, events_after, following, following_count, following_page,
+    last_seq, post_exists, timeline, token_key_hex, users,
 };
 pub use schema::{KIND_FOLLOW, KIND_UNFOLLOW, KIND_USER, SCHEMA, migrate};
 pub use snapshot::replace_from;

@@ -74,60 +74,136 @@ pub fn events_after(conn: &Connection, after: u64, limit: usize) -> rusqlite::Re
 /// at the moment each was committed. With `after`, the posts with a larger seq, oldest first, at
 /// most `limit`; without it, the latest `limit`, oldest first.
 ///
-/// The work is bounded by the user's follow history and `limit`, never by the size of the
-/// events table: the timeline is the union of seq ranges of single authors (the user's own
-/// posts; each follow's posts between its `from_seq` and `to_seq`), each read from the
-/// `posts_by_author` index with its own `limit`, then merged. (A single query filtering the
-/// events table scanned all of it, newest first, for a timeline with fewer than `limit` posts:
-/// with tens of thousands of events, opening thousands of quiet timelines at once kept the
-/// active master's readers busy for minutes; see `timeline_reads_only_the_users_authors`.)
+/// The timeline is the union of seq ranges of single authors (the user's own posts; each
+/// follow's posts between its `from_seq` and `to_seq`), each read from the `posts_by_author`
+/// index with its own `limit`, then merged; never a scan of the events table (which kept the
+/// active master's readers busy for minutes with tens of thousands of events; see
+/// `timeline_reads_only_the_users_authors`). Its cost is bounded whatever the user's history:
+/// the ranges are read in the order their posts could matter (newest end first for the latest
+/// posts, oldest start first after a seq) and the reading stops as soon as no further range can
+/// hold a post of the answer. An unfollow drops a range that holds no post (`apply.rs`), so each
+/// closed range read holds at least one post: a read takes at most `limit` closed ranges and
+/// the open ones (the own posts and the current follows, at most `limits.max_following`), and
+/// after a seq also the ranges that straddle it (one per author at most).
 pub fn timeline(
     conn: &Connection,
     user: &str,
     after: Option<u64>,
     limit: usize,
 ) -> rusqlite::Result<Vec<Event>> {
-    // (author, first seq excluded, last seq excluded): the own posts, then each follow.
-    let mut ranges: Vec<(String, i64, i64)> = vec![(user.to_string(), 0, i64::MAX)];
-    let mut stmt =
-        conn.prepare_cached("SELECT followee, from_seq, to_seq FROM follows WHERE follower = ?1")?;
-    let follows = stmt.query_map([user], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Option<i64>>(2)?.unwrap_or(i64::MAX),
-        ))
-    })?;
-    for f in follows {
-        ranges.push(f?);
+    if limit == 0 {
+        return Ok(Vec::new());
     }
-    let floor = after.map_or(0, |a| a as i64);
     let order = if after.is_some() { "ASC" } else { "DESC" };
-    let mut stmt = conn.prepare_cached(&format!(
+    let mut posts_of = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE kind = {KIND_POST} AND actor = ?1 \
          AND seq > ?2 AND seq < ?3 ORDER BY seq {order} LIMIT ?4"
     ))?;
     let mut posts: Vec<Event> = Vec::new();
-    for (author, from, to) in ranges {
-        let rows = stmt.query_map(
-            params![author, from.max(floor), to, limit as i64],
-            event_from_row,
-        )?;
-        for r in rows {
-            posts.push(r?);
+    let mut read =
+        |author: &str, from: i64, to: i64, posts: &mut Vec<Event>| -> rusqlite::Result<()> {
+            let rows =
+                posts_of.query_map(params![author, from, to, limit as i64], event_from_row)?;
+            for r in rows {
+                posts.push(r?);
+            }
+            Ok(())
+        };
+    match after {
+        None => {
+            // The open ranges (they end at the newest seq), then the closed ones by their end,
+            // newest first, until the `limit` newest posts held are all newer than a range's
+            // end (every later range ends earlier still).
+            read(user, 0, i64::MAX, &mut posts)?;
+            keep_newest(&mut posts, limit);
+            let mut open = conn.prepare_cached(
+                "SELECT followee, from_seq FROM follows WHERE follower = ?1 AND to_seq IS NULL",
+            )?;
+            let rows = open.query_map([user], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (author, from) = row?;
+                read(&author, from, i64::MAX, &mut posts)?;
+                keep_newest(&mut posts, limit);
+            }
+            let mut closed = conn.prepare_cached(
+                "SELECT followee, from_seq, to_seq FROM follows \
+                 WHERE follower = ?1 AND to_seq IS NOT NULL ORDER BY to_seq DESC",
+            )?;
+            let mut rows = closed.query([user])?;
+            while let Some(r) = rows.next()? {
+                let to: i64 = r.get(2)?;
+                if posts.len() >= limit && posts[limit - 1].seq as i64 > to {
+                    break;
+                }
+                read(&r.get::<_, String>(0)?, r.get(1)?, to, &mut posts)?;
+                keep_newest(&mut posts, limit);
+            }
+            keep_newest(&mut posts, limit);
+            posts.reverse();
+        }
+        Some(a) => {
+            // Callers bound `after` by the last committed seq (`Core::timeline`); the cast
+            // cannot wrap then, and is clamped for any other caller.
+            let floor = a.min(i64::MAX as u64) as i64;
+            // The ranges that end after `floor`, by their start, oldest first, until the
+            // `limit` oldest posts held are all older than a range's start.
+            let mut ranges: Vec<(String, i64, i64)> = vec![(user.to_string(), 0, i64::MAX)];
+            // Two queries, each a range of the `follows_by_end` index (an OR of both would
+            // read every follow the user ever had).
+            let open: (&str, &[&dyn rusqlite::ToSql]) = (
+                "SELECT followee, from_seq, to_seq FROM follows \
+                 WHERE follower = ?1 AND to_seq IS NULL",
+                params![user],
+            );
+            let closed: (&str, &[&dyn rusqlite::ToSql]) = (
+                "SELECT followee, from_seq, to_seq FROM follows \
+                 WHERE follower = ?1 AND to_seq > ?2",
+                params![user, floor],
+            );
+            for (sql, args) in [open, closed] {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let rows = stmt.query_map(args, |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?.unwrap_or(i64::MAX),
+                    ))
+                })?;
+                for r in rows {
+                    ranges.push(r?);
+                }
+            }
+            ranges.sort_unstable_by_key(|r| r.1);
+            for (author, from, to) in ranges {
+                if posts.len() >= limit && (posts[limit - 1].seq as i64) < from {
+                    break;
+                }
+                read(&author, from.max(floor), to, &mut posts)?;
+                posts.sort_unstable_by_key(|e| e.seq);
+                posts.dedup_by_key(|e| e.seq);
+                posts.truncate(limit);
+            }
         }
     }
-    // Ranges never overlap (one author's follows follow each other; nobody follows themselves);
-    // dedup keeps that a non-issue even so.
-    posts.sort_unstable_by_key(|e| e.seq);
-    posts.dedup_by_key(|e| e.seq);
-    if after.is_some() {
-        posts.truncate(limit);
-    } else {
-        let skip = posts.len().saturating_sub(limit);
-        posts.drain(..skip);
-    }
     Ok(posts)
+}
+
+/// Keeps the `limit` newest of `posts`, newest first.
+fn keep_newest(posts: &mut Vec<Event>, limit: usize) {
+    posts.sort_unstable_by(|a, b| b.seq.cmp(&a.seq));
+    // Ranges never overlap (one author's follows follow each other; nobody follows
+    // themselves); dedup keeps that a non-issue even so.
+    posts.dedup_by_key(|e| e.seq);
+    posts.truncate(limit);
+}
+
+/// How many users `user` follows now.
+pub fn following_count(conn: &Connection, user: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM follows WHERE follower = ?1 AND to_seq IS NULL")?
+        .query_row([user], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
 }
 
 /// The stored token key (hex), if one was committed.
@@ -174,11 +250,31 @@ pub fn post_exists(
     .exists([author, client_post_id])
 }
 
-/// Every user, by name.
-pub fn users(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT name FROM users ORDER BY name")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
+/// Users by name after `after` (empty: from the first), at most `limit`.
+pub fn users(conn: &Connection, after: &str, limit: usize) -> rusqlite::Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name FROM users WHERE name > ?1 ORDER BY name LIMIT ?2")?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| r.get(0))?;
     rows.collect()
+}
+
+/// The users `user` follows now, by name, after `after`, at most `limit`; `UserNotFound` when
+/// `user` does not exist.
+pub fn following_page(
+    conn: &Connection,
+    user: &str,
+    after: &str,
+    limit: usize,
+) -> rusqlite::Result<Result<Vec<String>, FeedError>> {
+    if !user_exists(conn, user)? {
+        return Ok(Err(FeedError::UserNotFound(user.into())));
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT followee FROM follows WHERE follower = ?1 AND to_seq IS NULL AND followee > ?2 \
+         ORDER BY followee LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![user, after, limit as i64], |r| r.get(0))?;
+    Ok(Ok(rows.collect::<rusqlite::Result<_>>()?))
 }
 
 /// The users `user` follows now, by name; `UserNotFound` when `user` does not exist.
@@ -370,5 +466,91 @@ mod tests {
             "a timeline of 3 posts cost {small} VM steps among 200 other posts and {large} among \
              20,000: its cost grows with the events table"
         );
+    }
+
+    /// The cost of a timeline read does not grow with the reader's follow history: a user who
+    /// followed and unfollowed an author 2,000 times (the author posting once in each follow)
+    /// reads its latest 20 posts, and the 20 after a recent seq, in about as many SQLite VM
+    /// steps as after 100 such cycles; and follow/unfollow cycles during which the author posted
+    /// nothing leave no range behind at all.
+    #[test]
+    fn timeline_cost_is_bounded_whatever_the_follow_history() {
+        let mut conn = db();
+        for n in ["a", "b", "c"] {
+            apply(&conn, user(n));
+        }
+        let follow = |f: &str| Command::Follow {
+            follower: f.into(),
+            followee: "a".into(),
+        };
+        let unfollow = |f: &str| Command::Unfollow {
+            follower: f.into(),
+            followee: "a".into(),
+        };
+        let mut n = 0;
+        let mut cycles = |conn: &Connection, count: usize, model: &mut Vec<u64>| {
+            conn.execute_batch("BEGIN").unwrap();
+            for _ in 0..count {
+                n += 1;
+                apply(conn, follow("b"));
+                model.push(apply(conn, post("a", &format!("a{n}"))));
+                apply(conn, unfollow("b"));
+                // c's follows hold no post of a's.
+                apply(conn, follow("c"));
+                apply(conn, unfollow("c"));
+            }
+            conn.execute_batch("COMMIT").unwrap();
+        };
+        let steps = |conn: &mut Connection, after: Option<u64>| -> (u64, Vec<u64>) {
+            let count = Arc::new(AtomicU64::new(0));
+            let c = count.clone();
+            conn.progress_handler(
+                1,
+                Some(move || {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    false
+                }),
+            )
+            .unwrap();
+            let read = seqs(&timeline(conn, "b", after, 20).unwrap());
+            conn.progress_handler(0, None::<fn() -> bool>).unwrap();
+            (count.load(Ordering::Relaxed), read)
+        };
+        let mut model = Vec::new();
+        cycles(&conn, 100, &mut model);
+        let recent = model[model.len() - 30] - 1;
+        let _ = steps(&mut conn, None); // statements prepared and cached
+        let _ = steps(&mut conn, Some(recent));
+        let (small_latest, read) = steps(&mut conn, None);
+        assert_eq!(read, model[model.len() - 20..]);
+        let (small_after, read) = steps(&mut conn, Some(recent));
+        assert_eq!(read, model[model.len() - 30..model.len() - 10]);
+
+        cycles(&conn, 1_900, &mut model);
+        let recent = model[model.len() - 30] - 1;
+        let (large_latest, read) = steps(&mut conn, None);
+        assert_eq!(read, model[model.len() - 20..]);
+        let (large_after, read) = steps(&mut conn, Some(recent));
+        assert_eq!(read, model[model.len() - 30..model.len() - 10]);
+        assert!(
+            large_latest <= small_latest * 2 && large_after <= small_after * 2,
+            "latest 20: {small_latest} VM steps after 100 follow cycles, {large_latest} after \
+             2,000; after a recent seq: {small_after}, {large_after}: the cost grows with the \
+             follow history"
+        );
+        let left: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM follows WHERE follower = 'c'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            left, 0,
+            "follows that held no post are dropped at the unfollow"
+        );
+        assert_eq!(following_count(&conn, "b").unwrap(), 0);
+        apply(&conn, follow("b"));
+        assert_eq!(following_count(&conn, "b").unwrap(), 1);
     }
 }

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS post_ids ON events(actor, client_post_id)
     WHERE kind = 3 AND client_post_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS posts_by_author ON events(actor, seq) WHERE kind = 3;
+CREATE INDEX IF NOT EXISTS follows_by_end ON follows(follower, to_seq);
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 

@@ -19,10 +19,12 @@ use tokio::sync::Semaphore;
 /// are forgotten (a flood of made-up names cannot grow the map without bound).
 const MAX_TRACKED_USERS: usize = 100_000;
 
-/// Failed logins of one user.
+/// Failed logins of one user, and the attempts being checked.
 #[derive(Clone, Copy, Debug)]
 struct Failures {
     count: u32,
+    /// Attempts that took their turn and have no verdict yet.
+    in_flight: u32,
     /// The next attempt is not checked before this.
     not_before: Instant,
 }
@@ -104,13 +106,28 @@ impl Accounts {
             .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))?
     }
 
-    /// How long an attempt for `user` must wait before it is checked (zero when it may go now).
-    pub fn wait_before_attempt(&self, user: &str, now: Instant) -> Duration {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures
-            .get(user)
-            .map(|f| f.not_before.saturating_duration_since(now))
-            .unwrap_or_default()
+    /// Takes `user`'s next turn to have a password checked: how long the attempt must wait
+    /// first (zero when it may go now). Each attempt in flight counts as the failure it may
+    /// turn out to be, so parallel guesses wait as long as the same guesses one after another
+    /// would: the k-th of them starts after the delays of k failures in a row. Every turn taken
+    /// ends with `failed`, `succeeded` or `released`.
+    pub fn take_turn(&self, user: &str, now: Instant) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_TRACKED_USERS && !failures.contains_key(user) {
+            let max = Duration::from_millis(self.settings.failure_delay_max_ms);
+            failures.retain(|_, f| {
+                f.in_flight > 0 || now.saturating_duration_since(f.not_before) < max
+            });
+        }
+        let f = failures.entry(user.to_string()).or_insert(Failures {
+            count: 0,
+            in_flight: 0,
+            not_before: now,
+        });
+        let start = f.not_before.max(now);
+        f.in_flight += 1;
+        f.not_before = start + self.delay_after(f.count + f.in_flight);
+        start - now
     }
 
     /// The delay after the `count`th failure in a row.
@@ -127,23 +144,31 @@ impl Accounts {
         Duration::from_millis(ms)
     }
 
-    /// Records a wrong password for `user`; returns the delay the next attempt will wait.
+    /// Records a wrong password for `user` (ending its turn); returns the delay the next
+    /// attempt will wait.
     pub fn failed(&self, user: &str, now: Instant) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_TRACKED_USERS && !failures.contains_key(user) {
-            let max = Duration::from_millis(self.settings.failure_delay_max_ms);
-            failures.retain(|_, f| now.saturating_duration_since(f.not_before) < max);
+        let f = failures.entry(user.to_string()).or_insert(Failures {
+            count: 0,
+            in_flight: 1,
+            not_before: now,
+        });
+        f.count += 1;
+        f.in_flight = f.in_flight.saturating_sub(1);
+        let delay = self.delay_after(f.count);
+        f.not_before = f.not_before.max(now + delay);
+        f.not_before.saturating_duration_since(now)
+    }
+
+    /// A turn that ended without a verdict (the master could not check): nothing is counted.
+    pub fn released(&self, user: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = failures.get_mut(user) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+            if f.count == 0 && f.in_flight == 0 {
+                failures.remove(user);
+            }
         }
-        let count = failures.get(user).map(|f| f.count).unwrap_or(0) + 1;
-        let delay = self.delay_after(count);
-        failures.insert(
-            user.to_string(),
-            Failures {
-                count,
-                not_before: now + delay,
-            },
-        );
-        delay
     }
 
     /// A right password for `user`: its failures are forgotten.
@@ -214,14 +239,45 @@ mod tests {
     fn failures_slow_down_then_reset() {
         let a = Accounts::new(cheap());
         let t = Instant::now();
-        assert_eq!(a.failed("u", t), Duration::ZERO);
-        assert_eq!(a.failed("u", t), Duration::from_millis(100));
-        assert_eq!(a.wait_before_attempt("u", t), Duration::from_millis(100));
-        assert_eq!(a.failed("u", t), Duration::from_millis(200));
-        assert_eq!(a.failed("u", t), Duration::from_millis(350));
-        assert_eq!(a.wait_before_attempt("other", t), Duration::ZERO);
+        let turn = |now| {
+            let w = a.take_turn("u", now);
+            (w, a.failed("u", now + w))
+        };
+        assert_eq!(turn(t), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(turn(t), (Duration::ZERO, Duration::from_millis(100)));
+        let t = t + Duration::from_millis(100);
+        assert_eq!(turn(t), (Duration::ZERO, Duration::from_millis(200)));
+        assert_eq!(
+            turn(t),
+            (Duration::from_millis(200), Duration::from_millis(350))
+        );
+        assert_eq!(a.take_turn("other", t), Duration::ZERO);
+        a.released("other");
+        assert_eq!(a.take_turn("u", t), Duration::from_millis(550));
         a.succeeded("u");
-        assert_eq!(a.wait_before_attempt("u", t), Duration::ZERO);
+        assert_eq!(a.take_turn("u", t), Duration::ZERO);
+    }
+
+    /// Guesses sent in parallel wait as long as the same guesses one after another: with two
+    /// free failures and then 100, 200, 350 ms, ten parallel attempts start at 0, 0, 100, 300,
+    /// 650, … ms, as ten sequential wrong guesses would.
+    #[test]
+    fn parallel_guesses_are_no_faster_than_sequential() {
+        let a = Accounts::new(cheap());
+        let t = Instant::now();
+        let parallel: Vec<Duration> = (0..10).map(|_| a.take_turn("u", t)).collect();
+        let b = Accounts::new(cheap());
+        let mut now = t;
+        let mut sequential = Vec::new();
+        for _ in 0..10 {
+            let w = b.take_turn("u", now);
+            now += w;
+            sequential.push(now - t);
+            b.failed("u", now);
+        }
+        assert_eq!(parallel, sequential);
+        assert_eq!(parallel[2], Duration::from_millis(100));
+        assert_eq!(parallel[3], Duration::from_millis(300));
     }
 
     #[test]

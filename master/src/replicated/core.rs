@@ -10,15 +10,15 @@ use super::accounts::Accounts;
 use super::batch::{Batcher, MAX_BATCH, Stopped, WriteFailed, command_bytes};
 use super::error::{Error, Result};
 use super::mastership::{Mastership, is_active};
-use super::post_rate::PostRate;
 use super::raft::db::Reader;
 use super::raft::state_machine::Flusher;
 use super::raft::types::{NodeId, Raft};
+use super::rates::Rates;
 use super::read_barrier::ReadBarrier;
 use super::window::EventWindow;
 use crate::domain::{self, Applied, Command, Event, FeedError};
 use chatfeed_common::Config;
-use chatfeed_proto::{TIMELINE_LATEST, TIMELINE_PAGE, WRITE_BATCH_MAX_BYTES};
+use chatfeed_proto::{TIMELINE_LATEST, TIMELINE_PAGE, USERS_PAGE, WRITE_BATCH_MAX_BYTES};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ pub struct Core {
     /// `stepping_down` says), updated only when that changes: what commits in flight watch.
     active: watch::Receiver<bool>,
     pub(super) accounts: Arc<Accounts>,
-    post_rate: Arc<PostRate>,
+    pub(super) rates: Arc<Rates>,
 }
 
 impl Core {
@@ -122,10 +122,7 @@ impl Core {
             window,
             flusher,
             accounts: Arc::new(Accounts::new(config.accounts.clone())),
-            post_rate: Arc::new(PostRate::new(
-                config.limits.posts_per_sec,
-                config.limits.post_burst,
-            )),
+            rates: Arc::new(Rates::new(&config.limits)),
             config,
             mastership,
         }
@@ -310,7 +307,7 @@ impl Core {
 
     /// A client's write: checked, limited (posts per user per second), committed.
     pub async fn write(&self, command: Command) -> Result<Applied> {
-        domain::validate_command(&command, self.config.max_post_chars as usize)?;
+        domain::validate_new_command(&command, self.config.max_post_chars as usize)?;
         self.mastership.require_active()?;
         self.limit(&command).await?;
         Ok(self.commit(command).await??)
@@ -335,7 +332,7 @@ impl Core {
         let mut answers: Vec<Option<Result<Applied>>> = Vec::with_capacity(commands.len());
         let mut accepted = Vec::with_capacity(commands.len());
         for command in commands {
-            let checked = match domain::validate_command(&command, max_chars) {
+            let checked = match domain::validate_new_command(&command, max_chars) {
                 Ok(()) => self.limit(&command).await,
                 Err(e) => Err(e.into()),
             };
@@ -364,21 +361,43 @@ impl Core {
             .collect())
     }
 
-    /// The posts-per-second limit of a post's author; a retry of a post that committed is never
-    /// refused (it only answers its seq).
+    /// The limits of a client's write: the posts-per-second limit of a post's author (a retry
+    /// of a post that committed is never refused: it only answers its seq); the follows per
+    /// second of a follower, and how many users it may follow at once.
     async fn limit(&self, command: &Command) -> Result<()> {
+        let l = &self.config.limits;
+        if let Command::Follow { follower, .. } | Command::Unfollow { follower, .. } = command
+            && let Err(wait) = self.rates.follows.take(follower, Instant::now())
+        {
+            return Err(Error::Exhausted(format!(
+                "user {follower} follows and unfollows faster than {} a second \
+                 (limits.follows_per_sec, bursts of {}): slow down, retry in {} ms",
+                l.follows_per_sec,
+                l.follow_burst,
+                wait.as_millis().max(1)
+            )));
+        }
+        if let Command::Follow { follower, .. } = command {
+            let f = follower.clone();
+            let n = self.read(move |c| domain::following_count(c, &f)).await?;
+            if n >= l.max_following as u64 {
+                return Err(Error::Exhausted(format!(
+                    "user {follower} follows {n} users, the most one user may follow \
+                     (limits.max_following): unfollow someone first"
+                )));
+            }
+        }
         if let Command::Post {
             author,
             client_post_id,
             ..
         } = command
-            && let Err(wait) = self.post_rate.take(author, Instant::now())
+            && let Err(wait) = self.rates.posts.take(author, Instant::now())
         {
             let (a, id) = (author.clone(), client_post_id.clone());
             let retry =
                 !id.is_empty() && self.read(move |c| domain::post_exists(c, &a, &id)).await?;
             if !retry {
-                let l = &self.config.limits;
                 return Err(Error::Exhausted(format!(
                     "user {author} posts faster than {} posts per second (limits.posts_per_sec, \
                      bursts of {}): slow down, retry in {} ms",
@@ -391,19 +410,33 @@ impl Core {
         Ok(())
     }
 
-    /// Every user, or the ones `following_of` follows now (linearizable).
-    pub async fn list_users(&self, following_of: Option<String>) -> Result<Vec<String>> {
+    /// A page of the users, or of the ones `following_of` follows now (linearizable): the names
+    /// after `after`, at most `limit` (0 or more than `USERS_PAGE`: `USERS_PAGE`), and whether
+    /// more follow.
+    pub async fn list_users(
+        &self,
+        following_of: Option<String>,
+        after: String,
+        limit: u32,
+    ) -> Result<(Vec<String>, bool)> {
         if let Some(u) = &following_of {
             domain::validate_name(u)?;
         }
+        let limit = match limit {
+            0 => USERS_PAGE,
+            n => n.min(USERS_PAGE),
+        } as usize;
         self.linearize().await?;
-        let users = self
+        // One more than the page says whether more follow.
+        let mut users = self
             .read(move |c| match following_of {
-                None => domain::users(c).map(Ok),
-                Some(u) => domain::following(c, &u),
+                None => domain::users(c, &after, limit + 1).map(Ok),
+                Some(u) => domain::following_page(c, &u, &after, limit + 1),
             })
             .await??;
-        Ok(users)
+        let more = users.len() > limit;
+        users.truncate(limit);
+        Ok((users, more))
     }
 
     /// One page of `user`'s timeline (linearizable): posts with seq > `after` (without it, the
@@ -422,11 +455,24 @@ impl Core {
         self.linearize().await?;
         let (following, posts, last_seq) = self
             .read(move |c| {
+                let last_seq = domain::last_seq(c)?;
+                // A seq past the last committed one was never sent to anybody: reading "after"
+                // it would be a read of nothing (or, cast to SQLite's i64, of everything).
+                if after.is_some_and(|a| a > last_seq) {
+                    return Ok((Ok(Vec::new()), None, last_seq));
+                }
                 let following = domain::following(c, &user)?;
                 let posts = domain::timeline(c, &user, after, limit)?;
-                Ok((following, posts, domain::last_seq(c)?))
+                Ok((following, Some(posts), last_seq))
             })
             .await?;
+        let Some(posts) = posts else {
+            return Err(Error::InvalidArgument(format!(
+                "after_seq {} is past the last committed seq {last_seq}: resume with the last \
+                 seq this stream received",
+                after.unwrap_or_default()
+            )));
+        };
         Ok(TimelinePage {
             posts,
             last_seq,

@@ -53,7 +53,16 @@ impl Core {
 
     /// Logs `user` in with `password` (see `Login`); with `probe`, only says whether the user
     /// has a password.
-    pub async fn login(&self, user: String, password: String, probe: bool) -> Result<Login> {
+    ///
+    /// `client` is the client's address as its worker saw it: logins and accounts created are
+    /// limited per address as well as per user (`[limits]`).
+    pub async fn login(
+        &self,
+        user: String,
+        password: String,
+        probe: bool,
+        client: &str,
+    ) -> Result<Login> {
         domain::validate_name(&user)?;
         self.mastership.require_active()?;
         if probe {
@@ -75,8 +84,30 @@ impl Core {
                 chatfeed_common::accounts::MAX_PASSWORD_BYTES
             )));
         }
-        // Repeated failures for this user: this attempt waits its turn first.
-        let wait = self.accounts.wait_before_attempt(&user, Instant::now());
+        let l = &self.config.limits;
+        let now = Instant::now();
+        if let Err(wait) = self.rates.logins.take(&user, now) {
+            return Err(Error::Exhausted(format!(
+                "too many logins of user {user} (limits.logins_per_sec: {} a second, bursts of \
+                 {}): retry in {} ms",
+                l.logins_per_sec,
+                l.login_burst,
+                wait.as_millis().max(1)
+            )));
+        }
+        if let Err(wait) = self.rates.logins_by_address.take(client, now) {
+            return Err(Error::Exhausted(format!(
+                "too many logins from {client} (limits.logins_per_sec_per_address: {} a \
+                 second, bursts of {}): retry in {} ms",
+                l.logins_per_sec_per_address,
+                l.login_burst_per_address,
+                wait.as_millis().max(1)
+            )));
+        }
+        let key = self.token_key().await?;
+        // Earlier failures of this user (and attempts being checked now): this attempt waits
+        // its turn first.
+        let wait = self.accounts.take_turn(&user, Instant::now());
         if !wait.is_zero() {
             tracing::info!(
                 user,
@@ -85,8 +116,7 @@ impl Core {
             );
             tokio::time::sleep(wait).await;
         }
-        let key = self.token_key().await?;
-        let created = match self.check_password(&user, password).await {
+        let created = match self.check_password(&user, password, client).await {
             Ok(c) => c,
             Err(e @ Error::Unauthenticated(_)) => {
                 let next = self.accounts.failed(&user, Instant::now());
@@ -97,7 +127,10 @@ impl Core {
                 );
                 return Err(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.accounts.released(&user);
+                return Err(e);
+            }
         };
         self.accounts.succeeded(&user);
         let expires_at_ms =
@@ -112,7 +145,7 @@ impl Core {
 
     /// Checks `password` for `user` (creating the user, or setting its first password), and
     /// answers whether the login created it. `Unauthenticated` for a wrong password.
-    async fn check_password(&self, user: &str, password: String) -> Result<bool> {
+    async fn check_password(&self, user: &str, password: String, client: &str) -> Result<bool> {
         // At most: a create or set that lost a race, then the check against the winner's hash.
         for _ in 0..3 {
             self.linearize().await?;
@@ -133,6 +166,19 @@ impl Core {
             };
             chatfeed_common::accounts::check_new_password(&password)
                 .map_err(Error::InvalidArgument)?;
+            if creating
+                && let Err(wait) = self.rates.accounts_by_address.take(client, Instant::now())
+            {
+                let l = &self.config.limits;
+                return Err(Error::Exhausted(format!(
+                    "too many accounts created from {client} \
+                     (limits.accounts_per_min_per_address: {} a minute, bursts of {}): retry \
+                     in {} s",
+                    l.accounts_per_min_per_address,
+                    l.account_burst_per_address,
+                    wait.as_secs().max(1)
+                )));
+            }
             let password_hash = self.accounts.hash(password.clone()).await?;
             let command = if creating {
                 Command::CreateUser {

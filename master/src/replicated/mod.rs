@@ -3,9 +3,9 @@
 //! its limits) and `login.rs` (logins and the token key) are the operations the services call;
 //! `mastership.rs` says who is the active master; `batch.rs` (group commit), `read_barrier.rs`
 //! (shared quorum rounds), `accounts.rs` (password hashing, wrong-password slow-down) and
-//! `post_rate.rs` (posts per user per second) serve them; `handoff.rs` passes the leadership on a
-//! planned stop; `raft/` holds the openraft adapters (types, storage, transport). It knows the
-//! domain, never the gRPC services.
+//! `rates.rs` (posts, follows, logins and new accounts per user or address per second) serve
+//! them; `handoff.rs` passes the leadership on a planned stop; `raft/` holds the openraft
+//! adapters (types, storage, transport). It knows the domain, never the gRPC services.
 
 pub mod accounts;
 mod batch;
@@ -14,8 +14,8 @@ mod error;
 pub mod handoff;
 mod login;
 pub mod mastership;
-mod post_rate;
 pub mod raft;
+mod rates;
 mod read_barrier;
 pub mod window;
 

@@ -95,8 +95,13 @@ impl Cluster for ClusterService {
             user,
             password,
             probe,
+            client_addr,
         } = req.into_inner();
-        let reply = match self.core().login(user, password, probe).await? {
+        let reply = match self
+            .core()
+            .login(user, password, probe, &client_addr)
+            .await?
+        {
             Login::Probe { has_password } => pb::AuthenticateReply {
                 has_password,
                 ..Default::default()
@@ -119,11 +124,12 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersReply>, Status> {
-        let users = self
+        let req = req.into_inner();
+        let (users, more) = self
             .core()
-            .list_users(req.into_inner().following_of)
+            .list_users(req.following_of, req.after, req.limit)
             .await?;
-        Ok(Response::new(pb::ListUsersReply { users }))
+        Ok(Response::new(pb::ListUsersReply { users, more }))
     }
 
     async fn timeline(

@@ -30,6 +30,7 @@ async fn authenticate(cluster: &TestCluster, id: u64, user: &str) -> cpb::Authen
             user: user.into(),
             password: "a-good-password".into(),
             probe: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -107,6 +107,7 @@ async fn existing_users_log_in_without_a_raft_entry() {
         user: "alice".into(),
         password: "alice-password".into(),
         probe: false,
+        ..Default::default()
     };
     let first = api.authenticate(login()).await.unwrap().into_inner();
     assert!(first.created, "{first:?}");
@@ -255,7 +256,10 @@ async fn api_answers_good_and_bad_input() {
     let err = c
         .cluster(replica)
         .await
-        .list_users(cpb::ListUsersRequest { following_of: None })
+        .list_users(cpb::ListUsersRequest {
+            following_of: None,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(
@@ -266,7 +270,10 @@ async fn api_answers_good_and_bad_input() {
 
     // Reads and status.
     let users = api
-        .list_users(cpb::ListUsersRequest { following_of: None })
+        .list_users(cpb::ListUsersRequest {
+            following_of: None,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -275,6 +282,7 @@ async fn api_answers_good_and_bad_input() {
     let following = api
         .list_users(cpb::ListUsersRequest {
             following_of: Some("bob".into()),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -79,16 +79,44 @@ async fn calls_and_their_errors() {
         .as_("alice")
         .list(feed::ListRequest {
             user: "alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(list.users, vec!["alice", "bob", "carol"]);
     assert_eq!(list.following, vec!["bob"]);
+    assert_eq!(list.next, "", "one page holds them all");
+    // Page by page: the following come with the first page, `next` says where to go on.
+    let page = |after: &str, limit| feed::ListRequest {
+        user: "alice".into(),
+        after: after.into(),
+        limit,
+    };
+    let first = c.as_("alice").list(page("", 2)).await.unwrap().into_inner();
+    assert_eq!(
+        (first.users, first.following, first.next.as_str()),
+        (
+            vec!["alice".to_string(), "bob".into()],
+            vec!["bob".to_string()],
+            "bob"
+        )
+    );
+    let last = c
+        .as_("alice")
+        .list(page("bob", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (last.users, last.following, last.next.as_str()),
+        (vec!["carol".to_string()], vec![], "")
+    );
     let e = c
         .as_("alice")
         .list(feed::ListRequest {
             user: "ghost".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -98,6 +126,7 @@ async fn calls_and_their_errors() {
         .as_("alice")
         .list(feed::ListRequest {
             user: "alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

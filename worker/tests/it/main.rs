@@ -2,8 +2,10 @@
 //! errors (`api`), timeline semantics (`timeline`), the history/live boundary under concurrent
 //! writes (`boundary`), and the worker's life with the masters: registration, fail-over, shedding,
 //! graceful stop, respawn requests (`control`); batched writes and writes that move on from a
-//! leader cut off or late (`writes`); and real worker processes (`process`).
+//! leader cut off or late (`writes`); real worker processes (`process`); and a user trying to
+//! make the cluster work for nothing (`abuse`).
 
+mod abuse;
 mod accounts;
 mod api;
 mod boundary;
