@@ -5,7 +5,9 @@
 # that host (default: the file default_master_address at the checkout's root).
 # CHATFEED_BIN_DIR names another directory of binaries (default: target/release, built when out of
 # date). The client verifies the cluster with the CA of CHATFEED_CONFIG's [tls] (default:
-# chatfeed.toml at the checkout's root); CHATFEED_CA names the CA file instead.
+# chatfeed.toml at the checkout's root); CHATFEED_CA names the CA file instead. A plaintext
+# cluster needs CHATFEED_PLAINTEXT=1 (the client says so on stderr): a configuration saying
+# [tls] mode = "plaintext" is not enough.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ $# -lt 1 ] || [ $# -gt 2 ] || [ -z "$1" ]; then

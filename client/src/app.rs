@@ -17,6 +17,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let config = std::env::var_os("CHATFEED_CONFIG").map(std::path::PathBuf::from);
     let tls = masters::client_tls(cli.ca.as_deref(), cli.plaintext, config.as_deref())
         .map_err(|e| Failure::Other(format!("{e:#}")))?;
+    if tls.is_plaintext() {
+        eprintln!("{}", masters::PLAINTEXT_NOTICE);
+    }
     if let Some(Cmd::Status) = &cli.command {
         return status(&tls, &addrs, cli.json).await;
     }

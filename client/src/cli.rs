@@ -40,7 +40,8 @@ pub struct Cli {
         conflicts_with = "plaintext"
     )]
     pub ca: Option<PathBuf>,
-    /// Connect without TLS, to a cluster configured with [tls] mode = "plaintext".
+    /// Connect without TLS, to a cluster configured with [tls] mode = "plaintext" (said on
+    /// stderr each time; a configuration file alone never makes the client use plaintext).
     #[arg(
         long,
         env = "CHATFEED_PLAINTEXT",

@@ -1,6 +1,12 @@
 //! Reaching the masters: the address list (`--master`, else the `default_master_address` file),
-//! the TLS to reach them with (`--ca`, `--plaintext`, else the configuration's `[tls]`), and a
+//! the TLS to reach them with (`--ca`, `--plaintext`, else the configuration's CA), and a
 //! connection to the first master that answers.
+//!
+//! Plaintext is only ever chosen by the user (`--plaintext`, or `CHATFEED_PLAINTEXT=1` set in
+//! the environment): a configuration file, found in the current directory or above the binary,
+//! that says `[tls] mode = "plaintext"` is refused, not followed, since whoever can plant one in
+//! `/tmp` would otherwise get the password in clear. The binary says on stderr every time it
+//! runs in plaintext (`PLAINTEXT_NOTICE`).
 
 use crate::master_link::{CALL_TIMEOUT, CONNECT_TIMEOUT};
 use anyhow::{Context, bail};
@@ -18,10 +24,16 @@ pub const DEFAULT_ADDRESS_FILE: &str = "default_master_address";
 /// The configuration file the client takes its CA from when no `--ca` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "chatfeed.toml";
 
+/// What the binary prints on stderr each time it runs in plaintext.
+pub const PLAINTEXT_NOTICE: &str = "chatfeed: WARNING plaintext (--plaintext or \
+    CHATFEED_PLAINTEXT): no TLS; the password and everything else cross the network unencrypted, \
+    to servers nobody verified";
+
 /// How the client reaches the cluster: plaintext with `plaintext`; else TLS, verifying servers
 /// with the CA certificate `ca`, or when none is given the CA of the configuration (`config`,
-/// else `chatfeed.toml` found like `default_master_address`; a configuration in plaintext mode
-/// means plaintext). A client presents no certificate.
+/// else `chatfeed.toml` found like `default_master_address`). A configuration in plaintext mode
+/// is an error without `plaintext`: only the user chooses plaintext. A client presents no
+/// certificate.
 pub fn client_tls(
     ca: Option<&Path>,
     plaintext: bool,
@@ -42,6 +54,14 @@ pub fn client_tls(
         })?,
     };
     let config = Config::load(&path)?;
+    if config.tls.mode == chatfeed_common::config::TlsMode::Plaintext {
+        bail!(
+            "{} says [tls] mode = \"plaintext\": the client does not switch to plaintext on a \
+             file's word (it would send the password in clear to whatever the file names); give \
+             --plaintext if you mean it, or --ca PATH for a TLS cluster",
+            path.display()
+        );
+    }
     Tls::client_for(&config).with_context(|| format!("the CA of {}", path.display()))
 }
 
