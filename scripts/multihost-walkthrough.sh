@@ -117,7 +117,7 @@ grep -q 'chatfeed-master certs' <<<"$certs_cmd" || die "no certs command in step
 echo "\$ $certs_cmd"
 (cd "$work" && CHATFEED_BIN_DIR="$bin" bash -c "$certs_cmd") || die "the certs command"
 for l in "${labels[@]}"; do
-    [ -f "$work/certs/$l/node.pem" ] || die "no certificate for host $l in certs/$l/"
+    [ -f "$work/certs/$l/worker.pem" ] || die "no worker certificate for host $l in certs/$l/"
     cp -rp "$work/certs/$l" "$work/$l/tls"
 done
 ls -l "$work/certs" "$work/m1/tls"

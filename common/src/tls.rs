@@ -1,13 +1,16 @@
-//! TLS for every chatfeed connection, in one place: the cluster CA and node certificates
+//! TLS for every chatfeed connection, in one place: the cluster CA and the role certificates
 //! (generated with rcgen, written with private permissions, never overwritten), loading them with
 //! errors that name the file, the server configurations (mutual TLS for the Raft port, optional
 //! client certificates for the master API, server-only for workers), the client `Endpoint` every
-//! process dials with, the check that a caller holds a cluster certificate, and recognising a TLS
+//! process dials with, the check of a caller's role (`Tls::require`), and recognising a TLS
 //! failure in a connection error.
 //!
-//! One node certificate per host, used by every member and worker there both as server and as
-//! client certificate (EKU serverAuth + clientAuth); its SANs are the host's names and addresses,
-//! so a client checks the name it dialled. Clients hold only the CA certificate.
+//! Each process has a certificate of its role (`tls/role.rs`): member N uses `member-N.pem`,
+//! every worker of the host `worker.pem`, both as server and as client certificate (EKU
+//! serverAuth + clientAuth); their other SANs are the host's names and addresses, so a client
+//! checks the name it dialled. Clients hold only the CA certificate. The role-less `node.pem` of
+//! earlier releases is still read by the tools that issue (`ensure_node_certs`, `issue_node`), by
+//! nothing that serves.
 
 use crate::config::{Config, TlsMode};
 use std::fmt;
@@ -19,18 +22,20 @@ use tonic::transport::Endpoint;
 mod accept;
 mod dial;
 mod lean;
+mod role;
 mod tickets;
 pub use accept::{Acceptor, HANDSHAKE_TIMEOUT, TlsConnection};
 pub use dial::{Dial, Handshakes};
 pub use lean::LeanTls;
+pub use role::{Identity, Role, identity_of};
 
 /// The CA certificate, in every `[tls] dir`.
 pub const CA_CERT: &str = "ca.pem";
 /// The CA's private key: only where certificates are issued.
 pub const CA_KEY: &str = "ca.key";
-/// This host's node certificate (server and client).
+/// A host's role-less certificate of earlier releases (server and client); no server loads it.
 pub const NODE_CERT: &str = "node.pem";
-/// This host's node key.
+/// Its key.
 pub const NODE_KEY: &str = "node.key";
 /// A CA certificate is valid this many years from the start of the year it was made.
 const CA_YEARS: i32 = 20;
@@ -63,6 +68,11 @@ pub enum TlsError {
 const MISSING_NODE_HINT: &str = "`chatfeed-master start` creates the certificates of a one-host \
     cluster; for several hosts, issue them with `chatfeed-master certs` and copy each host's \
     directory (see the README); or set [tls] mode = \"plaintext\"";
+const ROLELESS_HINT: &str = "this host has only the role-less node.pem of an earlier release: on a \
+    one-host cluster, `chatfeed-master start` (scripts/MasterStartup.sh) issues the role \
+    certificates from its ca.key; on several hosts, run the `chatfeed-master certs` command that \
+    issued the certificates again with `--member N=NAME` for each member's host, and copy each \
+    NAME/ directory to its host (README, \"Reissuing certificates\")";
 const MISSING_CA_HINT: &str = "give the cluster's CA certificate (--ca, CHATFEED_CA, or [tls] dir \
     of the configuration), or --plaintext for a plaintext cluster";
 
@@ -86,6 +96,47 @@ impl Files {
     }
 }
 
+/// The certificate and key files of `role` in `dir`: `member-2.pem` and `member-2.key`,
+/// `worker.pem` and `worker.key`.
+pub fn role_files(dir: &Path, role: Role) -> (PathBuf, PathBuf) {
+    let stem = role.file_stem();
+    (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    )
+}
+
+/// Who may make a call, by the role of its certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Callers {
+    /// Members of the master group only.
+    Members,
+    /// Members and workers (`chatfeed.cluster.Cluster`).
+    MembersAndWorkers,
+    /// Workers only (`chatfeed.control.Control`).
+    Workers,
+}
+
+impl Callers {
+    fn admit(self, role: Role) -> bool {
+        matches!(
+            (self, role),
+            (
+                Callers::Members | Callers::MembersAndWorkers,
+                Role::Member(_)
+            ) | (Callers::Workers | Callers::MembersAndWorkers, Role::Worker)
+        )
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Callers::Members => "members of the master group",
+            Callers::MembersAndWorkers => "members and workers",
+            Callers::Workers => "workers",
+        }
+    }
+}
+
 /// Which client certificates a server asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -100,10 +151,16 @@ pub enum ClientAuth {
 
 struct Material {
     ca_pem: Vec<u8>,
-    /// This host's node certificate and key (cluster processes); clients have none.
+    /// This process's certificate and key (cluster processes); clients have none.
     identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The key (PEM) the client-facing session tickets are derived from when not the identity's
+    /// own: the host's worker key, which every master and worker of the host holds, so that a
+    /// client resumes its session on any of them (`tls/tickets.rs`).
+    ticket_key: Option<Vec<u8>>,
     /// The rustls client configuration built from these, with its session cache.
     client: dial::ClientSide,
+    /// The identities of the peers' certificates seen by `require`.
+    peers: role::Identities,
 }
 
 /// What a process uses for its connections: plaintext, or TLS with the cluster CA and, for
@@ -132,16 +189,31 @@ impl Tls {
         Tls(Some(Arc::new(Material {
             ca_pem,
             identity: None,
+            ticket_key: None,
             client: Default::default(),
+            peers: Default::default(),
         })))
     }
 
     /// A cluster process: verifies peers with `ca_pem`, presents `cert_pem`/`key_pem`.
     pub fn node(ca_pem: Vec<u8>, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Tls {
+        Tls::node_with_tickets(ca_pem, cert_pem, key_pem, None)
+    }
+
+    /// As `node`, with the client-facing session tickets derived from `ticket_key` (PEM) instead
+    /// of the node's own key.
+    pub fn node_with_tickets(
+        ca_pem: Vec<u8>,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+        ticket_key: Option<Vec<u8>>,
+    ) -> Tls {
         Tls(Some(Arc::new(Material {
             ca_pem,
             identity: Some((cert_pem, key_pem)),
+            ticket_key,
             client: Default::default(),
+            peers: Default::default(),
         })))
     }
 
@@ -151,17 +223,58 @@ impl Tls {
         Ok(Tls::client(ca))
     }
 
-    /// A cluster process of `config`: plaintext when the configuration says so, else the CA and
-    /// this host's node certificate from `[tls] dir`.
-    pub fn for_cluster(config: &Config) -> Result<Tls, TlsError> {
+    /// Member `id` of `config`: plaintext when the configuration says so, else the CA and
+    /// `member-<id>.pem` from `[tls] dir`.
+    pub fn for_member(config: &Config, id: u64) -> Result<Tls, TlsError> {
+        Tls::for_role(config, Role::Member(id))
+    }
+
+    /// A worker of `config` (and the test harnesses that act as one): plaintext when the
+    /// configuration says so, else the CA and `worker.pem` from `[tls] dir`.
+    pub fn for_worker(config: &Config) -> Result<Tls, TlsError> {
+        Tls::for_role(config, Role::Worker)
+    }
+
+    /// A process of `role` (see `for_member`, `for_worker`). A certificate file that carries
+    /// another role than its name says is refused, naming both. Client-facing session tickets
+    /// are derived from the host's `worker.key` when there is one (see `Material::ticket_key`).
+    pub fn for_role(config: &Config, role: Role) -> Result<Tls, TlsError> {
         if config.tls.mode == TlsMode::Plaintext {
             return Ok(Tls::plaintext());
         }
-        let f = Files::in_dir(&config.tls.dir);
-        let ca = read_pem(&f.ca_cert, MISSING_NODE_HINT, PemKind::Certificate)?;
-        let cert = read_pem(&f.node_cert, MISSING_NODE_HINT, PemKind::Certificate)?;
-        let key = read_pem(&f.node_key, MISSING_NODE_HINT, PemKind::Key)?;
-        Ok(Tls::node(ca, cert, key))
+        let dir = &config.tls.dir;
+        let f = Files::in_dir(dir);
+        let (cert_path, key_path) = role_files(dir, role);
+        let hint = if !cert_path.exists() && f.node_cert.exists() {
+            ROLELESS_HINT
+        } else {
+            MISSING_NODE_HINT
+        };
+        let ca = read_pem(&f.ca_cert, hint, PemKind::Certificate)?;
+        let cert = read_pem(&cert_path, hint, PemKind::Certificate)?;
+        let key = read_pem(&key_path, hint, PemKind::Key)?;
+        let carried = first_cert_der(&cert)
+            .and_then(|der| identity_of(&der))
+            .map_err(|reason| TlsError::Invalid {
+                path: cert_path.clone(),
+                reason,
+            })?
+            .role;
+        if carried != Some(role) {
+            return Err(TlsError::Invalid {
+                path: cert_path,
+                reason: format!(
+                    "carries the role {}, not {role} (a file renamed or copied to the wrong name?)",
+                    carried.map_or("none".to_string(), |r| r.to_string())
+                ),
+            });
+        }
+        let (_, worker_key) = role_files(dir, Role::Worker);
+        let ticket_key = match role {
+            Role::Worker => None,
+            _ => std::fs::read(&worker_key).ok(),
+        };
+        Ok(Tls::node_with_tickets(ca, cert, key, ticket_key))
     }
 
     /// A client of `config`'s cluster: plaintext when the configuration says so, else the CA of
@@ -201,7 +314,9 @@ impl Tls {
             Arc::new(Material {
                 ca_pem: m.ca_pem.clone(),
                 identity: m.identity.clone(),
+                ticket_key: m.ticket_key.clone(),
                 client: Default::default(),
+                peers: Default::default(),
             })
         }))
     }
@@ -235,29 +350,61 @@ impl Tls {
                 "a server needs a node certificate, and only a CA was loaded".into(),
             ));
         };
-        Acceptor::new(&m.ca_pem, cert, key, auth).map(Some)
+        // The Raft port's tickets always come from the member's own key (see `tickets.rs`).
+        let tickets = match (auth, &m.ticket_key) {
+            (ClientAuth::Required, _) | (_, None) => key,
+            (_, Some(k)) => k,
+        };
+        Acceptor::new(&m.ca_pem, cert, key, tickets, auth).map(Some)
     }
 
-    /// `Ok` when the caller presented a certificate of the cluster CA (always in plaintext mode,
-    /// where nothing can be checked). The server verified the certificate during the handshake
-    /// (`ClientAuth::Optional` refuses one from another CA), so its presence is the proof.
-    /// `what` names the refused call for the message.
+    /// The identity of the caller of `request` when its certificate's role is one `callers`
+    /// admits; `Ok(None)` in plaintext mode, where nothing can be checked. The server verified
+    /// the certificate during the handshake (another CA's fails it), so what it says is the
+    /// CA's word. Without a certificate: UNAUTHENTICATED; with a role-less one or another role:
+    /// PERMISSION_DENIED, saying why. `what` names the call for the message.
     #[allow(clippy::result_large_err)]
-    pub fn require_cluster_peer<T>(
+    pub fn require<T>(
         &self,
         request: &tonic::Request<T>,
+        callers: Callers,
         what: &str,
-    ) -> Result<(), tonic::Status> {
-        if self.is_plaintext() {
-            return Ok(());
-        }
-        match request.peer_certs() {
-            Some(certs) if !certs.is_empty() => Ok(()),
-            _ => Err(tonic::Status::unauthenticated(format!(
-                "{what} is for the cluster's own processes: connect with a node certificate \
-                 issued by the cluster CA"
+    ) -> Result<Option<Identity>, tonic::Status> {
+        let Some(m) = &self.0 else {
+            return Ok(None);
+        };
+        let certs = request.peer_certs();
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+            return Err(tonic::Status::unauthenticated(format!(
+                "{what} is for the cluster's own processes: connect with a member's or a \
+                 worker's certificate (a node certificate issued by the cluster CA)"
+            )));
+        };
+        let id = m.peers.of(leaf.as_ref()).map_err(|e| {
+            tonic::Status::permission_denied(format!("{what}: the caller's certificate: {e}"))
+        })?;
+        match id.role {
+            Some(role) if callers.admit(role) => Ok(Some(id)),
+            Some(role) => Err(tonic::Status::permission_denied(format!(
+                "{what} is for {} only; the caller's certificate is a {role}'s",
+                callers.describe()
+            ))),
+            None => Err(tonic::Status::permission_denied(format!(
+                "{what}: the caller's certificate carries no chatfeed role (issued before \
+                 certificates carried roles): reissue the cluster's certificates (README, \
+                 \"Reissuing certificates\")"
             ))),
         }
+    }
+
+    /// The role of this process's own certificate (`None` in plaintext, for clients, and for a
+    /// role-less certificate).
+    pub fn own_role(&self) -> Option<Role> {
+        let (cert, _) = self.0.as_ref()?.identity.as_ref()?;
+        first_cert_der(cert)
+            .and_then(|d| identity_of(&d))
+            .ok()?
+            .role
     }
 
     /// The plaintext warning each process logs at start (`None` with TLS).
@@ -306,6 +453,28 @@ type NodeIdentity = (
     Vec<rustls::pki_types::CertificateDer<'static>>,
     rustls::pki_types::PrivateKeyDer<'static>,
 );
+
+/// The identity (role, names) of the first certificate in the PEM file `path`.
+pub fn identity_in_file(path: &Path) -> Result<Identity, TlsError> {
+    let pem = read_pem(path, MISSING_NODE_HINT, PemKind::Certificate)?;
+    first_cert_der(&pem)
+        .and_then(|der| identity_of(&der))
+        .map_err(|reason| TlsError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })
+}
+
+/// The first certificate of a PEM file, DER.
+fn first_cert_der(pem: &[u8]) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or_else(|| "holds no PEM certificate".to_string())?
+        .map(|c| c.as_ref().to_vec())
+        .map_err(|e| format!("not a PEM certificate ({e})"))
+}
 
 fn node_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<NodeIdentity, String> {
     use rustls::pki_types::pem::PemObject;
@@ -422,9 +591,10 @@ pub enum Ensured {
     Created { created_ca: bool },
 }
 
-/// Makes sure `dir` holds a CA and a node certificate for `sans`: creates what is missing (the
-/// CA first, when neither its certificate nor its key exists), never overwrites a file. Used by
-/// `chatfeed-master start` on a one-host cluster's first start.
+/// Makes sure `dir` holds a CA and a role-less node certificate for `sans`: creates what is
+/// missing (the CA first, when neither its certificate nor its key exists), never overwrites a
+/// file. What `chatfeed-master start` made before certificates carried roles; tests use it to
+/// make a directory of an earlier release, or one of another CA.
 pub fn ensure_node_certs(dir: &Path, sans: &[String]) -> Result<Ensured, TlsError> {
     let f = Files::in_dir(dir);
     if f.node_cert.exists() && f.node_key.exists() && f.ca_cert.exists() {
@@ -494,26 +664,70 @@ pub fn ensure_ca(dir: &Path) -> Result<bool, TlsError> {
     Ok(true)
 }
 
-/// Issues a node certificate for `sans` (DNS names and IP addresses) signed by the CA in
-/// `ca_dir`, into `out_dir` as `node.pem`/`node.key`, with a copy of `ca.pem` when `out_dir`
-/// is another directory. Refuses to overwrite an existing node certificate or key.
+/// Issues a role-less node certificate for `sans` (DNS names and IP addresses) signed by the CA
+/// in `ca_dir`, into `out_dir` as `node.pem`/`node.key`, with a copy of `ca.pem` when `out_dir`
+/// is another directory. Refuses to overwrite an existing node certificate or key. No chatfeed
+/// server accepts it as a member or worker (it carries no role): for the bench's etcd and tests.
 pub fn issue_node(
     ca_dir: &Path,
     out_dir: &Path,
     name: &str,
     sans: &[String],
 ) -> Result<(), TlsError> {
+    let out = Files::in_dir(out_dir);
+    issue(
+        ca_dir,
+        out_dir,
+        (&out.node_cert, &out.node_key),
+        &format!("chatfeed node {name}"),
+        sans,
+        None,
+    )
+}
+
+/// Issues `role`'s certificate for host `name` with `sans`, signed by the CA in `ca_dir`, into
+/// `out_dir` (`role_files`), with a copy of `ca.pem` when `out_dir` is another directory.
+/// Refuses to overwrite an existing certificate or key.
+pub fn issue_role(
+    ca_dir: &Path,
+    out_dir: &Path,
+    name: &str,
+    role: Role,
+    sans: &[String],
+) -> Result<(), TlsError> {
+    let (cert, key) = role_files(out_dir, role);
+    issue(
+        ca_dir,
+        out_dir,
+        (&cert, &key),
+        &format!("chatfeed {role} on {name}"),
+        sans,
+        Some(role),
+    )
+}
+
+/// Issues a certificate for `sans` (and `role`'s URI) named `common_name`, signed by the CA in
+/// `ca_dir`, into the `files` (certificate, key) in `out_dir`.
+fn issue(
+    ca_dir: &Path,
+    out_dir: &Path,
+    files: (&Path, &Path),
+    common_name: &str,
+    sans: &[String],
+    role: Option<Role>,
+) -> Result<(), TlsError> {
     if sans.is_empty() {
         return Err(TlsError::Generate(format!(
-            "node {name}: at least one name or address is needed"
+            "{common_name}: at least one name or address is needed"
         )));
     }
     let ca = Files::in_dir(ca_dir);
     let out = Files::in_dir(out_dir);
-    for p in [&out.node_cert, &out.node_key] {
+    let (cert_path, key_path) = files;
+    for p in [cert_path, key_path] {
         if p.exists() {
             return Err(TlsError::Invalid {
-                path: p.clone(),
+                path: p.to_owned(),
                 reason: "already exists; it is never overwritten (remove it to issue a new one)"
                     .into(),
             });
@@ -526,7 +740,7 @@ pub fn issue_node(
     )?;
     let ca_key_pem = read_pem(
         &ca.ca_key,
-        "node certificates are issued where the CA key is",
+        "certificates are issued where the CA key is",
         PemKind::Key,
     )?;
     let ca_key_text = String::from_utf8_lossy(&ca_key_pem);
@@ -540,12 +754,18 @@ pub fn issue_node(
             reason: format!("not a usable CA certificate ({e})"),
         })?;
     let mut params = rcgen::CertificateParams::new(sans.to_vec()).map_err(|e| {
-        TlsError::Generate(format!("node {name}: a name or address is not valid ({e})"))
+        TlsError::Generate(format!(
+            "{common_name}: a name or address is not valid ({e})"
+        ))
     })?;
+    if let Some(role) = role {
+        let uri = rcgen::string::Ia5String::try_from(role.uri()).map_err(gen_err)?;
+        params.subject_alt_names.push(rcgen::SanType::URI(uri));
+    }
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("chatfeed node {name}"));
+        .push(rcgen::DnType::CommonName, common_name);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::DigitalSignature,
         rcgen::KeyUsagePurpose::KeyEncipherment,
@@ -562,9 +782,89 @@ pub fn issue_node(
     if out.ca_cert != ca.ca_cert && !out.ca_cert.exists() {
         write_new(&out.ca_cert, &ca_pem, 0o644)?;
     }
-    write_new(&out.node_key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(&out.node_cert, cert.pem().as_bytes(), 0o644)?;
+    write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(cert_path, cert.pem().as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// What `ensure_role_certs` found or did for one role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleCert {
+    /// The certificate was there; nothing was written.
+    Existing(Role),
+    /// It was issued now.
+    Created(Role),
+}
+
+/// Makes sure `dir` holds the CA and a certificate of each of `roles` for `sans` (a one-host
+/// cluster's `[tls] dir`): creates the CA when neither its certificate nor its key exists, and
+/// issues each missing role certificate with the CA key there, never overwriting a file. Also
+/// upgrades a directory of an earlier release (CA and a role-less `node.pem`): the role
+/// certificates are added beside it. Without the CA key, a missing role certificate is an
+/// error saying which command issues it. Used by `chatfeed-master start`.
+pub fn ensure_role_certs(
+    dir: &Path,
+    sans: &[String],
+    roles: &[Role],
+) -> Result<Vec<RoleCert>, TlsError> {
+    let f = Files::in_dir(dir);
+    let missing: Vec<Role> = roles
+        .iter()
+        .copied()
+        .filter(|r| {
+            let (c, k) = role_files(dir, *r);
+            !(c.exists() && k.exists())
+        })
+        .collect();
+    for r in roles {
+        let (c, k) = role_files(dir, *r);
+        if c.exists() != k.exists() {
+            let (present, absent) = if c.exists() { (c, k) } else { (k, c) };
+            return Err(TlsError::Invalid {
+                path: absent,
+                reason: format!(
+                    "is missing while {} exists: restore it, or remove both to issue a new pair",
+                    present.display()
+                ),
+            });
+        }
+    }
+    if missing.is_empty() && f.ca_cert.exists() {
+        return Ok(roles.iter().map(|r| RoleCert::Existing(*r)).collect());
+    }
+    let issued_before =
+        f.node_cert.exists() || roles.iter().any(|r| role_files(dir, *r).0.exists());
+    if issued_before && !f.ca_cert.exists() {
+        // Certificates without their CA: a new CA would not have signed them.
+        return Err(TlsError::Missing {
+            path: f.ca_cert.clone(),
+            hint: "certificates are there but not the CA that issued them: restore ca.pem",
+        });
+    }
+    if !f.ca_key.exists() && f.ca_cert.exists() {
+        let (path, _) = role_files(dir, missing[0]);
+        return Err(TlsError::Missing {
+            path,
+            hint: if f.node_cert.exists() {
+                ROLELESS_HINT
+            } else {
+                "this host's certificates are issued where the CA key is: run `chatfeed-master \
+                 certs` there (README, \"Deploying on several hosts\") and copy this host's \
+                 directory here"
+            },
+        });
+    }
+    ensure_ca(dir)?;
+    let mut out = Vec::new();
+    for r in roles {
+        if missing.contains(r) {
+            issue_role(dir, dir, "this host", *r, sans)?;
+            out.push(RoleCert::Created(*r));
+        } else {
+            out.push(RoleCert::Existing(*r));
+        }
+    }
+    Ok(out)
 }
 
 /// Valid from the start of last year (clocks differ) for `years` years.

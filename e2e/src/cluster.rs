@@ -166,7 +166,7 @@ impl ProcCluster {
         self.members.iter().find(|m| m.id == id).unwrap()
     }
 
-    /// How the test process reaches the group, as one of its processes (the host's node
+    /// How the test process reaches the group, as one of its processes (the host's worker
     /// certificate, which `MasterStartup.sh` creates in `<root>/tls/` on the first start; for the
     /// cluster-only calls the harness makes: writes, watch, member info); plaintext when the
     /// configuration says so. `None` before the certificates exist.
@@ -175,7 +175,7 @@ impl ProcCluster {
             return Some(t.clone());
         }
         let config = Config::load(&self.config_path).ok()?;
-        let tls = Tls::for_cluster(&config).ok()?;
+        let tls = Tls::for_worker(&config).ok()?;
         Some(self.tls.get_or_init(|| tls).clone())
     }
 

@@ -55,7 +55,9 @@ enum Cmd {
     /// Validate the configuration file and say which field is wrong.
     CheckConfig,
     /// Issue TLS certificates for several hosts from one cluster CA (created in --out if absent):
-    /// OUT/NAME/{ca.pem,node.pem,node.key} for each host, to copy to that host's [tls] dir.
+    /// OUT/NAME/{ca.pem,worker.pem,worker.key} for each host and OUT/NAME/member-N.{pem,key} for
+    /// each member, to copy to that host's [tls] dir. Issues only what is missing: run again
+    /// with the same --out to reissue an existing cluster's certificates from its CA.
     Certs {
         /// Where the CA is (or is created) and the hosts' directories go.
         #[arg(long)]
@@ -63,6 +65,9 @@ enum Cmd {
         /// A host: NAME=ADDR[,ADDR...], its addresses and DNS names (the certificate's names).
         #[arg(long = "host", value_name = "NAME=ADDR[,ADDR...]", required = true)]
         hosts: Vec<certs::HostSpec>,
+        /// A member and the host it runs on: N=NAME (its certificate goes to NAME/member-N.pem).
+        #[arg(long = "member", value_name = "N=NAME")]
+        members: Vec<certs::MemberSpec>,
     },
 }
 
@@ -83,9 +88,14 @@ fn return_large_blocks_to_the_os() {
 fn main() -> std::process::ExitCode {
     return_large_blocks_to_the_os();
     let cli = Cli::parse();
-    if let Some(Cmd::Certs { out, hosts }) = &cli.command {
+    if let Some(Cmd::Certs {
+        out,
+        hosts,
+        members,
+    }) = &cli.command
+    {
         // Needs no configuration: certificates are often issued on a machine outside the cluster.
-        return match certs::run(out, hosts) {
+        return match certs::run(out, hosts, members) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("chatfeed-master: {e:#}");

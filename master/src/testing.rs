@@ -9,7 +9,7 @@ pub use crate::replicated::raft::faults::Faults;
 use crate::replicated::raft::types::NodeId;
 use chatfeed_common::Config;
 use chatfeed_common::config::TlsMode;
-use chatfeed_common::tls::{self, Tls};
+use chatfeed_common::tls::{self, Role, Tls};
 use chatfeed_proto::TIMELINE_PAGE;
 use chatfeed_proto::cluster::cluster_client::ClusterClient;
 use chatfeed_proto::cluster::{self as cpb, write_request::Command};
@@ -43,8 +43,9 @@ pub struct TestCluster {
     pub members: BTreeMap<NodeId, Member>,
     /// Every (term, leader) any member reported, for the one-leader-per-term check.
     pub leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>,
-    /// The node identity of this cluster (plaintext unless `tune` set `tls.mode`): what
-    /// in-process workers and the tests' own calls use.
+    /// A worker's identity in this cluster (plaintext unless `tune` set `tls.mode`): what
+    /// in-process workers and the tests' own calls to `Master` and `Cluster` use. Raft calls
+    /// need a member's: `member_tls`.
     pub tls: Tls,
     /// The listeners each member's ports were picked with, kept bound until its first start so
     /// that no other test of the run can take a port in between.
@@ -53,8 +54,9 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Starts three members; member 1 bootstraps the group. `tune` may change the configuration;
-    /// when it turns TLS on (`tls.mode`), the CA and a node certificate for 127.0.0.1 are created
-    /// in `tls.dir` first, as `chatfeed-master start` does.
+    /// when it turns TLS on (`tls.mode`), the CA, the members' certificates and the worker
+    /// certificate for 127.0.0.1 are created in `tls.dir` first, as `chatfeed-master start`
+    /// does.
     pub async fn start(tune: impl FnOnce(&mut Config)) -> TestCluster {
         init_logs();
         let dir = TempDir::new().unwrap();
@@ -83,9 +85,15 @@ impl TestCluster {
         tune(&mut config);
         config.validate().unwrap();
         if config.tls.mode == TlsMode::Tls {
-            tls::ensure_node_certs(&config.tls.dir, &tls::local_sans([])).unwrap();
+            let roles: Vec<Role> = config
+                .members
+                .iter()
+                .map(|m| Role::Member(m.id))
+                .chain([Role::Worker])
+                .collect();
+            tls::ensure_role_certs(&config.tls.dir, &tls::local_sans([]), &roles).unwrap();
         }
-        let tls = Tls::for_cluster(&config).unwrap();
+        let tls = Tls::for_worker(&config).unwrap();
         // A listener is used only where `tune` left its member's addresses as picked.
         let local = |l: &TcpListener| l.local_addr().ok().map(|a| a.to_string());
         let reserved = (1..)
@@ -236,7 +244,13 @@ impl TestCluster {
         MasterClient::new(self.tls.endpoint(addr).unwrap().connect().await.unwrap())
     }
 
-    /// A client of member `id`'s cluster-only API, with this cluster's node identity.
+    /// Member `id`'s own identity (its certificate, `member-<id>.pem`), as it presents it to
+    /// the other members.
+    pub fn member_tls(&self, id: NodeId) -> Tls {
+        Tls::for_member(&self.config, id).unwrap()
+    }
+
+    /// A client of member `id`'s cluster-only API, with a worker's identity.
     pub async fn cluster(&self, id: NodeId) -> ClusterClient<Channel> {
         let addr = &self.config.member(id).unwrap().api_addr;
         ClusterClient::new(self.tls.endpoint(addr).unwrap().connect().await.unwrap())

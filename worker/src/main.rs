@@ -154,7 +154,7 @@ async fn dispatch(cli: Cli, config: Config) -> anyhow::Result<()> {
                 run_dir: config.run_dir.clone(),
                 masters: s.masters.clone(),
                 count: count.unwrap_or(s.pool),
-                tls: Tls::for_cluster(&config).context("loading this host's TLS certificates")?,
+                tls: Tls::for_worker(&config).context("loading this host's TLS certificates")?,
             })
             .await
         }
@@ -194,7 +194,7 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
          host's address, or set worker.listen to it"
     );
     let host = cli.host.clone().unwrap_or_else(|| local.ip().to_string());
-    let tls = Tls::for_cluster(config).context("loading this host's TLS certificates")?;
+    let tls = Tls::for_worker(config).context("loading this host's TLS certificates")?;
     let mut opts = WorkerOptions::from_config(config, s.masters.clone(), host, tls);
     opts.pool_size = s.pool;
     opts.dump_on_sigusr1 = true;

@@ -63,7 +63,7 @@ pub struct WorkerOptions {
 
 impl WorkerOptions {
     /// The options the configuration implies, for `masters` on `host`, with `tls`
-    /// (`Tls::for_cluster` of the configuration).
+    /// (`Tls::for_worker` of the configuration: the host's `worker.pem`).
     pub fn from_config(
         config: &Config,
         masters: Vec<String>,

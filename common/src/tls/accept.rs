@@ -45,17 +45,24 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// The server configuration of a node (`cert`/`key` PEM) trusting `ca` for client
-    /// certificates as `auth` says.
+    /// certificates as `auth` says, its session tickets keyed from `tickets_key` (a private key,
+    /// PEM: the host's worker key for the client-facing ports, the member's own for its Raft
+    /// port; see `tickets.rs`).
     pub(super) fn new(
         ca: &[u8],
         cert: &[u8],
         key: &[u8],
+        tickets_key: &[u8],
         auth: ClientAuth,
     ) -> Result<Acceptor, TlsError> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
         let setup = |what: &str, e: &dyn std::fmt::Display| TlsError::Setup(format!("{what}: {e}"));
         let (chain, key) = super::node_identity(cert, key).map_err(TlsError::Setup)?;
+        let tickets_key = PrivateKeyDer::from_pem_slice(tickets_key)
+            .map_err(|e| setup("the session tickets' key (the host's worker.key)", &e))?;
         let tickets = HostTickets::new(
-            key.secret_der(),
+            tickets_key.secret_der(),
             match auth {
                 ClientAuth::Required => Role::Raft,
                 ClientAuth::Optional | ClientAuth::None => Role::ClientFacing,

@@ -212,9 +212,10 @@ async fn plaintext_works_and_warns() {
     let tls = Tls::plaintext();
     let addr = serve(&tls, ClientAuth::Required).await;
     check(&tls, &addr).await.unwrap();
-    assert!(
-        tls.require_cluster_peer(&tonic::Request::new(()), "Write")
-            .is_ok()
+    assert_eq!(
+        tls.require(&tonic::Request::new(()), Callers::Members, "Write")
+            .unwrap(),
+        None
     );
     let w = tls.plaintext_warning("the Raft port").unwrap();
     assert!(
@@ -225,19 +226,135 @@ async fn plaintext_works_and_warns() {
 }
 
 /// With TLS, a request that did not come with a verified certificate is refused with
-/// UNAUTHENTICATED and a message naming the call.
+/// UNAUTHENTICATED and a message naming the call, whoever the call is for.
 #[test]
 fn cluster_calls_need_a_certificate() {
     let tls = Tls::client(b"unused".to_vec());
-    let s = tls
-        .require_cluster_peer(&tonic::Request::new(()), "Control.Heartbeats")
-        .unwrap_err();
-    assert_eq!(s.code(), tonic::Code::Unauthenticated);
-    assert!(
-        s.message().contains("Control.Heartbeats"),
-        "{}",
-        s.message()
+    for callers in [
+        Callers::Members,
+        Callers::MembersAndWorkers,
+        Callers::Workers,
+    ] {
+        let s = tls
+            .require(&tonic::Request::new(()), callers, "Control.Heartbeats")
+            .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        assert!(
+            s.message().contains("Control.Heartbeats"),
+            "{}",
+            s.message()
+        );
+    }
+}
+
+/// Which roles each kind of call admits: members speak Raft, members and workers call
+/// `Cluster`, workers only `Control`; an operator's certificate nothing yet.
+#[test]
+fn callers_admit_their_roles_only() {
+    use Callers::*;
+    let (m, w, o) = (Role::Member(2), Role::Worker, Role::Operator);
+    assert!(Members.admit(m) && !Members.admit(w) && !Members.admit(o));
+    assert!(MembersAndWorkers.admit(m) && MembersAndWorkers.admit(w));
+    assert!(!MembersAndWorkers.admit(o));
+    assert!(Workers.admit(w) && !Workers.admit(m) && !Workers.admit(o));
+}
+
+/// `ensure_role_certs` issues each missing role certificate with the role in its SAN URI and
+/// the host's names beside it, keeps existing ones byte for byte, and `Tls::for_role` loads
+/// them; a certificate file of another role than its name says (a copy under the wrong name)
+/// is refused, naming both roles.
+#[test]
+fn role_certificates_carry_their_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let roles = [Role::Member(1), Role::Member(2), Role::Worker];
+    let made = ensure_role_certs(dir.path(), &sans, &roles).unwrap();
+    assert_eq!(made, roles.map(RoleCert::Created).to_vec());
+    for r in roles {
+        let (cert, key) = role_files(dir.path(), r);
+        assert_eq!(mode_of(&key), 0o600, "{}", key.display());
+        let der = first_cert_der(&std::fs::read(&cert).unwrap()).unwrap();
+        let id = identity_of(&der).unwrap();
+        assert_eq!(id.role, Some(r));
+        assert!(id.names_host("127.0.0.1") && id.names_host("LOCALHOST"));
+    }
+    let before = std::fs::read(role_files(dir.path(), Role::Worker).0).unwrap();
+    let again = ensure_role_certs(dir.path(), &sans, &[Role::Worker, Role::Member(3)]).unwrap();
+    assert_eq!(
+        again,
+        vec![
+            RoleCert::Existing(Role::Worker),
+            RoleCert::Created(Role::Member(3))
+        ]
     );
+    assert_eq!(
+        std::fs::read(role_files(dir.path(), Role::Worker).0).unwrap(),
+        before,
+        "an existing certificate is never rewritten"
+    );
+    let mut config = Config::for_test(dir.path(), [1, 2, 3], [4, 5, 6]);
+    config.tls = crate::config::TlsSettings {
+        mode: crate::config::TlsMode::Tls,
+        dir: dir.path().to_path_buf(),
+    };
+    let member = Tls::for_member(&config, 2).unwrap();
+    assert_eq!(member.own_role(), Some(Role::Member(2)));
+    assert_eq!(
+        Tls::for_worker(&config).unwrap().own_role(),
+        Some(Role::Worker)
+    );
+    // Member 2's certificate copied to member 4's name.
+    let (m2_cert, m2_key) = role_files(dir.path(), Role::Member(2));
+    let (m4_cert, m4_key) = role_files(dir.path(), Role::Member(4));
+    std::fs::copy(m2_cert, &m4_cert).unwrap();
+    std::fs::copy(m2_key, m4_key).unwrap();
+    let e = Tls::for_member(&config, 4).err().unwrap().to_string();
+    assert!(
+        e.contains("member-4.pem") && e.contains("member 2") && e.contains("member 4"),
+        "{e}"
+    );
+}
+
+/// A directory of an earlier release (CA and the role-less `node.pem`): loading a role says
+/// how to get role certificates; `ensure_role_certs` issues them from the CA key there; without
+/// the CA key it refuses, naming the missing file and the command that issues it.
+#[test]
+fn roleless_directories_are_upgraded_or_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let sans = vec!["127.0.0.1".to_string()];
+    ensure_node_certs(dir.path(), &sans).unwrap();
+    let mut config = Config::for_test(dir.path(), [1, 2, 3], [4, 5, 6]);
+    config.tls = crate::config::TlsSettings {
+        mode: crate::config::TlsMode::Tls,
+        dir: dir.path().to_path_buf(),
+    };
+    let e = Tls::for_worker(&config).err().unwrap().to_string();
+    assert!(
+        e.contains("worker.pem") && e.contains("role-less node.pem") && e.contains("certs"),
+        "{e}"
+    );
+    let no_key = dir.path().join("no-key");
+    std::fs::create_dir(&no_key).unwrap();
+    for f in [CA_CERT, NODE_CERT, NODE_KEY] {
+        std::fs::copy(dir.path().join(f), no_key.join(f)).unwrap();
+    }
+    let e = ensure_role_certs(&no_key, &sans, &[Role::Member(1)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("member-1.pem") && e.contains("chatfeed-master certs"),
+        "{e}"
+    );
+    assert!(
+        !no_key.join(CA_KEY).exists(),
+        "no CA was made beside the old one"
+    );
+    ensure_role_certs(dir.path(), &sans, &[Role::Member(1), Role::Worker]).unwrap();
+    assert_eq!(
+        Tls::for_worker(&config).unwrap().own_role(),
+        Some(Role::Worker)
+    );
+    assert!(dir.path().join(NODE_CERT).exists(), "the old file stays");
 }
 
 /// A CA and a node certificate for 127.0.0.1 in a temporary directory (kept while the first

@@ -6,16 +6,22 @@
 //! handshake: the certificate chain sent and verified, a signature on each side.
 //!
 //! Here a ticket carries the session itself, sealed (ChaCha20-Poly1305) with a key derived from
-//! the host's node key, which every master and worker of the host holds. Any of them opens a
-//! ticket any of them issued, so a client failed over to another worker of the host resumes.
-//! The key is derived per role, so that a ticket issued where no client certificate is asked for
-//! (the API, workers) is never accepted on the Raft port, which requires one: a resumed session
-//! carries the certificate verified when it was made, and no other check.
+//! the host's worker key (`worker.key`), which every worker of the host holds and which the
+//! host's members read for their API ports. Any of them opens a ticket any of them issued, so a
+//! client failed over to another worker of the host resumes. The key is derived per role, so
+//! that a ticket issued where no client certificate is asked for (the API, workers) is never
+//! accepted on the Raft port, which requires one: a resumed session carries the certificate
+//! verified when it was made, and no other check. A member's Raft port keys its tickets from
+//! the member's own key: whoever holds the worker key could seal a ticket naming any
+//! certificate, and on the Raft port that would be speaking as a member. On the API port it
+//! could claim another role than `worker`, but only on the masters of its own host, whose
+//! member keys sit on the same host.
 //!
 //! Keys change every [`EPOCH_SECS`]; a ticket opens during its epoch and the next. Deriving
-//! the key from the node key means whoever steals that key can open old tickets. That reveals
+//! the key from a private key means whoever steals that key can open old tickets. That reveals
 //! no recorded traffic: servers speak TLS 1.3 only (`accept.rs`), where rustls resumes only with
-//! a fresh key exchange (psk_dhe_ke), and chatfeed sends no early data. The node key already lets its holder impersonate the host.
+//! a fresh key exchange (psk_dhe_ke), and chatfeed sends no early data. The key already lets its
+//! holder impersonate its process.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::hkdf;
@@ -61,10 +67,10 @@ impl std::fmt::Debug for HostTickets {
 }
 
 impl HostTickets {
-    /// Tickets keyed from `node_key` (the host's private key, DER) for `role`.
-    pub(super) fn new(node_key: &[u8], role: Role) -> HostTickets {
+    /// Tickets keyed from `key` (a private key, DER) for `role`.
+    pub(super) fn new(key: &[u8], role: Role) -> HostTickets {
         HostTickets {
-            prk: hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(node_key),
+            prk: hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(key),
             role,
             rng: SystemRandom::new(),
         }

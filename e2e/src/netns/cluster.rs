@@ -59,11 +59,12 @@ pub struct NetCluster {
     pub hosts: Hosts,
 }
 
-/// Issues every host's certificate from one new CA with `chatfeed-master certs` (each host's
-/// namespace address in its SANs), as the README's multi-host deployment does, and copies
-/// `<root>/ca/<label>/` to each host's `tls/`; plus one for the harness. Returns the CA
-/// certificate and the harness's identity.
-fn issue_certificates(hosts: &Hosts) -> (PathBuf, Tls) {
+/// Issues every host's certificates from one new CA with `chatfeed-master certs` (each host's
+/// namespace address in its SANs; a worker certificate for every host, member N's on the host
+/// it runs on), as the README's multi-host deployment does, and copies `<root>/ca/<label>/` to
+/// each host's `tls/`; plus a worker's for the harness. Returns the CA certificate and the
+/// harness's identity.
+fn issue_certificates(hosts: &Hosts, members: &[(u64, &str)]) -> (PathBuf, Tls) {
     let out = hosts.root.join("ca");
     let mut cmd = std::process::Command::new(bin_dir().join("chatfeed-master"));
     cmd.arg("certs").arg("--out").arg(&out);
@@ -71,6 +72,9 @@ fn issue_certificates(hosts: &Hosts) -> (PathBuf, Tls) {
         cmd.arg("--host").arg(format!("{}={}", h.label, h.ip));
     }
     cmd.arg("--host").arg("harness=127.0.0.1");
+    for (id, label) in members {
+        cmd.arg("--member").arg(format!("{id}={label}"));
+    }
     let o = cmd.output().expect("running chatfeed-master certs");
     assert!(
         o.status.success(),
@@ -80,16 +84,18 @@ fn issue_certificates(hosts: &Hosts) -> (PathBuf, Tls) {
     for h in &hosts.hosts {
         let dest = h.dir.join("tls");
         std::fs::create_dir_all(&dest).unwrap();
-        for f in [tls::CA_CERT, tls::NODE_CERT, tls::NODE_KEY] {
-            std::fs::copy(out.join(&h.label).join(f), dest.join(f)).unwrap();
+        for f in std::fs::read_dir(out.join(&h.label)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dest.join(f.file_name().unwrap())).unwrap();
         }
     }
-    let harness = tls::Files::in_dir(&out.join("harness"));
+    let harness = out.join("harness");
     let read = |p: &Path| std::fs::read(p).unwrap();
+    let (cert, key) = tls::role_files(&harness, tls::Role::Worker);
     let identity = Tls::node(
-        read(&harness.ca_cert),
-        read(&harness.node_cert),
-        read(&harness.node_key),
+        read(&tls::Files::in_dir(&harness).ca_cert),
+        read(&cert),
+        read(&key),
     );
     (out.join(tls::CA_CERT), identity)
 }
@@ -143,7 +149,12 @@ impl NetCluster {
             )
             .unwrap();
         }
-        let (ca, tls) = issue_certificates(&hosts);
+        let labels: Vec<(u64, &str)> = members
+            .iter()
+            .zip(&master_hosts)
+            .map(|(m, &h)| (m.id, hosts.host(h).label.as_str()))
+            .collect();
+        let (ca, tls) = issue_certificates(&hosts, &labels);
         NetCluster {
             members,
             ca,

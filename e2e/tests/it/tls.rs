@@ -24,21 +24,36 @@ fn mode_of(p: &Path) -> u32 {
         & 0o777
 }
 
-fn contents(f: &Files) -> Vec<Vec<u8>> {
-    [&f.ca_cert, &f.ca_key, &f.node_cert, &f.node_key]
-        .iter()
-        .map(|p| std::fs::read(p).unwrap())
+/// The certificates `MasterStartup.sh` makes on a one-host cluster: the CA, members 1-3 and the
+/// host's workers.
+const ROLES: [tls::Role; 4] = [
+    tls::Role::Member(1),
+    tls::Role::Member(2),
+    tls::Role::Member(3),
+    tls::Role::Worker,
+];
+
+fn contents(f: &Files, dir: &Path) -> Vec<Vec<u8>> {
+    let roles = ROLES.iter().flat_map(|r| {
+        let (c, k) = tls::role_files(dir, *r);
+        [c, k]
+    });
+    [f.ca_cert.clone(), f.ca_key.clone()]
+        .into_iter()
+        .chain(roles)
+        .map(|p| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .collect()
 }
 
-/// `MasterStartup.sh` on a fresh directory creates the cluster CA and this host's node
-/// certificate in `tls/` beside the configuration (keys 0600, certificates 0644), says where they
+/// `MasterStartup.sh` on a fresh directory creates the cluster CA and this host's role
+/// certificates (each member's, the workers') in `tls/` beside the configuration (keys 0600, certificates 0644), says where they
 /// are, and the group runs on them; run again (the group running), and again after every process
 /// was killed, it finds them and overwrites nothing, and the restarted group runs on them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn first_start_creates_the_certificates_once() {
     let c = ProcCluster::new(NO_RESTART_MS);
-    let files = Files::in_dir(&c.root.join("tls"));
+    let tls_dir = c.root.join("tls");
+    let files = Files::in_dir(&tls_dir);
     assert!(!files.ca_cert.exists());
     let out = c.run_script().await;
     assert!(out.status.success(), "MasterStartup.sh failed");
@@ -48,12 +63,18 @@ async fn first_start_creates_the_certificates_once() {
             && stdout.contains(&files.ca_cert.display().to_string()),
         "the script says where the CA is: {stdout}"
     );
-    assert!(stdout.contains("node certificate"), "{stdout}");
+    assert!(
+        stdout.contains("member-1.pem") && stdout.contains("worker.pem"),
+        "{stdout}"
+    );
     assert_eq!(mode_of(&files.ca_key), 0o600);
-    assert_eq!(mode_of(&files.node_key), 0o600);
     assert_eq!(mode_of(&files.ca_cert), 0o644);
-    assert_eq!(mode_of(&files.node_cert), 0o644);
-    let first = contents(&files);
+    for r in ROLES {
+        let (cert, key) = tls::role_files(&tls_dir, r);
+        assert_eq!(mode_of(&key), 0o600, "{}", key.display());
+        assert_eq!(mode_of(&cert), 0o644, "{}", cert.display());
+    }
+    let first = contents(&files, &tls_dir);
     c.wait_healthy().await;
 
     let again = c.run_script().await;
@@ -64,7 +85,7 @@ async fn first_start_creates_the_certificates_once() {
         stdout_of(&again)
     );
     assert_eq!(
-        contents(&files),
+        contents(&files, &tls_dir),
         first,
         "a second start overwrote a certificate"
     );
@@ -72,7 +93,11 @@ async fn first_start_creates_the_certificates_once() {
     c.kill_everything();
     let restart = c.run_script().await;
     assert!(restart.status.success(), "restart on the same certificates");
-    assert_eq!(contents(&files), first, "a restart overwrote a certificate");
+    assert_eq!(
+        contents(&files, &tls_dir),
+        first,
+        "a restart overwrote a certificate"
+    );
     c.wait_healthy().await;
 }
 
@@ -227,9 +252,11 @@ async fn clients_verify_the_cluster_with_its_ca() {
 }
 
 /// `chatfeed-master certs` makes a CA (its key only in --out) and a directory per host with
-/// `ca.pem`, `node.pem` and `node.key` (0600); a server with a host's certificate is accepted by
-/// a client holding only `ca.pem`, under each name and address given; run again for a new host,
-/// it reuses the CA; it never overwrites a host's certificate.
+/// `ca.pem`, `worker.pem`/`worker.key` and `member-N.pem`/`.key` for each `--member N=NAME`
+/// (keys 0600, each certificate carrying its role); a server with a host's certificate is
+/// accepted by a client holding only `ca.pem`, under each name and address given; run again
+/// for a new host, it reuses the CA; run again for a host it keeps what is there (never
+/// overwritten) and issues what is missing: the reissue command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn certs_command_issues_certificates_that_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,11 +270,18 @@ async fn certs_command_issues_certificates_that_verify() {
             .output()
             .unwrap()
     };
-    let o = certs(&["--host", "a=127.0.0.1,localhost"]);
+    let o = certs(&["--host", "a=127.0.0.1,localhost", "--member", "1=a"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let a = Files::in_dir(&out.join("a"));
+    let a_dir = out.join("a");
+    let a = Files::in_dir(&a_dir);
+    let (worker_cert, worker_key) = tls::role_files(&a_dir, tls::Role::Worker);
+    let (member_cert, member_key) = tls::role_files(&a_dir, tls::Role::Member(1));
     assert_eq!(mode_of(&out.join(tls::CA_KEY)), 0o600);
-    assert_eq!(mode_of(&a.node_key), 0o600);
+    assert_eq!(mode_of(&worker_key), 0o600);
+    assert_eq!(mode_of(&member_key), 0o600);
+    let role_of = |p: &Path| tls::identity_in_file(p).unwrap().role;
+    assert_eq!(role_of(&worker_cert), Some(tls::Role::Worker));
+    assert_eq!(role_of(&member_cert), Some(tls::Role::Member(1)));
     assert!(
         !a.ca_key.exists(),
         "the CA key stays where certificates are issued"
@@ -262,15 +296,33 @@ async fn certs_command_issues_certificates_that_verify() {
         ca,
         "the CA is reused"
     );
-    let o = certs(&["--host", "a=127.0.0.1"]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("never overwritten"));
+    let before = std::fs::read(&worker_cert).unwrap();
+    let o = certs(&[
+        "--host",
+        "a=127.0.0.1",
+        "--member",
+        "1=a",
+        "--member",
+        "2=a",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("kept") && said.contains("never overwritten"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&worker_cert).unwrap(), before, "overwritten");
+    assert_eq!(
+        role_of(&tls::role_files(&a_dir, tls::Role::Member(2)).0),
+        Some(tls::Role::Member(2)),
+        "the missing certificate was issued"
+    );
 
-    // A server with host a's certificate, a client with only ca.pem.
+    // A server with host a's worker certificate, a client with only ca.pem.
     let node = Tls::node(
         std::fs::read(&a.ca_cert).unwrap(),
-        std::fs::read(&a.node_cert).unwrap(),
-        std::fs::read(&a.node_key).unwrap(),
+        std::fs::read(&worker_cert).unwrap(),
+        std::fs::read(&worker_key).unwrap(),
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();

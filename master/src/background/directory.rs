@@ -2,7 +2,13 @@
 //! host each runs on and how many workers each host should keep. It lives in memory on the active
 //! master only; after a fail-over, the workers register again with the new one (same worker id, so
 //! nobody counts twice). Pure bookkeeping: `pool.rs` acts on it, `control.rs` feeds it.
+//!
+//! A host's pool size is the master's own `[worker] pool_size` (at most `MAX_POOL_SIZE`), never
+//! what a heartbeat claims: a worker's certificate lets it register itself, not make the master
+//! start processes. The pool shrinks by one when a worker leaves on purpose and is back to the
+//! configured size when a new worker registers on the host.
 
+use chatfeed_common::config::MAX_POOL_SIZE;
 use chatfeed_proto::control::{ControlCommand, WorkerHeartbeat};
 use chatfeed_proto::master::WorkerStatus;
 use rand::seq::SliceRandom;
@@ -44,8 +50,10 @@ pub struct Host {
     pub pool_size: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Directory {
+    /// The pool size of every host: the configuration's.
+    pool_size: u32,
     pub workers: BTreeMap<String, Worker>,
     pub hosts: BTreeMap<String, Host>,
     /// Clients assigned since this member started (metrics; survives `clear`).
@@ -56,6 +64,18 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// An empty directory whose hosts keep `pool_size` workers each (capped at `MAX_POOL_SIZE`,
+    /// which the configuration's validation enforces too).
+    pub fn new(pool_size: u32) -> Directory {
+        Directory {
+            pool_size: pool_size.min(MAX_POOL_SIZE),
+            workers: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            assignments_total: 0,
+            respawns_total: 0,
+        }
+    }
+
     /// Forgets every worker and host (mastership lost); keeps the running totals.
     pub fn clear(&mut self) {
         self.workers.clear();
@@ -80,14 +100,15 @@ impl Directory {
             }
             return false;
         }
-        // The pool size is learnt when the host appears, and grows when a worker registers with
-        // a larger one (the operator started more); the heartbeats of registered workers do not
-        // reset it, so a worker that left on purpose stays unreplaced.
+        // The pool is the configured size when the host appears, and again when a new worker
+        // registers (the operator started one); the heartbeats of registered workers do not
+        // reset it, so a worker that left on purpose stays unreplaced. `hb.pool_size` is the
+        // worker's claim and is not read.
         let host = self.hosts.entry(hb.host.clone()).or_insert(Host {
-            pool_size: hb.pool_size,
+            pool_size: self.pool_size,
         });
         if !self.workers.contains_key(&hb.worker_id) {
-            host.pool_size = host.pool_size.max(hb.pool_size);
+            host.pool_size = self.pool_size;
         }
         match self.workers.get_mut(&hb.worker_id) {
             Some(w) => {
@@ -253,7 +274,7 @@ mod tests {
     #[test]
     fn register_update_reap() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut d = Directory::default();
+        let mut d = Directory::new(3);
         let t0 = Instant::now();
         assert!(d.heartbeat(&hb("1", "h", 0), &tx, t0));
         assert!(!d.heartbeat(&hb("1", "h", 4), &tx, t0));
@@ -286,7 +307,7 @@ mod tests {
     #[test]
     fn only_recently_heard_workers_start_replacements() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut d = Directory::default();
+        let mut d = Directory::new(3);
         let t0 = Instant::now();
         let tick = Duration::from_millis(250);
         d.heartbeat(&hb("1", "h", 0), &tx, t0);
@@ -315,9 +336,9 @@ mod tests {
     #[test]
     fn surplus_workers_retire_without_shrinking_the_pool() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut d = Directory::default();
+        let mut d = Directory::new(3);
         let t0 = Instant::now();
-        // Pools of 3 (see `hb`): four workers on h.
+        // Pools of 3 (`Directory::new(3)`): four workers on h.
         d.heartbeat(&hb("1", "h", 2), &tx, t0);
         d.heartbeat(&hb("2", "h", 0), &tx, t0);
         d.heartbeat(&hb("3", "h", 5), &tx, t0);
@@ -339,18 +360,30 @@ mod tests {
         d.heartbeat(&leaving, &tx, t0);
         assert!(!d.workers.contains_key("4"));
         assert_eq!(d.hosts["h"].pool_size, 3, "the pool keeps its size");
-        let mut bigger = hb("5", "h", 0);
-        bigger.pool_size = 5;
-        d.heartbeat(&bigger, &tx, t0);
+        d.heartbeat(&hb("5", "h", 0), &tx, t0);
         assert_eq!(
-            d.hosts["h"].pool_size, 5,
-            "a worker started with a larger pool grows it"
+            d.hosts["h"].pool_size, 3,
+            "a new worker brings the pool back to the configured size"
         );
         d.heartbeat(&hb("1", "h", 0), &tx, t0);
-        assert_eq!(
-            d.hosts["h"].pool_size, 5,
-            "registered workers do not shrink it"
-        );
+        assert_eq!(d.hosts["h"].pool_size, 3);
+    }
+
+    /// The pool size a heartbeat claims is never taken: 4e9 (which made the master start
+    /// workers without end) or 1, a host keeps the configured pool; a configured size above
+    /// `MAX_POOL_SIZE` is capped.
+    #[test]
+    fn claimed_pool_sizes_are_ignored() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut d = Directory::new(3);
+        let now = Instant::now();
+        for (id, claim) in [("1", 4_000_000_000), ("2", 1), ("3", u32::MAX)] {
+            let mut h = hb(id, "h", 0);
+            h.pool_size = claim;
+            d.heartbeat(&h, &tx, now);
+            assert_eq!(d.hosts["h"].pool_size, 3, "after a claim of {claim}");
+        }
+        assert_eq!(Directory::new(1_000_000).pool_size, MAX_POOL_SIZE);
     }
 
     /// Assignment goes to the least loaded (counting assignments not yet reported), skips
@@ -358,7 +391,7 @@ mod tests {
     #[test]
     fn assigns_least_loaded() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut d = Directory::default();
+        let mut d = Directory::new(3);
         let now = Instant::now();
         d.heartbeat(&hb("1", "h", 5), &tx, now);
         d.heartbeat(&hb("2", "h", 0), &tx, now);
@@ -377,7 +410,7 @@ mod tests {
         assert!(counts["2"].abs_diff(counts["3"]) <= 1);
         let (id, _) = d.assign(&["h:2".into(), "h:3".into()]).unwrap();
         assert_eq!(id, "1", "excluded workers are skipped");
-        let mut only = Directory::default();
+        let mut only = Directory::new(3);
         only.heartbeat(&hb("9", "h", 0), &tx, now);
         assert_eq!(
             only.assign(&["h:9".into()]).unwrap().0,
@@ -390,7 +423,7 @@ mod tests {
     #[test]
     fn overload_threshold() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut d = Directory::default();
+        let mut d = Directory::new(3);
         let now = Instant::now();
         d.heartbeat(&hb("1", "h", 30), &tx, now);
         d.heartbeat(&hb("2", "h", 0), &tx, now);
@@ -406,7 +439,7 @@ mod tests {
     #[test]
     fn leaving_shrinks_pool() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut d = Directory::default();
+        let mut d = Directory::new(3);
         let now = Instant::now();
         d.heartbeat(&hb("1", "h", 0), &tx, now);
         d.heartbeat(&hb("2", "h", 0), &tx, now);

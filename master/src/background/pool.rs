@@ -2,10 +2,12 @@
 //! started on their host (by spawning one itself when the host is its own, otherwise by asking a
 //! surviving worker of that host), with backoff so a worker that crashes at start-up cannot cause a
 //! spawn storm; retires workers beyond a host's pool (a replacement that raced with a worker
-//! coming back); and rebalances streams when loads are uneven.
+//! coming back); and rebalances streams when loads are uneven. A host's pool is the master's
+//! configured `[worker] pool_size`, never a worker's claim (`directory.rs`).
 
 use crate::background::directory::Directory;
 use crate::replicated::mastership::Mastership;
+use chatfeed_common::config::MAX_POOL_SIZE;
 use chatfeed_common::process::SpawnSpec;
 use chatfeed_proto::control::{
     ControlCommand, Retire, Shed, SpawnWorker, control_command::Command,
@@ -140,7 +142,13 @@ pub async fn run(
                 short_since: None,
                 surplus_since: None,
             });
-            let missing = h.pool_size.saturating_sub(live.len() as u32);
+            // The directory holds the configured pool (`directory.rs`); capped here too, so
+            // that no value however it got there makes one round ask for more than a host's
+            // largest pool.
+            let missing = h
+                .pool_size
+                .min(MAX_POOL_SIZE)
+                .saturating_sub(live.len() as u32);
             if missing == 0 {
                 state.backoff = FIRST_BACKOFF;
                 state.short_since = None;

@@ -1,11 +1,17 @@
 //! `chatfeed-master certs`: the certificates of a multi-host deployment, from one CA. Creates the
 //! CA in `--out` when it is not there (`ca.pem`, `ca.key`), then for each `--host NAME=ADDR,...`
-//! a directory `--out/NAME/` with `ca.pem`, `node.pem` (SANs: the addresses and names given)
-//! and `node.key`, which goes to that host's `[tls] dir`. The CA key stays in `--out`, where
-//! certificates are issued; nothing is overwritten.
+//! a directory `--out/NAME/` with `ca.pem`, `worker.pem`/`worker.key` (the host's workers) and,
+//! for each `--member N=NAME`, `member-N.pem`/`member-N.key`; every certificate carries its role
+//! (`common/src/tls/role.rs`) and the addresses and names given as SANs. Each NAME/ goes to that
+//! host's `[tls] dir`. The CA key stays in `--out`, where certificates are issued.
+//!
+//! Nothing is overwritten: a certificate already there is kept and said so. Run again with the
+//! same `--out`, the same command issues what is missing, which is how an existing cluster's
+//! certificates are reissued from its CA (the role certificates beside the role-less
+//! `node.pem` of an earlier release, or a new member's).
 
 use anyhow::{Context, bail};
-use chatfeed_common::tls;
+use chatfeed_common::tls::{self, Role};
 use std::path::Path;
 
 /// One `--host NAME=ADDR[,ADDR...]`.
@@ -56,14 +62,54 @@ impl std::str::FromStr for HostSpec {
     }
 }
 
+/// One `--member N=NAME`: member N runs on host NAME.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberSpec {
+    pub id: u64,
+    pub host: String,
+}
+
+impl std::str::FromStr for MemberSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, host) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not N=NAME (member N runs on host NAME)"))?;
+        let id = id
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{s:?}: N is a member id of the configuration (1, 2, ...)"))?;
+        Ok(MemberSpec {
+            id,
+            host: host.trim().to_string(),
+        })
+    }
+}
+
 /// Issues the certificates (see the module doc) and prints what went where.
-pub fn run(out: &Path, hosts: &[HostSpec]) -> anyhow::Result<()> {
+pub fn run(out: &Path, hosts: &[HostSpec], members: &[MemberSpec]) -> anyhow::Result<()> {
     if hosts.is_empty() {
         bail!("give at least one --host NAME=ADDR[,ADDR...]");
     }
     for (i, h) in hosts.iter().enumerate() {
         if hosts[..i].iter().any(|o| o.name == h.name) {
             bail!("host {} is given twice", h.name);
+        }
+    }
+    for (i, m) in members.iter().enumerate() {
+        if members[..i].iter().any(|o| o.id == m.id) {
+            bail!("member {} is given twice", m.id);
+        }
+        if !hosts.iter().any(|h| h.name == m.host) {
+            bail!(
+                "--member {}={}: no --host {}=ADDR[,ADDR...] is given",
+                m.id,
+                m.host,
+                m.host
+            );
         }
     }
     let created = tls::ensure_ca(out).with_context(|| format!("the CA in {}", out.display()))?;
@@ -79,13 +125,46 @@ pub fn run(out: &Path, hosts: &[HostSpec]) -> anyhow::Result<()> {
     }
     for h in hosts {
         let dir = out.join(&h.name);
-        tls::issue_node(out, &dir, &h.name, &h.sans).with_context(|| format!("host {}", h.name))?;
-        println!(
-            "{}: {}/ (ca.pem, node.pem, node.key) for {}",
-            h.name,
-            dir.display(),
-            h.sans.join(", ")
-        );
+        let roles = members
+            .iter()
+            .filter(|m| m.host == h.name)
+            .map(|m| Role::Member(m.id))
+            .chain([Role::Worker]);
+        let mut issued = Vec::new();
+        let mut kept = Vec::new();
+        for role in roles {
+            let (cert, key) = tls::role_files(&dir, role);
+            let name = format!("{}.pem", role.file_stem());
+            match (cert.exists(), key.exists()) {
+                (true, true) => kept.push(name),
+                (false, false) => {
+                    tls::issue_role(out, &dir, &h.name, role, &h.sans)
+                        .with_context(|| format!("host {}: the {role}'s certificate", h.name))?;
+                    issued.push(name);
+                }
+                (has_cert, _) => bail!(
+                    "{} exists without {}: restore it, or remove both to issue a new pair",
+                    if has_cert { &cert } else { &key }.display(),
+                    if has_cert { &key } else { &cert }.display()
+                ),
+            }
+        }
+        if !issued.is_empty() {
+            println!(
+                "{}: issued {} in {}/ for {}",
+                h.name,
+                issued.join(", "),
+                dir.display(),
+                h.sans.join(", ")
+            );
+        }
+        if !kept.is_empty() {
+            println!(
+                "{}: kept {} (already there; never overwritten)",
+                h.name,
+                kept.join(", ")
+            );
+        }
     }
     println!(
         "copy each NAME/ directory to the [tls] dir (default tls/ beside chatfeed.toml) of that \

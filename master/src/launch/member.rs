@@ -25,7 +25,7 @@ use crate::services::cluster::ClusterService;
 use crate::services::control::ControlService;
 use crate::services::master::MasterService;
 use crate::services::metrics::{self, MasterMetrics};
-use crate::services::peers::cluster_only;
+use crate::services::peers::{cluster_only, workers_only};
 use crate::services::{health, status};
 use anyhow::Context;
 use chatfeed_common::Config;
@@ -141,7 +141,8 @@ impl Member {
         let me = config
             .member(id)
             .with_context(|| format!("member {id} is not in the configuration"))?;
-        let tls = Tls::for_cluster(&config).context("loading this host's TLS certificates")?;
+        let tls = Tls::for_member(&config, id)
+            .with_context(|| format!("loading member {id}'s TLS certificate"))?;
         if let Some(w) = tls.plaintext_warning(&format!(
             "the Raft port {} and the API port {}",
             me.raft_addr, me.api_addr
@@ -230,7 +231,7 @@ impl Member {
             tls,
             stepping_down: Arc::default(),
         };
-        let directory = Arc::new(Mutex::new(Directory::default()));
+        let directory = Arc::new(Mutex::new(Directory::new(config.worker.pool_size)));
         let core = Core::new(mastership.clone(), reader, applied_seq, window, flusher);
         let local = status::Local {
             core: core.clone(),
@@ -272,7 +273,7 @@ impl Member {
             None => None,
         };
         let token = shutdown.clone();
-        let raft_server = RaftService::new(raft.clone()).into_server();
+        let raft_server = RaftService::new(raft.clone(), peer_tls.clone()).into_server();
         tasks.push(tokio::spawn(async move {
             let router = Server::builder().add_service(raft_server);
             let incoming = no_delay(listeners.raft);
@@ -300,7 +301,7 @@ impl Member {
                     &peer_tls,
                     "chatfeed.cluster.Cluster",
                 ))
-                .add_service(cluster_only(
+                .add_service(workers_only(
                     control.into_server(),
                     &peer_tls,
                     "chatfeed.control.Control (worker registration)",

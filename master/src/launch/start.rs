@@ -3,8 +3,11 @@
 //! once, waits for a leader and prints the group.
 //!
 //! TLS: on the first start of a host (no certificates in `[tls] dir`), it creates the cluster CA
-//! and this host's node certificate, for the hosts of the members it starts and of the workers,
-//! `127.0.0.1` and `localhost`; it never overwrites existing ones.
+//! and the certificates of this host's roles (`member-N.pem` for each member it starts,
+//! `worker.pem`), for the hosts of the members it starts and of the workers, `127.0.0.1` and
+//! `localhost`; it never overwrites existing ones. A directory of an earlier release (a
+//! role-less `node.pem`) gets the missing role certificates from its `ca.key`; without the CA
+//! key, `start` stops and names the command that issues them.
 //!
 //! A fresh group is one where no member has a data directory yet: its members start with `--new`
 //! and the lowest id with `--bootstrap`. Otherwise members start plainly, and a member whose data
@@ -14,7 +17,7 @@ use crate::background::process;
 use anyhow::{Context, bail};
 use chatfeed_common::Config;
 use chatfeed_common::config::TlsMode;
-use chatfeed_common::tls::{self, Ensured, Tls};
+use chatfeed_common::tls::{self, Role, RoleCert, Tls};
 use chatfeed_proto::master::master_client::MasterClient;
 use chatfeed_proto::master::{self as pb, ClusterStatus};
 use std::path::{Path, PathBuf};
@@ -45,7 +48,8 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
         None => config.members.iter().map(|m| m.id).collect(),
     };
     ensure_certificates(config, &ids, opts.node.is_some())?;
-    let tls = Tls::for_cluster(config).context("loading this host's TLS certificates")?;
+    // `start` only asks the members for their status, as a worker of the host could.
+    let tls = Tls::for_worker(config).context("loading this host's TLS certificates")?;
     let fresh = opts.node.is_none()
         && config
             .members
@@ -122,10 +126,10 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the CA and this host's node certificate when `[tls] dir` has none (see the module
+/// Creates the CA and this host's role certificates when `[tls] dir` lacks them (see the module
 /// doc), and says where they are; in plaintext mode, warns instead.
-/// With `one_member` (`--node N`, one member per host), a missing certificate is an error: a CA
-/// made on each host would not trust the others; `chatfeed-master certs` issues them all.
+/// With `one_member` (`--node N`, one member per host), a missing CA is an error: a CA made on
+/// each host would not trust the others; `chatfeed-master certs` issues them all.
 fn ensure_certificates(config: &Config, ids: &[u64], one_member: bool) -> anyhow::Result<()> {
     if config.tls.mode == TlsMode::Plaintext {
         println!(
@@ -136,12 +140,13 @@ fn ensure_certificates(config: &Config, ids: &[u64], one_member: bool) -> anyhow
     }
     let dir = &config.tls.dir;
     let files = tls::Files::in_dir(dir);
-    if one_member && !(files.ca_cert.exists() && files.node_cert.exists()) {
+    if one_member && !files.ca_cert.exists() {
         bail!(
-            "no TLS certificates in {}: with one member per host, issue every host's certificate \
-             from one CA with `chatfeed-master certs --out DIR --host NAME=ADDR[,ADDR...]...` and \
-             copy DIR/NAME/ to {} on each host (see the README, \"Deploying on several hosts\"); \
-             on a one-host cluster, run `scripts/MasterStartup.sh` without --node once",
+            "no TLS certificates in {}: with one member per host, issue every host's certificates \
+             from one CA with `chatfeed-master certs --out DIR --host NAME=ADDR[,ADDR...]... \
+             --member N=NAME...` and copy DIR/NAME/ to {} on each host (see the README, \
+             \"Deploying on several hosts\"); on a one-host cluster, run \
+             `scripts/MasterStartup.sh` without --node once",
             dir.display(),
             dir.display()
         );
@@ -152,24 +157,37 @@ fn ensure_certificates(config: &Config, ids: &[u64], one_member: bool) -> anyhow
         .flat_map(|m| [tls::host_of(&m.api_addr), tls::host_of(&m.raft_addr)])
         .chain([tls::host_of(&config.worker.listen)]);
     let sans = tls::local_sans(hosts);
-    match tls::ensure_node_certs(dir, &sans)
-        .with_context(|| format!("creating this host's TLS certificates in {}", dir.display()))?
-    {
-        Ensured::Existing => println!("TLS: certificates in {}", dir.display()),
-        Ensured::Created { created_ca } => {
-            if created_ca {
-                println!(
-                    "TLS: created the cluster CA {} (key {}: keep it private; clients need only ca.pem)",
-                    dir.join(tls::CA_CERT).display(),
-                    dir.join(tls::CA_KEY).display()
-                );
-            }
-            println!(
-                "TLS: created this host's node certificate {} for {}",
-                dir.join(tls::NODE_CERT).display(),
-                sans.join(", ")
-            );
-        }
+    let roles: Vec<Role> = ids
+        .iter()
+        .map(|id| Role::Member(*id))
+        .chain([Role::Worker])
+        .collect();
+    let had_ca = files.ca_cert.exists();
+    let outcome = tls::ensure_role_certs(dir, &sans, &roles)
+        .with_context(|| format!("this host's TLS certificates in {}", dir.display()))?;
+    if !had_ca {
+        println!(
+            "TLS: created the cluster CA {} (key {}: keep it private; clients need only ca.pem)",
+            dir.join(tls::CA_CERT).display(),
+            dir.join(tls::CA_KEY).display()
+        );
+    }
+    let created: Vec<String> = outcome
+        .iter()
+        .filter_map(|r| match r {
+            RoleCert::Created(role) => Some(format!("{}.pem", role.file_stem())),
+            RoleCert::Existing(_) => None,
+        })
+        .collect();
+    if created.is_empty() {
+        println!("TLS: certificates in {}", dir.display());
+    } else {
+        println!(
+            "TLS: created {} in {} for {}",
+            created.join(", "),
+            dir.display(),
+            sans.join(", ")
+        );
     }
     Ok(())
 }

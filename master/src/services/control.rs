@@ -1,12 +1,19 @@
 //! The `chatfeed.control.Control` service: workers' heartbeat streams to the active master
-//! (cluster-only: behind the cluster certificate, `peers.rs`).
+//! (workers only: behind a worker's certificate, `peers.rs`).
 //! Each incoming heartbeat updates the `Directory`; commands for the worker (shed load, spawn a
 //! sibling) go back on the same stream. The first command on every accepted stream is `Keys`: the
 //! token key, so the worker checks its clients' session tokens itself.
+//!
+//! A heartbeat's host is a claim the master acts on (it starts workers on that host, its own
+//! included), so it must be a name of the worker's certificate, and so must the host of the
+//! address clients will be given: otherwise the stream ends with PERMISSION_DENIED, naming the
+//! claim and the certificate's names, and nothing of it enters the directory. The pool size a
+//! heartbeat claims is not read (`directory.rs`).
 
 use crate::background::directory::Directory;
 use crate::replicated::Core;
 use crate::replicated::mastership::Mastership;
+use chatfeed_common::tls::{Identity, host_of};
 use chatfeed_proto::control::control_server::{Control, ControlServer};
 use chatfeed_proto::control::{ControlCommand, Keys, WorkerHeartbeat, control_command};
 use std::sync::{Arc, Mutex};
@@ -49,6 +56,8 @@ impl Control for ControlService {
         req: Request<Streaming<WorkerHeartbeat>>,
     ) -> Result<Response<Self::HeartbeatsStream>, Status> {
         self.core.mastership().require_active()?;
+        // Set by the guard (`peers.rs`) with TLS; none in plaintext, where nothing is checked.
+        let identity = req.extensions().get::<Identity>().cloned();
         let token_key = self.core.token_key().await?;
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel::<ControlCommand>(COMMAND_BUFFER);
@@ -86,6 +95,11 @@ impl Control for ControlService {
                         // Lost mastership: end the stream so the worker finds the new master.
                         return;
                     }
+                    if let Some(refused) = identity.as_ref().and_then(|id| foreign_host(id, &hb)) {
+                        tracing::warn!(worker = %hb.worker_id, host = %hb.host, addr = %hb.addr, "{}", refused.message());
+                        let _ = out_tx.send(Err(refused)).await;
+                        return;
+                    }
                     let new = directory
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -107,4 +121,22 @@ impl Control for ControlService {
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
+}
+
+/// The refusal of `hb` when its host, or the host of its address, is not a name of the caller's
+/// certificate `id`.
+fn foreign_host(id: &Identity, hb: &WorkerHeartbeat) -> Option<Status> {
+    let addr_host = host_of(&hb.addr);
+    let claim = [("host", hb.host.as_str()), ("address", addr_host)]
+        .into_iter()
+        .find(|(_, h)| !id.names_host(h))?;
+    Some(Status::permission_denied(format!(
+        "a heartbeat claims the {} {:?}, which the worker's certificate does not name (it names \
+         {}): a worker registers only for the host its certificate was issued for (give --host \
+         one of those names, or issue the host's certificates with this name: \
+         `chatfeed-master certs`)",
+        claim.0,
+        claim.1,
+        id.names.join(", ")
+    )))
 }

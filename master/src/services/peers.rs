@@ -1,37 +1,55 @@
-//! The cluster certificate at the service level: the cluster-only services (`Cluster`,
-//! `Control`) are wrapped whole in `cluster_only`, which refuses every call of a caller without a
-//! certificate of the cluster CA (UNAUTHENTICATED) before any method runs, so a method added to
-//! them later is guarded without anyone remembering to. In plaintext mode every caller passes.
+//! The callers' roles at the service level: the services for the cluster's own processes are
+//! wrapped whole, `Cluster` in `cluster_only` (members and workers) and `Control` in
+//! `workers_only`, which refuse every call before any method runs: UNAUTHENTICATED without a
+//! certificate of the cluster CA, PERMISSION_DENIED with a certificate of another role (or none,
+//! from before certificates carried roles). A method added to them later is guarded without
+//! anyone remembering to. The caller's `Identity` (role and host names) goes on in the request's
+//! extensions for the handlers that need it (`control.rs` checks a worker's host). In plaintext
+//! mode every caller passes, with no identity.
 
-use chatfeed_common::tls::Tls;
+use chatfeed_common::tls::{Callers, Tls};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
-/// The check every call of a cluster-only service passes first.
+/// The check every call of a guarded service passes first.
 #[derive(Clone)]
-pub struct ClusterPeers {
+pub struct Guard {
     tls: Tls,
+    callers: Callers,
     service: &'static str,
 }
 
-impl tonic::service::Interceptor for ClusterPeers {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        self.tls.require_cluster_peer(&req, self.service)?;
+impl tonic::service::Interceptor for Guard {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(id) = self.tls.require(&req, self.callers, self.service)? {
+            req.extensions_mut().insert(id);
+        }
         Ok(req)
     }
 }
 
-/// `service` (named `name` in refusals), reachable only with a cluster certificate.
-pub fn cluster_only<S>(
+/// `service` (named `name` in refusals), reachable only by members and workers.
+pub fn cluster_only<S>(service: S, tls: &Tls, name: &'static str) -> InterceptedService<S, Guard> {
+    guarded(service, tls, Callers::MembersAndWorkers, name)
+}
+
+/// `service` (named `name` in refusals), reachable only by workers.
+pub fn workers_only<S>(service: S, tls: &Tls, name: &'static str) -> InterceptedService<S, Guard> {
+    guarded(service, tls, Callers::Workers, name)
+}
+
+fn guarded<S>(
     service: S,
     tls: &Tls,
-    name: &'static str,
-) -> InterceptedService<S, ClusterPeers> {
+    callers: Callers,
+    service_name: &'static str,
+) -> InterceptedService<S, Guard> {
     InterceptedService::new(
         service,
-        ClusterPeers {
+        Guard {
             tls: tls.clone(),
-            service: name,
+            callers,
+            service: service_name,
         },
     )
 }

@@ -7,5 +7,6 @@ mod handoff;
 mod health;
 mod inprocess;
 mod metrics;
+mod roles;
 mod tls;
 mod write_batch;

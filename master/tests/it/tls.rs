@@ -52,7 +52,7 @@ fn term_and_leader(c: &TestCluster) -> Vec<(u64, Option<u64>)> {
 /// The Raft port is refused at the handshake to a process without a certificate of the cluster
 /// CA: a forged Vote at a far higher term, a forged AppendEntries and a TimeoutNow naming the
 /// real leader and term (exactly what a stepping-down leader sends) all fail, on every member,
-/// and no member's term or leader changes. The same TimeoutNow sent with the cluster's node
+/// and no member's term or leader changes. The same TimeoutNow sent with the leader's own
 /// certificate is served and makes its target campaign (its term moves on), so the refusal is
 /// what kept the group as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -128,13 +128,20 @@ async fn raft_port_refuses_processes_without_a_cluster_certificate() {
     // Control: with the cluster certificate the very same call is served and takes effect.
     let target = c.ids().into_iter().find(|&id| id != leader).unwrap();
     let addr = &c.config.member(target).unwrap().raft_addr;
-    RaftClient::new(c.tls.endpoint(addr).unwrap().connect().await.unwrap())
-        .timeout_now(TimeoutNowRequest {
-            leader_id: leader,
-            term,
-        })
-        .await
-        .expect("TimeoutNow from a member");
+    RaftClient::new(
+        c.member_tls(leader)
+            .endpoint(addr)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .timeout_now(TimeoutNowRequest {
+        leader_id: leader,
+        term,
+    })
+    .await
+    .expect("TimeoutNow from a member");
     c.wait_for("the member told to campaign to start a new term", |c| {
         c.members[&target].raft.metrics().borrow().current_term > term
     })
@@ -194,6 +201,7 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
                 user: "alice".into(),
                 password: "guess-a-password".into(),
                 probe: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -1,33 +1,78 @@
 //! The Raft transport, server side: the `chatfeed.raft.Raft` gRPC service, which hands each
 //! request to the local openraft node and returns its `Result` serialised in the reply, so a
 //! remote Raft error reaches the caller as data (openraft's RemoteError), not as a gRPC failure.
+//!
+//! Who may speak (`RaftService::sender`, the one check every method makes before the message
+//! reaches openraft): only a member's certificate (`chatfeed://member/N`, `tls/role.rs`), and
+//! only as that member: the sender inside the message (the candidate of a Vote, the leader of an
+//! AppendEntries or InstallSnapshot, the stepping-down leader of a TimeoutNow) must be N. A
+//! worker's certificate, or member 2's claiming to be member 3, is PERMISSION_DENIED and
+//! openraft never sees the message. In plaintext mode nothing can be checked.
 
 use super::codec;
-use super::types::Raft;
+use super::types::{NodeId, Raft, TypeConfig};
+use chatfeed_common::tls::{Callers, Role, Tls};
 use chatfeed_proto::raft::raft_server;
 use chatfeed_proto::raft::{RaftMessage, TimeoutNowReply, TimeoutNowRequest};
 use openraft::ServerState;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+/// The service's name in refusals.
+const SERVICE: &str = "chatfeed.raft.Raft";
+
 /// Serves Raft RPCs for one member.
 pub struct RaftService {
     raft: Raft,
+    /// This member's TLS: checks the callers' certificates.
+    tls: Tls,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    pub fn new(raft: Raft, tls: Tls) -> Self {
+        RaftService { raft, tls }
     }
 
     pub fn into_server(self) -> raft_server::RaftServer<Self> {
         raft_server::RaftServer::new(self).max_decoding_message_size(usize::MAX)
     }
+
+    /// The message of `req`, when its caller's certificate is a member's and the member is the
+    /// message's sender (`sender_of` reads it): `what` names the call in refusals.
+    #[allow(clippy::result_large_err)]
+    fn sender<M, T>(
+        &self,
+        req: Request<M>,
+        what: &str,
+        decode: impl FnOnce(M) -> Result<T, Status>,
+        sender_of: impl FnOnce(&T) -> Option<NodeId>,
+    ) -> Result<T, Status> {
+        let caller = self
+            .tls
+            .require(&req, Callers::Members, &format!("{SERVICE}.{what}"))?;
+        let message = decode(req.into_inner())?;
+        let Some(caller) = caller else {
+            return Ok(message); // plaintext
+        };
+        let sender = sender_of(&message);
+        match caller.role {
+            Some(Role::Member(n)) if sender == Some(n) => Ok(message),
+            _ => Err(Status::permission_denied(format!(
+                "{SERVICE}.{what}: the caller's certificate is {}'s, and the message is sent as \
+                 {}: a member speaks Raft only as itself",
+                caller
+                    .role
+                    .map_or("no member".to_string(), |r| r.to_string()),
+                sender.map_or("nobody".to_string(), |s| format!("member {s}"))
+            ))),
+        }
+    }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
-    codec::decode(&req.into_inner().data)
+fn decode<T: DeserializeOwned>(m: RaftMessage) -> Result<T, Status> {
+    codec::decode(&m.data)
         .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
 }
 
@@ -43,18 +88,33 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.append_entries(decode(req)?).await)
+        let m = self.sender(
+            req,
+            "AppendEntries",
+            decode,
+            |m: &AppendEntriesRequest<TypeConfig>| m.vote.leader_id().voted_for(),
+        )?;
+        encode(&self.raft.append_entries(m).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.vote(decode(req)?).await)
+        let m = self.sender(req, "Vote", decode, |m: &VoteRequest<NodeId>| {
+            m.vote.leader_id().voted_for()
+        })?;
+        encode(&self.raft.vote(m).await)
     }
 
     async fn install_snapshot(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.install_snapshot(decode(req)?).await)
+        let m = self.sender(
+            req,
+            "InstallSnapshot",
+            decode,
+            |m: &InstallSnapshotRequest<TypeConfig>| m.vote.leader_id().voted_for(),
+        )?;
+        encode(&self.raft.install_snapshot(m).await)
     }
 
     /// Campaigns at once, when the caller is this member's leader in the current term (see
@@ -63,7 +123,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: Request<TimeoutNowRequest>,
     ) -> Result<Response<TimeoutNowReply>, Status> {
-        let r = req.into_inner();
+        let r = self.sender(req, "TimeoutNow", Ok, |r| Some(r.leader_id))?;
         let m = self.raft.metrics().borrow().clone();
         if m.state != ServerState::Follower
             || m.current_term != r.term
