@@ -71,7 +71,7 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 64 * 1024;
 /// Client connections one worker keeps open at once (each stream uses its own HTTP/2
 /// connection today): the benchmark holds 10,000 idle streams on one worker.
 pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 20_000;
-/// Where the cluster CA and this host's node certificate live, relative to the configuration file.
+/// Where the cluster CA and this host's role certificates live, relative to the configuration file.
 pub const DEFAULT_TLS_DIR: &str = "tls";
 
 /// An error in the configuration: which field, and why.
@@ -267,8 +267,9 @@ impl Default for Accounts {
 pub struct TlsSettings {
     /// `tls` (the default) or `plaintext` (anyone who can reach a port can call it).
     pub mode: TlsMode,
-    /// The directory of `ca.pem` (every process and client), `node.pem` and `node.key` (masters
-    /// and workers of this host), and `ca.key` (only where certificates are issued).
+    /// The directory of `ca.pem` (every process and client), `member-N.pem`/`.key` (member N),
+    /// `worker.pem`/`.key` (this host's workers), and `ca.key` (only where certificates are
+    /// issued).
     pub dir: PathBuf,
 }
 
@@ -593,7 +594,7 @@ impl Config {
         if self.tls.dir.as_os_str().is_empty() {
             return Err(invalid(
                 "tls.dir",
-                "must name the directory of ca.pem, node.pem and node.key",
+                "must name the directory of ca.pem and the role certificates",
             ));
         }
         Ok(())
