@@ -85,6 +85,11 @@ pub enum Cmd {
     Timeline(TimelineArgs),
     /// The masters and workers of the cluster.
     Status,
+    /// Change your password (the new one from CHATFEED_NEW_PASSWORD, else asked twice): every
+    /// session of yours ends, on every device.
+    Passwd,
+    /// End every session of yours, on every device (their tokens are refused from now on).
+    Logout,
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The scriptable commands (`follow`, `unfollow`, `list`, `post`, `timeline`): each runs its
+//! The scriptable commands (`follow`, `unfollow`, `list`, `post`, `timeline`, `passwd`,
+//! `logout`): each runs its
 //! call through the session (retried until `--timeout`) and prints its result, as JSON or for
 //! people (`format`), to the writer it is given.
 
@@ -9,7 +10,9 @@ use crate::format::{self, PostView};
 use crate::post_id::new_client_post_id;
 use crate::session::Session;
 use crate::timeline::{self, Until};
-use chatfeed_proto::feed::{FollowRequest, ListRequest, PostRequest};
+use chatfeed_proto::feed::{
+    ChangePasswordRequest, FollowRequest, ListRequest, LogoutRequest, PostRequest,
+};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -113,6 +116,38 @@ pub async fn run(
             show_post(out, opts.json, &p)
         }
         Cmd::Timeline(args) => timeline(session, args, opts, cancel, out).await,
+        Cmd::Passwd => {
+            let new = crate::password::new_password(&user)?;
+            let old = session.password().to_string();
+            session
+                .call(patience, |mut c| {
+                    let req = ChangePasswordRequest {
+                        old_password: old.clone(),
+                        new_password: new.clone(),
+                    };
+                    async move { c.change_password(req).await.map(Response::into_inner) }
+                })
+                .await?;
+            let line = if opts.json {
+                format::ok_json()
+            } else {
+                format!("password changed: every earlier session of {user} ended")
+            };
+            write_line(out, &line)
+        }
+        Cmd::Logout => {
+            session
+                .call(patience, |mut c| async move {
+                    c.logout(LogoutRequest {}).await.map(Response::into_inner)
+                })
+                .await?;
+            let line = if opts.json {
+                format::ok_json()
+            } else {
+                format!("logged out: every session of {user} ended")
+            };
+            write_line(out, &line)
+        }
         Cmd::Status => Err(Failure::Other("status is not a user command".into())),
     }
 }

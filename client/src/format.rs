@@ -84,6 +84,11 @@ pub fn list_json(users: &[String], following: &[String]) -> String {
 }
 
 /// `{"ok":true,"seq":N}`: a follow or unfollow that committed at `seq`.
+/// `{"ok":true}`: a command that answers nothing else (`passwd`, `logout`).
+pub fn ok_json() -> String {
+    "{\"ok\":true}".to_string()
+}
+
 pub fn ack_json(seq: u64) -> String {
     serde_json::to_string(&AckJson { ok: true, seq }).unwrap_or_default()
 }

@@ -8,6 +8,47 @@ use std::io::IsTerminal;
 /// The environment variable scripts give the password in.
 pub const PASSWORD_ENV: &str = "CHATFEED_PASSWORD";
 
+/// The environment variable scripts give a new password in (`chatfeed passwd`).
+pub const NEW_PASSWORD_ENV: &str = "CHATFEED_NEW_PASSWORD";
+
+/// The new password of `user` for `passwd`: `CHATFEED_NEW_PASSWORD` when set, else asked twice
+/// on the terminal. Checked here against the rules the master applies, so a typo costs no
+/// round trip.
+pub fn new_password(user: &str) -> Result<String, Failure> {
+    let check = |p: &str| chatfeed_common::accounts::check_new_password(p).map_err(Failure::Usage);
+    if let Ok(p) = std::env::var(NEW_PASSWORD_ENV)
+        && !p.is_empty()
+    {
+        check(&p)?;
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Usage(format!(
+            "no new password for {user}: set {NEW_PASSWORD_ENV} (standard input is not a \
+             terminal to ask on)"
+        )));
+    }
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| Failure::Other(format!("reading the password: {e}")))
+    };
+    let min = chatfeed_common::accounts::MIN_PASSWORD_CHARS;
+    for _ in 0..3 {
+        let p = ask(format!(
+            "new password for {user} (at least {min} characters): "
+        ))?;
+        if let Err(why) = chatfeed_common::accounts::check_new_password(&p) {
+            eprintln!("{why}");
+            continue;
+        }
+        if ask("repeat it: ".into())? == p {
+            return Ok(p);
+        }
+        eprintln!("the two passwords differ");
+    }
+    Err(Failure::Usage("no new password chosen".into()))
+}
+
 /// The password for `user`: `CHATFEED_PASSWORD` when set, else asked on the terminal: "choose
 /// a password" (twice) for a user without one (`has_password` asks the cluster), "password"
 /// otherwise. Without either (stdin is not a terminal): a usage error (exit 2).

@@ -186,6 +186,11 @@ impl Session {
         &self.tls
     }
 
+    /// The password the session logs in with (`passwd` sends it as the old one).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
     pub fn user(&self) -> &str {
         &self.user
     }

@@ -30,6 +30,8 @@ pub const DEFAULT_WORKER_HEARTBEAT_MS: u64 = 250;
 pub const DEFAULT_WORKER_DEAD_AFTER_MS: u64 = 1000;
 /// A session token is valid this long (24 h): a day's work without logging in again.
 pub const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// A new token key every week.
+pub const DEFAULT_TOKEN_KEY_ROTATION_SECS: u64 = 7 * 24 * 3600;
 /// argon2id parameters: OWASP's minimum recommendation (19 MiB, 2 passes, 1 lane).
 pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
 pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
@@ -232,6 +234,9 @@ impl Default for WorkerSettings {
 pub struct Accounts {
     /// How long a session token stays valid after login.
     pub token_ttl_secs: u64,
+    /// How often the active master makes a new token key (0: only on `chatfeed-master
+    /// rotate-token-key`); at least `token_ttl_secs`, so that a token outlives no key.
+    pub token_key_rotation_secs: u64,
     /// argon2id memory cost (KiB), passes and lanes of new password hashes (existing hashes
     /// keep the parameters they were made with: they are in the PHC string).
     pub argon2_memory_kib: u32,
@@ -250,6 +255,7 @@ impl Default for Accounts {
     fn default() -> Self {
         Accounts {
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
+            token_key_rotation_secs: DEFAULT_TOKEN_KEY_ROTATION_SECS,
             argon2_memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
             argon2_iterations: DEFAULT_ARGON2_ITERATIONS,
             argon2_parallelism: DEFAULT_ARGON2_PARALLELISM,
@@ -546,6 +552,14 @@ impl Config {
             return Err(invalid(
                 "accounts.max_concurrent_hashes",
                 "must be positive",
+            ));
+        }
+        if a.token_key_rotation_secs != 0 && a.token_key_rotation_secs < a.token_ttl_secs {
+            return Err(invalid(
+                "accounts.token_key_rotation_secs",
+                "must be 0 (no automatic rotation) or at least accounts.token_ttl_secs: a \
+                 rotation drops the key before the previous one, and with it every token it \
+                 signed",
             ));
         }
         if a.failure_delay_max_ms < a.failure_delay_ms {

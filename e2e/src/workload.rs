@@ -552,6 +552,7 @@ pub async fn read_timelines(
                 user: user.clone(),
                 after_seq: Some(posts.last().map_or(0, |p| p.seq)),
                 limit: TIMELINE_PAGE,
+                session_ms: 0,
             };
             let reply = session
                 .call_master(Some(SETUP_PATIENCE), |ch| {

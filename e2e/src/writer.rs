@@ -51,6 +51,7 @@ impl<'a> Writer<'a> {
         let end = Instant::now() + DEADLINE;
         let req = cpb::WriteRequest {
             command: Some(command),
+            session_ms: 0,
         };
         let mut last = Status::unavailable("no active master found");
         loop {

@@ -1,6 +1,7 @@
 //! `chatfeed-master`: runs one member of the master group (`--id N`), starts this host's members
 //! in the background (`start`, used by scripts/MasterStartup.sh), checks a configuration
-//! (`check-config`), or issues the TLS certificates of a multi-host deployment (`certs`).
+//! (`check-config`), issues the TLS certificates of a multi-host deployment (`certs`), or has the
+//! active master make a new token key (`rotate-token-key`).
 
 use anyhow::Context;
 use chatfeed_common::{Config, logging};
@@ -54,6 +55,14 @@ enum Cmd {
     },
     /// Validate the configuration file and say which field is wrong.
     CheckConfig,
+    /// Make a new token key now, on the active master: new sessions are signed with it, the key
+    /// before it keeps verifying the sessions it signed, older keys (and their sessions) are
+    /// dropped. Run on a member's host: it connects with that member's certificate.
+    RotateTokenKey {
+        /// The member whose certificate to use [default: the first one in the [tls] dir].
+        #[arg(long)]
+        member: Option<u64>,
+    },
     /// Issue TLS certificates for several hosts from one cluster CA (created in --out if absent):
     /// OUT/NAME/{ca.pem,worker.pem,worker.key} for each host and OUT/NAME/member-N.{pem,key} for
     /// each member, to copy to that host's [tls] dir. Issues only what is missing: run again
@@ -85,8 +94,18 @@ fn return_large_blocks_to_the_os() {
     }
 }
 
+/// What this process creates (databases, snapshots, logs, certificates) is its user's alone:
+/// the data directory holds the password hashes and the token keys.
+fn private_files() {
+    // SAFETY: umask only sets the process's file-creation mask; called before any thread starts.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     return_large_blocks_to_the_os();
+    private_files();
     let cli = Cli::parse();
     if let Some(Cmd::Certs {
         out,
@@ -131,6 +150,7 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }
+            Some(Cmd::RotateTokenKey { member }) => launch::rotate_token_key(&config, member).await,
             Some(Cmd::Start { node, new }) => {
                 let config_path = std::fs::canonicalize(&cli.config)
                     .context("resolving the configuration path")?;

@@ -256,6 +256,18 @@ impl TestCluster {
         ClusterClient::new(self.tls.endpoint(addr).unwrap().connect().await.unwrap())
     }
 
+    /// A client of member `id`'s members-only API (`Admin`), with member `id`'s identity.
+    pub async fn admin(
+        &self,
+        id: NodeId,
+    ) -> chatfeed_proto::cluster::admin_client::AdminClient<Channel> {
+        let addr = &self.config.member(id).unwrap().api_addr;
+        let tls = self.member_tls(id);
+        chatfeed_proto::cluster::admin_client::AdminClient::new(
+            tls.endpoint(addr).unwrap().connect().await.unwrap(),
+        )
+    }
+
     /// The status as the active master answers it (only it lists workers).
     pub async fn active_status(&self) -> pb::ClusterStatus {
         eventually("the status from an active master", async || {
@@ -300,6 +312,7 @@ impl TestCluster {
                     user: user.into(),
                     after_seq: Some(after),
                     limit: TIMELINE_PAGE,
+                    session_ms: 0,
                 };
                 let r = self.cluster(leader).await.timeline(req).await;
                 r.map(|r| r.into_inner().posts).map_err(|e| e.to_string())
@@ -333,6 +346,7 @@ impl TestCluster {
 pub fn create_user(name: &str) -> cpb::WriteRequest {
     cpb::WriteRequest {
         command: Some(Command::CreateUser(cpb::CreateUser { name: name.into() })),
+        session_ms: 0,
     }
 }
 
@@ -343,6 +357,7 @@ pub fn post(author: &str, text: &str, id: &str) -> cpb::WriteRequest {
             text: text.into(),
             client_post_id: id.into(),
         })),
+        session_ms: 0,
     }
 }
 
@@ -352,6 +367,7 @@ pub fn follow(a: &str, b: &str) -> cpb::WriteRequest {
             follower: a.into(),
             followee: b.into(),
         })),
+        session_ms: 0,
     }
 }
 
@@ -361,6 +377,7 @@ pub fn unfollow(a: &str, b: &str) -> cpb::WriteRequest {
             follower: a.into(),
             followee: b.into(),
         })),
+        session_ms: 0,
     }
 }
 

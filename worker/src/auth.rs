@@ -1,10 +1,12 @@
 //! Who is calling: every client call but `Login` carries a session token
-//! (`authorization: Bearer <token>`), checked here against the token key the active master sent
-//! over the control stream (`Keys`), and the user it names is the caller. `Auth::caller` is the
-//! one check every handler makes first; `acting_as` refuses a request field that names another
-//! user. Tokens are never logged.
+//! (`authorization: Bearer <token>`), checked here against the token keys the active master sent
+//! over the control stream (`Keys`: the signature, the expiry, the lifetime bound), and the
+//! session it names (the user, and when it was issued) is the caller. `Auth::caller` is the one
+//! check every handler makes first; `acting_as` refuses a request field that names another user.
+//! Whether the user ended its sessions since is the active master's check: every call that
+//! reaches it carries the session's issue time. Tokens are never logged.
 
-use chatfeed_common::accounts::{self, AUTHORIZATION, TokenError};
+use chatfeed_common::accounts::{self, AUTHORIZATION, Session, TokenError, TokenKeys};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +18,9 @@ use tonic::{Request, Status};
 /// GetWorker should be served, not sent away. Past it, UNAVAILABLE (another worker may have it).
 const KEY_WAIT: Duration = Duration::from_secs(2);
 
-/// The token key, once the active master sent it.
+/// The token keys, once the active master sent them.
 pub struct Auth {
-    key: watch::Sender<Option<Arc<Vec<u8>>>>,
+    key: watch::Sender<Option<Arc<TokenKeys>>>,
 }
 
 impl Default for Auth {
@@ -30,24 +32,24 @@ impl Default for Auth {
 }
 
 impl Auth {
-    /// Stores the key the active master sent (the same on every member, so a fail-over sends
-    /// the same one again).
-    pub fn set_key(&self, key: Vec<u8>) {
-        self.key.send_replace(Some(Arc::new(key)));
+    /// Stores the keys the active master sent (the same on every member, so a fail-over sends
+    /// the same ones again).
+    pub fn set_keys(&self, keys: TokenKeys) {
+        self.key.send_replace(Some(Arc::new(keys)));
     }
 
     pub fn has_key(&self) -> bool {
         self.key.borrow().is_some()
     }
 
-    /// The user whose token `req` carries. UNAUTHENTICATED for a missing, malformed, forged or
-    /// expired token; RESOURCE_EXHAUSTED on a connection over the worker's limit; UNAVAILABLE
+    /// The session whose token `req` carries. UNAUTHENTICATED for a missing, malformed, forged
+    /// or expired token, or one claiming a lifetime the cluster never grants; RESOURCE_EXHAUSTED on a connection over the worker's limit; UNAVAILABLE
     /// when this worker still has no key after `KEY_WAIT` (another worker may). The future
     /// does not borrow `req`.
     pub fn caller<T>(
         &self,
         req: &Request<T>,
-    ) -> impl Future<Output = Result<String, Status>> + Send + 'static {
+    ) -> impl Future<Output = Result<Session, Status>> + Send + 'static {
         let token = crate::limits::check_connection(req).and_then(|()| {
             req.metadata()
                 .get(AUTHORIZATION)
@@ -60,8 +62,8 @@ impl Auth {
         let mut key = self.key.subscribe();
         async move {
             let token = token?;
-            let key = match tokio::time::timeout(KEY_WAIT, key.wait_for(Option::is_some)).await {
-                Ok(Ok(k)) => k.clone().unwrap_or_default(),
+            let keys = match tokio::time::timeout(KEY_WAIT, key.wait_for(Option::is_some)).await {
+                Ok(Ok(k)) => k.clone().expect("waited for some"),
                 _ => {
                     return Err(Status::unavailable(
                         "this worker has not registered with the active master yet and cannot \
@@ -69,7 +71,7 @@ impl Auth {
                     ));
                 }
             };
-            accounts::verify(&key, &token, accounts::now_ms())
+            accounts::verify(&keys, &token, accounts::now_ms())
                 .map_err(|e| Status::unauthenticated(e.to_string()))
         }
     }
@@ -77,9 +79,10 @@ impl Auth {
 
 /// The user a request acts as: `field` when it names the caller or is empty (the caller
 /// itself); PERMISSION_DENIED when it names someone else.
-pub fn acting_as(caller: String, field: &str) -> Result<String, Status> {
+pub fn acting_as(caller: &Session, field: &str) -> Result<String, Status> {
+    let caller = &caller.user;
     if field.is_empty() || field == caller {
-        Ok(caller)
+        Ok(caller.clone())
     } else {
         Err(Status::permission_denied(format!(
             "you are logged in as {caller}; cannot act as {field}"

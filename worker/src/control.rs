@@ -6,7 +6,7 @@
 //! ends (the master failed or lost its mastership) the worker registers again, paced by a
 //! jittered backoff. The master answers with commands: `Shed` (move some streams away),
 //! `SpawnWorker` (start one more worker process on this host), `Retire` (the host has more
-//! workers than its pool: shut down, as on SIGTERM) and `Keys` (the token key that checks
+//! workers than its pool: shut down, as on SIGTERM) and `Keys` (the token keys that check
 //! clients' session tokens, first on every stream). On shutdown the worker sends a
 //! last heartbeat with `leaving`, so the master forgets it at once and does not replace it.
 
@@ -73,7 +73,7 @@ pub struct Control {
     pub spawn: Option<SpawnSpec>,
     /// True while the worker is registered with an active master (what its health reports).
     pub registered: tokio::sync::watch::Sender<bool>,
-    /// Where the token key from `Keys` goes.
+    /// Where the token keys from `Keys` go.
     pub auth: Arc<crate::auth::Auth>,
 }
 
@@ -257,13 +257,30 @@ impl Control {
                 ),
             },
             Some(Command::Keys(keys)) => {
-                if keys.token_key.len() == chatfeed_common::accounts::TOKEN_KEY_LEN {
-                    self.auth.set_key(keys.token_key);
-                } else {
+                use chatfeed_common::accounts::{TOKEN_KEY_LEN, TokenKey, TokenKeys};
+                if keys.token_keys.is_empty()
+                    || keys.token_ttl_ms <= 0
+                    || keys.token_keys.iter().any(|k| k.key.len() != TOKEN_KEY_LEN)
+                {
                     tracing::error!(
-                        len = keys.token_key.len(),
-                        "the master sent a token key of the wrong length; session tokens cannot be checked"
+                        keys = keys.token_keys.len(),
+                        ttl_ms = keys.token_ttl_ms,
+                        "the master sent token keys this worker cannot use (none, a key of the \
+                         wrong length, or no lifetime); session tokens are checked with the \
+                         keys held before"
                     );
+                } else {
+                    self.auth.set_keys(TokenKeys {
+                        keys: keys
+                            .token_keys
+                            .into_iter()
+                            .map(|k| TokenKey {
+                                id: k.id,
+                                key: k.key,
+                            })
+                            .collect(),
+                        ttl_ms: keys.token_ttl_ms,
+                    });
                 }
             }
             Some(Command::Retire(_)) => {

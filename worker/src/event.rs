@@ -16,9 +16,19 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     UserCreated,
-    Followed { follower: String, followee: String },
-    Unfollowed { follower: String, followee: String },
+    Followed {
+        follower: String,
+        followee: String,
+    },
+    Unfollowed {
+        follower: String,
+        followee: String,
+    },
     Posted(Post),
+    /// The user ended its sessions (logout, password change).
+    SessionsEnded {
+        user: String,
+    },
 }
 
 /// A committed post.
@@ -43,6 +53,7 @@ impl From<pb::Event> for Event {
                 followee: u.followee,
             },
             Some(Kind::Posted(p)) => Change::Posted(Post { seq, ..p.into() }),
+            Some(Kind::SessionsEnded(user)) => Change::SessionsEnded { user },
             // A kind this worker does not know (a newer master) cannot be a timeline post.
             Some(Kind::UserCreated(_)) | None => Change::UserCreated,
         };

@@ -392,6 +392,24 @@ impl Hub {
                     targets.extend(set.iter().copied());
                 }
             }
+            Change::SessionsEnded { user } => {
+                // Its streams were opened with sessions that ended: they end, and the client
+                // logs in again.
+                let ids: Vec<SubId> = st
+                    .by_user
+                    .get(user)
+                    .map(|set| set.iter().copied().collect())
+                    .unwrap_or_default();
+                for id in ids {
+                    st.end(
+                        id,
+                        Ending::Fail(Status::unauthenticated(format!(
+                            "the sessions of user {user} ended (a logout or a password \
+                             change): log in again"
+                        ))),
+                    );
+                }
+            }
             Change::UserCreated => {}
         }
         for id in targets {

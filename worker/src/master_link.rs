@@ -14,8 +14,8 @@
 
 use chatfeed_common::reach::{Backoff, is_retryable, leader_hint, redirect_to};
 use chatfeed_common::tls::Tls;
+use chatfeed_proto::cluster as pb;
 use chatfeed_proto::cluster::cluster_client::ClusterClient;
-use chatfeed_proto::cluster::{self as pb, write_request::Command};
 use chatfeed_proto::master::Role;
 use std::collections::HashMap;
 use std::future::Future;
@@ -419,16 +419,13 @@ impl MasterLink {
         None
     }
 
-    /// Commits one command on the active master with a unary `Write`, retried until `end`. The
+    /// Commits one write on the active master with a unary `Write`, retried until `end`. The
     /// worker batches its writes (`writes.rs`); this is for a master without `WriteBatch`.
     pub async fn write_until(
         &self,
-        command: Command,
+        req: pb::WriteRequest,
         end: Instant,
     ) -> Result<pb::WriteReply, Status> {
-        let req = pb::WriteRequest {
-            command: Some(command),
-        };
         let reply = self
             .call_until(end, "write", |mut c| {
                 let req = req.clone();
@@ -441,16 +438,20 @@ impl MasterLink {
 
     /// A page of the users, or of the ones `following_of` follows (linearizable): the names
     /// after `after`, at most `limit`, and whether more follow.
+    /// `session`: the client's session (its user, and when it was issued).
     pub async fn list_users(
         &self,
         following_of: Option<String>,
         after: String,
         limit: u32,
+        session: (String, i64),
     ) -> Result<(Vec<String>, bool), Status> {
         let req = pb::ListUsersRequest {
             following_of,
             after,
             limit,
+            session_user: session.0,
+            session_ms: session.1,
         };
         let reply = self
             .call("list users", |mut c| {
@@ -459,6 +460,39 @@ impl MasterLink {
             })
             .await?;
         Ok((reply.users, reply.more))
+    }
+
+    /// Changes `user`'s password on the active master (ending its sessions): a new session's
+    /// token. A wrong old password is not retried.
+    pub async fn change_password(
+        &self,
+        user: String,
+        old_password: String,
+        new_password: String,
+        client_addr: String,
+    ) -> Result<pb::AuthenticateReply, Status> {
+        let req = pb::ChangePasswordRequest {
+            user,
+            old_password,
+            new_password,
+            client_addr,
+        };
+        self.call("change the password", |mut c| {
+            let req = req.clone();
+            async move { c.change_password(req).await }
+        })
+        .await
+    }
+
+    /// Ends every session of `user` on the active master (the one issued at `session_ms` too).
+    pub async fn end_sessions(&self, user: String, session_ms: i64) -> Result<(), Status> {
+        let req = pb::EndSessionsRequest { user, session_ms };
+        self.call("log out", |mut c| {
+            let req = req.clone();
+            async move { c.end_sessions(req).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Checks a password on the active master and gets a session token (or, `probe`, whether
@@ -484,17 +518,20 @@ impl MasterLink {
         .await
     }
 
-    /// One page of `user`'s timeline (linearizable).
+    /// One page of `user`'s timeline (linearizable), for the client's session issued at
+    /// `session_ms`.
     pub async fn timeline(
         &self,
         user: &str,
         after_seq: Option<u64>,
         limit: u32,
+        session_ms: i64,
     ) -> Result<pb::TimelineReply, Status> {
         let req = pb::TimelineRequest {
             user: user.to_string(),
             after_seq,
             limit,
+            session_ms,
         };
         let reply = self
             .call("read the timeline", |mut c| {

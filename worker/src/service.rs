@@ -18,8 +18,9 @@ use crate::writes::Writes;
 use chatfeed_proto::cluster::{self as pb, write_request::Command};
 use chatfeed_proto::feed::feed_server::{Feed, FeedServer};
 use chatfeed_proto::feed::{
-    self as fpb, FollowReply, FollowRequest, HistoryReply, HistoryRequest, ListReply, ListRequest,
-    LoginReply, LoginRequest, PostReply, PostRequest, TimelineRequest,
+    self as fpb, ChangePasswordRequest, FollowReply, FollowRequest, HistoryReply, HistoryRequest,
+    ListReply, ListRequest, LoginReply, LoginRequest, LogoutReply, LogoutRequest, PostReply,
+    PostRequest, TimelineRequest,
 };
 use chatfeed_proto::{TIMELINE_LATEST, TIMELINE_PAGE};
 use std::sync::Arc;
@@ -85,10 +86,13 @@ impl Feed for FeedService {
         let r = req.into_inner();
         let reply = self
             .writes
-            .write(Command::Follow(pb::Follow {
-                follower: acting_as(caller, &r.user)?,
-                followee: r.target,
-            }))
+            .write(
+                Command::Follow(pb::Follow {
+                    follower: acting_as(&caller, &r.user)?,
+                    followee: r.target,
+                }),
+                caller.issued_at_ms,
+            )
             .await?;
         Ok(Response::new(FollowReply { seq: reply.seq }))
     }
@@ -98,10 +102,13 @@ impl Feed for FeedService {
         let r = req.into_inner();
         let reply = self
             .writes
-            .write(Command::Unfollow(pb::Unfollow {
-                follower: acting_as(caller, &r.user)?,
-                followee: r.target,
-            }))
+            .write(
+                Command::Unfollow(pb::Unfollow {
+                    follower: acting_as(&caller, &r.user)?,
+                    followee: r.target,
+                }),
+                caller.issued_at_ms,
+            )
             .await?;
         Ok(Response::new(FollowReply { seq: reply.seq }))
     }
@@ -109,18 +116,22 @@ impl Feed for FeedService {
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
-        let user = acting_as(caller, &r.user)?;
+        let user = acting_as(&caller, &r.user)?;
+        let session = (user.clone(), caller.issued_at_ms);
         // Following first (with the first page only): it answers NOT_FOUND for an unknown user.
         let following = if r.after.is_empty() {
             let (names, _) = self
                 .link
-                .list_users(Some(user), String::new(), u32::MAX)
+                .list_users(Some(user), String::new(), u32::MAX, session.clone())
                 .await?;
             names
         } else {
             Vec::new()
         };
-        let (users, more) = self.link.list_users(None, r.after, r.limit).await?;
+        let (users, more) = self
+            .link
+            .list_users(None, r.after, r.limit, session)
+            .await?;
         let next = match users.last() {
             Some(last) if more => last.clone(),
             _ => String::new(),
@@ -135,7 +146,7 @@ impl Feed for FeedService {
     async fn post(&self, req: Request<PostRequest>) -> Result<Response<PostReply>, Status> {
         let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
-        let author = acting_as(caller, &r.user)?;
+        let author = acting_as(&caller, &r.user)?;
         if r.client_post_id.is_empty() {
             return Err(Status::invalid_argument(
                 "a post needs a client post id (chosen by the client, reused on every retry of \
@@ -145,11 +156,14 @@ impl Feed for FeedService {
         // Retried with the same client post id (`writes.rs`): the post commits once.
         let reply = self
             .writes
-            .write(Command::Post(pb::Post {
-                author,
-                text: r.text,
-                client_post_id: r.client_post_id,
-            }))
+            .write(
+                Command::Post(pb::Post {
+                    author,
+                    text: r.text,
+                    client_post_id: r.client_post_id,
+                }),
+                caller.issued_at_ms,
+            )
             .await?;
         Ok(Response::new(PostReply {
             seq: reply.seq,
@@ -166,12 +180,12 @@ impl Feed for FeedService {
     ) -> Result<Response<Self::TimelineStream>, Status> {
         let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
-        let user = acting_as(caller, &r.user)?;
+        let user = acting_as(&caller, &r.user)?;
         let stream = timeline::open(
             self.link.clone(),
             self.hub.clone(),
             &self.streams,
-            user,
+            (user, caller.issued_at_ms),
             r.after_seq,
             self.streams_per_user,
         )
@@ -183,13 +197,16 @@ impl Feed for FeedService {
         &self,
         req: Request<HistoryRequest>,
     ) -> Result<Response<HistoryReply>, Status> {
-        let user = self.auth.caller(&req).await?;
+        let caller = self.auth.caller(&req).await?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => TIMELINE_LATEST,
             n => n.min(TIMELINE_PAGE),
         };
-        let page = self.link.timeline(&user, r.after_seq, limit).await?;
+        let page = self
+            .link
+            .timeline(&caller.user, r.after_seq, limit, caller.issued_at_ms)
+            .await?;
         Ok(Response::new(HistoryReply {
             posts: page
                 .posts
@@ -198,5 +215,32 @@ impl Feed for FeedService {
                 .collect(),
             last_seq: page.last_seq,
         }))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<ChangePasswordRequest>,
+    ) -> Result<Response<LoginReply>, Status> {
+        let caller = self.auth.caller(&req).await?;
+        let client = crate::limits::client_ip(&req);
+        let r = req.into_inner();
+        let reply = self
+            .link
+            .change_password(caller.user, r.old_password, r.new_password, client)
+            .await?;
+        Ok(Response::new(LoginReply {
+            created: false,
+            token: reply.token,
+            expires_at_ms: reply.expires_at_ms,
+            has_password: true,
+        }))
+    }
+
+    async fn logout(&self, req: Request<LogoutRequest>) -> Result<Response<LogoutReply>, Status> {
+        let caller = self.auth.caller(&req).await?;
+        self.link
+            .end_sessions(caller.user, caller.issued_at_ms)
+            .await?;
+        Ok(Response::new(LogoutReply {}))
     }
 }

@@ -68,7 +68,7 @@ pub async fn open(
     link: Arc<MasterLink>,
     hub: Arc<Hub>,
     tracker: &TaskTracker,
-    user: String,
+    (user, session_ms): (String, i64),
     after_seq: Option<u64>,
     streams_per_user: usize,
 ) -> Result<TimelineStream, Status> {
@@ -84,13 +84,14 @@ pub async fn open(
         id: sub.id,
     };
     let limit = if after_seq.is_some() { PAGE } else { LATEST };
-    let first = link.timeline(&user, after_seq, limit).await?;
+    let first = link.timeline(&user, after_seq, limit, session_ms).await?;
     hub.note_read(sub.id, first.last_seq);
     let stream = Stream {
         link,
         hub,
         tx,
         user,
+        session_ms,
         after_seq,
         id: sub.id,
         _guard: guard,
@@ -104,6 +105,7 @@ struct Stream {
     hub: Arc<Hub>,
     tx: StreamTx,
     user: String,
+    session_ms: i64,
     after_seq: Option<u64>,
     id: SubId,
     _guard: Unregister,
@@ -157,7 +159,7 @@ impl Stream {
             }
             // Boxed: held in the task only while a page is read, not for the stream's life.
             let next = tokio::select! {
-                r = Box::pin(self.link.timeline(&self.user, Some(last_sent), PAGE)) => r,
+                r = Box::pin(self.link.timeline(&self.user, Some(last_sent), PAGE, self.session_ms)) => r,
                 e = &mut *ended => return ended_with(e),
                 _ = self.tx.closed() => return Outcome::Gone,
             };

@@ -91,13 +91,16 @@ impl Writes {
 
     /// Commits `command` on the active master (in a batch): its answer once committed, its own
     /// refusal, or UNAVAILABLE after the link's deadline.
-    pub async fn write(&self, command: Command) -> Result<pb::WriteReply, Status> {
+    /// `session_ms`: when the client's session token was issued (the master refuses a write of
+    /// a session the user ended since).
+    pub async fn write(&self, command: Command, session_ms: i64) -> Result<pb::WriteReply, Status> {
         let deadline = Instant::now() + self.link.timing().deadline;
         let bytes = command_bytes(&command);
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             write: pb::WriteRequest {
                 command: Some(command),
+                session_ms,
             },
             bytes,
             deadline,
@@ -253,9 +256,7 @@ async fn send(link: Arc<MasterLink>, mut batch: Vec<Pending>, last_error: &Mutex
                 for p in batch.drain(..) {
                     let link = link.clone();
                     tokio::spawn(async move {
-                        if let Some(command) = p.write.command {
-                            let _ = p.reply.send(link.write_until(command, p.deadline).await);
-                        }
+                        let _ = p.reply.send(link.write_until(p.write, p.deadline).await);
                     });
                 }
                 return;

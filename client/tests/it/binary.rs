@@ -24,8 +24,14 @@ async fn cluster(servers: &Servers) -> (String, crate::fake::Shared) {
 }
 
 async fn chatfeed(args: &[&str], stdin: &str) -> std::process::Output {
+    chatfeed_env(args, stdin, &[]).await
+}
+
+/// `chatfeed` with `env` set besides the test's usual environment.
+async fn chatfeed_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::process::Output {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatfeed"))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("CHATFEED_MASTER")
         .env("CHATFEED_PASSWORD", "client-test-password")
         // The fake cluster is plaintext.
@@ -69,6 +75,43 @@ async fn json_list() {
         String::from_utf8(out.stdout).unwrap(),
         "{\"users\":[\"alice\",\"bob\",\"carol\",\"dave\",\"erin\"],\"following\":[]}\n"
     );
+}
+
+/// `passwd` sends the session's password as the old one and CHATFEED_NEW_PASSWORD as the new
+/// one, `logout` asks the worker to end the sessions; each prints its JSON line. A new password
+/// the rules refuse is a usage error (exit 2) that reaches no worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwd_and_logout() {
+    let servers = Servers::default();
+    let (m, store) = cluster(&servers).await;
+    let run = |args: Vec<&'static str>, new: &'static str| {
+        let m = m.clone();
+        async move {
+            let mut all = vec!["--master", m.as_str(), "--user", "bob", "--json"];
+            all.extend(args);
+            chatfeed_env(&all, "", &[("CHATFEED_NEW_PASSWORD", new)]).await
+        }
+    };
+    let out = run(vec!["passwd"], "short").await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 8 characters"),
+        "{out:?}"
+    );
+    assert!(store.lock().unwrap().password_changes.is_empty());
+    let out = run(vec!["passwd"], "a-new-password").await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "{\"ok\":true}\n");
+    assert_eq!(
+        store.lock().unwrap().password_changes,
+        vec![(
+            "client-test-password".to_string(),
+            "a-new-password".to_string()
+        )]
+    );
+    let out = run(vec!["logout"], "").await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(store.lock().unwrap().logouts, 1);
 }
 
 /// An interactive session from a pipe: commands in any case, one-line explanations for
@@ -139,8 +182,12 @@ async fn json_follow_acts_as_the_user() {
     );
     let out = chatfeed(&["--master", &m, "--user", "alice", "follow", "alice"], "").await;
     assert_eq!(out.status.code(), Some(1));
+    // The one failure line, after the plaintext warning every plaintext run prints.
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),
-        "chatfeed: you cannot follow yourself\n"
+        format!(
+            "{}\nchatfeed: you cannot follow yourself\n",
+            chatfeed_client::masters::PLAINTEXT_NOTICE
+        )
     );
 }

@@ -25,6 +25,10 @@ pub struct Store {
     by_client_id: HashMap<String, u64>,
     pub users: BTreeSet<String>,
     pub follows: BTreeSet<(String, String)>,
+    /// (old, new) of each password change asked for.
+    pub password_changes: Vec<(String, String)>,
+    /// Logouts asked for.
+    pub logouts: usize,
     seq: u64,
     live: Option<broadcast::Sender<feed::Post>>,
 }
@@ -112,6 +116,32 @@ impl Feed for FakeWorker {
             expires_at_ms: i64::MAX,
             has_password: true,
         }))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<feed::ChangePasswordRequest>,
+    ) -> Result<Response<feed::LoginReply>, Status> {
+        let r = req.into_inner();
+        self.store
+            .lock()
+            .unwrap()
+            .password_changes
+            .push((r.old_password, r.new_password));
+        Ok(Response::new(feed::LoginReply {
+            created: false,
+            token: "fake-token-after-passwd".into(),
+            expires_at_ms: i64::MAX,
+            has_password: true,
+        }))
+    }
+
+    async fn logout(
+        &self,
+        _: Request<feed::LogoutRequest>,
+    ) -> Result<Response<feed::LogoutReply>, Status> {
+        self.store.lock().unwrap().logouts += 1;
+        Ok(Response::new(feed::LogoutReply {}))
     }
 
     async fn history(

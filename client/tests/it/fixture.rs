@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 pub struct Run {
     pub code: Option<i32>,
     pub stdout: String,
+    /// Standard error without the plaintext warning every run against the (plaintext) fake
+    /// cluster starts with.
     pub stderr: String,
+    /// The run said it uses plaintext (its first line of standard error).
+    pub warned_plaintext: bool,
     pub took: Duration,
 }
 
@@ -56,10 +60,17 @@ pub fn chatfeed(args: &[&str], limit: Duration) -> Run {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
+    let notice = format!("{}\n", chatfeed_client::masters::PLAINTEXT_NOTICE);
+    let warned_plaintext = stderr.starts_with(&notice);
+    let stderr = stderr
+        .strip_prefix(&notice)
+        .map(str::to_string)
+        .unwrap_or(stderr);
     Run {
         code,
         stdout,
         stderr,
+        warned_plaintext,
         took,
     }
 }

@@ -142,6 +142,7 @@ fn status_without_masters_exits_1() {
     let addr = dead_address();
     let run = chatfeed(&["--master", &addr, "status"], LIMIT);
     assert_eq!(run.code, Some(1), "stderr {}", run.stderr);
+    assert!(run.warned_plaintext, "a plaintext run says so first");
     assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
     assert!(run.stderr.contains(&addr), "{}", run.stderr);
 }

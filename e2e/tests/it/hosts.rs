@@ -154,6 +154,7 @@ async fn isolated_leader_steps_down_and_rejoins() {
                 text: "to the old leader".into(),
                 client_post_id: "direct-1".into(),
             })),
+            session_ms: 0,
         })
         .await
         .expect_err("a member cut off from the majority acknowledged a write");

@@ -117,6 +117,7 @@ async fn kill_leader_then_everything() {
             user: "alice".into(),
             after_seq: Some(0),
             limit: TIMELINE_PAGE,
+            session_ms: 0,
         })
         .await
         .expect("timeline after the restart")

@@ -176,6 +176,7 @@ async fn outsiders_cannot_vote_register_or_write() {
                 command: Some(Command::CreateUser(cpb::CreateUser {
                     name: "mallory".into(),
                 })),
+                session_ms: 0,
             })
             .await
             .unwrap_err();

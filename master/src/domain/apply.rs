@@ -3,8 +3,10 @@
 //! here (with the hard post limit), so the log cannot carry a bad command into the state.
 
 use super::command::{Applied, Command, FeedError, validate_command};
-use super::query::{Event, follows_now, last_seq, token_key_hex, user_exists};
-use super::schema::{KIND_FOLLOW, KIND_POST, KIND_UNFOLLOW, KIND_USER, TOKEN_KEY};
+use super::query::{Event, follows_now, last_seq, sessions_after, token_key_hex, user_exists};
+use super::schema::{
+    KIND_FOLLOW, KIND_POST, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, TOKEN_KEY,
+};
 use chatfeed_common::config::HARD_MAX_POST_CHARS;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -67,6 +69,76 @@ pub fn apply_command(
             conn.prepare_cached("INSERT INTO secrets (name, value) VALUES (?1, ?2)")?
                 .execute(params![TOKEN_KEY, key_hex])?;
             return Ok(Ok(no_event));
+        }
+        Command::RotateTokenKey { key_hex, at_ms } => {
+            // Ids count up from the key of the one-key releases (id 0, in `secrets`); the
+            // current key and the one before stay, older ones go.
+            let id: i64 = conn
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM token_keys")?
+                .query_row([], |r| r.get(0))?;
+            conn.prepare_cached(
+                "INSERT INTO token_keys (id, key_hex, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id, key_hex, at_ms])?;
+            conn.prepare_cached("DELETE FROM token_keys WHERE id < ?1")?
+                .execute([id - 1])?;
+            if id >= 2 {
+                conn.prepare_cached("DELETE FROM secrets WHERE name = ?1")?
+                    .execute([TOKEN_KEY])?;
+            }
+            return Ok(Ok(no_event));
+        }
+        Command::EndSessions { name, at_ms } => {
+            if !user_exists(conn, name)? {
+                return Ok(Err(FeedError::UserNotFound(name.clone())));
+            }
+            end_sessions(conn, name, *at_ms)?;
+            insert_event(
+                conn,
+                seq,
+                KIND_SESSIONS_ENDED,
+                name,
+                None,
+                None,
+                ts_ms,
+                None,
+            )?;
+        }
+        Command::ChangePassword {
+            name,
+            password_hash,
+            at_ms,
+        } => {
+            if !user_exists(conn, name)? {
+                return Ok(Err(FeedError::UserNotFound(name.clone())));
+            }
+            conn.prepare_cached("UPDATE users SET pw_hash = ?2 WHERE name = ?1")?
+                .execute(params![name, password_hash])?;
+            end_sessions(conn, name, *at_ms)?;
+            insert_event(
+                conn,
+                seq,
+                KIND_SESSIONS_ENDED,
+                name,
+                None,
+                None,
+                ts_ms,
+                None,
+            )?;
+        }
+        Command::InSession {
+            session_ms,
+            command,
+        } => {
+            let user = match &**command {
+                Command::Follow { follower, .. } | Command::Unfollow { follower, .. } => follower,
+                Command::Post { author, .. } => author,
+                _ => unreachable!("validate_command admits no other command in a session"),
+            };
+            if sessions_after(conn, user)?.is_some_and(|after| *session_ms <= after) {
+                return Ok(Err(FeedError::SessionEnded(user.clone())));
+            }
+            return apply_command(conn, command, ts_ms);
         }
         Command::Follow { follower, followee } => {
             for u in [follower, followee] {
@@ -165,6 +237,15 @@ pub fn apply_command(
     Ok(Ok(done))
 }
 
+/// Refuses `name`'s sessions issued at or before `at_ms` from now on.
+fn end_sessions(conn: &Connection, name: &str, at_ms: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE users SET sessions_after = MAX(COALESCE(sessions_after, 0), ?2) WHERE name = ?1",
+    )?
+    .execute(params![name, at_ms])?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn insert_event(
     conn: &Connection,
@@ -227,7 +308,13 @@ pub fn event_of(cmd: &Command, applied: &Applied) -> Option<Event> {
             let id = (!client_post_id.is_empty()).then_some(client_post_id.as_str());
             event(KIND_POST, author, None, Some(text), id)
         }
-        Command::SetPassword { .. } | Command::SetTokenKey { .. } => None,
+        Command::EndSessions { name, .. } | Command::ChangePassword { name, .. } => {
+            event(KIND_SESSIONS_ENDED, name, None, None, None)
+        }
+        Command::InSession { command, .. } => event_of(command, applied),
+        Command::SetPassword { .. }
+        | Command::SetTokenKey { .. }
+        | Command::RotateTokenKey { .. } => None,
     }
 }
 

@@ -44,6 +44,39 @@ pub enum Command {
         text: String,
         client_post_id: String,
     },
+    /// A new key that signs session tokens (hex), made at `at_ms`: it becomes the current key,
+    /// the one before it still verifies the tokens it signed, the older ones are dropped.
+    RotateTokenKey {
+        key_hex: String,
+        at_ms: i64,
+    },
+    /// Ends every session of `name` issued at or before `at_ms` (logout everywhere).
+    EndSessions {
+        name: String,
+        at_ms: i64,
+    },
+    /// A new password hash for `name`, ending its sessions issued at or before `at_ms`.
+    ChangePassword {
+        name: String,
+        password_hash: String,
+        at_ms: i64,
+    },
+    /// A client's `command` (a follow, an unfollow or a post), made with a session token of its
+    /// user issued at `session_ms`: refused when that user ended its sessions since.
+    InSession {
+        session_ms: i64,
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The command itself, out of its `InSession` wrapper if it has one.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::InSession { command, .. } => command,
+            c => c,
+        }
+    }
 }
 
 /// A command that took effect (or a post that had already).
@@ -82,6 +115,8 @@ pub enum FeedError {
     PasswordAlreadySet(String),
     #[error("the token key is set already")]
     TokenKeySet,
+    #[error("the sessions of user {0:?} ended (a logout or a password change): log in again")]
+    SessionEnded(String),
     #[error("invalid command: {0}")]
     Invalid(String),
 }
@@ -151,7 +186,7 @@ pub fn validate_new_text(text: &str, max_chars: usize) -> Result<(), FeedError> 
 /// active master runs before proposing.
 pub fn validate_new_command(cmd: &Command, max_post_chars: usize) -> Result<(), FeedError> {
     validate_command(cmd, max_post_chars)?;
-    if let Command::Post { text, .. } = cmd {
+    if let Command::Post { text, .. } = cmd.inner() {
         validate_new_text(text, max_post_chars)?;
     }
     Ok(())
@@ -172,7 +207,7 @@ pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), Feed
             }
             Ok(())
         }
-        Command::SetTokenKey { key_hex } => {
+        Command::SetTokenKey { key_hex } | Command::RotateTokenKey { key_hex, .. } => {
             if key_hex.len() != 2 * chatfeed_common::accounts::TOKEN_KEY_LEN
                 || !key_hex.chars().all(|c| c.is_ascii_hexdigit())
             {
@@ -180,6 +215,26 @@ pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), Feed
             }
             Ok(())
         }
+        Command::EndSessions { name, .. } => validate_name(name),
+        Command::ChangePassword {
+            name,
+            password_hash,
+            ..
+        } => {
+            validate_name(name)?;
+            if password_hash.is_empty() {
+                return Err(FeedError::Invalid("an empty password hash".into()));
+            }
+            Ok(())
+        }
+        Command::InSession { command, .. } => match **command {
+            Command::Follow { .. } | Command::Unfollow { .. } | Command::Post { .. } => {
+                validate_command(command, max_post_chars)
+            }
+            _ => Err(FeedError::Invalid(
+                "only a follow, an unfollow or a post is made in a session".into(),
+            )),
+        },
         Command::Follow { follower, followee } | Command::Unfollow { follower, followee } => {
             validate_name(follower)?;
             validate_name(followee)?;

@@ -15,8 +15,9 @@ pub use command::{
     Applied, Command, FeedError, validate_command, validate_name, validate_new_command,
 };
 pub use query::{
-    Credential, Event, credential, events_after, following, following_count, following_page,
-    last_seq, post_exists, timeline, token_key_hex, users,
+    Credential, Event, StoredKey, credential, events_after, following, following_count,
+    following_page, last_seq, post_exists, sessions_after, timeline, token_key_hex, token_keys,
+    users,
 };
-pub use schema::{KIND_FOLLOW, KIND_UNFOLLOW, KIND_USER, SCHEMA, migrate};
+pub use schema::{KIND_FOLLOW, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, SCHEMA, migrate};
 pub use snapshot::replace_from;

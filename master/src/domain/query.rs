@@ -192,7 +192,7 @@ pub fn timeline(
 
 /// Keeps the `limit` newest of `posts`, newest first.
 fn keep_newest(posts: &mut Vec<Event>, limit: usize) {
-    posts.sort_unstable_by(|a, b| b.seq.cmp(&a.seq));
+    posts.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
     // Ranges never overlap (one author's follows follow each other; nobody follows
     // themselves); dedup keeps that a non-issue even so.
     posts.dedup_by_key(|e| e.seq);
@@ -204,6 +204,51 @@ pub fn following_count(conn: &Connection, user: &str) -> rusqlite::Result<u64> {
     conn.prepare_cached("SELECT COUNT(*) FROM follows WHERE follower = ?1 AND to_seq IS NULL")?
         .query_row([user], |r| r.get::<_, i64>(0))
         .map(|n| n as u64)
+}
+
+/// When `user` last ended its sessions (tokens issued at or before it are refused); `None`
+/// when it never did, or does not exist.
+pub fn sessions_after(conn: &Connection, user: &str) -> rusqlite::Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT sessions_after FROM users WHERE name = ?1")?
+        .query_row([user], |r| r.get::<_, Option<i64>>(0))
+        .optional()?
+        .flatten())
+}
+
+/// A token key of the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredKey {
+    pub id: u32,
+    pub key_hex: String,
+    pub created_ms: i64,
+}
+
+/// The token keys, newest first: the rotated ones, and the single key of the releases before
+/// rotation (id 0) while it is among the last two.
+pub fn token_keys(conn: &Connection) -> rusqlite::Result<Vec<StoredKey>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, key_hex, created_ms FROM token_keys ORDER BY id DESC LIMIT 2",
+    )?;
+    let mut keys = stmt
+        .query_map([], |r| {
+            Ok(StoredKey {
+                id: r.get::<_, i64>(0)? as u32,
+                key_hex: r.get(1)?,
+                created_ms: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if keys.len() < 2
+        && let Some(key_hex) = token_key_hex(conn)?
+    {
+        keys.push(StoredKey {
+            id: 0,
+            key_hex,
+            created_ms: 0,
+        });
+    }
+    Ok(keys)
 }
 
 /// The stored token key (hex), if one was committed.

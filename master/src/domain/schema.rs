@@ -9,6 +9,8 @@ pub const KIND_USER: i64 = 0;
 pub const KIND_FOLLOW: i64 = 1;
 pub const KIND_UNFOLLOW: i64 = 2;
 pub const KIND_POST: i64 = 3;
+/// A user ended its sessions (logout, password change): workers end its open streams.
+pub const KIND_SESSIONS_ENDED: i64 = 4;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
@@ -24,6 +26,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS post_ids ON events(actor, client_post_id)
 CREATE INDEX IF NOT EXISTS posts_by_author ON events(actor, seq) WHERE kind = 3;
 CREATE INDEX IF NOT EXISTS follows_by_end ON follows(follower, to_seq);
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS token_keys (
+    id INTEGER PRIMARY KEY, key_hex TEXT NOT NULL, created_ms INTEGER NOT NULL);
 ";
 
 /// The `secrets` row that holds the token key (hex).
@@ -37,6 +41,13 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         .exists([])?;
     if !has_hash {
         conn.execute_batch("ALTER TABLE users ADD COLUMN pw_hash TEXT")?;
+    }
+    // Tokens issued at or before it are refused (a logout or a password change).
+    let has_sessions_after = conn
+        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'sessions_after'")?
+        .exists([])?;
+    if !has_sessions_after {
+        conn.execute_batch("ALTER TABLE users ADD COLUMN sessions_after INTEGER")?;
     }
     Ok(())
 }

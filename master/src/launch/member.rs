@@ -21,11 +21,12 @@ use crate::replicated::raft::service::RaftService;
 use crate::replicated::raft::state_machine::StateMachine;
 use crate::replicated::raft::timed::{TimedLog, TimedStateMachine};
 use crate::replicated::raft::types::{MemberNode, NodeId, Raft};
+use crate::services::admin::AdminService;
 use crate::services::cluster::ClusterService;
 use crate::services::control::ControlService;
 use crate::services::master::MasterService;
 use crate::services::metrics::{self, MasterMetrics};
-use crate::services::peers::{cluster_only, workers_only};
+use crate::services::peers::{cluster_only, members_only, workers_only};
 use crate::services::{health, status};
 use anyhow::Context;
 use chatfeed_common::Config;
@@ -239,9 +240,12 @@ impl Member {
         };
         let master_api = MasterService::new(local.clone(), directory.clone());
         let cluster_api = ClusterService::new(local, shutdown.clone());
+        let admin_api = AdminService::new(core.clone());
+        let key_rotation = core.clone().rotate_keys_in_time(shutdown.clone());
         let control = ControlService::new(core, directory.clone(), shutdown.clone());
         let peer_tls = mastership.tls.clone();
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(key_rotation));
         let (health_reporter, health_server) = health::service().await;
         let (reflection_v1, reflection_v1alpha) =
             health::reflection(&health::SERVICES[1..]).context("building gRPC reflection")?;
@@ -300,6 +304,11 @@ impl Member {
                     cluster_api.into_server(),
                     &peer_tls,
                     "chatfeed.cluster.Cluster",
+                ))
+                .add_service(members_only(
+                    admin_api.into_server(),
+                    &peer_tls,
+                    "chatfeed.cluster.Admin (the members' own tools)",
                 ))
                 .add_service(workers_only(
                     control.into_server(),

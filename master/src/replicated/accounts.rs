@@ -1,6 +1,6 @@
 //! What the active master keeps for user accounts besides the replicated state: password hashing
-//! (argon2id, on blocking threads, a few at a time), the slow-down after wrong passwords (in
-//! memory: a fail-over starts every user's count afresh) and the token key once read.
+//! (argon2id, on blocking threads, a few at a time) and the slow-down after wrong passwords (in
+//! memory: a fail-over starts every user's count afresh).
 //!
 //! Passwords and hashes are never logged: the functions here take them by value, hand them to
 //! the blocking pool and return only a PHC string or a yes/no.
@@ -37,7 +37,6 @@ pub struct Accounts {
     /// use memory without bound.
     hashing: Arc<Semaphore>,
     failures: Mutex<HashMap<String, Failures>>,
-    key: Mutex<Option<Arc<Vec<u8>>>>,
 }
 
 impl Accounts {
@@ -46,7 +45,6 @@ impl Accounts {
             hashing: Arc::new(Semaphore::new(settings.max_concurrent_hashes as usize)),
             settings,
             failures: Mutex::default(),
-            key: Mutex::default(),
         }
     }
 
@@ -177,15 +175,6 @@ impl Accounts {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(user);
-    }
-
-    /// The token key, once known (it never changes once committed).
-    pub fn cached_key(&self) -> Option<Arc<Vec<u8>>> {
-        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn cache_key(&self, key: Arc<Vec<u8>>) {
-        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
     }
 }
 

@@ -93,7 +93,14 @@ pub fn command_bytes(c: &Command) -> usize {
             name,
             password_hash,
         } => name.len() + password_hash.len(),
-        Command::SetTokenKey { key_hex } => key_hex.len(),
+        Command::SetTokenKey { key_hex } | Command::RotateTokenKey { key_hex, .. } => key_hex.len(),
+        Command::EndSessions { name, .. } => name.len(),
+        Command::ChangePassword {
+            name,
+            password_hash,
+            ..
+        } => name.len() + password_hash.len(),
+        Command::InSession { command, .. } => command_bytes(command),
         Command::Follow { follower, followee } | Command::Unfollow { follower, followee } => {
             follower.len() + followee.len()
         }

@@ -100,6 +100,8 @@ pub struct Core {
     active: watch::Receiver<bool>,
     pub(super) accounts: Arc<Accounts>,
     pub(super) rates: Arc<Rates>,
+    /// Held while the first token key is made, so that concurrent callers make one.
+    pub(super) first_key: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Core {
@@ -123,6 +125,7 @@ impl Core {
             flusher,
             accounts: Arc::new(Accounts::new(config.accounts.clone())),
             rates: Arc::new(Rates::new(&config.limits)),
+            first_key: Arc::default(),
             config,
             mastership,
         }
@@ -309,7 +312,7 @@ impl Core {
     pub async fn write(&self, command: Command) -> Result<Applied> {
         domain::validate_new_command(&command, self.config.max_post_chars as usize)?;
         self.mastership.require_active()?;
-        self.limit(&command).await?;
+        self.limit(command.inner()).await?;
         Ok(self.commit(command).await??)
     }
 
@@ -333,7 +336,7 @@ impl Core {
         let mut accepted = Vec::with_capacity(commands.len());
         for command in commands {
             let checked = match domain::validate_new_command(&command, max_chars) {
-                Ok(()) => self.limit(&command).await,
+                Ok(()) => self.limit(command.inner()).await,
                 Err(e) => Err(e.into()),
             };
             match checked {
@@ -413,11 +416,14 @@ impl Core {
     /// A page of the users, or of the ones `following_of` follows now (linearizable): the names
     /// after `after`, at most `limit` (0 or more than `USERS_PAGE`: `USERS_PAGE`), and whether
     /// more follow.
+    /// For a client's session (its user, and when it was issued; 0: none), refused when the
+    /// user ended its sessions since.
     pub async fn list_users(
         &self,
         following_of: Option<String>,
         after: String,
         limit: u32,
+        session: (String, i64),
     ) -> Result<(Vec<String>, bool)> {
         if let Some(u) = &following_of {
             domain::validate_name(u)?;
@@ -429,9 +435,14 @@ impl Core {
         self.linearize().await?;
         // One more than the page says whether more follow.
         let mut users = self
-            .read(move |c| match following_of {
-                None => domain::users(c, &after, limit + 1).map(Ok),
-                Some(u) => domain::following_page(c, &u, &after, limit + 1),
+            .read(move |c| {
+                if let Err(e) = Core::check_session(c, &session.0, session.1)? {
+                    return Ok(Err(e));
+                }
+                match following_of {
+                    None => domain::users(c, &after, limit + 1).map(Ok),
+                    Some(u) => domain::following_page(c, &u, &after, limit + 1),
+                }
             })
             .await??;
         let more = users.len() > limit;
@@ -440,12 +451,15 @@ impl Core {
     }
 
     /// One page of `user`'s timeline (linearizable): posts with seq > `after` (without it, the
-    /// latest `limit`), oldest first. `limit` 0 means the latest 20; at most a page.
+    /// latest `limit`), oldest first. `limit` 0 means the latest 20; at most a page. For a
+    /// client's session issued at `session_ms` (0: none), refused when the user ended its
+    /// sessions since.
     pub async fn timeline(
         &self,
         user: String,
         after: Option<u64>,
         limit: u32,
+        session_ms: i64,
     ) -> Result<TimelinePage> {
         domain::validate_name(&user)?;
         let limit = match limit {
@@ -455,6 +469,9 @@ impl Core {
         self.linearize().await?;
         let (following, posts, last_seq) = self
             .read(move |c| {
+                if let Err(e) = Core::check_session(c, &user, session_ms)? {
+                    return Ok((Err(e), None, 0));
+                }
                 let last_seq = domain::last_seq(c)?;
                 // A seq past the last committed one was never sent to anybody: reading "after"
                 // it would be a read of nothing (or, cast to SQLite's i64, of everything).
@@ -466,6 +483,7 @@ impl Core {
                 Ok((following, Some(posts), last_seq))
             })
             .await?;
+        let following = following?;
         let Some(posts) = posts else {
             return Err(Error::InvalidArgument(format!(
                 "after_seq {} is past the last committed seq {last_seq}: resume with the last \
@@ -476,7 +494,7 @@ impl Core {
         Ok(TimelinePage {
             posts,
             last_seq,
-            following: following?,
+            following,
         })
     }
 

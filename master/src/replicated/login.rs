@@ -1,12 +1,10 @@
-//! Logins on the active master: the cluster's token key (read, or committed when absent), the
-//! password check (or the first password of a new user, set through Raft), the slow-down after
-//! wrong passwords, and the session token issued. Passwords and hashes are never logged.
+//! Logins on the active master: the password check (or the first password of a new user, set
+//! through Raft), the slow-down after wrong passwords, the session token issued
+//! (`sessions.rs`), and a password change. Passwords and hashes are never logged.
 
-use super::accounts;
 use super::core::Core;
 use super::error::{Error, Result};
 use crate::domain::{self, Command, FeedError};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// A login's answer.
@@ -23,34 +21,6 @@ pub enum Login {
 }
 
 impl Core {
-    /// The token key of the replicated state; the first active master that needs it and finds
-    /// none commits a random one (`SetTokenKey` applies only while none is stored, so every
-    /// member ends with the first one committed).
-    pub async fn token_key(&self) -> Result<Arc<Vec<u8>>> {
-        if let Some(k) = self.accounts.cached_key() {
-            return Ok(k);
-        }
-        for _ in 0..3 {
-            self.linearize().await?;
-            if let Some(hex) = self.read(domain::token_key_hex).await? {
-                let key = accounts::from_hex(&hex)
-                    .ok_or_else(|| Error::Internal("the stored token key is not hex".into()))?;
-                let key = Arc::new(key);
-                self.accounts.cache_key(key.clone());
-                return Ok(key);
-            }
-            let key_hex = accounts::to_hex(&chatfeed_common::accounts::new_token_key());
-            match self.commit(Command::SetTokenKey { key_hex }).await? {
-                Ok(_) => tracing::info!("generated the cluster's token key"),
-                Err(FeedError::TokenKeySet) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Unavailable(
-            "could not read the token key back; retry".into(),
-        ))
-    }
-
     /// Logs `user` in with `password` (see `Login`); with `probe`, only says whether the user
     /// has a password.
     ///
@@ -84,9 +54,30 @@ impl Core {
                 chatfeed_common::accounts::MAX_PASSWORD_BYTES
             )));
         }
+        let created = self
+            .attempt(&user, client, self.check_password(&user, password, client))
+            .await?;
+        let (token, expires_at_ms) = self.issue_token(&user).await?;
+        Ok(Login::Session {
+            token,
+            expires_at_ms,
+            created,
+        })
+    }
+
+    /// Runs `check`, a password check of `user` from the client at `client`, within the login
+    /// limits: the logins per user and per address, then this attempt's turn after earlier
+    /// failures (`Accounts::take_turn`); a wrong password (`Unauthenticated`) counts as a
+    /// failure, a right one forgets them.
+    async fn attempt<T>(
+        &self,
+        user: &str,
+        client: &str,
+        check: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let l = &self.config.limits;
         let now = Instant::now();
-        if let Err(wait) = self.rates.logins.take(&user, now) {
+        if let Err(wait) = self.rates.logins.take(user, now) {
             return Err(Error::Exhausted(format!(
                 "too many logins of user {user} (limits.logins_per_sec: {} a second, bursts of \
                  {}): retry in {} ms",
@@ -104,10 +95,7 @@ impl Core {
                 wait.as_millis().max(1)
             )));
         }
-        let key = self.token_key().await?;
-        // Earlier failures of this user (and attempts being checked now): this attempt waits
-        // its turn first.
-        let wait = self.accounts.take_turn(&user, Instant::now());
+        let wait = self.accounts.take_turn(user, Instant::now());
         if !wait.is_zero() {
             tracing::info!(
                 user,
@@ -116,31 +104,75 @@ impl Core {
             );
             tokio::time::sleep(wait).await;
         }
-        let created = match self.check_password(&user, password, client).await {
-            Ok(c) => c,
+        match check.await {
+            Ok(t) => {
+                self.accounts.succeeded(user);
+                Ok(t)
+            }
             Err(e @ Error::Unauthenticated(_)) => {
-                let next = self.accounts.failed(&user, Instant::now());
+                let next = self.accounts.failed(user, Instant::now());
                 tracing::warn!(
                     user,
                     next_wait_ms = next.as_millis() as u64,
                     "wrong password"
                 );
-                return Err(e);
+                Err(e)
             }
             Err(e) => {
-                self.accounts.released(&user);
-                return Err(e);
+                self.accounts.released(user);
+                Err(e)
+            }
+        }
+    }
+
+    /// Changes `user`'s password from `old` to `new` (the old one checked like a login's,
+    /// within the same limits), ending every session of the user; answers a token of a new
+    /// session, and its expiry.
+    pub async fn change_password(
+        &self,
+        user: String,
+        old: String,
+        new: String,
+        client: &str,
+    ) -> Result<(String, i64)> {
+        domain::validate_name(&user)?;
+        self.mastership.require_active()?;
+        chatfeed_common::accounts::check_new_password(&new).map_err(Error::InvalidArgument)?;
+        if old.is_empty() || old.len() > chatfeed_common::accounts::MAX_PASSWORD_BYTES {
+            return Err(Error::Unauthenticated(format!(
+                "wrong password for user {user}"
+            )));
+        }
+        let check = async {
+            self.linearize().await?;
+            let u = user.clone();
+            let right = match self.read(move |c| domain::credential(c, &u)).await? {
+                domain::Credential::Hash(hash) => self.accounts.verify(old, hash).await?,
+                _ => false,
+            };
+            if right {
+                Ok(())
+            } else {
+                Err(Error::Unauthenticated(format!(
+                    "wrong password for user {user}"
+                )))
             }
         };
-        self.accounts.succeeded(&user);
-        let expires_at_ms =
-            chatfeed_common::accounts::now_ms() + self.accounts.token_ttl().as_millis() as i64;
-        let token = chatfeed_common::accounts::issue(&key, &user, expires_at_ms);
-        Ok(Login::Session {
-            token,
-            expires_at_ms,
-            created,
+        self.attempt(&user, client, check).await?;
+        let password_hash = self.accounts.hash(new).await?;
+        let at_ms = chatfeed_common::accounts::now_ms();
+        self.commit(Command::ChangePassword {
+            name: user.clone(),
+            password_hash,
+            at_ms,
         })
+        .await??;
+        tracing::info!(user, "password changed; the user's sessions ended");
+        // The new session is issued after the end of the old ones.
+        while chatfeed_common::accounts::now_ms() <= at_ms {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        self.issue_token(&user).await
     }
 
     /// Checks `password` for `user` (creating the user, or setting its first password), and

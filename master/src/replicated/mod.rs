@@ -1,6 +1,7 @@
 //! The replicated core: a member's part in the Raft group and what it does with the replicated
 //! state. `core.rs` (`Core`: commit, linearizable reads, the watch stream, a client's write with
-//! its limits) and `login.rs` (logins and the token key) are the operations the services call;
+//! its limits), `login.rs` (logins, password changes) and `sessions.rs` (token keys and their
+//! rotation, ended sessions) are the operations the services call;
 //! `mastership.rs` says who is the active master; `batch.rs` (group commit), `read_barrier.rs`
 //! (shared quorum rounds), `accounts.rs` (password hashing, wrong-password slow-down) and
 //! `rates.rs` (posts, follows, logins and new accounts per user or address per second) serve
@@ -17,6 +18,7 @@ pub mod mastership;
 pub mod raft;
 mod rates;
 mod read_barrier;
+pub mod sessions;
 pub mod window;
 
 pub use core::{Core, TimelinePage};

@@ -120,6 +120,32 @@ impl Cluster for ClusterService {
         Ok(Response::new(reply))
     }
 
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::AuthenticateReply>, Status> {
+        let r = req.into_inner();
+        let (token, expires_at_ms) = self
+            .core()
+            .change_password(r.user, r.old_password, r.new_password, &r.client_addr)
+            .await?;
+        Ok(Response::new(pb::AuthenticateReply {
+            token,
+            expires_at_ms,
+            created: false,
+            has_password: true,
+        }))
+    }
+
+    async fn end_sessions(
+        &self,
+        req: Request<pb::EndSessionsRequest>,
+    ) -> Result<Response<pb::EndSessionsReply>, Status> {
+        let r = req.into_inner();
+        self.core().end_sessions(r.user, r.session_ms).await?;
+        Ok(Response::new(pb::EndSessionsReply {}))
+    }
+
     async fn list_users(
         &self,
         req: Request<pb::ListUsersRequest>,
@@ -127,7 +153,12 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         let (users, more) = self
             .core()
-            .list_users(req.following_of, req.after, req.limit)
+            .list_users(
+                req.following_of,
+                req.after,
+                req.limit,
+                (req.session_user, req.session_ms),
+            )
             .await?;
         Ok(Response::new(pb::ListUsersReply { users, more }))
     }
@@ -139,7 +170,7 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         let page = self
             .core()
-            .timeline(req.user, req.after_seq, req.limit)
+            .timeline(req.user, req.after_seq, req.limit, req.session_ms)
             .await?;
         Ok(Response::new(pb::TimelineReply {
             posts: page.posts.into_iter().map(Into::into).collect(),

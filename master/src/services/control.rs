@@ -2,7 +2,8 @@
 //! (workers only: behind a worker's certificate, `peers.rs`).
 //! Each incoming heartbeat updates the `Directory`; commands for the worker (shed load, spawn a
 //! sibling) go back on the same stream. The first command on every accepted stream is `Keys`: the
-//! token key, so the worker checks its clients' session tokens itself.
+//! token keys, so the worker checks its clients' session tokens itself; a rotated key follows
+//! within `KEYS_POLL`.
 //!
 //! A heartbeat's host is a claim the master acts on (it starts workers on that host, its own
 //! included), so it must be a name of the worker's certificate, and so must the host of the
@@ -13,9 +14,11 @@
 use crate::background::directory::Directory;
 use crate::replicated::Core;
 use crate::replicated::mastership::Mastership;
+use crate::replicated::sessions::KEYS_POLL;
+use chatfeed_common::accounts::TokenKeys;
 use chatfeed_common::tls::{Identity, host_of};
 use chatfeed_proto::control::control_server::{Control, ControlServer};
-use chatfeed_proto::control::{ControlCommand, Keys, WorkerHeartbeat, control_command};
+use chatfeed_proto::control::{ControlCommand, Keys, TokenKey, WorkerHeartbeat, control_command};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -58,15 +61,12 @@ impl Control for ControlService {
         self.core.mastership().require_active()?;
         // Set by the guard (`peers.rs`) with TLS; none in plaintext, where nothing is checked.
         let identity = req.extensions().get::<Identity>().cloned();
-        let token_key = self.core.token_key().await?;
+        let keys = self.core.token_keys().await?;
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel::<ControlCommand>(COMMAND_BUFFER);
         // The channel is new and empty: the keys go first.
-        let _ = tx.try_send(ControlCommand {
-            command: Some(control_command::Command::Keys(Keys {
-                token_key: token_key.to_vec(),
-            })),
-        });
+        let _ = tx.try_send(keys_command(&keys));
+        let core = self.core.clone();
         let (out_tx, out_rx) = mpsc::channel(COMMAND_BUFFER);
         let directory = self.directory.clone();
         let mastership: Mastership = self.core.mastership().clone();
@@ -111,15 +111,50 @@ impl Control for ControlService {
                     }
                 }
             };
+            // A rotated key goes to the worker before it signs any token (`sessions.rs`).
+            let refresh = async {
+                let mut sent = keys;
+                loop {
+                    tokio::time::sleep(KEYS_POLL).await;
+                    match core.token_keys().await {
+                        Ok(keys) if keys != sent => {
+                            if tx.send(keys_command(&keys)).await.is_err() {
+                                return;
+                            }
+                            sent = keys;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "cannot read the token keys"),
+                    }
+                }
+            };
             // The member's shutdown ends the stream too: the server drains open streams
             // before it stops.
             tokio::select! {
                 _ = forward => {}
                 _ = receive => {}
+                _ = refresh => {}
                 _ = shutdown.cancelled() => {}
             }
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+/// The `Keys` command carrying `keys`.
+fn keys_command(keys: &TokenKeys) -> ControlCommand {
+    ControlCommand {
+        command: Some(control_command::Command::Keys(Keys {
+            token_keys: keys
+                .keys
+                .iter()
+                .map(|k| TokenKey {
+                    id: k.id,
+                    key: k.key.clone(),
+                })
+                .collect(),
+            token_ttl_ms: keys.ttl_ms,
+        })),
     }
 }
 

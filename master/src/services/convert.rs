@@ -24,6 +24,7 @@ pub fn feed_status(e: &FeedError) -> Status {
         FeedError::Invalid(_) => Status::invalid_argument(msg),
         FeedError::UserNotFound(_) => Status::not_found(msg),
         FeedError::NotFollowing { .. } => Status::failed_precondition(msg),
+        FeedError::SessionEnded(_) => Status::unauthenticated(msg),
     }
 }
 
@@ -112,6 +113,13 @@ pub fn command_of(req: pb::WriteRequest) -> Result<Command, Status> {
             },
         },
     )
+    .map(|command| match req.session_ms {
+        0 => command,
+        session_ms => Command::InSession {
+            session_ms,
+            command: Box::new(command),
+        },
+    })
 }
 
 impl From<domain::Event> for pb::PostEvent {
@@ -141,6 +149,7 @@ impl From<domain::Event> for pb::Event {
                 let (follower, followee) = pair(&e);
                 Kind::Unfollowed(pb::Unfollow { follower, followee })
             }
+            domain::KIND_SESSIONS_ENDED => Kind::SessionsEnded(e.actor),
             _ => Kind::Posted(e.into()),
         };
         pb::Event {

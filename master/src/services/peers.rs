@@ -1,9 +1,9 @@
 //! The callers' roles at the service level: the services for the cluster's own processes are
-//! wrapped whole, `Cluster` in `cluster_only` (members and workers) and `Control` in
-//! `workers_only`, which refuse every call before any method runs: UNAUTHENTICATED without a
-//! certificate of the cluster CA, PERMISSION_DENIED with a certificate of another role (or none,
-//! from before certificates carried roles). A method added to them later is guarded without
-//! anyone remembering to. The caller's `Identity` (role and host names) goes on in the request's
+//! wrapped whole, `Cluster` in `cluster_only` (members and workers), `Admin` in `members_only`
+//! and `Control` in `workers_only`, which refuse every call before any method runs:
+//! UNAUTHENTICATED without a certificate of the cluster CA, PERMISSION_DENIED with a certificate
+//! of another role (or none, from before certificates carried roles). A method added to them
+//! later is guarded without anyone remembering to. The caller's `Identity` (role and host names) goes on in the request's
 //! extensions for the handlers that need it (`control.rs` checks a worker's host). In plaintext
 //! mode every caller passes, with no identity.
 
@@ -31,6 +31,11 @@ impl tonic::service::Interceptor for Guard {
 /// `service` (named `name` in refusals), reachable only by members and workers.
 pub fn cluster_only<S>(service: S, tls: &Tls, name: &'static str) -> InterceptedService<S, Guard> {
     guarded(service, tls, Callers::MembersAndWorkers, name)
+}
+
+/// `service` (named `name` in refusals), reachable only by members.
+pub fn members_only<S>(service: S, tls: &Tls, name: &'static str) -> InterceptedService<S, Guard> {
+    guarded(service, tls, Callers::Members, name)
 }
 
 /// `service` (named `name` in refusals), reachable only by workers.

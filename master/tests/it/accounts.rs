@@ -5,7 +5,7 @@ use chatfeed_proto::cluster as cpb;
 use std::time::{Duration, Instant};
 
 /// The token key each member stored (hex), read from its own database.
-fn stored_key(cluster: &TestCluster, id: u64) -> Option<String> {
+fn stored_key(cluster: &TestCluster, id: u64) -> Option<(u32, String)> {
     let path = cluster
         .config
         .member_data_dir(id)
@@ -15,9 +15,9 @@ fn stored_key(cluster: &TestCluster, id: u64) -> Option<String> {
             .ok()?;
     conn.busy_timeout(Duration::from_secs(5)).ok()?;
     conn.query_row(
-        "SELECT value FROM secrets WHERE name = 'token_key'",
+        "SELECT id, key_hex FROM token_keys ORDER BY id DESC LIMIT 1",
         [],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .ok()
 }
@@ -48,7 +48,7 @@ async fn one_token_key_on_every_member_across_a_leader_change() {
     assert!(first.created);
     let end = Instant::now() + DEADLINE;
     let key = loop {
-        let keys: Vec<Option<String>> = cluster
+        let keys: Vec<Option<(u32, String)>> = cluster
             .ids()
             .iter()
             .map(|&id| stored_key(&cluster, id))
@@ -62,10 +62,18 @@ async fn one_token_key_on_every_member_across_a_leader_change() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let key = chatfeed_master::replicated::accounts::from_hex(&key).unwrap();
+    let keys = chatfeed_common::accounts::TokenKeys {
+        keys: vec![chatfeed_common::accounts::TokenKey {
+            id: key.0,
+            key: chatfeed_master::replicated::accounts::from_hex(&key.1).unwrap(),
+        }],
+        ttl_ms: cluster.config.accounts.token_ttl_secs as i64 * 1000,
+    };
     let now = chatfeed_common::accounts::now_ms();
     assert_eq!(
-        chatfeed_common::accounts::verify(&key, &first.token, now).unwrap(),
+        chatfeed_common::accounts::verify(&keys, &first.token, now)
+            .unwrap()
+            .user,
         "kim"
     );
 
@@ -76,15 +84,13 @@ async fn one_token_key_on_every_member_across_a_leader_change() {
     let again = authenticate(&cluster, next, "kim").await;
     assert!(!again.created, "the new active master found kim's password");
     assert_eq!(
-        chatfeed_common::accounts::verify(&key, &again.token, now).unwrap(),
+        chatfeed_common::accounts::verify(&keys, &again.token, now)
+            .unwrap()
+            .user,
         "kim"
     );
     for id in rest {
-        assert_eq!(
-            stored_key(&cluster, id)
-                .map(|k| chatfeed_master::replicated::accounts::from_hex(&k).unwrap()),
-            Some(key.clone())
-        );
+        assert_eq!(stored_key(&cluster, id), Some(key.clone()));
     }
     cluster.shutdown().await;
 }

@@ -184,7 +184,10 @@ async fn api_answers_good_and_bad_input() {
             "does not follow",
         ),
         (
-            cpb::WriteRequest { command: None },
+            cpb::WriteRequest {
+                command: None,
+                session_ms: 0,
+            },
             Code::InvalidArgument,
             "needs a command",
         ),
@@ -229,6 +232,7 @@ async fn api_answers_good_and_bad_input() {
             user: "bob".into(),
             after_seq: Some(0),
             limit: 100,
+            session_ms: 0,
         })
         .await
         .unwrap()
@@ -292,6 +296,7 @@ async fn api_answers_good_and_bad_input() {
             user: "zed".into(),
             after_seq: None,
             limit: 0,
+            session_ms: 0,
         })
         .await
         .unwrap_err();

@@ -193,6 +193,7 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
                 user: "alice".into(),
                 after_seq: None,
                 limit: 20,
+                session_ms: 0,
             })
             .await
             .unwrap_err();

@@ -50,7 +50,10 @@ async fn each_write_of_a_batch_is_answered_alone() {
             2 => writes.push(post("alice", "   ", "empty")),
             4 => writes.push(follow("alice", "alice")),
             6 => writes.push(follow("alice", "nobody")),
-            8 => writes.push(cpb::WriteRequest { command: None }),
+            8 => writes.push(cpb::WriteRequest {
+                command: None,
+                session_ms: 0,
+            }),
             _ => {}
         }
     }

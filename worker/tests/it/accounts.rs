@@ -74,15 +74,24 @@ async fn nobody_posts_as_another_user() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let payload = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
-    let (exp, _) = payload.split_once(':').unwrap();
-    let forged = format!("v1.{}.{}", b64.encode(format!("{exp}:alice")), parts[2]);
+    let (times, _) = payload.rsplit_once(':').unwrap();
+    let forged = format!("v2.{}.{}", b64.encode(format!("{times}:alice")), parts[2]);
     let e = raw
         .post(with_token(Some(&forged), "", "x", "f1"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("bad signature"), "{e:?}");
-    let other_key = chatfeed_common::accounts::issue(&[7u8; 32], "alice", i64::MAX);
+    // A key with the id of the cluster's key (1, its first), and another value.
+    let other_key = chatfeed_common::accounts::issue(
+        &chatfeed_common::accounts::TokenKey {
+            id: 1,
+            key: vec![7u8; 32],
+        },
+        "alice",
+        chatfeed_common::accounts::now_ms(),
+        chatfeed_common::accounts::now_ms() + 60_000,
+    );
     let e = raw
         .post(with_token(Some(&other_key), "", "x", "f2"))
         .await

@@ -86,6 +86,17 @@ impl TestClient {
         &mut self.inner
     }
 
+    /// The client carrying `token` from now on (not the one `login` kept for its user).
+    pub fn set_token(&mut self, token: &str) {
+        *self.auth.0.lock().unwrap() =
+            Some(MetadataValue::try_from(format!("Bearer {token}")).unwrap());
+    }
+
+    /// The client, with the token it carries now.
+    pub fn current(&mut self) -> &mut FeedClient<InterceptedService<Channel, TestAuth>> {
+        &mut self.inner
+    }
+
     /// The client without a token (logins, and tests of refusals).
     pub fn anonymous(&mut self) -> &mut FeedClient<InterceptedService<Channel, TestAuth>> {
         *self.auth.0.lock().unwrap() = None;

@@ -2,8 +2,8 @@
 //! errors (`api`), timeline semantics (`timeline`), the history/live boundary under concurrent
 //! writes (`boundary`), and the worker's life with the masters: registration, fail-over, shedding,
 //! graceful stop, respawn requests (`control`); batched writes and writes that move on from a
-//! leader cut off or late (`writes`); real worker processes (`process`); and a user trying to
-//! make the cluster work for nothing (`abuse`).
+//! leader cut off or late (`writes`); real worker processes (`process`); a user trying to
+//! make the cluster work for nothing (`abuse`); and sessions ended, keys rotated (`sessions`).
 
 mod abuse;
 mod accounts;
@@ -14,5 +14,6 @@ mod fixture;
 mod health;
 mod metrics;
 mod process;
+mod sessions;
 mod timeline;
 mod writes;

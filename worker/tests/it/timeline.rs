@@ -123,6 +123,7 @@ async fn long_history_is_paged() {
                         text: format!("{t}/{i}"),
                         client_post_id: format!("{t}-{i}"),
                     })),
+                    session_ms: 0,
                 })
                 .await
                 .unwrap();

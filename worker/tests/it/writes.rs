@@ -317,6 +317,20 @@ impl Cluster for FakeMember {
     ) -> Result<Response<cpb::AuthenticateReply>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn change_password(
+        &self,
+        _: Request<cpb::ChangePasswordRequest>,
+    ) -> Result<Response<cpb::AuthenticateReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn end_sessions(
+        &self,
+        _: Request<cpb::EndSessionsRequest>,
+    ) -> Result<Response<cpb::EndSessionsReply>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// Serves `member` on a port of its own; its address.
@@ -366,11 +380,14 @@ async fn a_late_answer_moves_the_write_to_the_active_member() {
 
     let sent = Instant::now();
     let reply = writes
-        .write(Command::Post(cpb::Post {
-            author: "alice".into(),
-            text: "moves on".into(),
-            client_post_id: "late-1".into(),
-        }))
+        .write(
+            Command::Post(cpb::Post {
+                author: "alice".into(),
+                text: "moves on".into(),
+                client_post_id: "late-1".into(),
+            }),
+            0,
+        )
         .await
         .unwrap();
     let took = sent.elapsed();

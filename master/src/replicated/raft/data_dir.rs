@@ -1,6 +1,11 @@
 //! Opening a member's data directory: splits a directory of the one-file layout (`legacy.rs`),
 //! creates a brand-new member's files (with `create`), checks both files' integrity and schema
 //! version, and that they belong to this member. Every refusal says what to do (`DataDirError`).
+//!
+//! The directory is private to the master's user: created `0700`, refused when it is open to
+//! others (its databases hold the password hashes and the token keys), and its files made
+//! `0600` before SQLite opens them (SQLite gives the `-wal` and `-shm` files the mode of their
+//! database).
 
 use super::db::{
     DataDirError, LOG_SCHEMA, MemberFiles, SCHEMA_VERSION, STATE_SCHEMA, connect, corrupt,
@@ -9,7 +14,70 @@ use super::db::{
 use super::legacy;
 use super::types::NodeId;
 use rusqlite::{Connection, OptionalExtension};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// Refuses a data directory that others may enter or read.
+fn check_private(dir: &Path) -> Result<(), DataDirError> {
+    let mode = std::fs::metadata(dir)
+        .map_err(|source| DataDirError::Permissions {
+            path: dir.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(DataDirError::OpenToOthers {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Takes away any group or other permission from the member's database files (with their
+/// `-wal` and `-shm` files); with `fresh`, first creates the log and the state `0600`.
+fn make_files_private(files: &MemberFiles, fresh: bool) -> Result<(), DataDirError> {
+    for (db, create) in [
+        (&files.log, fresh),
+        (&files.state, fresh),
+        (&files.snapshot, false),
+    ] {
+        let mut paths = vec![db.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut p = db.clone().into_os_string();
+            p.push(suffix);
+            paths.push(p.into());
+        }
+        for (i, path) in paths.iter().enumerate() {
+            let fail = |source| DataDirError::Permissions {
+                path: path.clone(),
+                source,
+            };
+            match std::fs::metadata(path) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(fail)?;
+                }
+                Ok(_) => {}
+                // Only the database itself is created here: SQLite makes the others.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && i == 0 && create => {
+                    // An empty file is a new database to SQLite.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .map_err(fail)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Opens (and with `create`, creates) the data directory of member `id` in `dir`: splits a
 /// directory of the one-file layout, checks that both files are intact and belong to `id`, and
@@ -20,11 +88,16 @@ pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<MemberFile
         if !create {
             return Err(DataDirError::Missing(dir.to_owned()));
         }
-        std::fs::create_dir_all(dir).map_err(|source| DataDirError::Create {
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| DataDirError::Create {
+                path: dir.to_owned(),
+                source,
+            })?;
     }
+    check_private(dir)?;
     legacy::split_if_needed(&files, id)?;
     let fresh = !files.log.exists();
     if fresh && !create {
@@ -39,6 +112,7 @@ pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<MemberFile
             ),
         });
     }
+    make_files_private(&files, fresh)?;
     let log = open_checked(&files.log, LOG_SCHEMA)?;
     let state = open_checked(&files.state, STATE_SCHEMA)?;
     state

@@ -77,6 +77,17 @@ pub enum DataDirError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "data directory {path} is open to other users (mode {mode:04o}): its databases hold every \
+         password hash and the key that signs session tokens. Run `chmod 700 {path}` (and make \
+         sure nobody copied its files meanwhile), then start again"
+    )]
+    OpenToOthers { path: PathBuf, mode: u32 },
+    #[error("cannot make {path} private to this user: {source}")]
+    Permissions {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The files of one member's data directory.

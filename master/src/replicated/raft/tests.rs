@@ -137,6 +137,39 @@ async fn state_survives_reopen() {
     assert!(open_member_db(&dir.path().join("gone"), 1, false).is_err());
 }
 
+/// A member's data directory is private: created 0700 with its databases 0600 (and their WAL
+/// and shared-memory files, which SQLite makes with the database's mode); an existing directory
+/// open to others is refused with the command that fixes it, and a database file made readable
+/// by others is made private again at the next open.
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data").join("m");
+    let files = open_member_db(&data, 1, true).unwrap();
+    {
+        let _log = LogStore::open(&files.log).unwrap();
+        let _sm = StateMachine::open(&files).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        for f in [&files.log, &files.state] {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+            let mut wal = f.clone().into_os_string();
+            wal.push("-wal");
+            assert_eq!(mode(std::path::Path::new(&wal)), 0o600, "{wal:?}");
+        }
+    }
+    std::fs::set_permissions(&files.state, std::fs::Permissions::from_mode(0o644)).unwrap();
+    open_member_db(&data, 1, false).unwrap();
+    assert_eq!(mode(&files.state), 0o600, "made private again");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = open_member_db(&data, 1, false).unwrap_err().to_string();
+    assert!(
+        e.contains("open to other users (mode 0755)") && e.contains("chmod 700"),
+        "{e}"
+    );
+}
+
 /// The same (author, client post id) proposed twice commits once and answers the first seq;
 /// seqs strictly increase; invalid commands are answers, not storage errors.
 #[tokio::test]
@@ -342,6 +375,13 @@ async fn one_file_layout_is_split_at_open() {
             .unwrap()
             .unwrap();
         super::db::put_meta(&c, "sm_meta", "last_applied", &Some(log_id(4, 2))).unwrap();
+    }
+    // Earlier builds made the directory with the default mode: it is refused until the
+    // operator makes it private.
+    assert!(open_member_db(&data, 1, false).is_err());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     let files = open_member_db(&data, 1, false).unwrap();
     assert!(files.log.exists() && files.state.exists());
