@@ -59,8 +59,8 @@ pub const DEFAULT_FOLLOW_BURST: u32 = 100;
 /// Users one user may follow at once (Twitter's figure): it bounds the cost of a timeline read.
 pub const DEFAULT_MAX_FOLLOWING: u32 = 5000;
 /// Login attempts per user per second, and the burst above it.
-pub const DEFAULT_LOGINS_PER_SEC: u32 = 2;
-pub const DEFAULT_LOGIN_BURST: u32 = 20;
+pub const DEFAULT_LOGINS_PER_SEC: u32 = 10;
+pub const DEFAULT_LOGIN_BURST: u32 = 50;
 /// Login attempts per client address per second, and the burst above it.
 pub const DEFAULT_LOGINS_PER_SEC_PER_ADDRESS: u32 = 20;
 pub const DEFAULT_LOGIN_BURST_PER_ADDRESS: u32 = 400;
@@ -71,8 +71,15 @@ pub const DEFAULT_ACCOUNT_BURST_PER_ADDRESS: u32 = 200;
 /// UTF-8), so 64 KiB leaves room and refuses junk early.
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 64 * 1024;
 /// Client connections one worker keeps open at once (each stream uses its own HTTP/2
-/// connection today): the benchmark holds 10,000 idle streams on one worker.
-pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 20_000;
+/// connection today): the benchmark holds 10,000 idle streams on one worker. With the worker's
+/// reserve (`edge::WORKER_RESERVE`) it needs 16,320 open files, within a hard limit of 20,000
+/// (this project's machines) or systemd's 524,288.
+pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 16_000;
+/// Connections one member keeps open on its API port: every worker of the cluster holds one or
+/// two, and clients open one for each GetWorker or Status; a crowd of 10,000 clients reconnecting
+/// at once fits. With the member's reserve (`edge::MASTER_RESERVE`, storage and Raft) it needs
+/// 10,512 open files.
+pub const DEFAULT_CONNECTIONS_PER_MASTER: u32 = 10_000;
 /// Where the cluster CA and this host's role certificates live, relative to the configuration file.
 pub const DEFAULT_TLS_DIR: &str = "tls";
 
@@ -317,6 +324,9 @@ pub struct Limits {
     pub max_request_bytes: u32,
     /// Client connections one worker keeps open at once.
     pub connections_per_worker: u32,
+    /// Connections one member keeps open on its API port (clients, workers, the other members'
+    /// probes); over it, new ones are closed at once.
+    pub connections_per_master: u32,
 }
 
 impl Limits {
@@ -357,6 +367,7 @@ impl Default for Limits {
             streams_per_user: DEFAULT_STREAMS_PER_USER,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             connections_per_worker: DEFAULT_CONNECTIONS_PER_WORKER,
+            connections_per_master: DEFAULT_CONNECTIONS_PER_MASTER,
         }
     }
 }
@@ -592,6 +603,7 @@ impl Config {
             ),
             ("limits.streams_per_user", l.streams_per_user),
             ("limits.connections_per_worker", l.connections_per_worker),
+            ("limits.connections_per_master", l.connections_per_master),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be positive"));
@@ -826,6 +838,10 @@ api_addr = "127.0.0.1:7002"
             (
                 format!("[limits]\nconnections_per_worker = 0\n{GOOD}"),
                 &["`limits.connections_per_worker`", "positive"],
+            ),
+            (
+                format!("[limits]\nconnections_per_master = 0\n{GOOD}"),
+                &["`limits.connections_per_master`", "positive"],
             ),
             (
                 format!("[limits]\nmax_request_bytes = 100\n{GOOD}"),

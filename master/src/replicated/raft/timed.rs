@@ -138,7 +138,7 @@ impl RaftStateMachine<TypeConfig> for TimedStateMachine {
                 EntryPayload::Normal(r) => r
                     .commands()
                     .iter()
-                    .map(|c| matches!(c, Command::Post { .. }))
+                    .map(|c| matches!(c.inner(), Command::Post { .. }))
                     .collect(),
                 _ => Vec::new(),
             })
