@@ -392,3 +392,51 @@ async fn plaintext_mode_works_and_warns() {
         );
     }
 }
+
+/// `chatfeed-master rotate-token-key`, run on the host with a member's certificate, has the
+/// active master make a new token key (three times here, so the first key, which signed the
+/// session of before, is retired); users log in and post across the rotations. A worker's
+/// certificate is refused the members' `Admin` service (PERMISSION_DENIED), a client without a
+/// certificate too (UNAUTHENTICATED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_rotate_the_token_key_and_workers_cannot() {
+    use chatfeed_proto::cluster::RotateTokenKeyRequest;
+    use chatfeed_proto::cluster::admin_client::AdminClient;
+    let c = ProcCluster::new(NO_RESTART_MS);
+    assert!(
+        c.run_script().await.status.success(),
+        "MasterStartup.sh failed"
+    );
+    let status = c.wait_healthy().await;
+    assert!(
+        c.start_workers().await.status.success(),
+        "WorkerStartup.sh failed"
+    );
+    c.wait_workers(3).await;
+    c.post("alice", "before the rotations").await;
+    for _ in 0..3 {
+        let out = c.run_bin(&c.config_path, &["rotate-token-key"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout_of(&out).contains("rotated the token key"), "{out:?}");
+    }
+    c.post("alice", "after the rotations").await;
+
+    let leader = c.member(status.leader.unwrap()).api.clone();
+    let worker = c.tls().expect("the host's worker certificate");
+    let e = AdminClient::new(worker.endpoint(&leader).unwrap().connect().await.unwrap())
+        .rotate_token_key(RotateTokenKeyRequest {})
+        .await
+        .expect_err("a worker rotated the token key");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let client = Tls::load_client(&c.ca_file().unwrap()).unwrap();
+    let e = AdminClient::new(client.endpoint(&leader).unwrap().connect().await.unwrap())
+        .rotate_token_key(RotateTokenKeyRequest {})
+        .await
+        .expect_err("a client rotated the token key");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    c.kill_everything();
+}
