@@ -200,6 +200,8 @@ async fn run_member(
 ) -> anyhow::Result<()> {
     let span = logging::init(fmt, "info,openraft=error", "master", &id.to_string());
     let _enter = span.enter();
+    let open_files = chatfeed_common::edge::raise_for_master(&config)?;
+    tracing::info!(open_files, "open-files limit");
     let me = config
         .member(id)
         .with_context(|| format!("member {id} is not in {}", config_path.display()))?

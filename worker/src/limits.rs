@@ -1,13 +1,17 @@
 //! Limits a worker enforces by itself (the posts-per-second limit lives on the active master,
 //! which sees all of a user's posts): client connections per worker (`limited`, checked by
-//! `check_connection` in every call), and the request size (tonic's `max_decoding_message_size`,
+//! `check_connection` in every call; a connection over the limit is answered "worker full" for
+//! `OVER_LIMIT_GRACE`, then closed), and the request size (tonic's `max_decoding_message_size`,
 //! whose OUT_OF_RANGE answer `RequestSizeLayer` turns into RESOURCE_EXHAUSTED). Streams per user
 //! are counted by the hub.
 
 use chatfeed_common::accounts::WORKER_FULL;
+use chatfeed_common::edge::WORKER_OVER_LIMIT_HELD;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,39 +27,82 @@ pub struct ConnInfo {
     pub remote_addr: Option<std::net::SocketAddr>,
 }
 
+/// How long a connection over the limit stays open: time for its TLS handshake and its first
+/// call, answered "worker full" (the client then asks the master for another worker), and no
+/// more, so an idle flood holds no descriptor for long.
+pub const OVER_LIMIT_GRACE: Duration = Duration::from_secs(3);
+
 /// An accepted client connection holding one of the worker's connection permits (released
-/// when it closes), or marked over the limit.
+/// when it closes), or, over the limit, one of the few places for connections being turned away
+/// and a deadline.
 pub struct Limited {
     io: TcpStream,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
+    /// Over the limit: when the connection is closed (its reads fail from then on, and the
+    /// server drops it).
+    closes: Option<Pin<Box<tokio::time::Sleep>>>,
     info: ConnInfo,
 }
 
 /// The connections accepted on `listener`, each taking one of `max` permits. A connection over
 /// the limit is still accepted, so its calls can be told why (RESOURCE_EXHAUSTED, "worker full")
-/// instead of a bare refused connection the client would retry on the same worker.
+/// instead of a bare refused connection the client would retry on the same worker; it is closed
+/// after `OVER_LIMIT_GRACE`, and at most `WORKER_OVER_LIMIT_HELD` of them are open at once (the
+/// next ones are closed at once).
 pub fn limited(
     listener: TcpListener,
     max: u32,
 ) -> impl Stream<Item = std::io::Result<Limited>> + Send + 'static {
+    limited_with(listener, max, WORKER_OVER_LIMIT_HELD, OVER_LIMIT_GRACE)
+}
+
+/// `limited`, with the number of connections over the limit held at once and their grace.
+pub fn limited_with(
+    listener: TcpListener,
+    max: u32,
+    held: u32,
+    grace: Duration,
+) -> impl Stream<Item = std::io::Result<Limited>> + Send + 'static {
     let permits = Arc::new(Semaphore::new(max as usize));
-    TcpListenerStream::new(listener).map(move |accepted| {
-        accepted.map(|io| {
-            let _ = io.set_nodelay(true);
-            let permit = permits.clone().try_acquire_owned().ok();
-            let info = ConnInfo {
-                over_limit: permit.is_none().then_some(max),
-                remote_addr: io.peer_addr().ok(),
-            };
-            if permit.is_none() {
-                tracing::warn!(limit = max, "client connection over the worker's limit");
-            }
-            Limited {
+    let over = Arc::new(Semaphore::new(held as usize));
+    let mut turned_away: u64 = 0;
+    TcpListenerStream::new(listener).filter_map(move |accepted| {
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => return Some(Err(e)),
+        };
+        let _ = io.set_nodelay(true);
+        let remote_addr = io.peer_addr().ok();
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return Some(Ok(Limited {
                 io,
                 _permit: permit,
-                info,
-            }
-        })
+                closes: None,
+                info: ConnInfo {
+                    over_limit: None,
+                    remote_addr,
+                },
+            }));
+        }
+        if turned_away.is_multiple_of(1000) {
+            tracing::warn!(
+                limit = max,
+                turned_away = turned_away + 1,
+                "client connection over the worker's limit (limits.connections_per_worker)"
+            );
+        }
+        turned_away += 1;
+        // Dropped (closed) when even the places for turning connections away are taken.
+        let permit = over.clone().try_acquire_owned().ok()?;
+        Some(Ok(Limited {
+            io,
+            _permit: permit,
+            closes: Some(Box::pin(tokio::time::sleep(grace))),
+            info: ConnInfo {
+                over_limit: Some(max),
+                remote_addr,
+            },
+        }))
     })
 }
 
@@ -98,6 +145,15 @@ impl AsyncRead for Limited {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        // The server always has a read pending on a connection, so this wakes it at the deadline.
+        if let Some(closes) = &mut self.closes
+            && closes.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "a connection over the worker's limit closed after its grace",
+            )));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -209,5 +265,55 @@ where
             }
             Ok(res)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatfeed_common::testing::DEADLINE;
+    use tokio::io::AsyncReadExt;
+
+    /// With room for one connection and one turned away: the second connection is served as
+    /// over the limit and closed after its grace (its reads fail; the server then drops it), and
+    /// a third is closed at once (its client reads the end without a word). Fails if connections
+    /// over the limit were kept open (either read would wait for ever, past `DEADLINE`).
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut accepted = std::pin::pin!(limited_with(l, 1, 1, Duration::from_millis(200)));
+            while let Some(c) = accepted.next().await {
+                let _ = tx.send(c.unwrap());
+            }
+        });
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let a = served.recv().await.unwrap();
+        assert!(a.info.over_limit.is_none());
+        let _second = TcpStream::connect(addr).await.unwrap();
+        let mut b = served.recv().await.unwrap();
+        assert_eq!(b.info.over_limit, Some(1));
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(DEADLINE, b.read(&mut buf))
+            .await
+            .expect("a connection over the limit is closed after its grace");
+        assert_eq!(
+            read.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionAborted
+        );
+        // `b` is still held: a third connection has no place and is closed at once.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let n = tokio::time::timeout(DEADLINE, third.read(&mut buf))
+            .await
+            .expect("the third connection is closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(
+            served.try_recv().is_err(),
+            "the third connection was served"
+        );
+        drop((a, b));
     }
 }

@@ -180,6 +180,8 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
     )
     .with_context(|| format!("opening the log file {:?}", log_file))?;
     let _enter = span.enter();
+    let open_files = chatfeed_common::edge::raise_for_worker(config)?;
+    tracing::info!(open_files, "open-files limit");
     let listener = chatfeed_common::addr::listen(&s.listen)
         .await
         .with_context(|| format!("binding the worker address {}", s.listen))?;

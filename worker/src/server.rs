@@ -29,6 +29,10 @@ use tokio_util::task::TaskTracker;
 /// live stream in the heartbeats.
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 streams at once on one client connection beyond the user's timeline streams
+/// (`limits.streams_per_user`; tonic's default is no limit): a client connection is one
+/// session, with its streams and a few calls at a time (a post, a follow, a history read).
+const CALLS_PER_CONNECTION: u32 = 32;
 /// How long stopping waits for the streams' last items.
 const DRAIN_STREAMS: Duration = Duration::from_secs(6);
 /// How long stopping waits for in-flight calls once the server stops accepting.
@@ -232,6 +236,7 @@ pub async fn run_with_metrics(
     let incoming = crate::limits::limited(listener, limits.connections_per_worker);
     let mut server = tokio::spawn(async move {
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.streams_per_user.saturating_add(CALLS_PER_CONNECTION))
             .layer(rpc_layer)
             .layer(size_layer)
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))

@@ -7,7 +7,9 @@
 //! worker of the host resumes any session one of them made, however many clients there are.
 //!
 //! Each handshake runs in its own task, as tonic's do: a slow or silent peer holds no one else
-//! up, and must finish within [`HANDSHAKE_TIMEOUT`].
+//! up, and must finish within [`HANDSHAKE_TIMEOUT`]. At most [`MAX_HANDSHAKES`] are in flight on
+//! one listener: over it, a new connection is closed at once, so a flood of half-finished
+//! handshakes holds a bounded number of tasks, buffers and descriptors.
 
 use super::tickets::{HostTickets, Role};
 use super::{ClientAuth, Handshakes, LeanTls, TlsError};
@@ -21,14 +23,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::{Connected, TlsConnectInfo};
 
-/// How long a client may take over its handshake before the connection is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take over its handshake before the connection is dropped: the clients'
+/// own bound (`WORKER_HANDSHAKE_TIMEOUT`, 5 s), past which they have given up anyway. A full
+/// handshake costs about a millisecond of CPU; the rest is the network and a busy host.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in flight on one listener at most. A crowd of clients moving at once (a worker's
+/// 10,000 streams after it failed, spread over the others) handshakes at about 1,000 a second per
+/// core, so 1,024 in flight is a second of work queued; beyond that a new connection is closed
+/// at once and its client retries. A flood of silent connections holds at most these for
+/// `HANDSHAKE_TIMEOUT` (each a task and a few KB of TLS state).
+pub const MAX_HANDSHAKES: usize = 1024;
 /// How long accepting pauses after an error that is not about one connection (no file
 /// descriptor left): the listener would return it again at once.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -41,6 +51,8 @@ pub struct Acceptor {
     config: Arc<rustls::ServerConfig>,
     full: Counter,
     resumed: Counter,
+    /// Handshakes in flight at most (`MAX_HANDSHAKES`).
+    max_handshakes: usize,
 }
 
 impl Acceptor {
@@ -104,7 +116,15 @@ impl Acceptor {
             config: Arc::new(config),
             full: Counter::default(),
             resumed: Counter::default(),
+            max_handshakes: MAX_HANDSHAKES,
         })
+    }
+
+    /// This acceptor with at most `n` handshakes in flight on each listener (tests: the default
+    /// is `MAX_HANDSHAKES`).
+    pub fn with_max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n;
+        self
     }
 
     /// Counts this server's handshakes in `family` (`crate::metrics::register_handshakes`),
@@ -171,7 +191,8 @@ impl Acceptor {
     }
 
     /// The accepting loop: `handshake` on each connection of `incoming`, in a task of its own,
-    /// within [`HANDSHAKE_TIMEOUT`]; it returns the connection and whether it resumed a session.
+    /// within [`HANDSHAKE_TIMEOUT`], at most `max_handshakes` at once (over it, the connection is
+    /// closed at once); it returns the connection and whether it resumed a session.
     fn accept_with<S, IO, E, T, H, F>(
         &self,
         incoming: S,
@@ -187,8 +208,11 @@ impl Acceptor {
     {
         let (tx, rx) = mpsc::channel(READY_QUEUE);
         let (full, resumed) = (self.full.clone(), self.resumed.clone());
+        let slots = Arc::new(Semaphore::new(self.max_handshakes));
+        let max = self.max_handshakes;
         tokio::spawn(async move {
             let mut incoming = std::pin::pin!(incoming);
+            let mut shed: u64 = 0;
             loop {
                 let io = tokio::select! {
                     next = incoming.next() => match next {
@@ -209,11 +233,26 @@ impl Acceptor {
                     },
                     _ = tx.closed() => return,
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Closed at once: a flood of half-finished handshakes holds no more.
+                    drop(io);
+                    if shed.is_multiple_of(1000) {
+                        tracing::warn!(
+                            limit = max,
+                            shed = shed + 1,
+                            "TLS handshakes in flight at the limit: a new connection closed"
+                        );
+                    }
+                    shed += 1;
+                    continue;
+                };
                 let shake = handshake(io);
                 let tx = tx.clone();
                 let (full, resumed) = (full.clone(), resumed.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
+                    let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await;
+                    drop(slot);
+                    match outcome {
                         Ok(Ok((tls, was_resumed))) => {
                             if was_resumed {
                                 resumed.inc();

@@ -922,3 +922,44 @@ async fn a_slow_handshake_is_bounded_by_its_own_timeout() {
     );
     drop(silent_listener);
 }
+
+/// At most `max_handshakes` handshakes are in flight on a listener: with two silent
+/// connections holding both places, a third connection is closed by the server without a word,
+/// and a real client's handshake fails; once the silent ones go, clients are served again. Fails
+/// if the cap is gone (the real client would be served).
+#[tokio::test]
+async fn handshakes_in_flight_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let (_dir, node, client) = localhost_certs();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let acceptor = node
+        .acceptor(ClientAuth::None)
+        .unwrap()
+        .unwrap()
+        .with_max_handshakes(2);
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let router = tonic::transport::Server::builder().add_service(health);
+    tokio::spawn(router.serve_with_incoming(acceptor.accept_lean(TcpListenerStream::new(l))));
+    check(&client, &addr).await.unwrap();
+    let silent1 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let silent2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The server takes connections in order: once a probe is closed, both silent ones hold a
+    // place (a probe accepted before them would have waited for its ClientHello instead).
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = third.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the server sent something to a connection over the cap"
+    );
+    // A real client over the cap is refused too (without the cap, it would be served).
+    check(&client, &addr)
+        .await
+        .expect_err("a handshake over the cap was made");
+    drop((silent1, silent2));
+    crate::testing::eventually("a place for a handshake again", async || {
+        check(&client, &addr).await
+    })
+    .await;
+}

@@ -11,6 +11,7 @@ use crate::background::{pool, supervisor, watchdog};
 use crate::replicated::Core;
 use crate::replicated::handoff;
 use crate::replicated::mastership::Mastership;
+use crate::replicated::raft::codec;
 use crate::replicated::raft::data_dir::open_member_db;
 use crate::replicated::raft::db::{DataDirError, Reader};
 #[cfg(feature = "testing")]
@@ -29,8 +30,8 @@ use crate::services::metrics::{self, MasterMetrics};
 use crate::services::peers::{cluster_only, members_only, workers_only};
 use crate::services::{health, status};
 use anyhow::Context;
-use chatfeed_common::Config;
 use chatfeed_common::tls::{ClientAuth, Tls};
+use chatfeed_common::{Config, edge};
 use openraft::SnapshotPolicy;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +47,17 @@ use tonic::transport::server::TcpIncoming;
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 5000;
 /// Entries per AppendEntries: small enough that a batch fits in one heartbeat interval.
 const MAX_PAYLOAD_ENTRIES: u64 = 256;
+/// HTTP/2 streams at once on one connection to the Raft port (tonic's default is no limit): a
+/// peer has one replication RPC in flight to us at a time, plus a vote, a snapshot chunk and a
+/// TimeoutNow; 32 is room for all of them several times over, and bounds what one connection,
+/// even a member's, can make this member hold.
+const RAFT_STREAMS_PER_CONNECTION: u32 = 32;
+/// HTTP/2 streams at once on one connection to the API port: a worker sends all its clients'
+/// calls over one connection (logins, writes, timeline reads, its watch and heartbeat streams),
+/// so a crowd opening timelines at once makes hundreds; beyond 1,024 they wait in the worker's
+/// HTTP/2 client for a stream to end, which is backpressure, not failure. A client makes one or
+/// two calls per connection.
+const API_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// How a member starts.
 #[derive(Clone, Default)]
@@ -186,6 +198,8 @@ impl Member {
             election_timeout_max: config.raft.election_max_ms,
             install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            // Within the Raft messages' size limit (`codec::MAX_MESSAGE_BYTES`).
+            snapshot_max_chunk_size: codec::SNAPSHOT_CHUNK_BYTES,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs),
             max_in_snapshot_log_to_keep: config.raft.keep_logs,
             ..Default::default()
@@ -279,7 +293,9 @@ impl Member {
         let token = shutdown.clone();
         let raft_server = RaftService::new(raft.clone(), peer_tls.clone()).into_server();
         tasks.push(tokio::spawn(async move {
-            let router = Server::builder().add_service(raft_server);
+            let router = Server::builder()
+                .max_concurrent_streams(RAFT_STREAMS_PER_CONNECTION)
+                .add_service(raft_server);
             let incoming = no_delay(listeners.raft);
             let stop = token.cancelled();
             let res = match raft_tls {
@@ -296,8 +312,10 @@ impl Member {
         }));
         let token = shutdown.clone();
         let rpc_layer = metrics.rpc.layer();
+        let api_connections = config.limits.connections_per_master;
         tasks.push(tokio::spawn(async move {
             let router = Server::builder()
+                .max_concurrent_streams(API_STREAMS_PER_CONNECTION)
                 .layer(rpc_layer)
                 .add_service(master_api.into_server())
                 .add_service(cluster_only(
@@ -318,7 +336,13 @@ impl Member {
                 .add_service(health_server)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha);
-            let incoming = no_delay(listeners.api);
+            // At most `limits.connections_per_master` (over it, closed at once): the member's
+            // open-files limit leaves a reserve beyond it for storage and Raft (`edge`).
+            let incoming = edge::capped(
+                no_delay(listeners.api),
+                api_connections,
+                "the API port (limits.connections_per_master)",
+            );
             let stop = token.cancelled();
             let res = match api_tls {
                 Some(t) => {

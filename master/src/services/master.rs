@@ -1,8 +1,8 @@
 //! `chatfeed.master.Master`: what clients and operators call on any member. `Status` is the whole
-//! group as this member sees it (`status.rs`); `GetWorker` names the least-loaded live worker and
+//! group as this member sees it (`status.rs`; the other members' lines reused for up to a second); `GetWorker` names the least-loaded live worker and
 //! is answered by the active master only.
 
-use super::status::{self, Local};
+use super::status::{self, Local, Probes};
 use crate::background::directory::Directory;
 use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_server::{Master, MasterServer};
@@ -12,12 +12,18 @@ use tonic::{Request, Response, Status};
 /// The client and operator API of one member.
 pub struct MasterService {
     local: Local,
+    /// The other members' statuses, shared by `Status` calls (`status::Probes`).
+    probes: Probes,
     directory: Arc<Mutex<Directory>>,
 }
 
 impl MasterService {
     pub fn new(local: Local, directory: Arc<Mutex<Directory>>) -> Self {
-        MasterService { local, directory }
+        MasterService {
+            local,
+            probes: Probes::default(),
+            directory,
+        }
     }
 
     pub fn into_server(self) -> MasterServer<Self> {
@@ -32,7 +38,7 @@ impl Master for MasterService {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         Ok(Response::new(
-            status::group(&self.local, &self.directory).await,
+            status::group(&self.local, &self.probes, &self.directory).await,
         ))
     }
 

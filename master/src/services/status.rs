@@ -1,6 +1,10 @@
 //! The status of members: this member's own, from its Raft metrics (`Local`), and the whole
 //! group's, probing every other member's `Cluster.MemberInfo` (`group`). A member that does not
 //! answer within `PROBE_TIMEOUT` is reported down, with the reason.
+//!
+//! `Status` is open to anyone, and probing opens a TLS connection to each other member: the
+//! probes' answers are reused for `PROBE_REUSE`, and one round runs at a time (`Probes`), so a
+//! flood of `Status` calls costs the group a few handshakes a second, not one per call.
 
 use crate::background::directory::Directory;
 use crate::replicated::Core;
@@ -16,6 +20,37 @@ use tonic::Response;
 
 /// How long Status waits for another member before calling it down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a round of probes answers `Status` calls: a second is as fresh as an operator's eye
+/// or a client's choice of member needs (this member's own line is always current), and bounds
+/// the probes to about one round a second whatever the calls.
+pub const PROBE_REUSE: Duration = Duration::from_secs(1);
+
+/// The last round of probes of the other members, shared by the `Status` calls of one member.
+#[derive(Clone, Default)]
+pub struct Probes(Arc<tokio::sync::Mutex<Option<Round>>>);
+
+/// A round of probes: when it ended, and what the other members answered.
+type Round = (Instant, Vec<pb::MemberStatus>);
+
+impl Probes {
+    /// The other members' statuses: the last round's if it is younger than `PROBE_REUSE`, else
+    /// a new round (`probe`). One round at a time: callers arriving during a round wait for it
+    /// and take its answers.
+    pub async fn others<F>(&self, probe: impl FnOnce() -> F) -> Vec<pb::MemberStatus>
+    where
+        F: std::future::Future<Output = Vec<pb::MemberStatus>>,
+    {
+        let mut last = self.0.lock().await;
+        if let Some((at, statuses)) = &*last
+            && at.elapsed() < PROBE_REUSE
+        {
+            return statuses.clone();
+        }
+        let statuses = probe().await;
+        *last = Some((Instant::now(), statuses.clone()));
+        statuses
+    }
+}
 
 /// This member's own status.
 #[derive(Clone)]
@@ -75,33 +110,18 @@ async fn probe(tls: &Tls, addr: &str) -> Result<pb::MemberStatus, String> {
         .map_err(|s| format!("{}: {}", s.code(), s.message()))
 }
 
-/// The whole group as this member sees it, and the workers its directory knows (none unless
-/// it is the active master).
-pub async fn group(local: &Local, directory: &Arc<Mutex<Directory>>) -> pb::ClusterStatus {
+/// The whole group as this member sees it (the other members as `probes` last saw them, within
+/// `PROBE_REUSE`; this member as it is now), and the workers its directory knows (none unless it
+/// is the active master).
+pub async fn group(
+    local: &Local,
+    probes: &Probes,
+    directory: &Arc<Mutex<Directory>>,
+) -> pb::ClusterStatus {
     let me = local.core.id();
-    let tls = &local.core.mastership().tls;
-    let probes = local.core.config().members.iter().map(|m| {
-        let own = (m.id == me).then(|| local.status());
-        let member = m.clone();
-        async move {
-            if let Some(s) = own {
-                return s;
-            }
-            match probe(tls, &member.api_addr).await {
-                Ok(s) => s,
-                Err(error) => pb::MemberStatus {
-                    id: member.id,
-                    api_addr: member.api_addr,
-                    raft_addr: member.raft_addr,
-                    role: pb::Role::Down as i32,
-                    reachable: false,
-                    error,
-                    ..Default::default()
-                },
-            }
-        }
-    });
-    let members = futures::future::join_all(probes).await;
+    let mut members = probes.others(|| probe_others(local)).await;
+    members.push(local.status());
+    members.sort_by_key(|m| m.id);
     let leader = members
         .iter()
         .find(|m| m.role == pb::Role::Leader as i32)
@@ -117,5 +137,61 @@ pub async fn group(local: &Local, directory: &Arc<Mutex<Directory>>) -> pb::Clus
         term,
         members,
         workers,
+    }
+}
+
+/// One round of probes: every other configured member's status, or why it did not answer.
+async fn probe_others(local: &Local) -> Vec<pb::MemberStatus> {
+    let me = local.core.id();
+    let tls = &local.core.mastership().tls;
+    let probes = local
+        .core
+        .config()
+        .members
+        .iter()
+        .filter(|m| m.id != me)
+        .map(|member| async move {
+            match probe(tls, &member.api_addr).await {
+                Ok(s) => s,
+                Err(error) => pb::MemberStatus {
+                    id: member.id,
+                    api_addr: member.api_addr.clone(),
+                    raft_addr: member.raft_addr.clone(),
+                    role: pb::Role::Down as i32,
+                    reachable: false,
+                    error,
+                    ..Default::default()
+                },
+            }
+        });
+    futures::future::join_all(probes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Concurrent calls share one round of probes, and calls within `PROBE_REUSE` of it reuse
+    /// its answers. Fails if every call probed (the counter would be at 20).
+    #[tokio::test]
+    async fn status_calls_share_one_round_of_probes() {
+        let probes = Probes::default();
+        let rounds = AtomicU32::new(0);
+        let round = || async {
+            rounds.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            vec![pb::MemberStatus {
+                id: 2,
+                ..Default::default()
+            }]
+        };
+        let calls = (0..10).map(|_| probes.others(round));
+        let answers = futures::future::join_all(calls).await;
+        assert!(answers.iter().all(|a| a.len() == 1 && a[0].id == 2));
+        for _ in 0..10 {
+            assert_eq!(probes.others(round).await[0].id, 2);
+        }
+        assert_eq!(rounds.load(Ordering::SeqCst), 1);
     }
 }

@@ -3,6 +3,7 @@
 //! Real processes are tested in the `e2e` crate.
 
 mod accounts;
+mod edge;
 mod handoff;
 mod health;
 mod inprocess;

@@ -10,6 +10,19 @@ use serde::de::DeserializeOwned;
 /// The first byte of every log row and Raft message this build writes.
 pub const FORMAT: u8 = 2;
 
+/// A snapshot travels in chunks of this size (openraft's `snapshot_max_chunk_size`, its default
+/// made explicit here, because `MAX_MESSAGE_BYTES` depends on it).
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 3 * 1024 * 1024;
+/// The largest Raft message a member sends or accepts (the gRPC message: this encoding of the
+/// request or reply), where tonic's default would be unlimited on both sides here. The largest
+/// legitimate ones: an InstallSnapshot chunk (`SNAPSHOT_CHUNK_BYTES` and a few hundred bytes of
+/// metadata); one log entry, whose commands hold at most a worker's batch
+/// (`WRITE_BATCH_MAX_BYTES`, 256 KiB) and `MAX_ENTRY_BYTES` (512 KiB) of text beyond it, or one
+/// unary write, itself within the API port's 4 MiB request limit; an AppendEntries of many
+/// entries is split by its sender to fit (`network.rs`, openraft's `PayloadTooLarge`). 16 MiB
+/// is several times each, and what a member holds in memory for one message from a peer.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Why bytes are not what this build writes.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

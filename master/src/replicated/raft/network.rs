@@ -6,6 +6,10 @@
 //! refused, gRPC UNAVAILABLE) is `Unreachable`, so openraft backs off; any other transport failure
 //! is a `NetworkError`; an error returned by the remote Raft is a `RemoteError`.
 //!
+//! No message is sent larger than the receiver accepts (`codec::MAX_MESSAGE_BYTES`): an
+//! AppendEntries whose encoding would be is answered `PayloadTooLarge` with a number of entries
+//! that fits (`oversized`), and openraft sends fewer for a while.
+//!
 //! With the `testing` feature, `Faults` (`faults.rs`) lets in-process tests cut links between
 //! members; the product is built without it.
 
@@ -16,7 +20,8 @@ use super::types::{MemberNode, NodeId, TypeConfig};
 use chatfeed_proto::raft::RaftMessage;
 use chatfeed_proto::raft::raft_client::RaftClient;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -80,14 +85,41 @@ pub struct PeerClient {
     faults: Option<Arc<Faults>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Rpc {
-    Append,
+    /// An AppendEntries of this many entries.
+    Append(usize),
     Vote,
     Snapshot,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>;
+
+/// Why a message of `rpc` encoded in `len` bytes is not sent, when `len` is over
+/// `codec::MAX_MESSAGE_BYTES`: for an AppendEntries of several entries, `PayloadTooLarge` with
+/// the share of them that fits (at least one, fewer than now), which openraft sends instead;
+/// otherwise (one entry, a snapshot chunk: bounded below the limit by construction, see
+/// `MAX_MESSAGE_BYTES`) a network error naming the sizes.
+fn oversized<E: std::error::Error>(
+    rpc: Rpc,
+    len: usize,
+) -> Option<RPCError<NodeId, MemberNode, RaftError<NodeId, E>>> {
+    let max = codec::MAX_MESSAGE_BYTES;
+    if len <= max {
+        return None;
+    }
+    Some(match rpc {
+        Rpc::Append(n) if n > 1 => {
+            let fits = (n as u128 * max as u128 / len as u128) as u64;
+            RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                fits.clamp(1, n as u64 - 1),
+            ))
+        }
+        _ => RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+            "a Raft message ({rpc:?}) of {len} bytes is over the {max} bytes members accept"
+        )))),
+    })
+}
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
@@ -114,11 +146,17 @@ impl PeerClient {
         }
         let channel = self.channel.clone().map_err(unreachable)?;
         let data = codec::encode(req);
+        if let Some(e) = oversized(rpc, data.len()) {
+            tracing::warn!(target = self.target, error = %e, "Raft message not sent");
+            return Err(e);
+        }
         let mut request = tonic::Request::new(RaftMessage { data });
         request.set_timeout(option.hard_ttl());
-        let mut client = RaftClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(codec::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(codec::MAX_MESSAGE_BYTES);
         let reply = match rpc {
-            Rpc::Append => client.append_entries(request).await,
+            Rpc::Append(_) => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
@@ -141,7 +179,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Rpc::Append, &rpc, &option).await
+        self.call(Rpc::Append(rpc.entries.len()), &rpc, &option)
+            .await
     }
 
     async fn install_snapshot(
@@ -162,5 +201,34 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::Infallible;
+
+    /// An AppendEntries over the limit is split (openraft is told how many entries fit, fewer
+    /// than it sent and at least one); one within it, or of one entry, is not; a snapshot chunk
+    /// and a vote are far within it. Fails if the sender's check is gone (nothing comes back).
+    #[test]
+    fn messages_over_the_limit_are_split_or_refused() {
+        let max = codec::MAX_MESSAGE_BYTES;
+        assert!(oversized::<Infallible>(Rpc::Append(256), max).is_none());
+        match oversized::<Infallible>(Rpc::Append(256), 4 * max) {
+            Some(RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 64),
+            other => panic!("{other:?}"),
+        }
+        match oversized::<Infallible>(Rpc::Append(2), 100 * max) {
+            Some(RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 1),
+            other => panic!("{other:?}"),
+        }
+        match oversized::<Infallible>(Rpc::Append(1), max + 1) {
+            Some(RPCError::Network(e)) => assert!(e.to_string().contains(&max.to_string())),
+            other => panic!("{other:?}"),
+        }
+        // A chunk with its metadata fits with room to spare.
+        assert!(codec::SNAPSHOT_CHUNK_BYTES as usize + 64 * 1024 <= max);
     }
 }

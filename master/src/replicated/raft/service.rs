@@ -36,7 +36,11 @@ impl RaftService {
     }
 
     pub fn into_server(self) -> raft_server::RaftServer<Self> {
-        raft_server::RaftServer::new(self).max_decoding_message_size(usize::MAX)
+        // Bounded (`codec::MAX_MESSAGE_BYTES`): a larger message is refused (OUT_OF_RANGE) before
+        // it is buffered whole or decoded, whoever sent it.
+        raft_server::RaftServer::new(self)
+            .max_decoding_message_size(codec::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(codec::MAX_MESSAGE_BYTES)
     }
 
     /// The message of `req`, when its caller's certificate is a member's and the member is the
