@@ -16,7 +16,7 @@ pub const DEFAULT_TIMEOUT_SECS: &str = "30";
 #[derive(Parser, Debug)]
 #[command(
     name = "chatfeed",
-    version,
+    version = chatfeed_version::VERSION,
     about = "The chatfeed client: follow users, post, and watch your timeline.",
     after_help = "Without a COMMAND, `chatfeed --user NAME` opens an interactive session (type HELP there).\n\
                   Exit status: 0 success, 1 the request failed (one line on stderr says why), 2 bad usage."

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     name = "chatfeed-master",
-    version,
+    version = chatfeed_version::VERSION,
     about = "A member of the chatfeed master group"
 )]
 struct Cli {
@@ -38,6 +38,10 @@ struct Cli {
         global = true
     )]
     log_format: logging::LogFormat,
+    /// Log to FILE instead of stderr, rotated by size (64 MB; the four older files are kept as
+    /// FILE.1 to FILE.4). `start` gives each member `<run_dir>/master-<id>.log`.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -175,7 +179,7 @@ fn main() -> std::process::ExitCode {
                     id,
                     cli.new,
                     cli.bootstrap,
-                    cli.log_format,
+                    (cli.log_format, cli.log_file.as_deref()),
                 )
                 .await
             }
@@ -196,9 +200,16 @@ async fn run_member(
     id: u64,
     new: bool,
     bootstrap: bool,
-    fmt: logging::LogFormat,
+    (fmt, log_file): (logging::LogFormat, Option<&std::path::Path>),
 ) -> anyhow::Result<()> {
-    let span = logging::init(fmt, "info,openraft=error", "master", &id.to_string());
+    let span = logging::init_to(
+        fmt,
+        "info,openraft=error",
+        "master",
+        &id.to_string(),
+        log_file,
+    )
+    .with_context(|| format!("opening the log file {log_file:?}"))?;
     let _enter = span.enter();
     let open_files = chatfeed_common::edge::raise_for_master(&config)?;
     tracing::info!(open_files, "open-files limit");

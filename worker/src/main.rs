@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "chatfeed-worker", version, about = "A chatfeed worker")]
+#[command(
+    name = "chatfeed-worker",
+    version = chatfeed_version::VERSION,
+    about = "A chatfeed worker"
+)]
 struct Cli {
     /// The cluster configuration.
     #[arg(long, global = true, default_value = "chatfeed.toml")]

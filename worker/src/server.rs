@@ -199,6 +199,18 @@ pub async fn run_with_metrics(
             shutdown.clone().cancelled_owned(),
         ))
     });
+    // A service manager (systemd `Type=notify`) hears READY=1 once the worker serves: it is
+    // registered with an active master, so GetWorker hands it out. The watchdog is fed while the
+    // runtime runs (a worker cut off from the masters is not restarted: that would not help).
+    let mut ready = registered_rx.clone();
+    let notify_stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            r = ready.wait_for(|r| *r) => if r.is_ok() { chatfeed_common::service::ready() },
+            _ = notify_stop.cancelled() => return,
+        }
+        chatfeed_common::service::watchdog(|| true, notify_stop.cancelled()).await;
+    });
     let health = tokio::spawn(crate::health::run(
         health_reporter,
         registered_rx,
@@ -269,6 +281,7 @@ pub async fn run_with_metrics(
         shutdown.cancel();
     }
     tracing::info!("stopping");
+    chatfeed_common::service::stopping();
     let _ = tokio::time::timeout(2 * control::LEAVE_WAIT, control).await;
     hub.close("this worker is stopping");
     streams.close();

@@ -7,4 +7,5 @@ mod feed;
 mod hosts;
 mod masters;
 mod ops;
+mod service;
 mod tls;

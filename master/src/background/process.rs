@@ -1,6 +1,8 @@
-//! Member processes on this host: starting one detached in the background (its output appended
-//! to `<run_dir>/master-<id>.log`), and the pid files through which the launcher, the supervisor
-//! and `make stop` find them (`<run_dir>/master-<id>.pid`, written by the member itself).
+//! Member processes on this host: starting one detached in the background (its log in
+//! `<run_dir>/master-<id>.log`, rotated by size by the member itself; what it writes before its
+//! log is open, and a panic, appended to `<run_dir>/master-<id>.out`), and the pid files through
+//! which the launcher, the supervisor and `make stop` find them (`<run_dir>/master-<id>.pid`,
+//! written by the member itself).
 
 use chatfeed_common::process::{SpawnSpec, is_live, read_pid};
 use std::path::{Path, PathBuf};
@@ -13,6 +15,11 @@ pub fn pid_file(run_dir: &Path, id: u64) -> PathBuf {
 
 pub fn log_file(run_dir: &Path, id: u64) -> PathBuf {
     run_dir.join(format!("master-{id}.log"))
+}
+
+/// Where a background member's standard output and error go.
+pub fn out_file(run_dir: &Path, id: u64) -> PathBuf {
+    run_dir.join(format!("master-{id}.out"))
 }
 
 /// The pid in `path` when that process is a live chatfeed master.
@@ -33,12 +40,14 @@ pub fn spawn_member(
         config.as_os_str().to_owned(),
         "--id".into(),
         id.to_string().into(),
+        "--log-file".into(),
+        log_file(run_dir, id).into_os_string(),
     ];
     args.extend(extra.iter().map(Into::into));
     SpawnSpec {
         exe: exe.to_owned(),
         args,
-        log: log_file(run_dir, id),
+        log: out_file(run_dir, id),
     }
     .spawn_detached()
 }

@@ -436,6 +436,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let member = Member::start(config, opts, listeners).await?;
+    // A service manager (systemd `Type=notify`) hears READY=1 now that the API and Raft ports
+    // serve, and WATCHDOG=1 while Raft runs without a fatal error.
+    chatfeed_common::service::ready();
+    let watched = member.raft.metrics();
+    tokio::spawn(chatfeed_common::service::watchdog(
+        move || watched.borrow().running_state.is_ok(),
+        shutdown.clone().cancelled_owned(),
+    ));
     let mut metrics = member.raft.metrics();
     let fatal = async {
         loop {
@@ -451,6 +459,7 @@ pub async fn run(
         _ = shutdown.cancelled() => Ok(()),
         e = fatal => Err(anyhow::anyhow!("Raft stopped on a fatal error: {e}")),
     };
+    chatfeed_common::service::stopping();
     member.stop().await;
     outcome
 }

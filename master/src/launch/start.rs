@@ -88,10 +88,13 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
         for &(id, pid) in &started {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let log = process::log_file(&config.run_dir, id);
+                let out = process::out_file(&config.run_dir, id);
                 bail!(
-                    "member {id} exited at start-up; the end of {}:\n{}",
+                    "member {id} exited at start-up; the end of {}:\n{}\nand of {}:\n{}",
                     log.display(),
-                    tail(&log, 10)
+                    tail(&log, 10),
+                    out.display(),
+                    tail(&out, 10)
                 );
             }
         }
