@@ -3,6 +3,7 @@
 
 mod accounts;
 mod faults;
+mod flood;
 mod feed;
 mod hosts;
 mod masters;
