@@ -164,6 +164,7 @@ mod tests {
                 clients: 4,
                 pid: 77,
                 age_ms: 1000,
+                web_addr: String::new(),
             }],
             answered_by: 1,
             leader: Some(1),

@@ -82,6 +82,10 @@ pub const DEFAULT_CONNECTIONS_PER_WORKER: u32 = 16_000;
 pub const DEFAULT_CONNECTIONS_PER_MASTER: u32 = 10_000;
 /// Where the cluster CA and this host's role certificates live, relative to the configuration file.
 pub const DEFAULT_TLS_DIR: &str = "tls";
+/// Where each worker serves the HTTP API and the web page: loopback (a browser treats
+/// `localhost` as a secure context, so plain HTTP is safe there), the first free port of a range
+/// of 20 (a pool of up to 20 workers on one host, at addresses a person can type).
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8080-8099";
 
 /// An error in the configuration: which field, and why.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +133,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub tls: TlsSettings,
+    #[serde(default)]
+    pub web: WebSettings,
     /// The members of the master group.
     #[serde(rename = "member")]
     pub members: Vec<Member>,
@@ -295,6 +301,59 @@ impl Default for TlsSettings {
     }
 }
 
+/// The workers' HTTP API (`[web]`): where each serves it, and how (plain HTTP on loopback,
+/// HTTPS with the operator's certificate elsewhere).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// `host:port`, `host:0` or `host:first-last` (each worker takes the first free port of the
+    /// range); empty: no HTTP API.
+    pub listen: String,
+    /// The HTTPS certificate chain (PEM) browsers verify: from a CA they trust, for the names
+    /// they use. With `key`, the API is served over HTTPS (on any address).
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback (behind a TLS-terminating proxy on a
+    /// trusted network, say). Off: such a configuration is refused, since passwords and session
+    /// tokens would cross the network in clear.
+    pub plain_http_beyond_loopback: bool,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            listen: DEFAULT_WEB_LISTEN.into(),
+            cert: None,
+            key: None,
+            plain_http_beyond_loopback: false,
+        }
+    }
+}
+
+impl WebSettings {
+    /// Whether the HTTP API is served at all.
+    pub fn enabled(&self) -> bool {
+        !self.listen.trim().is_empty()
+    }
+
+    /// The certificate and key when HTTPS is configured.
+    pub fn https(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
+}
+
+/// Whether `host` (a name or an IP address, IPv6 possibly in brackets) is a loopback address:
+/// `localhost`, 127.0.0.0/8 or ::1. Anything else (a wildcard, another name) may be reached
+/// from the network.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// What one user or one client may use (over it: RESOURCE_EXHAUSTED).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -405,6 +464,12 @@ impl Config {
         config.data_dir = base.join(&config.data_dir);
         config.run_dir = base.join(&config.run_dir);
         config.tls.dir = base.join(&config.tls.dir);
+        for file in [&mut config.web.cert, &mut config.web.key]
+            .into_iter()
+            .flatten()
+        {
+            *file = base.join(&*file);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -623,6 +688,46 @@ impl Config {
                 "must name the directory of ca.pem and the role certificates",
             ));
         }
+        self.validate_web()
+    }
+
+    /// `[web]`: a listen address of the metrics' form, a certificate with its key, and no plain
+    /// HTTP beyond loopback unless the configuration says so in as many words.
+    fn validate_web(&self) -> Result<(), ConfigError> {
+        let web = &self.web;
+        match (&web.cert, &web.key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "web.key",
+                    "web.cert is set but web.key is not: give both (PEM files) for HTTPS",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "web.cert",
+                    "web.key is set but web.cert is not: give both (PEM files) for HTTPS",
+                ));
+            }
+            _ => {}
+        }
+        if !web.enabled() {
+            return Ok(());
+        }
+        let (host, _) =
+            parse_listen_range(&web.listen).map_err(|reason| invalid("web.listen", reason))?;
+        if web.https().is_none() && !is_loopback_host(&host) && !web.plain_http_beyond_loopback {
+            return Err(invalid(
+                "web.listen",
+                format!(
+                    "{:?} is not a loopback address, and plain HTTP there would carry passwords \
+                     and session tokens in clear: set web.cert and web.key (PEM files of a \
+                     certificate browsers trust) to serve HTTPS, or listen on 127.0.0.1; set \
+                     web.plain_http_beyond_loopback = true only behind a TLS proxy on a trusted \
+                     network",
+                    web.listen
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -677,6 +782,11 @@ impl Config {
             tls: TlsSettings {
                 mode: TlsMode::Plaintext,
                 dir: dir.join(DEFAULT_TLS_DIR),
+            },
+            // In-process workers serve no HTTP API unless a test gives them one.
+            web: WebSettings {
+                listen: String::new(),
+                ..WebSettings::default()
             },
             members: (0..3)
                 .map(|i| Member {
@@ -1005,6 +1115,67 @@ api_addr = "127.0.0.1:7002"
             )
         );
         assert_eq!(err_of(&full), "ok");
+    }
+
+    /// `[web]` (issue 21 §4): plain HTTP only on loopback unless
+    /// `plain_http_beyond_loopback` says so; HTTPS needs both a certificate and its key; an
+    /// empty listen serves nothing; the default serves loopback. Fails if a configuration that
+    /// would send passwords in clear over the network were accepted.
+    #[test]
+    fn web_transport_rules() {
+        let refused: &[(&str, &[&str])] = &[
+            (
+                "listen = \"0.0.0.0:8080\"",
+                &[
+                    "`web.listen`",
+                    "not a loopback",
+                    "web.cert",
+                    "plain_http_beyond_loopback",
+                ],
+            ),
+            (
+                "listen = \"10.0.0.11:8080-8089\"",
+                &["`web.listen`", "loopback"],
+            ),
+            (
+                "listen = \"example.org:8080\"",
+                &["`web.listen`", "loopback"],
+            ),
+            ("listen = \"127.0.0.1\"", &["`web.listen`", "host:port"]),
+            ("cert = \"web.pem\"", &["`web.key`", "both"]),
+            ("key = \"web.key\"", &["`web.cert`", "both"]),
+            ("plaintext = true", &["unknown field"]),
+        ];
+        for (web, wanted) in refused {
+            let text = format!("[web]\n{web}\n{GOOD}");
+            let err = err_of(&text);
+            for w in *wanted {
+                assert!(
+                    err.contains(w),
+                    "for\n{text}\nthe error {err:?} does not say {w:?}"
+                );
+            }
+        }
+        for web in [
+            "",
+            "listen = \"\"",
+            "listen = \"localhost:8080\"",
+            "listen = \"[::1]:0\"",
+            "listen = \"0.0.0.0:8443\"\ncert = \"web.pem\"\nkey = \"web.key\"",
+            "listen = \"10.0.0.11:8080\"\nplain_http_beyond_loopback = true",
+        ] {
+            let text = format!("[web]\n{web}\n{GOOD}");
+            assert_eq!(err_of(&text), "ok", "for\n{text}");
+        }
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.web.listen, DEFAULT_WEB_LISTEN);
+        assert!(c.web.enabled() && c.web.https().is_none());
+        assert!(
+            !Config::parse(&format!("[web]\nlisten = \"\"\n{GOOD}"))
+                .unwrap()
+                .web
+                .enabled()
+        );
     }
 
     /// A missing file and a file that is not TOML are reported with the path, and a TOML error

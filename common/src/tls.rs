@@ -24,10 +24,12 @@ mod dial;
 mod lean;
 mod role;
 mod tickets;
+mod web;
 pub use accept::{Acceptor, HANDSHAKE_TIMEOUT, TlsConnection};
 pub use dial::{Dial, Handshakes};
 pub use lean::LeanTls;
 pub use role::{Identity, Role, identity_of};
+pub use web::web_server_config;
 
 /// The CA certificate, in every `[tls] dir`.
 pub const CA_CERT: &str = "ca.pem";

@@ -3,7 +3,8 @@
 //! (`feed`), writes that follow its active master (`writer`); the same across several hosts
 //! made of network namespaces (`netns`), with a relay that delays links between them (`delay`).
 //! Every cluster is read through `group::Group` (its Status and the waits on it) and hurt
-//! through `deployment::Deployment` (the faults).
+//! through `deployment::Deployment` (the faults). `web` is a plain HTTP client of the workers'
+//! HTTP API and its event streams.
 //!
 //! The fault-injection suite: a `workload` of real clients recording a `history`, a seeded
 //! `nemesis`, the `checker` of the history, and the `scenario` that runs them together (the
@@ -24,5 +25,6 @@ pub mod history;
 pub mod nemesis;
 pub mod netns;
 pub mod scenario;
+pub mod web;
 pub mod workload;
 pub mod writer;

@@ -147,6 +147,10 @@ fn main() -> std::process::ExitCode {
             )),
             Some(Cmd::Certs { .. }) => unreachable!("handled before the configuration is read"),
             Some(Cmd::CheckConfig) => {
+                if let Some((cert, key)) = config.web.https() {
+                    chatfeed_common::tls::web_server_config(cert, key)
+                        .context("the HTTPS certificate of [web]")?;
+                }
                 println!(
                     "{}: ok ({} members)",
                     cli.config.display(),

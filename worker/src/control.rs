@@ -45,6 +45,8 @@ const QUEUE: usize = 4;
 pub struct Identity {
     pub worker_id: String,
     pub addr: String,
+    /// Its HTTP API (`http://host:port` or `https://host:port`); empty when it serves none.
+    pub web_addr: String,
     pub host: String,
     pub pid: u32,
     pub pool_size: u32,
@@ -60,6 +62,7 @@ impl Identity {
             clients: clients.min(u32::MAX as usize) as u32,
             pool_size: self.pool_size,
             leaving,
+            web_addr: self.web_addr.clone(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! per worker (`watcher` feeding `hub`; `timeline` joins history and live posts without gap or
 //! duplicate); and it keeps
 //! itself registered with the active master by heartbeat, obeying its commands (`control`).
+//! `web` serves the same calls as an HTTP API (JSON, and the timeline as Server-Sent Events).
 //! `server::run` assembles one worker on a listener the caller bound; `launch` is the `start`
 //! command behind `scripts/WorkerStartup.sh`; `process` starts detached worker processes.
 
@@ -21,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod timeline;
 pub mod watcher;
+pub mod web;
 pub mod writes;
 
 pub use server::{WorkerOptions, run, run_with_metrics};

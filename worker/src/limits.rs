@@ -3,7 +3,8 @@
 //! `check_connection` in every call; a connection over the limit is answered "worker full" for
 //! `OVER_LIMIT_GRACE`, then closed), and the request size (tonic's `max_decoding_message_size`,
 //! whose OUT_OF_RANGE answer `RequestSizeLayer` turns into RESOURCE_EXHAUSTED). Streams per user
-//! are counted by the hub.
+//! are counted by the hub. One `ConnectionLimit` counts the connections of the gRPC port and of
+//! the HTTP API together (`web`).
 
 use chatfeed_common::accounts::WORKER_FULL;
 use chatfeed_common::edge::WORKER_OVER_LIMIT_HELD;
@@ -53,7 +54,7 @@ pub fn limited(
     listener: TcpListener,
     max: u32,
 ) -> impl Stream<Item = std::io::Result<Limited>> + Send + 'static {
-    limited_with(listener, max, WORKER_OVER_LIMIT_HELD, OVER_LIMIT_GRACE)
+    ConnectionLimit::new(max).accept(listener)
 }
 
 /// `limited`, with the number of connections over the limit held at once and their grace.
@@ -63,58 +64,106 @@ pub fn limited_with(
     held: u32,
     grace: Duration,
 ) -> impl Stream<Item = std::io::Result<Limited>> + Send + 'static {
-    let permits = Arc::new(Semaphore::new(max as usize));
-    let over = Arc::new(Semaphore::new(held as usize));
-    let mut turned_away: u64 = 0;
-    TcpListenerStream::new(listener).filter_map(move |accepted| {
-        let io = match accepted {
-            Ok(io) => io,
-            Err(e) => return Some(Err(e)),
-        };
-        let _ = io.set_nodelay(true);
-        let remote_addr = io.peer_addr().ok();
-        if let Ok(permit) = permits.clone().try_acquire_owned() {
-            return Some(Ok(Limited {
+    ConnectionLimit::with(max, held, grace).accept(listener)
+}
+
+/// One worker's connection limit, shared by the listeners it accepts on (the gRPC port and the
+/// HTTP API's): `max` connections in all, and the few held over it. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    over: Arc<Semaphore>,
+    max: u32,
+    grace: Duration,
+}
+
+impl ConnectionLimit {
+    /// `max` connections (`limits.connections_per_worker`), `WORKER_OVER_LIMIT_HELD` over it
+    /// for `OVER_LIMIT_GRACE`.
+    pub fn new(max: u32) -> ConnectionLimit {
+        ConnectionLimit::with(max, WORKER_OVER_LIMIT_HELD, OVER_LIMIT_GRACE)
+    }
+
+    /// `max` connections, `held` over it for `grace`.
+    pub fn with(max: u32, held: u32, grace: Duration) -> ConnectionLimit {
+        ConnectionLimit {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            over: Arc::new(Semaphore::new(held as usize)),
+            max,
+            grace,
+        }
+    }
+
+    /// The connections accepted on `listener` under this limit (see `limited`).
+    pub fn accept(
+        &self,
+        listener: TcpListener,
+    ) -> impl Stream<Item = std::io::Result<Limited>> + Send + 'static + use<> {
+        let ConnectionLimit {
+            permits,
+            over,
+            max,
+            grace,
+        } = self.clone();
+        let mut turned_away: u64 = 0;
+        TcpListenerStream::new(listener).filter_map(move |accepted| {
+            let io = match accepted {
+                Ok(io) => io,
+                Err(e) => return Some(Err(e)),
+            };
+            let _ = io.set_nodelay(true);
+            let remote_addr = io.peer_addr().ok();
+            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                return Some(Ok(Limited {
+                    io,
+                    _permit: permit,
+                    closes: None,
+                    info: ConnInfo {
+                        over_limit: None,
+                        remote_addr,
+                    },
+                }));
+            }
+            if turned_away.is_multiple_of(1000) {
+                tracing::warn!(
+                    limit = max,
+                    turned_away = turned_away + 1,
+                    "client connection over the worker's limit (limits.connections_per_worker)"
+                );
+            }
+            turned_away += 1;
+            // Dropped (closed) when even the places for turning connections away are taken.
+            let permit = over.clone().try_acquire_owned().ok()?;
+            Some(Ok(Limited {
                 io,
                 _permit: permit,
-                closes: None,
+                closes: Some(Box::pin(tokio::time::sleep(grace))),
                 info: ConnInfo {
-                    over_limit: None,
+                    over_limit: Some(max),
                     remote_addr,
                 },
-            }));
-        }
-        if turned_away.is_multiple_of(1000) {
-            tracing::warn!(
-                limit = max,
-                turned_away = turned_away + 1,
-                "client connection over the worker's limit (limits.connections_per_worker)"
-            );
-        }
-        turned_away += 1;
-        // Dropped (closed) when even the places for turning connections away are taken.
-        let permit = over.clone().try_acquire_owned().ok()?;
-        Some(Ok(Limited {
-            io,
-            _permit: permit,
-            closes: Some(Box::pin(tokio::time::sleep(grace))),
-            info: ConnInfo {
-                over_limit: Some(max),
-                remote_addr,
-            },
-        }))
-    })
+            }))
+        })
+    }
+}
+
+impl Limited {
+    /// What handlers learn about this connection.
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
 }
 
 /// RESOURCE_EXHAUSTED when `req` came on a connection over the worker's limit. The worker's
 /// TLS connections (`LeanTls`) pass the socket's connection info through, so it is ours in
 /// both modes.
 pub fn check_connection<T>(req: &Request<T>) -> Result<(), Status> {
-    match req
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|i| i.over_limit)
-    {
+    check_conn(req.extensions().get::<ConnInfo>())
+}
+
+/// RESOURCE_EXHAUSTED when the connection `info` describes is over the worker's limit.
+pub fn check_conn(info: Option<&ConnInfo>) -> Result<(), Status> {
+    match info.and_then(|i| i.over_limit) {
         Some(n) => Err(Status::resource_exhausted(format!(
             "{WORKER_FULL} ({n} connections, limits.connections_per_worker): reconnect through \
              the master, which assigns another worker"

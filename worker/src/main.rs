@@ -209,6 +209,9 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
         args: serve_args(cli, &s),
         log: process::log_file(&config.run_dir),
     });
+    // The HTTP API: a certificate that does not load stops the worker; no free port leaves it
+    // without an HTTP API (a warning), serving gRPC.
+    let web = chatfeed_worker::web::WebListener::bind(&config.web).await?;
     let pid_file = process::pid_file(&config.run_dir, std::process::id());
     process::write_pid_file(&pid_file)
         .with_context(|| format!("writing {}", pid_file.display()))?;
@@ -229,7 +232,7 @@ async fn serve(cli: &Cli, config: &Config, exe: PathBuf, s: Serve) -> anyhow::Re
         },
         None => None,
     };
-    let res = server::run_with_metrics(opts, listener, metrics, shutdown).await;
+    let res = server::run_serving(opts, listener, metrics, web, shutdown).await;
     process::remove_pid_file(&pid_file);
     if let Err(e) = &res {
         tracing::error!(error = %format!("{e:#}"), "worker stopped");

@@ -319,6 +319,31 @@ impl MasterLink {
         }
     }
 
+    /// The live workers as the active master this worker is registered with lists them
+    /// (`Master.Status`, which that member answers from its directory): where a client of a
+    /// worker that stops can go on. UNAVAILABLE while this worker knows no active master.
+    pub async fn workers(&self) -> Result<Vec<chatfeed_proto::master::WorkerStatus>, Status> {
+        use chatfeed_proto::master::{StatusRequest, master_client::MasterClient};
+        let addr = self.active().ok_or_else(|| {
+            Status::unavailable(
+                "this worker is not registered with an active master now; ask another worker",
+            )
+        })?;
+        let mut client = MasterClient::new(self.channel(&addr)?);
+        let ask = client.status(StatusRequest {});
+        match tokio::time::timeout(self.timing.attempt, ask).await {
+            Ok(Ok(r)) => Ok(r.into_inner().workers),
+            Ok(Err(s)) => Err(Status::unavailable(format!(
+                "the active master at {addr} did not list the workers: {}; retry",
+                s.message()
+            ))),
+            Err(_) => Err(Status::unavailable(format!(
+                "the active master at {addr} did not list the workers within {} ms; retry",
+                self.timing.attempt.as_millis()
+            ))),
+        }
+    }
+
     /// The UNAVAILABLE of a request that found no active master in time.
     pub fn gave_up(&self, what: &str, last_error: &str) -> Status {
         Status::unavailable(format!(

@@ -1,12 +1,12 @@
 //! One worker's assembly and shutdown, hosted on a listener the caller bound: the client API
-//! (`service`), the fan-out hub fed by the watch stream (`hub`, `watcher`), and the heartbeat
+//! (`service`; over HTTP too, `web`, on a second listener when given), the fan-out hub fed by the watch stream (`hub`, `watcher`), and the heartbeat
 //! stream to the active master (`control`). `run` never binds, reads argv or the environment, so
 //! tests host several workers in one process on port 0.
 //!
 //! Shutdown order: `shutdown` fires → the heartbeat loop sends `leaving` (the master stops
 //! assigning clients here and does not replace this worker) → the hub ends every timeline stream
 //! with `MoveToAnotherWorker` and refuses new ones, and the stream tasks deliver that last item →
-//! the gRPC server stops accepting and drains → the watch stream stops.
+//! the gRPC server and the HTTP API stop accepting and drain → the watch stream stops.
 
 use crate::control::{self, Control, Identity};
 use crate::hub::Hub;
@@ -142,12 +142,30 @@ pub async fn run_with_metrics(
     metrics: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_serving(opts, listener, metrics, None, shutdown).await
+}
+
+/// `run_with_metrics`, with the HTTP API (`web`) on `web` when given.
+pub async fn run_serving(
+    opts: WorkerOptions,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    web: Option<crate::web::WebListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!opts.masters.is_empty(), "no master address given");
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
+    let web_addr = match &web {
+        Some(w) => w
+            .url(&opts.host)
+            .context("reading the web listener's address")?,
+        None => String::new(),
+    };
     let identity = Identity {
         worker_id: new_worker_id(),
+        web_addr,
         addr: advertised_addr(local, &opts.host),
         host: opts.host.clone(),
         pid: std::process::id(),
@@ -230,22 +248,40 @@ pub async fn run_with_metrics(
     );
     let serve_stop = CancellationToken::new();
     let limits = opts.limits.clone();
-    let service = FeedService::new(
+    let feed = Arc::new(FeedService::new(
         link.clone(),
         crate::writes::Writes::start(link.clone()),
         hub.clone(),
         streams.clone(),
         auth,
         limits.streams_per_user as usize,
-    )
-    .into_server()
-    .max_decoding_message_size(limits.max_request_bytes as usize);
+    ));
+    let service = chatfeed_proto::feed::feed_server::FeedServer::from_arc(feed.clone())
+        .max_decoding_message_size(limits.max_request_bytes as usize);
+    // One connection limit for the gRPC port and the HTTP API together.
+    let connection_limit = crate::limits::ConnectionLimit::new(limits.connections_per_worker);
+    let web_server = web.map(|w| {
+        tracing::info!(addr = %identity.web_addr, "HTTP API serving");
+        let state = Arc::new(crate::web::Web::new(
+            feed.clone(),
+            link.clone(),
+            limits.max_request_bytes,
+            identity.web_addr.clone(),
+        ));
+        tokio::spawn(crate::web::serve(
+            w,
+            state,
+            connection_limit.clone(),
+            limits.streams_per_user,
+            serve_stop.clone(),
+        ))
+    });
     let stop = serve_stop.clone();
     let rpc_layer = worker_metrics.rpc.layer();
     let size_layer = crate::limits::RequestSizeLayer {
         max: limits.max_request_bytes,
     };
-    let incoming = crate::limits::limited(listener, limits.connections_per_worker);
+    let incoming = connection_limit.accept(listener);
     let mut server = tokio::spawn(async move {
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(limits.streams_per_user.saturating_add(CALLS_PER_CONNECTION))
@@ -301,6 +337,9 @@ pub async fn run_with_metrics(
             }
             _ => {}
         }
+    }
+    if let Some(w) = web_server {
+        let _ = w.await;
     }
     watch_stop.cancel();
     let _ = watcher.await;

@@ -365,6 +365,7 @@ impl Master for FakeMaster {
             Some(addr) => Ok(Response::new(pb::GetWorkerReply {
                 worker_id: format!("w-{addr}"),
                 addr: addr.clone(),
+                web_addr: String::new(),
             })),
             None => Err(Status::unavailable(
                 "no worker is registered with the active master; start workers with scripts/WorkerStartup.sh",

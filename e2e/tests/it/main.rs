@@ -10,3 +10,4 @@ mod masters;
 mod ops;
 mod service;
 mod tls;
+mod web;

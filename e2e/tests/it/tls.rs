@@ -148,6 +148,7 @@ async fn outsiders_cannot_vote_register_or_write() {
         clients: 0,
         pool_size: 1,
         leaving: false,
+        web_addr: String::new(),
     };
     for (who, tls) in outsiders(&c) {
         for m in &c.members {

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 pub struct Worker {
     pub id: String,
     pub addr: String,
+    /// Its HTTP API (`http://host:port`), empty when it serves none.
+    pub web_addr: String,
     pub host: String,
     pub pid: u32,
     /// Streams it reported at its last heartbeat.
@@ -124,6 +126,7 @@ impl Directory {
                     Worker {
                         id: hb.worker_id.clone(),
                         addr: hb.addr.clone(),
+                        web_addr: hb.web_addr.clone(),
                         host: hb.host.clone(),
                         pid: hb.pid,
                         clients: hb.clients,
@@ -227,6 +230,7 @@ impl Directory {
             .map(|w| WorkerStatus {
                 id: w.id.clone(),
                 addr: w.addr.clone(),
+                web_addr: w.web_addr.clone(),
                 host: w.host.clone(),
                 clients: w.clients,
                 pid: w.pid,
@@ -266,6 +270,7 @@ mod tests {
             clients,
             pool_size: 3,
             leaving: false,
+            web_addr: String::new(),
         }
     }
 

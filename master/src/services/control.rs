@@ -16,6 +16,7 @@ use crate::replicated::Core;
 use crate::replicated::mastership::Mastership;
 use crate::replicated::sessions::KEYS_POLL;
 use chatfeed_common::accounts::TokenKeys;
+use chatfeed_common::config::is_loopback_host;
 use chatfeed_common::tls::{Identity, host_of};
 use chatfeed_proto::control::control_server::{Control, ControlServer};
 use chatfeed_proto::control::{ControlCommand, Keys, TokenKey, WorkerHeartbeat, control_command};
@@ -158,12 +159,25 @@ fn keys_command(keys: &TokenKeys) -> ControlCommand {
     }
 }
 
+/// The `host:port` of a web address (`http://host:port`).
+fn web_authority(web_addr: &str) -> &str {
+    web_addr
+        .split_once("://")
+        .map_or(web_addr, |(_, rest)| rest)
+        .trim_end_matches('/')
+}
+
 /// The refusal of `hb` when its host, or the host of its address, is not a name of the caller's
 /// certificate `id`.
 fn foreign_host(id: &Identity, hb: &WorkerHeartbeat) -> Option<Status> {
     let addr_host = host_of(&hb.addr);
+    // The web address is given to browsers: on the worker's host too, unless it is loopback
+    // (the default `[web] listen`, which only that host's own browsers reach).
+    let web_host = host_of(web_authority(&hb.web_addr));
+    let web = (!hb.web_addr.is_empty() && !is_loopback_host(web_host)).then_some(web_host);
     let claim = [("host", hb.host.as_str()), ("address", addr_host)]
         .into_iter()
+        .chain(web.map(|h| ("web address", h)))
         .find(|(_, h)| !id.names_host(h))?;
     Some(Status::permission_denied(format!(
         "a heartbeat claims the {} {:?}, which the worker's certificate does not name (it names \

@@ -48,13 +48,23 @@ impl Master for MasterService {
     ) -> Result<Response<pb::GetWorkerReply>, Status> {
         self.local.core.mastership().require_active()?;
         let exclude = req.into_inner().exclude_addrs;
-        let picked = self
-            .directory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .assign(&exclude);
+        let picked = {
+            let mut d = self.directory.lock().unwrap_or_else(|p| p.into_inner());
+            d.assign(&exclude).map(|(worker_id, addr)| {
+                let web_addr = d
+                    .workers
+                    .get(&worker_id)
+                    .map(|w| w.web_addr.clone())
+                    .unwrap_or_default();
+                (worker_id, addr, web_addr)
+            })
+        };
         match picked {
-            Some((worker_id, addr)) => Ok(Response::new(pb::GetWorkerReply { worker_id, addr })),
+            Some((worker_id, addr, web_addr)) => Ok(Response::new(pb::GetWorkerReply {
+                worker_id,
+                addr,
+                web_addr,
+            })),
             None => Err(Status::unavailable(
                 "no worker is registered with the active master; start workers with scripts/WorkerStartup.sh",
             )),

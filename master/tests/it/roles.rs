@@ -232,6 +232,7 @@ async fn services_admit_their_roles_only() {
         clients: 0,
         pool_size: 3,
         leaving: false,
+        web_addr: String::new(),
     };
     let beat = async |tls: &Tls, id: &str| {
         ControlClient::new(tls.endpoint(&addr).unwrap().connect_lazy())
@@ -297,6 +298,7 @@ fn claim(id: &str, host: &str, addr: &str, pool_size: u32) -> WorkerHeartbeat {
         clients: 0,
         pool_size,
         leaving: false,
+        web_addr: String::new(),
     }
 }
 

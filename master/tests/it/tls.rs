@@ -168,6 +168,7 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
         clients: 0,
         pool_size: 1,
         leaving: false,
+        web_addr: String::new(),
     };
     for (who, tls) in outsiders(&c) {
         let ch = tls.endpoint(&addr).unwrap().connect_lazy();
