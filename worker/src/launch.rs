@@ -93,8 +93,13 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<()> {
         let seen: BTreeSet<u32> = registered.iter().map(|w| w.pid).collect();
         if seen == expected {
             for w in &registered {
+                let web = if w.web_addr.is_empty() {
+                    String::new()
+                } else {
+                    format!(", HTTP API {}", w.web_addr)
+                };
                 println!(
-                    "worker pid {} serving at {} (host {}, id {})",
+                    "worker pid {} serving at {} (host {}, id {}{web})",
                     w.pid, w.addr, w.host, w.id
                 );
             }

@@ -323,6 +323,35 @@ mod tests {
     use chatfeed_common::testing::DEADLINE;
     use tokio::io::AsyncReadExt;
 
+    /// One `ConnectionLimit` accepting on two listeners (the gRPC port and the HTTP API's)
+    /// counts their connections together: with the only place taken on one, a connection to
+    /// the other is over the limit. Fails if each listener had a limit of its own.
+    #[tokio::test]
+    async fn listeners_share_one_limit() {
+        let limit = ConnectionLimit::with(1, 4, Duration::from_secs(60));
+        let (a, b) = (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut on_a = std::pin::pin!(limit.accept(a));
+        let mut on_b = std::pin::pin!(limit.accept(b));
+        let _ca = TcpStream::connect(addr_a).await.unwrap();
+        let first = on_a.next().await.unwrap().unwrap();
+        assert_eq!(first.info().over_limit, None);
+        let _cb = TcpStream::connect(addr_b).await.unwrap();
+        let second = on_b.next().await.unwrap().unwrap();
+        assert_eq!(
+            second.info().over_limit,
+            Some(1),
+            "the HTTP API's connection is over"
+        );
+        drop((first, second));
+        let _cb2 = TcpStream::connect(addr_b).await.unwrap();
+        let third = on_b.next().await.unwrap().unwrap();
+        assert_eq!(third.info().over_limit, None, "the place is free again");
+    }
+
     /// With room for one connection and one turned away: the second connection is served as
     /// over the limit and closed after its grace (its reads fail; the server then drops it), and
     /// a third is closed at once (its client reads the end without a word). Fails if connections

@@ -526,6 +526,78 @@ async fn sse_resumes_across_a_worker_kill() {
         .map(|p| p["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(all, acked, "the timeline holds each post once");
+
+    // SIGTERM of the stream's worker: it says `move` and ends the stream; the client resumes
+    // on another worker after the last id it received.
+    assert_ne!(next, poster.web_addr, "a third worker serves the stream");
+    let next_pid = c
+        .wait_leader_status("the stream's worker in the status", |s| {
+            s.workers
+                .iter()
+                .find(|w| w.web_addr == next)
+                .map(|w| w.pid)
+                .ok_or_else(|| format!("{next} is not listed"))
+        })
+        .await;
+    signal(next_pid, "TERM");
+    let (last, after) = tokio::time::timeout(DEADLINE, async {
+        let last = stream.next().await;
+        (last, stream.next().await)
+    })
+    .await
+    .expect("a stopping worker moves its streams");
+    let last = last.expect("the stream of a stopping worker ended without a move event");
+    assert_eq!(last.event, "move", "{last:?}");
+    assert!(last.json()["reason"].is_string(), "{last:?}");
+    assert_eq!(after, None, "the stream ends after its move event");
+    acked.extend(posted(5, 20).await);
+    let mut stream = open(&poster.web_addr, received.last().copied()).await;
+    received.extend(read_until(&mut stream, *acked.last().unwrap()).await);
+    assert_eq!(
+        received, acked,
+        "every post once, in seq order, after the move"
+    );
+}
+
+/// Connections per worker (`limits.connections_per_worker`) count the HTTP API's and the gRPC
+/// port's together: with the worker's connections held on its gRPC port, an HTTP call is
+/// answered 429 "worker full" (go to another worker). Fails if the HTTP API had a limit of its
+/// own or none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_connections_count_in_the_workers_limit() {
+    let c = feed_cluster(&format!("{WEB}[limits]\nconnections_per_worker = 3\n")).await;
+    let w = web_workers(&c, 1).await.remove(0);
+    let r = call("GET", &w.web_addr, "/api/workers").ok().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Three connections to its gRPC port (held open, a handshake never sent: the worker drops
+    // them after its handshake timeout, so each attempt opens them afresh), then an HTTP call.
+    let m = eventually("an HTTP call on a full worker", async || {
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                tokio::net::TcpStream::connect(&w.addr)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let r = call("GET", &w.web_addr, "/api/workers").send().await?;
+        drop(held);
+        if r.status == 429 {
+            Ok(r.assert_error(429, "RESOURCE_EXHAUSTED"))
+        } else {
+            Err(format!("answered {r:?}"))
+        }
+    })
+    .await;
+    assert!(
+        m.contains("worker full") && m.contains("connections_per_worker"),
+        "{m}"
+    );
+    eventually("the worker serving again", async || {
+        let r = call("GET", &w.web_addr, "/api/workers").send().await?;
+        (r.status == 200).then_some(()).ok_or(format!("{r:?}"))
+    })
+    .await;
 }
 
 /// Plain HTTP beyond loopback is refused by `check-config` (naming the field and the way out),
