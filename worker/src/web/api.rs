@@ -30,6 +30,9 @@ use std::sync::Arc;
 const OPENAPI: &str = include_str!("openapi.json");
 /// The header a post's idempotency key comes in (as in Stripe's and the IETF draft's APIs).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// A request body must arrive within this: a client trickling one holds a place of the
+/// worker's connection limit no longer (its head is bounded by `HEADER_TIMEOUT`, `mod.rs`).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The header a reconnecting SSE client sends with the last event id it received.
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -377,9 +380,19 @@ impl Web {
         if declared.is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
-        let bytes = http_body_util::Limited::new(body, max)
-            .collect()
+        let read = http_body_util::Limited::new(body, max).collect();
+        let bytes = tokio::time::timeout(BODY_TIMEOUT, read)
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "DEADLINE_EXCEEDED",
+                    format!(
+                        "the request body did not arrive within {} s; send it at once",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     too_large()
