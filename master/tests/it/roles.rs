@@ -322,7 +322,7 @@ async fn next_command(s: &mut tonic::Streaming<ControlCommand>) -> Result<Comman
 /// issued for 127.0.0.1 and localhost), or an address on another host, ends its stream with
 /// PERMISSION_DENIED naming the claim, and the worker is never listed: a stolen worker host
 /// cannot pose as the master's host (where the master would start processes itself) or hand
-/// clients another host's address.
+/// clients (or browsers: the web address) another host's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_heartbeat_claims_only_its_certificates_host() {
     let c = tls_cluster(|_| {}).await;
@@ -336,6 +336,13 @@ async fn a_heartbeat_claims_only_its_certificates_host() {
             "other-addr",
             claim("other-addr", "127.0.0.1", "10.9.9.9:7000", 3),
         ),
+        (
+            "other-web-addr",
+            WorkerHeartbeat {
+                web_addr: "https://10.9.9.9:8443".into(),
+                ..claim("other-web-addr", "127.0.0.1", "127.0.0.1:2", 3)
+            },
+        ),
     ] {
         let mut s = heartbeats(&c, &c.tls, leader, hb).await.unwrap();
         let e = loop {
@@ -348,17 +355,22 @@ async fn a_heartbeat_claims_only_its_certificates_host() {
         assert_eq!(e.code(), Code::PermissionDenied, "{id}: {e:?}");
         assert!(e.message().contains("10.9.9.9"), "{id}: {}", e.message());
     }
+    // A loopback web address is the worker's own host's (browsers there reach it): accepted.
     let mut good = heartbeats(
         &c,
         &c.tls,
         leader,
-        claim("honest", "localhost", "127.0.0.1:1", 3),
+        WorkerHeartbeat {
+            web_addr: "http://127.0.0.1:8080".into(),
+            ..claim("honest", "localhost", "127.0.0.1:1", 3)
+        },
     )
     .await
     .unwrap();
     good.message().await.unwrap().expect("Keys");
     let w = c.wait_registered("127.0.0.1:1").await;
     assert_eq!(w.id, "honest");
+    assert_eq!(w.web_addr, "http://127.0.0.1:8080", "listed for browsers");
     let listed = c.active_status().await.workers;
     assert_eq!(listed.len(), 1, "only the honest worker: {listed:?}");
     c.shutdown().await;

@@ -243,7 +243,9 @@ async fn stream(State(web): State<Arc<Web>>, req: Request) -> Answer {
     let q = super::query::Query::parse(&parts, &["after"])?;
     // A reconnecting SSE client sends the last id it received: that, not the URL's `after`
     // (the one it first opened with), is where it stands.
-    let after = match header_str(&parts.headers, LAST_EVENT_ID)? {
+    // An empty one is no id (a client that received none yet may send it so).
+    let last_id = header_str(&parts.headers, LAST_EVENT_ID)?.filter(|id| !id.trim().is_empty());
+    let after = match last_id {
         Some(id) => Some(id.trim().parse::<u64>().map_err(|_| {
             ApiError::bad_request(format!(
                 "Last-Event-ID {id:?} is not a seq (a whole number, the id of the last post event \
