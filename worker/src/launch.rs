@@ -103,6 +103,9 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<()> {
                     w.pid, w.addr, w.host, w.id
                 );
             }
+            if let Some(w) = registered.iter().find(|w| !w.web_addr.is_empty()) {
+                println!("web page: {}/ (log in or sign up there)", w.web_addr);
+            }
             println!("logs: {}", spec.log.display());
             return Ok(());
         }

@@ -2,9 +2,10 @@
 //! binaries built: `cargo test --workspace --all-targets` (what `make test` runs) builds them.
 
 mod accounts;
+mod browser;
 mod faults;
-mod flood;
 mod feed;
+mod flood;
 mod hosts;
 mod masters;
 mod ops;

@@ -39,6 +39,9 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// The API's routes; unknown paths are 404 and wrong methods 405, with the JSON error body.
 pub fn router(web: Arc<Web>) -> Router {
     Router::new()
+        .route("/", get(super::page::index))
+        .route("/app.js", get(super::page::app))
+        .route("/style.css", get(super::page::style))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/password", post(change_password))

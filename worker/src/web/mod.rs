@@ -2,7 +2,8 @@
 //! endpoints and the live timeline as Server-Sent Events on `[web] listen`, for browsers (a page
 //! served from the same port, or from another worker: CORS) and programs. `api` turns each
 //! request into the gRPC call of the same name on the worker's `FeedService`; `error` maps the
-//! answers to HTTP; `sse` writes the timeline; `query` reads query strings.
+//! answers to HTTP; `sse` writes the timeline; `query` reads query strings; `page` serves the web
+//! page (`worker/web/`).
 //!
 //! Transport (`WebListener::bind`): plain HTTP on a loopback address (a browser treats
 //! `localhost` as a secure context), HTTPS with `[web] cert`/`key` (the configuration's
@@ -14,6 +15,7 @@
 
 mod api;
 mod error;
+mod page;
 mod query;
 mod sse;
 
