@@ -273,6 +273,7 @@ pub async fn run_serving(
             state,
             connection_limit.clone(),
             limits.streams_per_user,
+            worker_metrics.http.clone(),
             serve_stop.clone(),
         ))
     });

@@ -79,7 +79,8 @@ async fn read_until(stream: &mut EventStream, last: u64) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_api_endpoints_and_errors() {
     let c = feed_cluster(&format!(
-        "{WEB}[limits]\nposts_per_sec = 1\npost_burst = 3\nstreams_per_user = 1\n"
+        "{WEB}[limits]\nposts_per_sec = 1\npost_burst = 3\nstreams_per_user = 1\n\
+         [worker]\nmetrics_listen = \"127.0.0.1:0\"\n"
     ))
     .await;
     let workers = web_workers(&c, 3).await;
@@ -413,6 +414,29 @@ async fn http_api_endpoints_and_errors() {
         .ok()
         .await
         .assert_error(401, "UNAUTHENTICATED");
+
+    // The worker's metrics count the HTTP API's requests by route and status.
+    let log = std::fs::read_to_string(c.run_dir().join(format!("worker-{}.log", workers[0].pid)))
+        .unwrap();
+    let metrics = log
+        .lines()
+        .find_map(|l| l.split("metrics endpoint serving addr=").nth(1))
+        .expect("the worker logs its metrics address")
+        .trim()
+        .to_string();
+    let page = call("GET", &format!("http://{metrics}"), "/metrics")
+        .ok()
+        .await
+        .body;
+    for series in [
+        r#"chatfeed_http_requests_total{route="POST /api/posts",status="429"} 1"#,
+        r#"chatfeed_http_requests_total{route="POST /api/login",status="415"} 1"#,
+        r#"chatfeed_http_requests_total{route="DELETE /api/follows/{target}",status="404"} 1"#,
+        r#"chatfeed_http_requests_total{route="other",status="404"} 1"#,
+        r#"chatfeed_http_duration_seconds_count{route="GET /api/timeline/stream",status="200"} 1"#,
+    ] {
+        assert!(page.contains(series), "no {series} in\n{page}");
+    }
 
     // No master left: UNAVAILABLE, 503.
     for m in 1..=3 {

@@ -36,6 +36,20 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The header a reconnecting SSE client sends with the last event id it received.
 const LAST_EVENT_ID: &str = "last-event-id";
 
+/// The API's paths (but `/api/follows/{target}`), as the metrics name them.
+pub const ROUTES: [&str; 10] = [
+    "/api/login",
+    "/api/logout",
+    "/api/password",
+    "/api/posts",
+    "/api/follows",
+    "/api/users",
+    "/api/timeline",
+    "/api/timeline/stream",
+    "/api/workers",
+    "/api/openapi.json",
+];
+
 /// The API's routes; unknown paths are 404 and wrong methods 405, with the JSON error body.
 pub fn router(web: Arc<Web>) -> Router {
     Router::new()

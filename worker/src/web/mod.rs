@@ -23,6 +23,7 @@ pub use error::{ApiError, code_name, http_status};
 
 use crate::limits::{ConnInfo, ConnectionLimit};
 use crate::master_link::MasterLink;
+use crate::metrics::HttpMetrics;
 use crate::service::FeedService;
 use anyhow::Context;
 use axum::body::Body;
@@ -166,6 +167,7 @@ pub async fn serve(
     web: Arc<Web>,
     limit: ConnectionLimit,
     streams_per_user: u32,
+    metrics: HttpMetrics,
     stop: CancellationToken,
 ) {
     let router = api::router(web);
@@ -198,16 +200,22 @@ pub async fn serve(
         };
         let (router, tls, builder, stop) =
             (router.clone(), tls.clone(), builder.clone(), stop.clone());
+        let metrics = metrics.clone();
         connections.spawn(async move {
             let info = conn.info().clone();
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let mut router = router.clone();
                     let info = info.clone();
+                    let metrics = metrics.clone();
                     async move {
+                        let start = Instant::now();
+                        let route = route_of(req.method(), req.uri().path());
                         let mut req = req.map(Body::new);
                         req.extensions_mut().insert(info);
-                        Ok::<_, std::convert::Infallible>(answer(&mut router, req).await)
+                        let res = answer(&mut router, req).await;
+                        metrics.record(&route, res.status().as_u16(), start);
+                        Ok::<_, std::convert::Infallible>(res)
                     }
                 });
             match tls {
@@ -266,6 +274,27 @@ async fn serve_connection<IO, S>(
     }
 }
 
+/// The `route` label of a request: its method and the API path it matched (a follow's target
+/// as `{target}`), `GET page` for the page's files, `other` for anything else: a scan of random
+/// paths or methods adds no series to the metrics.
+fn route_of(method: &Method, path: &str) -> String {
+    let method = match *method {
+        Method::GET | Method::POST | Method::DELETE | Method::OPTIONS | Method::HEAD => {
+            method.as_str()
+        }
+        _ => return "other".into(),
+    };
+    let path = match path {
+        p if p.starts_with("/api/follows/") && p.len() > "/api/follows/".len() => {
+            "/api/follows/{target}"
+        }
+        p if api::ROUTES.contains(&p) => p,
+        p if !p.starts_with("/api/") && p.len() < 64 && !p[1..].contains('/') => "page",
+        _ => return "other".into(),
+    };
+    format!("{method} {path}")
+}
+
 /// One request's answer: a connection over the worker's limit is told so; a CORS preflight is
 /// answered here; everything else goes to the router, and every answer carries the CORS headers.
 async fn answer(router: &mut axum::Router, req: http::Request<Body>) -> Response<Body> {
@@ -311,4 +340,28 @@ fn preflight() -> Response<Body> {
         HeaderValue::from_static(PREFLIGHT_MAX_AGE),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics' route label: the API's routes by method and path, a follow's target as
+    /// `{target}`, the page's files as `page`, and one `other` for everything else. Fails if a
+    /// request could add a series of its own choosing.
+    #[test]
+    fn routes_are_bounded() {
+        let r = |m: &str, p: &str| route_of(&Method::from_bytes(m.as_bytes()).unwrap(), p);
+        assert_eq!(r("POST", "/api/posts"), "POST /api/posts");
+        assert_eq!(
+            r("DELETE", "/api/follows/bob"),
+            "DELETE /api/follows/{target}"
+        );
+        assert_eq!(r("GET", "/api/timeline/stream"), "GET /api/timeline/stream");
+        assert_eq!(r("GET", "/"), "GET page");
+        assert_eq!(r("GET", "/app.js"), "GET page");
+        assert_eq!(r("GET", "/api/x1"), "other");
+        assert_eq!(r("GET", "/a/b/c"), "other");
+        assert_eq!(r("BREW", "/api/posts"), "other");
+    }
 }
