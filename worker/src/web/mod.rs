@@ -27,6 +27,7 @@ use crate::metrics::HttpMetrics;
 use crate::service::FeedService;
 use anyhow::Context;
 use axum::body::Body;
+use chatfeed_common::accounts::WORKER_FULL;
 use chatfeed_common::config::WebSettings;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -298,8 +299,22 @@ fn route_of(method: &Method, path: &str) -> String {
 /// One request's answer: a connection over the worker's limit is told so; a CORS preflight is
 /// answered here; everything else goes to the router, and every answer carries the CORS headers.
 async fn answer(router: &mut axum::Router, req: http::Request<Body>) -> Response<Body> {
-    let mut res = if let Err(s) = crate::limits::check_conn(req.extensions().get::<ConnInfo>()) {
-        axum::response::IntoResponse::into_response(ApiError::from(s))
+    let over = req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|i| i.over_limit);
+    let mut res = if let Some(n) = over {
+        // The shared refusal says so in gRPC's words (go back through the master); a browser or
+        // program goes on through another worker it knows.
+        let e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            format!(
+                "{WORKER_FULL} ({n} connections, limits.connections_per_worker): go on through \
+                 another worker (GET /api/workers lists them)"
+            ),
+        );
+        axum::response::IntoResponse::into_response(e)
     } else if req.method() == Method::OPTIONS {
         preflight()
     } else {
