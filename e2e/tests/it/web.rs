@@ -86,6 +86,28 @@ async fn http_api_endpoints_and_errors() {
     let workers = web_workers(&c, 3).await;
     let base = workers[0].web_addr.as_str();
 
+    // A body that never arrives in full: 408 once the worker stops waiting for it (awaited at
+    // the end, the rest of the test runs meanwhile).
+    let host = base.trim_start_matches("http://").to_string();
+    let trickle = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let head = format!(
+            "POST /api/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"user\""
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+
     // Login: created at first, not after; a wrong password is 401.
     let r = call("POST", base, "/api/login")
         .json(&json!({"user": "alice", "password": PASSWORD}))
@@ -437,6 +459,12 @@ async fn http_api_endpoints_and_errors() {
     ] {
         assert!(page.contains(series), "no {series} in\n{page}");
     }
+
+    let answer = tokio::time::timeout(DEADLINE, trickle)
+        .await
+        .expect("a trickled body is answered")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
 
     // No master left: UNAVAILABLE, 503.
     for m in 1..=3 {
