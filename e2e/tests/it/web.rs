@@ -119,6 +119,11 @@ async fn http_api_endpoints_and_errors() {
         "{r:?}"
     );
     assert!(r.json()["expires_at_ms"].as_i64().unwrap() > 0);
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "a token is never cached"
+    );
     let alice = r.json()["token"].as_str().unwrap().to_string();
     let bob = login(base, "bob").await;
     let again = call("POST", base, "/api/login")

@@ -332,6 +332,12 @@ async fn answer(router: &mut axum::Router, req: http::Request<Body>) -> Response
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Retry-After"),
     );
+    // The API's answers (a login's token among them) are never kept by a cache on the way, and
+    // never read as anything but what they say they are; the page's files set their own.
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
     res
 }
 
