@@ -285,7 +285,21 @@ async fn script_rerun_starts_only_missing() {
     let c = ProcCluster::new(NO_RESTART_MS);
     let out = c.run_script().await;
     assert!(out.status.success(), "MasterStartup.sh failed");
-    let first = c.wait_healthy().await;
+    // Status reuses its probes of the other members for up to a second (`services/status.rs`):
+    // wait until they show the two replicas.
+    let first = c
+        .wait_status("a leader and two replicas", |s| {
+            healthy(s)?;
+            let replicas = s
+                .members
+                .iter()
+                .filter(|m| role(m) == pb::Role::Replica)
+                .count();
+            (replicas == 2)
+                .then(|| s.clone())
+                .ok_or(format!("{replicas} replicas"))
+        })
+        .await;
 
     let out = c.run_script().await;
     let stdout = stdout_of(&out);
@@ -326,8 +340,17 @@ async fn script_rerun_starts_only_missing() {
             m.id
         );
     }
-    let s = c.wait_healthy().await;
-    assert_eq!(member_status(&s, id).pid, pid, "the new process serves");
+    // Status reuses its probes of the other members for up to a second (`services/status.rs`):
+    // the new process shows once they are fresh.
+    let s = c
+        .wait_status("a healthy group served by the new process", |s| {
+            healthy(s)?;
+            let now = member_status(s, id).pid;
+            (now == pid)
+                .then(|| s.clone())
+                .ok_or(format!("member {id} has pid {now}, not {pid}"))
+        })
+        .await;
     for m in first.members.iter().filter(|m| m.id != replica.id) {
         assert_eq!(
             member_status(&s, m.id).pid,
