@@ -3,7 +3,7 @@
 //! here (with the hard post limit), so the log cannot carry a bad command into the state.
 
 use super::command::{Applied, Command, FeedError, validate_command};
-use super::query::{Event, follows_now, last_seq, sessions_after, token_key_hex, user_exists};
+use super::query::{Event, follows_now, last_seq, token_key_hex, user_exists};
 use super::schema::{
     KIND_FOLLOW, KIND_POST, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, TOKEN_KEY,
 };
@@ -20,7 +20,25 @@ pub fn apply_command(
     if let Err(e) = validate_command(cmd, HARD_MAX_POST_CHARS as usize) {
         return Ok(Err(e));
     }
-    let seq = last_seq(conn)? + 1;
+    apply_validated(conn, cmd, ts_ms, last_seq(conn)? + 1, None)
+}
+
+/// Applies `cmd`, validated, as the event `seq` when it adds one. `known`: a user this apply
+/// has read already and found (a session's), whose existence is not read again.
+fn apply_validated(
+    conn: &Connection,
+    cmd: &Command,
+    ts_ms: i64,
+    seq: u64,
+    known: Option<&str>,
+) -> rusqlite::Result<Result<Applied, FeedError>> {
+    let exists = |u: &str| -> rusqlite::Result<bool> {
+        if known == Some(u) {
+            Ok(true)
+        } else {
+            user_exists(conn, u)
+        }
+    };
     let done = Applied {
         seq,
         ts_ms,
@@ -135,14 +153,18 @@ pub fn apply_command(
                 Command::Post { author, .. } => author,
                 _ => unreachable!("validate_command admits no other command in a session"),
             };
-            if sessions_after(conn, user)?.is_some_and(|after| *session_ms <= after) {
-                return Ok(Err(FeedError::SessionEnded(user.clone())));
+            // One read of the user: whether it exists, and when it last ended its sessions.
+            match session_of(conn, user)? {
+                None => return Ok(Err(FeedError::UserNotFound(user.clone()))),
+                Some(Some(after)) if *session_ms <= after => {
+                    return Ok(Err(FeedError::SessionEnded(user.clone())));
+                }
+                Some(_) => return apply_validated(conn, command, ts_ms, seq, Some(user)),
             }
-            return apply_command(conn, command, ts_ms);
         }
         Command::Follow { follower, followee } => {
             for u in [follower, followee] {
-                if !user_exists(conn, u)? {
+                if !exists(u)? {
                     return Ok(Err(FeedError::UserNotFound(u.clone())));
                 }
             }
@@ -169,7 +191,7 @@ pub fn apply_command(
         }
         Command::Unfollow { follower, followee } => {
             for u in [follower, followee] {
-                if !user_exists(conn, u)? {
+                if !exists(u)? {
                     return Ok(Err(FeedError::UserNotFound(u.clone())));
                 }
             }
@@ -210,7 +232,7 @@ pub fn apply_command(
             client_post_id,
             ..
         } => {
-            if !user_exists(conn, author)? {
+            if !exists(author)? {
                 return Ok(Err(FeedError::UserNotFound(author.clone())));
             }
             if !client_post_id.is_empty() {
@@ -235,6 +257,13 @@ pub fn apply_command(
         }
     }
     Ok(Ok(done))
+}
+
+/// `Some(sessions_after)` of `user` when it exists.
+fn session_of(conn: &Connection, user: &str) -> rusqlite::Result<Option<Option<i64>>> {
+    conn.prepare_cached("SELECT sessions_after FROM users WHERE name = ?1")?
+        .query_row([user], |r| r.get::<_, Option<i64>>(0))
+        .optional()
 }
 
 /// Refuses `name`'s sessions issued at or before `at_ms` from now on.
@@ -376,5 +405,60 @@ mod tests {
             6,
             "two users, a follow, two posts, an unfollow"
         );
+    }
+
+    /// A command made in a session applies while the user's sessions after its issue time
+    /// stand; after `EndSessions` (or `ChangePassword`) at T, a session issued at or before T is
+    /// refused and a later one applies; a session of an unknown user is refused as such, and
+    /// only follows, unfollows and posts are made in a session.
+    #[test]
+    fn sessions_end_at_their_time() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
+        let run = |cmd: Command| apply_command(&conn, &cmd, 1).unwrap();
+        run(Command::CreateUser {
+            name: "ann".into(),
+            password_hash: None,
+        })
+        .unwrap();
+        let post = |session_ms, author: &str| Command::InSession {
+            session_ms,
+            command: Box::new(Command::Post {
+                author: author.into(),
+                text: "hi".into(),
+                client_post_id: String::new(),
+            }),
+        };
+        assert!(run(post(100, "ann")).is_ok());
+        run(Command::EndSessions {
+            name: "ann".into(),
+            at_ms: 200,
+        })
+        .unwrap();
+        assert_eq!(
+            run(post(200, "ann")),
+            Err(FeedError::SessionEnded("ann".into()))
+        );
+        assert!(run(post(201, "ann")).is_ok());
+        assert_eq!(
+            run(post(300, "bob")),
+            Err(FeedError::UserNotFound("bob".into()))
+        );
+        run(Command::ChangePassword {
+            name: "ann".into(),
+            password_hash: "$argon2id$x".into(),
+            at_ms: 400,
+        })
+        .unwrap();
+        assert_eq!(
+            run(post(201, "ann")),
+            Err(FeedError::SessionEnded("ann".into()))
+        );
+        let nested = Command::InSession {
+            session_ms: 500,
+            command: Box::new(post(500, "ann")),
+        };
+        assert!(matches!(run(nested), Err(FeedError::Invalid(_))));
     }
 }
