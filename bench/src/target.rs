@@ -56,6 +56,11 @@ pub const BENCH_LIMITS: &str = "[limits]\nposts_per_sec = 1000000\npost_burst = 
     login_burst_per_address = 1000000\naccounts_per_min_per_address = 1000000\n\
     account_burst_per_address = 1000000\n";
 
+/// The bench's own `[web]`: each worker's HTTP API on a free loopback port (the product's default
+/// range, 8080-8099, may be taken by another cluster on this machine); the web scenario reads
+/// each worker's address from the masters' Status (`web_addr`).
+pub const BENCH_WEB: &str = "[web]\nlisten = \"127.0.0.1:0\"\n";
+
 impl Target {
     /// Starts a local cluster: three masters (MasterStartup.sh) and a pool of workers
     /// (WorkerStartup.sh), with the product's Raft timing, with TLS (as users run it: the
@@ -65,12 +70,12 @@ impl Target {
     }
 
     /// Like `start_local`, with `extra` TOML tables (e.g. `[worker]`) in the configuration.
-    /// Always with `BENCH_LIMITS`.
+    /// Always with `BENCH_LIMITS` and `BENCH_WEB`.
     pub async fn start_local_with(plaintext: bool, extra: &str) -> Result<Target> {
         let extra = if plaintext {
-            format!("{extra}{BENCH_LIMITS}\n[tls]\nmode = \"plaintext\"\n")
+            format!("{extra}{BENCH_LIMITS}\n{BENCH_WEB}\n[tls]\nmode = \"plaintext\"\n")
         } else {
-            format!("{extra}{BENCH_LIMITS}")
+            format!("{extra}{BENCH_LIMITS}\n{BENCH_WEB}")
         };
         let extra = extra.as_str();
         let text = std::fs::read_to_string(PRODUCT_CONFIG)
