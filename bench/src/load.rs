@@ -350,6 +350,18 @@ impl Receiver for Stream {
     }
 }
 
+/// What the fan-out needs of a stream, beside `Receiver`: its deliveries so far, each (seq,
+/// arrival). A gRPC timeline stream (`Stream`) or a browser's event stream (`sse::SseStream`).
+pub trait Delivering: Receiver {
+    fn deliveries(&self) -> Vec<(u64, Instant)>;
+}
+
+impl Delivering for Stream {
+    fn deliveries(&self) -> Vec<(u64, Instant)> {
+        self.snapshot()
+    }
+}
+
 /// Waits until every stream in `streams` has delivered a seq >= `want(stream)`; fails after
 /// `limit`, naming how many are behind, or as soon as a stream that is behind has ended (its
 /// client gave up: it will never catch up), naming why.

@@ -8,8 +8,9 @@
 //! a three-member etcd on this machine, in the same security mode, and prints each figure for
 //! both and the ratio.
 //!
-//! Modules: `scenarios` (the five measurements), `load` (posting and streaming clients: the real
-//! client's `Session` and resumable stream), `check` (answer checking), `stats` (percentiles),
+//! Modules: `scenarios` (the measurements), `load` (posting and streaming clients: the real
+//! client's `Session` and resumable stream), `sse` (the browser's side: HTTP API logins and
+//! event streams), `check` (answer checking), `stats` (percentiles),
 //! `target` (the cluster under test), `machine` (/proc facts), `report` (table, targets, JSON),
 //! `compare` (`--compare N`: medians of alternated runs), `peer` (the same scenarios against
 //! etcd), `versus` (chatfeed against the peer, figure by figure).
@@ -21,6 +22,7 @@ mod machine;
 mod peer;
 mod report;
 mod scenarios;
+mod sse;
 mod stats;
 mod target;
 mod versus;
@@ -43,7 +45,7 @@ struct Args {
     /// instead of starting one. Scenarios that kill processes are skipped.
     #[arg(long)]
     master: Option<String>,
-    /// Only these scenarios (comma-separated: throughput, fanout, master-failover,
+    /// Only these scenarios (comma-separated: throughput, fanout, web, master-failover,
     /// worker-failover, memory).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -84,10 +86,11 @@ struct Args {
     peer: Option<String>,
 }
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "memory",
     "throughput",
     "fanout",
+    "web",
     "worker-failover",
     "master-failover",
 ];
@@ -345,6 +348,13 @@ async fn run(args: &Args, plaintext: bool) -> Result<(serde_json::Value, bool)> 
                 plan.fanout_authors, plan.fanout_followers
             );
             report.fanout = Some(scenarios::fanout(&target, &plan).await.map_err(fail));
+        }
+        if want("web") {
+            eprintln!(
+                "\n6. web: {} authors x {} followers, Server-Sent Events; {} idle event streams",
+                plan.fanout_authors, plan.fanout_followers, plan.web_idle_streams
+            );
+            report.web = Some(scenarios::web(&target, &plan).await.map_err(fail));
         }
         if want("worker-failover") {
             if destructive {

@@ -7,7 +7,7 @@
 use crate::machine::Machine;
 use crate::peer::PeerRun;
 use crate::scenarios::{
-    CpuSpent, Fanout, MasterFailover, Memory, Plan, Throughput, WorkerFailover,
+    CpuSpent, Fanout, FanoutRate, MasterFailover, Memory, Plan, Throughput, Web, WorkerFailover,
 };
 use crate::target::Target;
 use crate::versus;
@@ -27,6 +27,8 @@ pub struct Report {
     cluster: Value,
     pub throughput: Vec<Outcome<Throughput>>,
     pub fanout: Option<Outcome<Fanout>>,
+    /// The fan-out to browsers' event streams and their idle memory (issue 21).
+    pub web: Option<Outcome<Web>>,
     pub master_failover: Option<Outcome<MasterFailover>>,
     pub worker_failover: Option<Outcome<WorkerFailover>>,
     pub memory: Option<Outcome<Memory>>,
@@ -97,6 +99,7 @@ impl Report {
             }),
             throughput: Vec::new(),
             fanout: None,
+            web: None,
             master_failover: None,
             worker_failover: None,
             memory: None,
@@ -131,6 +134,7 @@ impl Report {
         self.errors.is_empty()
             && self.throughput.iter().all(|r| r.is_ok())
             && good(&self.fanout)
+            && good(&self.web)
             && good(&self.master_failover)
             && good(&self.worker_failover)
             && good(&self.memory)
@@ -268,9 +272,51 @@ impl Report {
                         "\n2. fan-out ({} authors x {} followers = {} streams, {} s per rate; latency = post sent -> arrival in a stream)",
                         fan.authors, fan.followers_per_author, fan.streams, self.plan.fanout_secs
                     );
-                    p(&fanout_table(fan, "posts/s"));
+                    p(&fanout_table(&fan.rates, "posts/s"));
                 }
                 Err(e) => println!("\n2. fan-out FAILED: {e}"),
+            }
+        }
+        if let Some(r) = &self.web {
+            match r {
+                Ok(w) => {
+                    println!(
+                        "\n6. web: Server-Sent Events ({} authors x {} followers = {} event streams, one HTTP connection each, over {} workers; latency = post sent (gRPC) -> event arrival); beside it the gRPC streams of 2.",
+                        w.authors,
+                        w.followers_per_author,
+                        w.streams,
+                        w.workers.len()
+                    );
+                    let mut rows = fanout_table(&w.rates, "posts/s");
+                    rows[0].insert(0, "stream".into());
+                    for r in rows.iter_mut().skip(1) {
+                        r.insert(0, "SSE".into());
+                    }
+                    if let Some(Ok(fan)) = &self.fanout {
+                        for mut r in fanout_table(&fan.rates, "posts/s").into_iter().skip(1) {
+                            r.insert(0, "gRPC".into());
+                            rows.push(r);
+                        }
+                    }
+                    p(&rows);
+                    let i = &w.idle;
+                    let grpc = match &self.memory {
+                        Some(Ok(m)) => {
+                            format!(" (gRPC streams, 5.: {:.0} bytes)", m.bytes_per_stream)
+                        }
+                        _ => String::new(),
+                    };
+                    println!(
+                        "   idle event streams: {} on worker pid {} ({}), VmRSS {} KiB -> {} KiB: {:.0} bytes per stream{grpc}",
+                        i.streams,
+                        i.worker_pid,
+                        i.worker,
+                        i.rss_before_kib,
+                        i.rss_after_kib,
+                        i.bytes_per_stream
+                    );
+                }
+                Err(e) => println!("\n6. web FAILED: {e}"),
             }
         }
         if let Some(r) = &self.master_failover {
@@ -417,6 +463,7 @@ impl Report {
             "plan": self.plan,
             "throughput": self.throughput.iter().map(outcome_json).collect::<Vec<_>>(),
             "fanout": self.fanout.as_ref().map(outcome_json),
+            "web": self.web.as_ref().map(outcome_json),
             "master_failover": self.master_failover.as_ref().map(outcome_json),
             "worker_failover": self.worker_failover.as_ref().map(outcome_json),
             "memory": self.memory.as_ref().map(outcome_json),
@@ -478,7 +525,7 @@ impl Report {
                     fan.streams,
                     self.plan.fanout_secs
                 );
-                p(&fanout_table(fan, "writes/s"));
+                p(&fanout_table(&fan.rates, "writes/s"));
             }
             Some(Err(e)) => println!("\n2. {} fan-out FAILED: {e}", peer.name),
             None => {}
@@ -542,7 +589,7 @@ fn throughput_table(runs: &[Outcome<Throughput>], rate: &str) -> Vec<Vec<String>
 }
 
 /// A fan-out's rates as table rows (header first); `rate` names the unit (posts/s, writes/s).
-fn fanout_table(fan: &Fanout, rate: &str) -> Vec<Vec<String>> {
+fn fanout_table(rates: &[FanoutRate], rate: &str) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         rate.into(),
         "sent/s".into(),
@@ -555,7 +602,7 @@ fn fanout_table(fan: &Fanout, rate: &str) -> Vec<Vec<String>> {
         "machine busy".into(),
         "CPU µs/delivery: cluster, clients".into(),
     ]];
-    for x in &fan.rates {
+    for x in rates {
         rows.push(vec![
             x.target_posts_per_s.to_string(),
             f(x.posts_per_s),

@@ -1,6 +1,8 @@
 //! Scenario 2, fan-out: authors posting in an open loop at set rates, each followed by as many
 //! live streams; post-to-delivery latency, deliveries per second and their CPU cost, and a check
-//! that every stream got every post of its author once, in order.
+//! that every stream got every post of its author once, in order. The posting, the rates and
+//! the checks (`warm_up`, `run_rates`, `check_whole`) are shared with `web`, whose streams are
+//! browsers' event streams (any `load::Delivering`).
 
 use super::cpu::{CpuMeter, CpuSpent};
 use super::{
@@ -8,7 +10,7 @@ use super::{
     wait_warmed_up, with_progress,
 };
 use crate::check::StreamCheck;
-use crate::load::{self, Poster, Sent, ms};
+use crate::load::{self, Delivering, Poster, Sent, ms};
 use crate::stats::Latency;
 use crate::target::Target;
 use anyhow::{Result, ensure};
@@ -152,28 +154,66 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
     let streams = open_streams(t, sessions).await?;
     let author_of: Vec<String> = (0..streams.len()).map(follower_of).collect();
 
-    // Warm-up: one post per author, which every stream must receive (all streams are live).
+    let acked = warm_up(&authors).await?;
+    {
+        let last = last_of(&acked);
+        let idx = index_by_user(&streams);
+        wait_warmed_up(t, &streams, |s| last[&author_of[idx[s.user.as_str()]]]).await?;
+    }
+    let (rates, acked) = run_rates(t, plan, &authors, &streams, &author_of, acked).await?;
+
+    // The whole run, stream by stream: every post of the author since the stream opened, once,
+    // in order (the warm-up post included).
+    let delivered = load::stop_all(streams).await?;
+    check_whole(&delivered, &author_of, &acked)?;
+    verify_posters(&authors, &acked).await?;
+    Ok(Fanout {
+        authors: na,
+        followers_per_author: nf,
+        streams: shape.streams(),
+        rates,
+        verified: true,
+    })
+}
+
+/// The warm-up: one post per author, which every stream must then receive (all are live).
+pub(crate) async fn warm_up(authors: &[Arc<Poster>]) -> Result<HashMap<String, Vec<Sent>>> {
     let mut acked: HashMap<String, Vec<Sent>> = HashMap::new();
-    let warm = load::many("warm-up posts", authors.clone(), |p| async move {
+    let warm = load::many("warm-up posts", authors.to_vec(), |p| async move {
         Ok((p.user.clone(), p.post().await?))
     })
     .await?;
     for (u, s) in warm {
         acked.entry(u).or_default().push(s);
     }
-    let last_of = |acked: &HashMap<String, Vec<Sent>>| -> HashMap<String, u64> {
-        acked
-            .iter()
-            .map(|(u, v)| (u.clone(), v.iter().map(|s| s.post.seq).max().unwrap_or(0)))
-            .collect()
-    };
-    {
-        let last = last_of(&acked);
-        let idx = index_by_user(&streams);
-        wait_warmed_up(t, &streams, |s| last[&author_of[idx[s.user.as_str()]]]).await?;
-    }
+    Ok(acked)
+}
 
+/// Each author's largest acknowledged seq.
+pub(crate) fn last_of(acked: &HashMap<String, Vec<Sent>>) -> HashMap<String, u64> {
+    acked
+        .iter()
+        .map(|(u, v)| (u.clone(), v.iter().map(|s| s.post.seq).max().unwrap_or(0)))
+        .collect()
+}
+
+/// Every rate of the plan in turn, on live `streams` (stream `i` follows `author_of[i]`): the
+/// authors post in an open loop, then every stream must receive its author's posts; each rate's
+/// latency, deliveries, check and CPU. Returns the rates and `acked` with every post added.
+pub(crate) async fn run_rates<S: Delivering>(
+    t: &Target,
+    plan: &Plan,
+    authors: &[Arc<Poster>],
+    streams: &[S],
+    author_of: &[String],
+    mut acked: HashMap<String, Vec<Sent>>,
+) -> Result<(Vec<FanoutRate>, HashMap<String, Vec<Sent>>)> {
     let mut rates = Vec::new();
+    let idx: HashMap<&str, usize> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name(), i))
+        .collect();
     for &rate in &plan.fanout_rates {
         eprintln!(
             "  fan-out at {rate} posts/s for {} s ({} streams)",
@@ -186,7 +226,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
             &format!("{rate} posts/s"),
             || format!("{} posts acknowledged", count.load(Ordering::Relaxed)),
             open_loop(
-                &authors,
+                authors,
                 rate as f64,
                 plan.fanout_secs as f64,
                 None,
@@ -203,11 +243,8 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
             .iter()
             .map(|(u, v)| (u.clone(), v.iter().map(|s| s.post.seq).max().unwrap_or(0)))
             .collect();
-        let idx = index_by_user(&streams);
-        let arrived_in_time = load::wait_delivered(&streams, Duration::from_secs(30), |s| {
-            want.get(&author_of[idx[s.user.as_str()]])
-                .copied()
-                .unwrap_or(0)
+        let arrived_in_time = load::wait_delivered(streams, Duration::from_secs(30), |s| {
+            want.get(&author_of[idx[s.name()]]).copied().unwrap_or(0)
         })
         .await;
         let cpu = cpu.spent();
@@ -226,7 +263,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
                     e
                 })
                 .unwrap_or_default();
-            tally.add(s.snapshot(), &sent_at, &expected);
+            tally.add(s.deliveries(), &sent_at, &expected);
         }
         let PhaseTally {
             lat,
@@ -258,10 +295,17 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
             acked.entry(u).or_default().push(s);
         }
     }
+    Ok((rates, acked))
+}
 
-    // The whole run, stream by stream: every post of the author since the stream opened, once,
-    // in order (the warm-up post included).
-    let delivered = load::stop_all(streams).await?;
+/// The whole run, stream by stream: stream `i` (its `delivered` (seq, arrival) in arrival order)
+/// must have got every post `acked` of `author_of[i]`, once, in order; an error otherwise, which
+/// fails the run.
+pub(crate) fn check_whole(
+    delivered: &[Vec<(u64, Instant)>],
+    author_of: &[String],
+    acked: &HashMap<String, Vec<Sent>>,
+) -> Result<()> {
     let mut whole = StreamCheck::default();
     for (i, d) in delivered.iter().enumerate() {
         let mut expected: Vec<u64> = acked
@@ -276,15 +320,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
         whole.ok(),
         "the streams did not get exactly their authors' posts: {whole:?}"
     );
-    verify_posters(&authors, &acked).await?;
-    let _ = last_of;
-    Ok(Fanout {
-        authors: na,
-        followers_per_author: nf,
-        streams: shape.streams(),
-        rates,
-        verified: true,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -312,5 +348,28 @@ mod tests {
                 followers: 50
             }
         );
+    }
+
+    /// A delivery lost, or one delivered twice, fails the whole-run check (and with it the run).
+    #[test]
+    fn a_lost_or_duplicated_delivery_fails_the_run() {
+        let now = Instant::now();
+        let sent = |seq| Sent {
+            post: crate::check::AckedPost {
+                seq,
+                client_post_id: format!("p{seq}"),
+                text: String::new(),
+            },
+            sent: now,
+            acked: now,
+        };
+        let acked: HashMap<String, Vec<Sent>> =
+            HashMap::from([("fa0".to_string(), vec![sent(3), sent(5)])]);
+        let author_of = vec!["fa0".to_string()];
+        let got = |seqs: &[u64]| vec![seqs.iter().map(|&s| (s, now)).collect::<Vec<_>>()];
+        assert!(check_whole(&got(&[3, 5]), &author_of, &acked).is_ok());
+        assert!(check_whole(&got(&[3]), &author_of, &acked).is_err());
+        assert!(check_whole(&got(&[3, 5, 5]), &author_of, &acked).is_err());
+        assert!(check_whole(&got(&[5, 3]), &author_of, &acked).is_err());
     }
 }

@@ -1,6 +1,7 @@
-//! The five scenarios of `make bench` (issue 5), one module each: `memory` (idle streams and
+//! The scenarios of `make bench` (issue 5), one module each: `memory` (idle streams and
 //! the workers' memory), `throughput` (write throughput), `fanout` (delivery to many streams),
-//! `worker_failover` and `master_failover` (kill -9 under load). Each drives real clients
+//! `worker_failover` and `master_failover` (kill -9 under load), `web` (the fan-out to browsers'
+//! event streams, issue 21). Each drives real clients
 //! (`load`) against the cluster (`target`), checks its answers (`check`: every acknowledged post
 //! is in the timeline, every stream got every post once, in order) and returns its figures.
 //! Every wait is bounded. Beside them: the CPU accounting per role and phase (`cpu`), and the
@@ -14,6 +15,7 @@ mod fanout;
 mod master_failover;
 mod memory;
 mod throughput;
+mod web;
 mod worker_failover;
 
 pub(crate) use cpu::CpuMeter;
@@ -22,6 +24,7 @@ pub use fanout::{Fanout, FanoutRate, PhaseTally, Shape, fanout};
 pub use master_failover::{MasterFailover, master_failover};
 pub use memory::{Memory, memory};
 pub use throughput::{Throughput, throughput};
+pub use web::{Web, web};
 pub use worker_failover::{WorkerFailover, worker_failover};
 
 use crate::check::{StreamCheck, check_timeline};
@@ -48,6 +51,8 @@ pub struct Plan {
     pub master_failover_writers: usize,
     pub worker_failover_streams: usize,
     pub idle_streams: usize,
+    /// Idle event streams (the web scenario) on one worker.
+    pub web_idle_streams: usize,
 }
 
 impl Plan {
@@ -63,6 +68,7 @@ impl Plan {
             master_failover_writers: 8,
             worker_failover_streams: 1000,
             idle_streams: 10_000,
+            web_idle_streams: 5000,
         }
     }
 
@@ -79,6 +85,7 @@ impl Plan {
             master_failover_writers: 8,
             worker_failover_streams: 300,
             idle_streams: 2000,
+            web_idle_streams: 1000,
         }
     }
 }
