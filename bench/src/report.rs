@@ -307,13 +307,14 @@ impl Report {
                         _ => String::new(),
                     };
                     println!(
-                        "   idle event streams: {} on worker pid {} ({}), VmRSS {} KiB -> {} KiB: {:.0} bytes per stream{grpc}",
+                        "   idle event streams: {} round robin over worker pids {:?}, VmRSS {} KiB -> {} KiB: {:.0} bytes per stream{grpc}; streams moved by the master's rebalancing: {} idle, {} in the fan-out (followed with Last-Event-ID)",
                         i.streams,
-                        i.worker_pid,
-                        i.worker,
+                        i.worker_pids,
                         i.rss_before_kib,
                         i.rss_after_kib,
-                        i.bytes_per_stream
+                        i.bytes_per_stream,
+                        i.moved,
+                        w.moves
                     );
                 }
                 Err(e) => println!("\n6. web FAILED: {e}"),

@@ -3,8 +3,10 @@
 //! (`GET /api/timeline/stream`), each stream on an HTTP/1.1 connection of its own, as each page
 //! of a browser has. The HTTP client and the event parser are `chatfeed_e2e::web`'s (hyper's
 //! client connection, the HTML standard's parsing). Every post event is recorded with its
-//! arrival instant; a stream that ends (a `move`, an `error`, a broken connection) is not
-//! resumed: it stays behind, and the scenario's checks fail.
+//! arrival instant. A `move` (the master rebalancing streams across workers) is followed as a
+//! browser's page does: the stream reopens on the next worker with `Last-Event-ID`, the last seq
+//! it received (counted in `moves`); a stream that ends otherwise (an `error`, a broken
+//! connection) is not resumed: it stays behind, and the scenario's checks fail.
 
 use crate::load::{Delivering, PASSWORD, Receiver};
 use anyhow::{Result, anyhow, bail, ensure};
@@ -75,51 +77,91 @@ pub struct SseStream {
     pub user: String,
     deliveries: Arc<Mutex<Vec<(u64, Instant)>>>,
     last: Arc<AtomicU64>,
+    /// The `move`s it followed to another worker.
+    pub moves: Arc<AtomicU64>,
     ended: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
-impl SseStream {
-    /// Opens `GET base/api/timeline/stream` (the latest 20 posts first, then each new one) with
-    /// `token`, on a connection of its own; returns once the worker answered `200
-    /// text/event-stream` (its stream is then in the worker's hub).
-    pub async fn open(base: &str, user: &str, token: &str) -> Result<SseStream> {
-        let res = tokio::time::timeout(
-            CALL_LIMIT,
-            call("GET", base, "/api/timeline/stream")
-                .token(token)
-                .header("accept", "text/event-stream")
-                .open(),
-        )
+/// `GET base/api/timeline/stream` with `token` (and `Last-Event-ID: last`) on a connection of its
+/// own, which must answer `200 text/event-stream` (its stream is then in the worker's hub).
+async fn connect(base: &str, user: &str, token: &str, last: Option<u64>) -> Result<EventStream> {
+    let mut c = call("GET", base, "/api/timeline/stream")
+        .token(token)
+        .header("accept", "text/event-stream");
+    if let Some(l) = last {
+        c = c.header("last-event-id", &l.to_string());
+    }
+    let res = tokio::time::timeout(CALL_LIMIT, c.open())
         .await
         .map_err(|_| anyhow!("{user}'s event stream on {base}: no answer within {CALL_LIMIT:?}"))?
         .map_err(|e| anyhow!("{user}'s event stream on {base}: {e}"))?;
-        let ctype = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        if res.status() != 200 || !ctype.starts_with("text/event-stream") {
-            bail!("{user}'s event stream on {base}: {} {ctype}", res.status());
-        }
-        let mut events = EventStream::of(res);
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if res.status() != 200 || !ctype.starts_with("text/event-stream") {
+        bail!("{user}'s event stream on {base}: {} {ctype}", res.status());
+    }
+    Ok(EventStream::of(res))
+}
+
+impl SseStream {
+    /// Opens the user's live timeline on `bases[first]` (the latest 20 posts first, then each
+    /// new one); returns once that worker answered. A `move` reopens it on the next of `bases`.
+    pub async fn open(
+        bases: Arc<Vec<String>>,
+        first: usize,
+        user: &str,
+        token: &str,
+    ) -> Result<SseStream> {
+        let mut at = first % bases.len();
+        let mut events = connect(&bases[at], user, token, None).await?;
         let deliveries: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
         let last = Arc::new(AtomicU64::new(0));
+        let moves = Arc::new(AtomicU64::new(0));
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
-        let (d, l, e) = (deliveries.clone(), last.clone(), ended.clone());
+        let (d, l, m, e) = (
+            deliveries.clone(),
+            last.clone(),
+            moves.clone(),
+            ended.clone(),
+        );
+        let (user_, token) = (user.to_string(), token.to_string());
         let task = tokio::spawn(async move {
+            let mut got_any = false;
             let why = loop {
                 let Some(ev) = events.next().await else {
                     break "the connection ended".to_string();
                 };
                 let now = Instant::now();
+                if ev.event == "move" {
+                    m.fetch_add(1, Ordering::Relaxed);
+                    at = (at + 1) % bases.len();
+                    // Resume after the last seq received (a stream that received none yet:
+                    // from the start, all of which it should get).
+                    let from = Some(if got_any {
+                        l.load(Ordering::Relaxed)
+                    } else {
+                        0
+                    });
+                    match connect(&bases[at], &user_, &token, from).await {
+                        Ok(s) => {
+                            events = s;
+                            continue;
+                        }
+                        Err(e) => break format!("after a move: {e:#}"),
+                    }
+                }
                 if ev.event != "post" {
                     break format!("event {}: {}", ev.event, ev.data);
                 }
                 let Some(seq) = ev.id.as_deref().and_then(|i| i.parse::<u64>().ok()) else {
                     break format!("a post event without a seq id: {ev:?}");
                 };
+                got_any = true;
                 d.lock().unwrap_or_else(|p| p.into_inner()).push((seq, now));
                 l.fetch_max(seq, Ordering::Relaxed);
             };
@@ -129,6 +171,7 @@ impl SseStream {
             user: user.into(),
             deliveries,
             last,
+            moves,
             ended,
             task,
         })

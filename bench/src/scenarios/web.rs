@@ -3,9 +3,11 @@
 //! HTTP connection of its own (`sse`); the same shape, rates, open-loop posting (gRPC authors),
 //! checks and CPU accounting (`fanout`'s `run_rates` and `check_whole`): post-to-event latency,
 //! deliveries/s, every delivery once and in order, the CPU per delivery. Before the fan-out
-//! opens its streams, the memory of idle event streams: the followers' streams all opened on one
-//! worker, its VmRSS before and after (as `memory` for gRPC streams, on the same cluster as the
-//! other scenarios, whose allocator may reuse memory they freed).
+//! opens its streams, the memory of idle event streams: the followers' streams opened round
+//! robin over the workers (all on one would be rebalanced by the master: it moves streams off a
+//! worker above its fair share), the workers' VmRSS before and after (as `memory` for gRPC
+//! streams; on the same cluster as the other scenarios, whose allocators may reuse memory they
+//! freed).
 
 use super::fanout::{FanoutRate, Shape, check_whole, last_of, run_rates, warm_up};
 use super::{Plan, verify_posters};
@@ -17,6 +19,7 @@ use chatfeed_e2e::group::Group;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Serialize)]
@@ -28,16 +31,20 @@ pub struct Web {
     /// `workers[i % n]`).
     pub workers: Vec<String>,
     pub rates: Vec<FanoutRate>,
+    /// The `move`s (the master rebalancing) the fan-out's streams followed to another worker
+    /// with `Last-Event-ID`.
+    pub moves: u64,
     pub verified: bool,
     pub idle: IdleSse,
 }
 
-/// Idle event streams on one worker and its resident memory.
+/// Idle event streams over the workers and their resident memory.
 #[derive(Clone, Debug, Serialize)]
 pub struct IdleSse {
     pub streams: usize,
-    pub worker_pid: u32,
-    pub worker: String,
+    pub worker_pids: Vec<u32>,
+    /// Streams the master moved to another worker while they were open (none expected).
+    pub moved: u64,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub bytes_per_stream: f64,
@@ -70,7 +77,8 @@ pub async fn web(t: &Target, plan: &Plan) -> Result<Web> {
         webs.iter().all(|(_, a)| a.starts_with("http://")),
         "the web scenario speaks plain HTTP (a loopback web port): {webs:?}"
     );
-    let base_of = |i: usize| webs[i % webs.len()].1.clone();
+    let bases: Arc<Vec<String>> = Arc::new(webs.iter().map(|(_, a)| a.clone()).collect());
+    let base_of = |i: usize| bases[i % bases.len()].clone();
     eprintln!(
         "    workers' HTTP APIs: {}",
         webs.iter()
@@ -106,12 +114,13 @@ pub async fn web(t: &Target, plan: &Plan) -> Result<Web> {
     )
     .await?;
 
-    let idle = idle_memory(&webs[0], &tokens, plan.web_idle_streams).await?;
+    let pids: Vec<u32> = webs.iter().map(|(p, _)| *p).collect();
+    let idle = idle_memory(&pids, &bases, &tokens, plan.web_idle_streams).await?;
 
     let streams: Vec<SseStream> =
         load::many("event streams open", (0..shape.streams()).collect(), |i| {
-            let (base, token) = (base_of(i), tokens[i].clone());
-            async move { SseStream::open(&base, &format!("wf{i}"), &token).await }
+            let (bases, token) = (bases.clone(), tokens[i].clone());
+            async move { SseStream::open(bases, i, &format!("wf{i}"), &token).await }
         })
         .await?;
     let acked = warm_up(&authors).await?;
@@ -129,6 +138,10 @@ pub async fn web(t: &Target, plan: &Plan) -> Result<Web> {
         .context("warm-up: not every event stream is live")?;
     }
     let (rates, acked) = run_rates(t, plan, &authors, &streams, &author_of, acked).await?;
+    let moves = streams
+        .iter()
+        .map(|s| s.moves.load(Ordering::Relaxed))
+        .sum();
     let delivered: Vec<_> = streams.into_iter().map(SseStream::close).collect();
     check_whole(&delivered, &author_of, &acked)?;
     verify_posters(&authors, &acked).await?;
@@ -136,28 +149,39 @@ pub async fn web(t: &Target, plan: &Plan) -> Result<Web> {
         authors: shape.authors,
         followers_per_author: shape.followers,
         streams: shape.streams(),
-        workers: webs.into_iter().map(|(_, a)| a).collect(),
+        workers: bases.to_vec(),
         rates,
+        moves,
         verified: true,
         idle,
     })
 }
 
 /// Opens `n` idle event streams (the first `n` followers', whose authors have not posted yet)
-/// on one worker, after 20 to warm its allocator and connection paths, and reads its VmRSS
-/// before and after; then closes them.
-async fn idle_memory(worker: &(u32, String), tokens: &[String], n: usize) -> Result<IdleSse> {
-    let (pid, base) = worker;
+/// round robin over the workers `bases` (pids `pids`), after 20 to warm their allocators and
+/// connection paths, and reads their VmRSS before and after; then closes them.
+async fn idle_memory(
+    pids: &[u32],
+    bases: &Arc<Vec<String>>,
+    tokens: &[String],
+    n: usize,
+) -> Result<IdleSse> {
     let n = n.min(tokens.len());
-    let rss = || {
-        crate::machine::rss_kib(*pid).with_context(|| {
-            format!("reading the resident memory of worker pid {pid}: it must run on this host")
-        })
+    let rss = || -> Result<u64> {
+        pids.iter()
+            .map(|&p| {
+                crate::machine::rss_kib(p).with_context(|| {
+                    format!(
+                        "reading the resident memory of worker pid {p}: it must run on this host"
+                    )
+                })
+            })
+            .sum()
     };
     let open = |what: &'static str, range: std::ops::Range<usize>| {
         load::many(what, range.collect(), |i| {
-            let token = tokens[i].clone();
-            async move { SseStream::open(base, &format!("wf{i}"), &token).await }
+            let (bases, token) = (bases.clone(), tokens[i].clone());
+            async move { SseStream::open(bases, i, &format!("wf{i}"), &token).await }
         })
     };
     let warm = open("idle event streams: warm-up", 0..20.min(n)).await?;
@@ -166,7 +190,7 @@ async fn idle_memory(worker: &(u32, String), tokens: &[String], n: usize) -> Res
     let started = Instant::now();
     let idle = open("idle event streams open", 0..n).await?;
     eprintln!(
-        "    {n} idle event streams on {base} (pid {pid}) in {:.1} s",
+        "    {n} idle event streams over workers {pids:?} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -183,6 +207,7 @@ async fn idle_memory(worker: &(u32, String), tokens: &[String], n: usize) -> Res
         .map(|s| s.user.as_str())
         .take(3)
         .collect();
+    let moved: u64 = idle.iter().map(|s| s.moves.load(Ordering::Relaxed)).sum();
     ensure!(
         ended.is_empty() && got.is_empty(),
         "idle event streams ended ({ended:?}) or received posts ({got:?})"
@@ -191,8 +216,8 @@ async fn idle_memory(worker: &(u32, String), tokens: &[String], n: usize) -> Res
     drop(warm);
     Ok(IdleSse {
         streams: n,
-        worker_pid: *pid,
-        worker: base.clone(),
+        worker_pids: pids.to_vec(),
+        moved,
         rss_before_kib: before,
         rss_after_kib: after,
         bytes_per_stream: (after as f64 - before as f64) * 1024.0 / n as f64,
