@@ -287,15 +287,18 @@ impl Report {
                         w.streams,
                         w.workers.len()
                     );
-                    let mut rows = fanout_table(&w.rates, "posts/s");
+                    // Each rate's SSE row, then the gRPC fan-out's row at that rate (2.).
+                    let sse = fanout_table(&w.rates, "posts/s");
+                    let grpc = match &self.fanout {
+                        Some(Ok(fan)) => fanout_table(&fan.rates, "posts/s"),
+                        _ => Vec::new(),
+                    };
+                    let mut rows = vec![sse[0].clone()];
                     rows[0].insert(0, "stream".into());
-                    for r in rows.iter_mut().skip(1) {
-                        r.insert(0, "SSE".into());
-                    }
-                    if let Some(Ok(fan)) = &self.fanout {
-                        for mut r in fanout_table(&fan.rates, "posts/s").into_iter().skip(1) {
-                            r.insert(0, "gRPC".into());
-                            rows.push(r);
+                    for r in sse.iter().skip(1) {
+                        rows.push([vec!["SSE".to_string()], r.clone()].concat());
+                        if let Some(g) = grpc.iter().skip(1).find(|g| g[0] == r[0]) {
+                            rows.push([vec!["gRPC".to_string()], g.clone()].concat());
                         }
                     }
                     p(&rows);
