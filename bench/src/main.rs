@@ -36,7 +36,9 @@ use std::time::Instant;
 use target::Target;
 
 #[derive(Parser, Debug)]
-#[command(about = "chatfeed's benchmarks: throughput, fan-out, fail-over, idle streams")]
+#[command(
+    about = "chatfeed's benchmarks: throughput, fan-out (gRPC and browsers' event streams), fail-over, idle streams"
+)]
 struct Args {
     /// About a minute: shorter runs, fewer streams.
     #[arg(long)]
