@@ -28,15 +28,23 @@ pub fn new_password(user: &str) -> Result<String, Failure> {
              terminal to ask on)"
         )));
     }
-    let ask = |prompt: String| {
-        rpassword::prompt_password(prompt)
-            .map_err(|e| Failure::Other(format!("reading the password: {e}")))
-    };
     let min = chatfeed_common::accounts::MIN_PASSWORD_CHARS;
+    choose(&format!(
+        "new password for {user} (at least {min} characters): "
+    ))
+}
+
+/// A password read on the terminal without echo.
+fn ask(prompt: String) -> Result<String, Failure> {
+    rpassword::prompt_password(prompt)
+        .map_err(|e| Failure::Other(format!("reading the password: {e}")))
+}
+
+/// A new password asked with `prompt` and again to confirm it, checked against the rules the
+/// master applies; three tries.
+fn choose(prompt: &str) -> Result<String, Failure> {
     for _ in 0..3 {
-        let p = ask(format!(
-            "new password for {user} (at least {min} characters): "
-        ))?;
+        let p = ask(prompt.to_string())?;
         if let Err(why) = chatfeed_common::accounts::check_new_password(&p) {
             eprintln!("{why}");
             continue;
@@ -46,7 +54,7 @@ pub fn new_password(user: &str) -> Result<String, Failure> {
         }
         eprintln!("the two passwords differ");
     }
-    Err(Failure::Usage("no new password chosen".into()))
+    Err(Failure::Usage("no password chosen".into()))
 }
 
 /// The password for `user`: `CHATFEED_PASSWORD` when set, else asked on the terminal: "choose
@@ -71,26 +79,11 @@ pub async fn password_for(
     let probe =
         crate::session::Session::quiet(masters.to_vec(), tls.clone(), user.into(), String::new());
     let existing = probe.has_password(patience).await?;
-    let ask = |prompt: String| {
-        rpassword::prompt_password(prompt)
-            .map_err(|e| Failure::Other(format!("reading the password: {e}")))
-    };
     if existing {
         return ask(format!("password for {user}: "));
     }
     let min = chatfeed_common::accounts::MIN_PASSWORD_CHARS;
-    for _ in 0..3 {
-        let p = ask(format!(
-            "choose a password for {user} (new user, at least {min} characters): "
-        ))?;
-        if let Err(why) = chatfeed_common::accounts::check_new_password(&p) {
-            eprintln!("{why}");
-            continue;
-        }
-        if ask("repeat it: ".into())? == p {
-            return Ok(p);
-        }
-        eprintln!("the two passwords differ");
-    }
-    Err(Failure::Usage("no password chosen".into()))
+    choose(&format!(
+        "choose a password for {user} (new user, at least {min} characters): "
+    ))
 }

@@ -106,32 +106,14 @@ fn apply_validated(
             }
             return Ok(Ok(no_event));
         }
-        Command::EndSessions { name, at_ms } => {
+        Command::EndSessions { name, at_ms } | Command::ChangePassword { name, at_ms, .. } => {
             if !user_exists(conn, name)? {
                 return Ok(Err(FeedError::UserNotFound(name.clone())));
             }
-            end_sessions(conn, name, *at_ms)?;
-            insert_event(
-                conn,
-                seq,
-                KIND_SESSIONS_ENDED,
-                name,
-                None,
-                None,
-                ts_ms,
-                None,
-            )?;
-        }
-        Command::ChangePassword {
-            name,
-            password_hash,
-            at_ms,
-        } => {
-            if !user_exists(conn, name)? {
-                return Ok(Err(FeedError::UserNotFound(name.clone())));
+            if let Command::ChangePassword { password_hash, .. } = cmd {
+                conn.prepare_cached("UPDATE users SET pw_hash = ?2 WHERE name = ?1")?
+                    .execute(params![name, password_hash])?;
             }
-            conn.prepare_cached("UPDATE users SET pw_hash = ?2 WHERE name = ?1")?
-                .execute(params![name, password_hash])?;
             end_sessions(conn, name, *at_ms)?;
             insert_event(
                 conn,

@@ -9,17 +9,6 @@ use chatfeed_proto::feed;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-async fn try_login(c: &mut TestClient, user: &str, password: &str) -> Result<(), tonic::Status> {
-    c.anonymous()
-        .login(feed::LoginRequest {
-            user: user.into(),
-            password: password.into(),
-            probe: false,
-        })
-        .await
-        .map(|_| ())
-}
-
 /// A timeline opened or a history page read after a seq past the last committed one (2⁶³, the
 /// largest u64, one past the end) is INVALID_ARGUMENT at once, even for a user whose history
 /// fills more than a page; a resume at the last seq is legitimate and goes live. (Before: 2⁶³ was

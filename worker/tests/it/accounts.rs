@@ -8,21 +8,6 @@ use chatfeed_proto::feed;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-async fn try_login(
-    c: &mut TestClient,
-    user: &str,
-    password: &str,
-) -> Result<feed::LoginReply, tonic::Status> {
-    c.anonymous()
-        .login(feed::LoginRequest {
-            user: user.into(),
-            password: password.into(),
-            probe: false,
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// A post request carrying `token` (or none) as its bearer.
 fn with_token(
     token: Option<&str>,

@@ -151,19 +151,26 @@ impl TestWorker {
     }
 }
 
-/// Logs `user` in with `PASSWORD` (creating it the first time); later calls as `user` carry
-/// its token. Returns whether the login created the user.
-pub async fn login(c: &mut TestClient, user: &str) -> bool {
-    let reply = c
-        .anonymous()
+/// A login of `user` with `password`, as its answer or refusal (the client keeps no token).
+pub async fn try_login(
+    c: &mut TestClient,
+    user: &str,
+    password: &str,
+) -> Result<feed::LoginReply, tonic::Status> {
+    c.anonymous()
         .login(feed::LoginRequest {
             user: user.into(),
-            password: PASSWORD.into(),
+            password: password.into(),
             probe: false,
         })
         .await
-        .unwrap()
-        .into_inner();
+        .map(|r| r.into_inner())
+}
+
+/// Logs `user` in with `PASSWORD` (creating it the first time); later calls as `user` carry
+/// its token. Returns whether the login created the user.
+pub async fn login(c: &mut TestClient, user: &str) -> bool {
+    let reply = try_login(c, user, PASSWORD).await.unwrap();
     tokens()
         .lock()
         .unwrap()

@@ -21,14 +21,7 @@ async fn login_token(
     user: &str,
     password: &str,
 ) -> Result<String, tonic::Status> {
-    c.anonymous()
-        .login(feed::LoginRequest {
-            user: user.into(),
-            password: password.into(),
-            probe: false,
-        })
-        .await
-        .map(|r| r.into_inner().token)
+    try_login(c, user, password).await.map(|r| r.token)
 }
 
 async fn try_post(c: &mut TestClient, text: &str) -> Result<u64, tonic::Status> {
