@@ -117,6 +117,8 @@ pub enum Callers {
     MembersAndWorkers,
     /// Workers only (`chatfeed.control.Control`).
     Workers,
+    /// Operators only (`chatfeed.cluster.Admin`: backups, membership changes, key rotation).
+    Operators,
 }
 
 impl Callers {
@@ -127,6 +129,7 @@ impl Callers {
                 Callers::Members | Callers::MembersAndWorkers,
                 Role::Member(_)
             ) | (Callers::Workers | Callers::MembersAndWorkers, Role::Worker)
+                | (Callers::Operators, Role::Operator)
         )
     }
 
@@ -135,6 +138,7 @@ impl Callers {
             Callers::Members => "members of the master group",
             Callers::MembersAndWorkers => "members and workers",
             Callers::Workers => "workers",
+            Callers::Operators => "operators",
         }
     }
 }
@@ -377,10 +381,17 @@ impl Tls {
         };
         let certs = request.peer_certs();
         let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
-            return Err(tonic::Status::unauthenticated(format!(
-                "{what} is for the cluster's own processes: connect with a member's or a \
-                 worker's certificate (a node certificate issued by the cluster CA)"
-            )));
+            return Err(tonic::Status::unauthenticated(match callers {
+                Callers::Operators => format!(
+                    "{what} is for operators: connect with an operator certificate of the \
+                     cluster CA (`chatfeed-master certs --out DIR --operator NAME`; a one-host \
+                     cluster's start made tls/operator.pem)"
+                ),
+                _ => format!(
+                    "{what} is for the cluster's own processes: connect with a member's or a \
+                     worker's certificate (a node certificate issued by the cluster CA)"
+                ),
+            }));
         };
         let id = m.peers.of(leaf.as_ref()).map_err(|e| {
             tonic::Status::permission_denied(format!("{what}: the caller's certificate: {e}"))

@@ -61,11 +61,12 @@ enum Cmd {
     CheckConfig,
     /// Make a new token key now, on the active master: new sessions are signed with it, the key
     /// before it keeps verifying the sessions it signed, older keys (and their sessions) are
-    /// dropped. Run on a member's host: it connects with that member's certificate.
+    /// dropped. Connects with an operator certificate.
     RotateTokenKey {
-        /// The member whose certificate to use [default: the first one in the [tls] dir].
-        #[arg(long)]
-        member: Option<u64>,
+        /// The directory of the operator certificate (operator.pem, operator.key, ca.pem)
+        /// [default: the configuration's [tls] dir].
+        #[arg(long, value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
     },
     /// Issue TLS certificates for several hosts from one cluster CA (created in --out if absent):
     /// OUT/NAME/{ca.pem,worker.pem,worker.key} for each host and OUT/NAME/member-N.{pem,key} for
@@ -76,11 +77,15 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         /// A host: NAME=ADDR[,ADDR...], its addresses and DNS names (the certificate's names).
-        #[arg(long = "host", value_name = "NAME=ADDR[,ADDR...]", required = true)]
+        #[arg(long = "host", value_name = "NAME=ADDR[,ADDR...]")]
         hosts: Vec<certs::HostSpec>,
         /// A member and the host it runs on: N=NAME (its certificate goes to NAME/member-N.pem).
         #[arg(long = "member", value_name = "N=NAME")]
         members: Vec<certs::MemberSpec>,
+        /// An operator: NAME/operator.{pem,key} for the operators' commands (backup, member,
+        /// rotate-token-key), which only an operator certificate may run.
+        #[arg(long = "operator", value_name = "NAME")]
+        operators: Vec<certs::OperatorSpec>,
     },
 }
 
@@ -115,10 +120,11 @@ fn main() -> std::process::ExitCode {
         out,
         hosts,
         members,
+        operators,
     }) = &cli.command
     {
         // Needs no configuration: certificates are often issued on a machine outside the cluster.
-        return match certs::run(out, hosts, members) {
+        return match certs::run(out, hosts, members, operators) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("chatfeed-master: {e:#}");
@@ -158,7 +164,9 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }
-            Some(Cmd::RotateTokenKey { member }) => launch::rotate_token_key(&config, member).await,
+            Some(Cmd::RotateTokenKey { tls_dir }) => {
+                launch::rotate_token_key(&config, tls_dir.as_deref()).await
+            }
             Some(Cmd::Start { node, new }) => {
                 let config_path = std::fs::canonicalize(&cli.config)
                     .context("resolving the configuration path")?;

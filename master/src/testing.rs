@@ -89,7 +89,7 @@ impl TestCluster {
                 .members
                 .iter()
                 .map(|m| Role::Member(m.id))
-                .chain([Role::Worker])
+                .chain([Role::Worker, Role::Operator])
                 .collect();
             tls::ensure_role_certs(&config.tls.dir, &tls::local_sans([]), &roles).unwrap();
         }
@@ -256,13 +256,13 @@ impl TestCluster {
         ClusterClient::new(self.tls.endpoint(addr).unwrap().connect().await.unwrap())
     }
 
-    /// A client of member `id`'s members-only API (`Admin`), with member `id`'s identity.
+    /// A client of member `id`'s operators-only API (`Admin`), with an operator's identity.
     pub async fn admin(
         &self,
         id: NodeId,
     ) -> chatfeed_proto::cluster::admin_client::AdminClient<Channel> {
         let addr = &self.config.member(id).unwrap().api_addr;
-        let tls = self.member_tls(id);
+        let tls = Tls::for_role(&self.config, Role::Operator).unwrap();
         chatfeed_proto::cluster::admin_client::AdminClient::new(
             tls.endpoint(addr).unwrap().connect().await.unwrap(),
         )

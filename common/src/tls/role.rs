@@ -1,9 +1,9 @@
 //! What a certificate lets its holder be: every certificate the cluster CA issues for a process
 //! carries exactly one role, as a SAN URI (`chatfeed://member/2`, `chatfeed://worker`;
-//! `chatfeed://operator` is reserved for the operators' certificates of issue 22, which nothing
-//! issues or admits yet), beside the host's DNS names and addresses. The services check the
+//! `chatfeed://operator` for an operator's tools), beside the host's DNS names and addresses. The services check the
 //! caller's role (`Tls::require`): only member N speaks Raft as member N, only members and
-//! workers call `chatfeed.cluster.Cluster`, only workers `chatfeed.control.Control`.
+//! workers call `chatfeed.cluster.Cluster`, only workers `chatfeed.control.Control`, only
+//! operators `chatfeed.cluster.Admin`.
 //!
 //! A certificate issued before roles existed (the role-less `node.pem` of one host) carries
 //! none: it still passes the TLS handshake (same CA), and every role check refuses it, saying
@@ -23,7 +23,8 @@ pub enum Role {
     Member(u64),
     /// A worker (any worker of the host the certificate names).
     Worker,
-    /// An operator's tool (issue 22). Reserved: parsed, never issued, admitted by no service.
+    /// An operator's tools (`chatfeed-master backup`, `member`, `rotate-token-key`): the
+    /// `Admin` service only. Never a member or a worker.
     Operator,
 }
 

@@ -248,7 +248,7 @@ fn cluster_calls_need_a_certificate() {
 }
 
 /// Which roles each kind of call admits: members speak Raft, members and workers call
-/// `Cluster`, workers only `Control`; an operator's certificate nothing yet.
+/// `Cluster`, workers only `Control`, operators only `Admin` (and nothing else).
 #[test]
 fn callers_admit_their_roles_only() {
     use Callers::*;
@@ -257,6 +257,7 @@ fn callers_admit_their_roles_only() {
     assert!(MembersAndWorkers.admit(m) && MembersAndWorkers.admit(w));
     assert!(!MembersAndWorkers.admit(o));
     assert!(Workers.admit(w) && !Workers.admit(m) && !Workers.admit(o));
+    assert!(Operators.admit(o) && !Operators.admit(m) && !Operators.admit(w));
 }
 
 /// `ensure_role_certs` issues each missing role certificate with the role in its SAN URI and

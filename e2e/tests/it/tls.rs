@@ -394,11 +394,11 @@ async fn plaintext_mode_works_and_warns() {
     }
 }
 
-/// `chatfeed-master rotate-token-key`, run on the host with a member's certificate, has the
-/// active master make a new token key (three times here, so the first key, which signed the
-/// session of before, is retired); users log in and post across the rotations. A worker's
-/// certificate is refused the members' `Admin` service (PERMISSION_DENIED), a client without a
-/// certificate too (UNAUTHENTICATED).
+/// `chatfeed-master rotate-token-key`, run with the operator certificate the one-host start
+/// made (`tls/operator.pem`), has the active master make a new token key (three times here, so
+/// the first key, which signed the session of before, is retired); users log in and post across
+/// the rotations. A worker's and a member's certificates are refused the operators' `Admin`
+/// service (PERMISSION_DENIED), a client without a certificate too (UNAUTHENTICATED).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operators_rotate_the_token_key_and_workers_cannot() {
     use chatfeed_proto::cluster::RotateTokenKeyRequest;
@@ -433,6 +433,14 @@ async fn operators_rotate_the_token_key_and_workers_cannot() {
         .await
         .expect_err("a worker rotated the token key");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let config = chatfeed_common::Config::load(&c.config_path).unwrap();
+    let member = Tls::for_member(&config, 1).expect("member 1's certificate");
+    let e = AdminClient::new(member.endpoint(&leader).unwrap().connect().await.unwrap())
+        .rotate_token_key(RotateTokenKeyRequest {})
+        .await
+        .expect_err("a member's certificate rotated the token key");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("operators"), "{e:?}");
     let client = Tls::load_client(&c.ca_file().unwrap()).unwrap();
     let e = AdminClient::new(client.endpoint(&leader).unwrap().connect().await.unwrap())
         .rotate_token_key(RotateTokenKeyRequest {})

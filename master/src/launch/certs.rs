@@ -1,7 +1,9 @@
 //! `chatfeed-master certs`: the certificates of a multi-host deployment, from one CA. Creates the
 //! CA in `--out` when it is not there (`ca.pem`, `ca.key`), then for each `--host NAME=ADDR,...`
 //! a directory `--out/NAME/` with `ca.pem`, `worker.pem`/`worker.key` (the host's workers) and,
-//! for each `--member N=NAME`, `member-N.pem`/`member-N.key`; every certificate carries its role
+//! for each `--member N=NAME`, `member-N.pem`/`member-N.key`; for each `--operator NAME`, a
+//! directory `--out/NAME/` with `ca.pem` and `operator.pem`/`operator.key` (the operators'
+//! tools: backups, membership changes, key rotation); every certificate carries its role
 //! (`common/src/tls/role.rs`) and the addresses and names given as SANs. Each NAME/ goes to that
 //! host's `[tls] dir`. The CA key stays in `--out`, where certificates are issued.
 //!
@@ -89,10 +91,48 @@ impl std::str::FromStr for MemberSpec {
     }
 }
 
+/// One `--operator NAME`: an operator's certificate, in `--out/NAME/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorSpec {
+    pub name: String,
+}
+
+impl std::str::FromStr for OperatorSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let valid = !s.is_empty()
+            && s.len() <= 63
+            && !s.starts_with(['-', '.'])
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            return Err(format!(
+                "{s:?}: an operator's NAME is letters, digits, '-' and '.' (it names the \
+                 certificate and its directory)"
+            ));
+        }
+        Ok(OperatorSpec { name: s.into() })
+    }
+}
+
 /// Issues the certificates (see the module doc) and prints what went where.
-pub fn run(out: &Path, hosts: &[HostSpec], members: &[MemberSpec]) -> anyhow::Result<()> {
-    if hosts.is_empty() {
-        bail!("give at least one --host NAME=ADDR[,ADDR...]");
+pub fn run(
+    out: &Path,
+    hosts: &[HostSpec],
+    members: &[MemberSpec],
+    operators: &[OperatorSpec],
+) -> anyhow::Result<()> {
+    if hosts.is_empty() && operators.is_empty() {
+        bail!("give at least one --host NAME=ADDR[,ADDR...] or --operator NAME");
+    }
+    for o in operators {
+        if hosts.iter().any(|h| h.name == o.name) {
+            bail!(
+                "{} is both a --host and an --operator: each gets a directory of that name",
+                o.name
+            );
+        }
     }
     for (i, h) in hosts.iter().enumerate() {
         if hosts[..i].iter().any(|o| o.name == h.name) {
@@ -123,13 +163,26 @@ pub fn run(out: &Path, hosts: &[HostSpec], members: &[MemberSpec]) -> anyhow::Re
     } else {
         println!("using the cluster CA {}", ca.display());
     }
-    for h in hosts {
+    let issues = hosts
+        .iter()
+        .map(|h| {
+            let roles: Vec<Role> = members
+                .iter()
+                .filter(|m| m.host == h.name)
+                .map(|m| Role::Member(m.id))
+                .chain([Role::Worker])
+                .collect();
+            (h.clone(), roles)
+        })
+        .chain(operators.iter().map(|o| {
+            let h = HostSpec {
+                name: o.name.clone(),
+                sans: vec![o.name.clone()],
+            };
+            (h, vec![Role::Operator])
+        }));
+    for (h, roles) in issues {
         let dir = out.join(&h.name);
-        let roles = members
-            .iter()
-            .filter(|m| m.host == h.name)
-            .map(|m| Role::Member(m.id))
-            .chain([Role::Worker]);
         let mut issued = Vec::new();
         let mut kept = Vec::new();
         for role in roles {
@@ -167,8 +220,9 @@ pub fn run(out: &Path, hosts: &[HostSpec], members: &[MemberSpec]) -> anyhow::Re
         }
     }
     println!(
-        "copy each NAME/ directory to the [tls] dir (default tls/ beside chatfeed.toml) of that \
-         host; clients need only {}",
+        "copy each host's NAME/ directory to the [tls] dir (default tls/ beside chatfeed.toml) \
+         of that host, and an operator's to the [tls] dir of the machine the operator's \
+         commands run on (or give them --tls-dir); clients need only {}",
         ca.display()
     );
     Ok(())

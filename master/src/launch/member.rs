@@ -27,7 +27,7 @@ use crate::services::cluster::ClusterService;
 use crate::services::control::ControlService;
 use crate::services::master::MasterService;
 use crate::services::metrics::{self, MasterMetrics};
-use crate::services::peers::{cluster_only, members_only, workers_only};
+use crate::services::peers::{cluster_only, operators_only, workers_only};
 use crate::services::{health, status};
 use anyhow::Context;
 use chatfeed_common::tls::{ClientAuth, Tls};
@@ -323,10 +323,10 @@ impl Member {
                     &peer_tls,
                     "chatfeed.cluster.Cluster",
                 ))
-                .add_service(members_only(
+                .add_service(operators_only(
                     admin_api.into_server(),
                     &peer_tls,
-                    "chatfeed.cluster.Admin (the members' own tools)",
+                    "chatfeed.cluster.Admin (the operators' tools)",
                 ))
                 .add_service(workers_only(
                     control.into_server(),

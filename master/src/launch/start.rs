@@ -4,7 +4,8 @@
 //!
 //! TLS: on the first start of a host (no certificates in `[tls] dir`), it creates the cluster CA
 //! and the certificates of this host's roles (`member-N.pem` for each member it starts,
-//! `worker.pem`), for the hosts of the members it starts and of the workers, `127.0.0.1` and
+//! `worker.pem`; `operator.pem` for the operator's tools when it starts every member of a
+//! one-host cluster), for the hosts of the members it starts and of the workers, `127.0.0.1` and
 //! `localhost`; it never overwrites existing ones. A directory of an earlier release (a
 //! role-less `node.pem`) gets the missing role certificates from its `ca.key`; without the CA
 //! key, `start` stops and names the command that issues them.
@@ -160,10 +161,14 @@ fn ensure_certificates(config: &Config, ids: &[u64], one_member: bool) -> anyhow
         .flat_map(|m| [tls::host_of(&m.api_addr), tls::host_of(&m.raft_addr)])
         .chain([tls::host_of(&config.worker.listen)]);
     let sans = tls::local_sans(hosts);
+    // On one host, the operator's certificate is made beside the others (`tls/operator.pem`):
+    // whoever runs the cluster there operates it. Several hosts get theirs from `certs`.
+    let operator = (!one_member).then_some(Role::Operator);
     let roles: Vec<Role> = ids
         .iter()
         .map(|id| Role::Member(*id))
         .chain([Role::Worker])
+        .chain(operator)
         .collect();
     let had_ca = files.ca_cert.exists();
     let outcome = tls::ensure_role_certs(dir, &sans, &roles)

@@ -1,5 +1,5 @@
 //! The callers' roles at the service level: the services for the cluster's own processes are
-//! wrapped whole, `Cluster` in `cluster_only` (members and workers), `Admin` in `members_only`
+//! wrapped whole, `Cluster` in `cluster_only` (members and workers), `Admin` in `operators_only`
 //! and `Control` in `workers_only`, which refuse every call before any method runs:
 //! UNAUTHENTICATED without a certificate of the cluster CA, PERMISSION_DENIED with a certificate
 //! of another role (or none, from before certificates carried roles). A method added to them
@@ -33,9 +33,13 @@ pub fn cluster_only<S>(service: S, tls: &Tls, name: &'static str) -> Intercepted
     guarded(service, tls, Callers::MembersAndWorkers, name)
 }
 
-/// `service` (named `name` in refusals), reachable only by members.
-pub fn members_only<S>(service: S, tls: &Tls, name: &'static str) -> InterceptedService<S, Guard> {
-    guarded(service, tls, Callers::Members, name)
+/// `service` (named `name` in refusals), reachable only by operators.
+pub fn operators_only<S>(
+    service: S,
+    tls: &Tls,
+    name: &'static str,
+) -> InterceptedService<S, Guard> {
+    guarded(service, tls, Callers::Operators, name)
 }
 
 /// `service` (named `name` in refusals), reachable only by workers.
