@@ -15,6 +15,8 @@ pub struct Cursor {
     /// The first `RESENT_KEPT` seqs a worker sent at or below the cursor, and how many in all.
     resent: Vec<u64>,
     resent_count: u64,
+    /// The cluster the printed seqs belong to, as the stream's answer named it.
+    cluster_id: Option<String>,
 }
 
 impl Cursor {
@@ -26,7 +28,26 @@ impl Cursor {
             printed: 0,
             resent: Vec::new(),
             resent_count: 0,
+            cluster_id: None,
         }
+    }
+
+    /// The cluster the cursor's seqs belong to (empty: not known).
+    pub fn cluster_id(&self) -> &str {
+        self.cluster_id.as_deref().unwrap_or_default()
+    }
+
+    /// Records the cluster an opened stream's answer named, when not known yet.
+    pub fn learn_cluster_id(&mut self, id: String) {
+        self.cluster_id.get_or_insert(id);
+    }
+
+    /// The history was restored into cluster `now`: the seqs printed mean nothing there, so the
+    /// stream starts again, as a new one without `--after` (the latest posts).
+    pub fn restart_in(&mut self, now: String) {
+        self.opened_after = None;
+        self.last_printed = None;
+        self.cluster_id = Some(now);
     }
 
     /// The `after_seq` to open (or re-open) the stream with.
@@ -71,6 +92,20 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a restore the cursor starts again: no after_seq, the new cluster, and seqs printed
+    /// before are accepted again.
+    #[test]
+    fn a_restored_history_starts_again() {
+        let mut c = Cursor::new(Some(3));
+        c.learn_cluster_id("a".into());
+        assert!(c.accept(9));
+        c.learn_cluster_id("b".into());
+        assert_eq!(c.cluster_id(), "a");
+        c.restart_in("b".into());
+        assert_eq!((c.after_seq(), c.cluster_id()), (None, "b"));
+        assert!(c.accept(5));
+    }
 
     /// Opened without --after and broken before printing anything: re-opened without after_seq.
     #[test]

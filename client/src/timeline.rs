@@ -7,6 +7,7 @@ use crate::cursor::Cursor;
 use crate::failure::{Failure, describe, is_answer};
 use crate::format::PostView;
 use crate::session::{CallError, Session, WORKER_CALL_TIMEOUT};
+use chatfeed_common::reach::{cluster_of, restored_to};
 use chatfeed_proto::feed::timeline_item::Item;
 use chatfeed_proto::feed::{HistoryRequest, TimelineRequest};
 use std::sync::Mutex;
@@ -112,6 +113,7 @@ pub async fn stream(
             let req = TimelineRequest {
                 user: session.user().to_string(),
                 after_seq: cursor.after_seq(),
+                cluster_id: cursor.cluster_id().to_string(),
             };
             let mut client = lease.client.clone();
             let opened = r
@@ -121,7 +123,16 @@ pub async fn stream(
                 ))
                 .await?;
             let mut items = match opened {
-                Ok(Ok(resp)) => resp.into_inner(),
+                Ok(Ok(resp)) => {
+                    if let Some(id) = cluster_of(resp.metadata()) {
+                        cursor.learn_cluster_id(id);
+                    }
+                    resp.into_inner()
+                }
+                Ok(Err(s)) if restored_to(&s).is_some() => {
+                    start_again(cursor, &s);
+                    continue;
+                }
                 Ok(Err(s)) if session.retry_reason(&lease, &s).await.is_some() => {
                     let why = format!("worker {}: {}", lease.addr, describe(&s));
                     failed(&why);
@@ -166,6 +177,10 @@ pub async fn stream(
                         None => {}
                     },
                     Ok(None) => break (format!("worker {} ended the stream", lease.addr), true),
+                    Err(s) if restored_to(&s).is_some() => {
+                        start_again(cursor, &s);
+                        break (format!("worker {}: {}", lease.addr, s.message()), false);
+                    }
                     Err(s) if session.retry_reason(&lease, &s).await.is_some() => {
                         break (format!("worker {}: {}", lease.addr, describe(&s)), true);
                     }
@@ -200,4 +215,15 @@ pub async fn stream(
         )));
     }
     Ok(end)
+}
+
+/// The stream's seqs belong to a cluster whose history was restored from a backup (`status`
+/// names the new one): says so, and the stream starts again from the restored history.
+fn start_again(cursor: &mut Cursor, status: &tonic::Status) {
+    let now = restored_to(status).unwrap_or_default();
+    eprintln!(
+        "chatfeed: the cluster's history was restored from a backup (cluster {now}); the posts \
+         shown so far may not all be in it: starting again from the restored history"
+    );
+    cursor.restart_in(now);
 }

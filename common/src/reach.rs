@@ -6,8 +6,8 @@
 //! alone would have got (`write_error_status`); and the pacing of retries (`Backoff`, its jitter
 //! a parameter).
 
-use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::cluster::WriteError;
+use chatfeed_proto::{CLUSTER_METADATA_KEY, LEADER_METADATA_KEY, RESTORED_METADATA_KEY};
 use rand::Rng;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -58,6 +58,53 @@ pub fn redirect_to(leader: &str, message: impl Into<String>) -> Status {
         s.metadata_mut().insert(LEADER_METADATA_KEY, v);
     }
     s
+}
+
+/// The refusal of a stream resumed from a seq of another cluster, whose history was restored
+/// into cluster `now` (FAILED_PRECONDITION with `x-chatfeed-history-restored`).
+pub fn history_restored(now: &str) -> Status {
+    let mut s = Status::failed_precondition(format!(
+        "the cluster's history was restored from a backup (it is cluster {now} now): seqs \
+         shown before may name other posts here; start again from the restored history"
+    ));
+    if let Ok(v) = now.parse() {
+        s.metadata_mut().insert(RESTORED_METADATA_KEY, v);
+    }
+    s
+}
+
+/// The cluster a `history_restored` refusal names, if `status` is one.
+pub fn restored_to(status: &Status) -> Option<String> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let v = status
+        .metadata()
+        .get(RESTORED_METADATA_KEY)?
+        .to_str()
+        .ok()?;
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Whether `ours` refuses a caller resuming from a seq of cluster `theirs` (both known and not
+/// the same).
+pub fn other_cluster(ours: &str, theirs: &str) -> bool {
+    !ours.is_empty() && !theirs.is_empty() && ours != theirs
+}
+
+/// The cluster id an answer's metadata names (`x-chatfeed-cluster`), if any.
+pub fn cluster_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let v = metadata.get(CLUSTER_METADATA_KEY)?.to_str().ok()?;
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Names cluster `id` (when known) in an answer's metadata.
+pub fn name_cluster(metadata: &mut tonic::metadata::MetadataMap, id: &str) {
+    if let Ok(v) = id.parse()
+        && !id.is_empty()
+    {
+        metadata.insert(CLUSTER_METADATA_KEY, v);
+    }
 }
 
 /// One write's failure in a `Cluster.WriteBatch` reply as the status a `Write` of it alone would

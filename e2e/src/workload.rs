@@ -553,6 +553,7 @@ pub async fn read_timelines(
                 after_seq: Some(posts.last().map_or(0, |p| p.seq)),
                 limit: TIMELINE_PAGE,
                 session_ms: 0,
+                cluster_id: String::new(),
             };
             let reply = session
                 .call_master(Some(SETUP_PATIENCE), |ch| {

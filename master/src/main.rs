@@ -1,7 +1,8 @@
 //! `chatfeed-master`: runs one member of the master group (`--id N`), starts this host's members
 //! in the background (`start`, used by scripts/MasterStartup.sh), checks a configuration
-//! (`check-config`), issues the TLS certificates of a multi-host deployment (`certs`), or has the
-//! active master make a new token key (`rotate-token-key`).
+//! (`check-config`), issues the TLS certificates of a multi-host deployment (`certs`), has the
+//! active master make a new token key (`rotate-token-key`), writes, checks and restores backups
+//! (`backup`, `verify`, `restore`).
 
 use anyhow::Context;
 use chatfeed_common::{Config, logging};
@@ -68,6 +69,42 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         tls_dir: Option<PathBuf>,
     },
+    /// Write a backup of the replicated state to FILE: from the running cluster's active master
+    /// (with an operator certificate), or from a member's data directory (--data-dir). The file
+    /// is verified before it gets its name; writes are not paused.
+    Backup {
+        /// The backup file to write (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Copy this member data directory instead of asking the cluster (also while the
+        /// member runs).
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_dir", "any_member"])]
+        data_dir: Option<PathBuf>,
+        /// Let any member answer, from its own applied state, when no active master does.
+        #[arg(long)]
+        any_member: bool,
+        /// The directory of the operator certificate [default: the configuration's [tls] dir].
+        #[arg(long, value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
+    },
+    /// Check a backup file (length, checksum, database) without restoring it.
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Build a new group from a backup: the data directories of this host's members (or --id),
+    /// which must be empty, with a new cluster id. What committed after the backup is lost.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Restore only member N (repeatable) [default: every member of the configuration].
+        #[arg(long = "id", value_name = "N")]
+        ids: Vec<u64>,
+        /// The new group's cluster id, as the restore of the first host printed it (restoring
+        /// the members of one group on several hosts).
+        #[arg(long, value_name = "ID")]
+        cluster_id: Option<String>,
+    },
     /// Issue TLS certificates for several hosts from one cluster CA (created in --out if absent):
     /// OUT/NAME/{ca.pem,worker.pem,worker.key} for each host and OUT/NAME/member-N.{pem,key} for
     /// each member, to copy to that host's [tls] dir. Issues only what is missing: run again
@@ -132,6 +169,16 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Some(Cmd::Verify { file }) = &cli.command {
+        // Needs no configuration: a backup is checked wherever it is kept.
+        return match launch::backup::verify(file) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chatfeed-master: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -164,6 +211,27 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }
+            Some(Cmd::Backup {
+                out,
+                data_dir,
+                any_member,
+                tls_dir,
+            }) => {
+                let source = match data_dir {
+                    Some(d) => launch::backup::Source::DataDir(d),
+                    None => launch::backup::Source::Cluster {
+                        tls_dir,
+                        any_member,
+                    },
+                };
+                launch::backup::backup(&config, source, &out).await
+            }
+            Some(Cmd::Verify { .. }) => unreachable!("handled before the configuration is read"),
+            Some(Cmd::Restore {
+                file,
+                ids,
+                cluster_id,
+            }) => launch::backup::restore(&config, &file, &ids, cluster_id.as_deref()),
             Some(Cmd::RotateTokenKey { tls_dir }) => {
                 launch::rotate_token_key(&config, tls_dir.as_deref()).await
             }

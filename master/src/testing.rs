@@ -313,6 +313,7 @@ impl TestCluster {
                     after_seq: Some(after),
                     limit: TIMELINE_PAGE,
                     session_ms: 0,
+                    ..Default::default()
                 };
                 let r = self.cluster(leader).await.timeline(req).await;
                 r.map(|r| r.into_inner().posts).map_err(|e| e.to_string())
@@ -385,7 +386,10 @@ pub fn unfollow(a: &str, b: &str) -> cpb::WriteRequest {
 /// applied state, whatever its role), up to seq `upto`.
 pub async fn watched_events(api: &mut ClusterClient<Channel>, upto: u64) -> Vec<cpb::Event> {
     let mut stream = api
-        .watch(cpb::WatchRequest { after_seq: 0 })
+        .watch(cpb::WatchRequest {
+            after_seq: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -32,6 +32,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chat
 
 /// The metadata key that carries the active master's API address on an UNAVAILABLE answer.
 pub const LEADER_METADATA_KEY: &str = "x-chatfeed-leader";
+/// The cluster id (the identity of the history its seqs belong to): on Raft messages, on the
+/// answers that open a watch or a timeline stream, and in the status.
+pub const CLUSTER_METADATA_KEY: &str = "x-chatfeed-cluster";
+/// On a FAILED_PRECONDITION: the caller resumed from a seq of another cluster, whose history
+/// was restored from a backup into this one (the value is this cluster's id); start again.
+pub const RESTORED_METADATA_KEY: &str = "x-chatfeed-history-restored";
 /// The most writes one `Cluster.WriteBatch` carries: the active master's group commit puts at
 /// most this many commands in one Raft entry (`replicated/batch.rs` `MAX_BATCH`), so a batch
 /// normally becomes one entry.

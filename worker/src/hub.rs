@@ -10,6 +10,7 @@
 //! client resumes with `after_seq`), so one slow client never holds up the others.
 
 use crate::event::{Change, Event, post_item};
+use chatfeed_common::reach::history_restored;
 use chatfeed_proto::feed::TimelineItem;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -106,6 +107,8 @@ struct State {
     position: Option<u64>,
     /// Set once the worker stops: no new subscriptions.
     closed: Option<String>,
+    /// The cluster whose events the hub follows (empty until the watcher learns it).
+    cluster_id: String,
     next_id: SubId,
     subs: HashMap<SubId, Sub>,
     by_user: HashMap<String, HashSet<SubId>>,
@@ -161,6 +164,33 @@ impl Hub {
             tokio::time::timeout(wait, rx.wait_for(|r| *r)).await,
             Ok(Ok(_))
         )
+    }
+
+    /// The cluster whose events the hub follows (empty until known).
+    pub fn cluster_id(&self) -> String {
+        self.lock().cluster_id.clone()
+    }
+
+    /// Records the cluster the hub follows, when it did not know it yet.
+    pub fn learn_cluster_id(&self, id: &str) {
+        let mut st = self.lock();
+        if st.cluster_id.is_empty() {
+            st.cluster_id = id.to_string();
+        }
+    }
+
+    /// The masters now hold another cluster's history (restored from a backup, as cluster
+    /// `now`): every stream ends with `history_restored` (its client starts again), and the hub
+    /// waits for a new starting position.
+    pub fn restored(&self, now: &str) {
+        let mut st = self.lock();
+        st.cluster_id = now.to_string();
+        st.position = None;
+        self.ready.send_replace(false);
+        let ids: Vec<SubId> = st.subs.keys().copied().collect();
+        for id in ids {
+            st.end(id, Ending::Fail(history_restored(now)));
+        }
     }
 
     /// Live and pending subscriptions.

@@ -548,7 +548,7 @@ impl MasterLink {
     pub async fn timeline(
         &self,
         user: &str,
-        after_seq: Option<u64>,
+        (after_seq, cluster_id): (Option<u64>, &str),
         limit: u32,
         session_ms: i64,
     ) -> Result<pb::TimelineReply, Status> {
@@ -557,6 +557,7 @@ impl MasterLink {
             after_seq,
             limit,
             session_ms,
+            cluster_id: cluster_id.to_string(),
         };
         let reply = self
             .call("read the timeline", |mut c| {

@@ -15,6 +15,7 @@ use crate::hub::Hub;
 use crate::master_link::MasterLink;
 use crate::timeline::{self, TimelineStream};
 use crate::writes::Writes;
+use chatfeed_common::reach::name_cluster;
 use chatfeed_proto::cluster::{self as pb, write_request::Command};
 use chatfeed_proto::feed::feed_server::{Feed, FeedServer};
 use chatfeed_proto::feed::{
@@ -186,11 +187,13 @@ impl Feed for FeedService {
             self.hub.clone(),
             &self.streams,
             (user, caller.issued_at_ms),
-            r.after_seq,
+            (r.after_seq, r.cluster_id),
             self.streams_per_user,
         )
         .await?;
-        Ok(Response::new(stream))
+        let mut answer = Response::new(stream);
+        name_cluster(answer.metadata_mut(), &self.hub.cluster_id());
+        Ok(answer)
     }
 
     async fn history(
@@ -205,7 +208,7 @@ impl Feed for FeedService {
         };
         let page = self
             .link
-            .timeline(&caller.user, r.after_seq, limit, caller.issued_at_ms)
+            .timeline(&caller.user, (r.after_seq, ""), limit, caller.issued_at_ms)
             .await?;
         Ok(Response::new(HistoryReply {
             posts: page

@@ -17,6 +17,7 @@
 use crate::event::{Post, move_item, post_item};
 use crate::hub::{Ending, Hub, Queued, StreamTx, SubId};
 use crate::master_link::MasterLink;
+use chatfeed_common::reach::{history_restored, other_cluster};
 use chatfeed_proto::cluster::TimelineReply;
 use chatfeed_proto::feed::TimelineItem;
 use chatfeed_proto::{TIMELINE_LATEST as LATEST, TIMELINE_PAGE as PAGE};
@@ -69,7 +70,7 @@ pub async fn open(
     hub: Arc<Hub>,
     tracker: &TaskTracker,
     (user, session_ms): (String, i64),
-    after_seq: Option<u64>,
+    (after_seq, cluster_id): (Option<u64>, String),
     streams_per_user: usize,
 ) -> Result<TimelineStream, Status> {
     if !hub.wait_ready(link.timing().deadline).await {
@@ -77,6 +78,17 @@ pub async fn open(
             "this worker cannot follow the committed events (no master member answers); retry",
         ));
     }
+    // A seq of another cluster (its history restored into this one) means nothing here; the
+    // active master checks it too, for a worker that did not notice the restore yet.
+    let ours = hub.cluster_id();
+    if other_cluster(&ours, &cluster_id) {
+        return Err(history_restored(&ours));
+    }
+    let cluster_id = if cluster_id.is_empty() {
+        ours
+    } else {
+        cluster_id
+    };
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let sub = hub.register(&user, tx.clone(), streams_per_user)?;
     let guard = Unregister {
@@ -84,7 +96,9 @@ pub async fn open(
         id: sub.id,
     };
     let limit = if after_seq.is_some() { PAGE } else { LATEST };
-    let first = link.timeline(&user, after_seq, limit, session_ms).await?;
+    let first = link
+        .timeline(&user, (after_seq, &cluster_id), limit, session_ms)
+        .await?;
     hub.note_read(sub.id, first.last_seq);
     let stream = Stream {
         link,
@@ -93,6 +107,7 @@ pub async fn open(
         user,
         session_ms,
         after_seq,
+        cluster_id,
         id: sub.id,
         _guard: guard,
     };
@@ -107,6 +122,8 @@ struct Stream {
     user: String,
     session_ms: i64,
     after_seq: Option<u64>,
+    /// The cluster the stream's seqs belong to (empty: not known yet).
+    cluster_id: String,
     id: SubId,
     _guard: Unregister,
 }
@@ -159,7 +176,7 @@ impl Stream {
             }
             // Boxed: held in the task only while a page is read, not for the stream's life.
             let next = tokio::select! {
-                r = Box::pin(self.link.timeline(&self.user, Some(last_sent), PAGE, self.session_ms)) => r,
+                r = Box::pin(self.link.timeline(&self.user, (Some(last_sent), &self.cluster_id), PAGE, self.session_ms)) => r,
                 e = &mut *ended => return ended_with(e),
                 _ = self.tx.closed() => return Outcome::Gone,
             };

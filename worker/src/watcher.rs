@@ -8,10 +8,14 @@
 //! The first member asked also gives the starting point: its last applied seq (`MemberInfo`).
 //! Starting there is safe because a timeline stream registers with the hub only after this, and
 //! reads its history linearizably afterwards, so its history covers everything up to the start.
+//!
+//! The watch names the cluster the hub's seqs belong to; a member of a cluster restored from a
+//! backup refuses it (`history_restored`), and the hub then ends every stream and starts again
+//! from the restored history (`Hub::restored`).
 
 use crate::hub::Hub;
 use crate::master_link::MasterLink;
-use chatfeed_common::reach::Backoff;
+use chatfeed_common::reach::{Backoff, cluster_of, restored_to};
 use chatfeed_proto::cluster::cluster_client::ClusterClient;
 use chatfeed_proto::cluster::{MemberInfoRequest, WatchRequest};
 use std::sync::Arc;
@@ -90,7 +94,9 @@ async fn follow(addr: &str, link: &MasterLink, hub: &Hub, backoff: &mut Backoff)
             let info = tokio::time::timeout(OPEN_TIMEOUT, client.member_info(MemberInfoRequest {}));
             match info.await {
                 Ok(Ok(r)) => {
-                    let seq = r.into_inner().last_seq;
+                    let info = r.into_inner();
+                    let seq = info.last_seq;
+                    hub.learn_cluster_id(&info.cluster_id);
                     hub.start_at(seq);
                     tracing::info!(master = %addr, seq, "following committed events");
                     seq
@@ -100,10 +106,25 @@ async fn follow(addr: &str, link: &MasterLink, hub: &Hub, backoff: &mut Backoff)
             }
         }
     };
-    let open = tokio::time::timeout(OPEN_TIMEOUT, client.watch(WatchRequest { after_seq }));
+    let request = WatchRequest {
+        after_seq,
+        cluster_id: hub.cluster_id(),
+    };
+    let open = tokio::time::timeout(OPEN_TIMEOUT, client.watch(request));
     let mut stream = match open.await {
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(s)) => return Outcome::Ended(s.message().to_string()),
+        Ok(Ok(r)) => {
+            if let Some(id) = cluster_of(r.metadata()) {
+                hub.learn_cluster_id(&id);
+            }
+            r.into_inner()
+        }
+        Ok(Err(s)) => {
+            if let Some(now) = restored_to(&s) {
+                tracing::warn!(master = %addr, cluster = %now, "the masters' history was restored from a backup: ending every stream, following the restored history");
+                hub.restored(&now);
+            }
+            return Outcome::Ended(s.message().to_string());
+        }
         Err(_) => return Outcome::Ended("no answer to Watch".into()),
     };
     let mut check = tokio::time::interval(STALL_CHECK);

@@ -2,6 +2,7 @@
 //! binaries built: `cargo test --workspace --all-targets` (what `make test` runs) builds them.
 
 mod accounts;
+mod backup;
 mod browser;
 mod faults;
 mod feed;

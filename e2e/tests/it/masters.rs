@@ -118,6 +118,7 @@ async fn kill_leader_then_everything() {
             after_seq: Some(0),
             limit: TIMELINE_PAGE,
             session_ms: 0,
+            ..Default::default()
         })
         .await
         .expect("timeline after the restart")
@@ -143,7 +144,10 @@ async fn kill_leader_then_everything() {
             async || {
                 let mut api = c.cluster_client(&m.api).await.ok_or("not reachable")?;
                 let mut stream = api
-                    .watch(cpb::WatchRequest { after_seq: 0 })
+                    .watch(cpb::WatchRequest {
+                        after_seq: 0,
+                        ..Default::default()
+                    })
                     .await
                     .map_err(|s| s.to_string())?
                     .into_inner();

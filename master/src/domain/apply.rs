@@ -5,7 +5,7 @@
 use super::command::{Applied, Command, FeedError, validate_command};
 use super::query::{Event, follows_now, last_seq, token_key_hex, user_exists};
 use super::schema::{
-    KIND_FOLLOW, KIND_POST, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, TOKEN_KEY,
+    CLUSTER_ID, KIND_FOLLOW, KIND_POST, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, TOKEN_KEY,
 };
 use chatfeed_common::config::HARD_MAX_POST_CHARS;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -86,6 +86,11 @@ fn apply_validated(
             }
             conn.prepare_cached("INSERT INTO secrets (name, value) VALUES (?1, ?2)")?
                 .execute(params![TOKEN_KEY, key_hex])?;
+            return Ok(Ok(no_event));
+        }
+        Command::SetClusterId { id } => {
+            conn.prepare_cached("INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)")?
+                .execute(params![CLUSTER_ID, id])?;
             return Ok(Ok(no_event));
         }
         Command::RotateTokenKey { key_hex, at_ms } => {
@@ -325,6 +330,7 @@ pub fn event_of(cmd: &Command, applied: &Applied) -> Option<Event> {
         Command::InSession { command, .. } => event_of(command, applied),
         Command::SetPassword { .. }
         | Command::SetTokenKey { .. }
+        | Command::SetClusterId { .. }
         | Command::RotateTokenKey { .. } => None,
     }
 }

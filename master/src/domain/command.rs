@@ -67,6 +67,11 @@ pub enum Command {
         session_ms: i64,
         command: Box<Command>,
     },
+    /// The cluster's identity (32 hex digits), applied only when none is stored: the first one
+    /// committed stays. A restore from a backup gives the restored group a new one.
+    SetClusterId {
+        id: String,
+    },
 }
 
 impl Command {
@@ -77,6 +82,11 @@ impl Command {
             c => c,
         }
     }
+}
+
+/// Whether `id` is a cluster id as they are made: 32 lowercase hex digits (128 random bits).
+pub fn is_cluster_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A command that took effect (or a post that had already).
@@ -216,6 +226,12 @@ pub fn validate_command(cmd: &Command, max_post_chars: usize) -> Result<(), Feed
             Ok(())
         }
         Command::EndSessions { name, .. } => validate_name(name),
+        Command::SetClusterId { id } => {
+            if !is_cluster_id(id) {
+                return Err(FeedError::Invalid("a cluster id is 32 hex digits".into()));
+            }
+            Ok(())
+        }
         Command::ChangePassword {
             name,
             password_hash,

@@ -12,12 +12,13 @@ mod snapshot;
 
 pub use apply::{apply_command, event_of};
 pub use command::{
-    Applied, Command, FeedError, validate_command, validate_name, validate_new_command,
+    Applied, Command, FeedError, is_cluster_id, validate_command, validate_name,
+    validate_new_command,
 };
 pub use query::{
-    Credential, Event, StoredKey, credential, events_after, following, following_count,
-    following_page, last_seq, post_exists, sessions_after, timeline, token_key_hex, token_keys,
-    users,
+    Credential, Event, StoredKey, cluster_id, credential, events_after, following, following_count,
+    following_page, last_seq, post_exists, replace_cluster_id, sessions_after, timeline,
+    token_key_hex, token_keys, users,
 };
 pub use schema::{KIND_FOLLOW, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, SCHEMA, migrate};
 pub use snapshot::replace_from;

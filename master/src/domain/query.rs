@@ -3,7 +3,7 @@
 //! read transaction.
 
 use super::command::FeedError;
-use super::schema::{KIND_POST, TOKEN_KEY};
+use super::schema::{CLUSTER_ID, KIND_POST, TOKEN_KEY};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +249,20 @@ pub fn token_keys(conn: &Connection) -> rusqlite::Result<Vec<StoredKey>> {
         });
     }
     Ok(keys)
+}
+
+/// The cluster id, if one was committed (`Command::SetClusterId`).
+pub fn cluster_id(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM secrets WHERE name = ?1")?
+        .query_row([CLUSTER_ID], |r| r.get(0))
+        .optional()
+}
+
+/// Gives the database a new cluster id, the one of a group restored from it (`restore`).
+pub fn replace_cluster_id(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO secrets (name, value) VALUES (?1, ?2)")?
+        .execute([CLUSTER_ID, id])?;
+    Ok(())
 }
 
 /// The stored token key (hex), if one was committed.

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS token_keys (
 
 /// The `secrets` row that holds the token key (hex).
 pub(super) const TOKEN_KEY: &str = "token_key";
+/// The `secrets` row that holds the cluster id (`Command::SetClusterId`).
+pub(super) const CLUSTER_ID: &str = "cluster_id";
 
 /// Brings a database made before accounts up to date: `users.pw_hash` (NULL: no password yet).
 /// Idempotent; runs when a member opens its database.

@@ -183,9 +183,7 @@ impl Member {
             metrics: metrics.store.clone(),
         };
         let sm = StateMachine::open(&files).context("opening the state machine")?;
-        let applied_seq = sm.applied_seq();
-        let window = sm.window();
-        let flusher = sm.flusher();
+        let handles = sm.handles();
         let sm = TimedStateMachine {
             inner: sm,
             metrics: metrics.store.clone(),
@@ -209,6 +207,7 @@ impl Member {
         let network = Network {
             from: id,
             tls: tls.clone(),
+            cluster_id: handles.cluster_id.clone(),
             #[cfg(feature = "testing")]
             faults: opts.faults.clone(),
         };
@@ -247,7 +246,7 @@ impl Member {
             stepping_down: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::new(config.worker.pool_size)));
-        let core = Core::new(mastership.clone(), reader, applied_seq, window, flusher);
+        let core = Core::new(mastership.clone(), reader, handles.clone());
         let local = status::Local {
             core: core.clone(),
             started: std::time::Instant::now(),
@@ -256,10 +255,12 @@ impl Member {
         let cluster_api = ClusterService::new(local, shutdown.clone());
         let admin_api = AdminService::new(core.clone());
         let key_rotation = core.clone().rotate_keys_in_time(shutdown.clone());
+        let identity = core.clone().make_cluster_id(shutdown.clone());
         let control = ControlService::new(core, directory.clone(), shutdown.clone());
         let peer_tls = mastership.tls.clone();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(key_rotation));
+        tasks.push(tokio::spawn(identity));
         let (health_reporter, health_server) = health::service().await;
         let (reflection_v1, reflection_v1alpha) =
             health::reflection(&health::SERVICES[1..]).context("building gRPC reflection")?;
@@ -291,7 +292,9 @@ impl Member {
             None => None,
         };
         let token = shutdown.clone();
-        let raft_server = RaftService::new(raft.clone(), peer_tls.clone()).into_server();
+        let raft_server =
+            RaftService::new(raft.clone(), peer_tls.clone(), handles.cluster_id.clone())
+                .into_server();
         tasks.push(tokio::spawn(async move {
             let router = Server::builder()
                 .max_concurrent_streams(RAFT_STREAMS_PER_CONNECTION)

@@ -2,8 +2,9 @@
 //! listeners the caller bound), starting this host's members as background processes
 //! (`start.rs`, behind `scripts/MasterStartup.sh`), the certificates of a multi-host deployment
 //! (`certs.rs`), and the operators' commands on a running cluster (`operator.rs`: token key rotation,
-//! backups).
+//! backups), and backups, their check and the groups restored from them (`backup.rs`).
 
+pub mod backup;
 pub mod certs;
 mod member;
 mod operator;

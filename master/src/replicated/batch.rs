@@ -95,6 +95,7 @@ pub fn command_bytes(c: &Command) -> usize {
         } => name.len() + password_hash.len(),
         Command::SetTokenKey { key_hex } | Command::RotateTokenKey { key_hex, .. } => key_hex.len(),
         Command::EndSessions { name, .. } => name.len(),
+        Command::SetClusterId { id } => id.len(),
         Command::ChangePassword {
             name,
             password_hash,

@@ -10,8 +10,8 @@ use super::accounts::Accounts;
 use super::batch::{Batcher, MAX_BATCH, Stopped, WriteFailed, command_bytes};
 use super::error::{Error, Result};
 use super::mastership::{Mastership, is_active};
-use super::raft::db::Reader;
-use super::raft::state_machine::Flusher;
+use super::raft::db::{MemberFiles, Reader};
+use super::raft::state_machine::{Flusher, Handles};
 use super::raft::types::{NodeId, Raft};
 use super::rates::Rates;
 use super::read_barrier::ReadBarrier;
@@ -94,7 +94,11 @@ pub struct Core {
     /// The recent applied events, which the watch streams read before the database.
     window: Arc<EventWindow>,
     /// Commits what was applied before a read of the database.
-    flusher: Flusher,
+    pub(super) flusher: Flusher,
+    /// The cluster id as applied here (empty until one is committed: `identity.rs`).
+    pub(super) cluster_id: watch::Receiver<String>,
+    /// This member's files (`backup.rs` copies `state.db`).
+    pub(super) files: MemberFiles,
     /// Whether Raft's metrics show this member as the active master (`is_active`, whatever
     /// `stepping_down` says), updated only when that changes: what commits in flight watch.
     active: watch::Receiver<bool>,
@@ -105,13 +109,7 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(
-        mastership: Mastership,
-        reader: Arc<Reader>,
-        applied_seq: watch::Receiver<u64>,
-        window: Arc<EventWindow>,
-        flusher: Flusher,
-    ) -> Core {
+    pub fn new(mastership: Mastership, reader: Arc<Reader>, state: Handles) -> Core {
         let config = mastership.config.clone();
         Core {
             id: mastership.id,
@@ -120,9 +118,11 @@ impl Core {
             barrier: Arc::default(),
             active: follow_active(&mastership),
             reader,
-            applied_seq,
-            window,
-            flusher,
+            applied_seq: state.applied_seq,
+            window: state.window,
+            flusher: state.flusher,
+            cluster_id: state.cluster_id,
+            files: state.files,
             accounts: Arc::new(Accounts::new(config.accounts.clone())),
             rates: Arc::new(Rates::new(&config.limits)),
             first_key: Arc::default(),

@@ -9,10 +9,12 @@
 //! adapters (types, storage, transport). It knows the domain, never the gRPC services.
 
 pub mod accounts;
+pub mod backup;
 mod batch;
 mod core;
 mod error;
 pub mod handoff;
+pub mod identity;
 mod login;
 pub mod mastership;
 pub mod raft;

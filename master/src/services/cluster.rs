@@ -1,12 +1,15 @@
 //! `chatfeed.cluster.Cluster`: what workers and the other members call on a member, behind the
 //! cluster certificate (`peers.rs`, at the service level). Each method converts the request,
 //! calls the core and converts the answer (`convert.rs`); `WriteBatch` does so for each of its
-//! writes, which the core commits together.
+//! writes, which the core commits together. A watch or a timeline read resumed from a seq of
+//! another cluster (one whose history was restored into this one) is refused
+//! (`same_cluster`).
 
 use super::convert::{command_of, write_reply, write_result};
 use super::status::Local;
 use crate::domain::Applied;
 use crate::replicated::{Core, Login};
+use chatfeed_common::reach::{history_restored, name_cluster, other_cluster};
 use chatfeed_proto::cluster as pb;
 use chatfeed_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use chatfeed_proto::master::MemberStatus;
@@ -37,6 +40,19 @@ impl ClusterService {
 
 type EventStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+impl ClusterService {
+    /// FAILED_PRECONDITION (`history_restored`) for a caller resuming from a seq of another
+    /// cluster than this member's (`replicated/identity.rs`).
+    #[allow(clippy::result_large_err)]
+    fn same_cluster(&self, theirs: &str) -> Result<(), Status> {
+        let ours = self.core().cluster_id();
+        if other_cluster(&ours, theirs) {
+            return Err(history_restored(&ours));
+        }
+        Ok(())
+    }
+}
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
@@ -168,6 +184,7 @@ impl Cluster for ClusterService {
         req: Request<pb::TimelineRequest>,
     ) -> Result<Response<pb::TimelineReply>, Status> {
         let req = req.into_inner();
+        self.same_cluster(&req.cluster_id)?;
         let page = self
             .core()
             .timeline(req.user, req.after_seq, req.limit, req.session_ms)
@@ -185,10 +202,12 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let events = self
-            .core()
-            .watch(req.into_inner().after_seq, self.shutdown.clone());
+        let req = req.into_inner();
+        self.same_cluster(&req.cluster_id)?;
+        let events = self.core().watch(req.after_seq, self.shutdown.clone());
         let stream = ReceiverStream::new(events).map(|r| r.map(Into::into).map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        let mut answer = Response::new(Box::pin(stream) as Self::WatchStream);
+        name_cluster(answer.metadata_mut(), &self.core().cluster_id());
+        Ok(answer)
     }
 }

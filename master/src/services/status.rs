@@ -88,6 +88,7 @@ impl Local {
             reachable: true,
             error: String::new(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            cluster_id: self.core.cluster_id(),
         }
     }
 }

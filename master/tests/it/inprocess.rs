@@ -233,6 +233,7 @@ async fn api_answers_good_and_bad_input() {
             after_seq: Some(0),
             limit: 100,
             session_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -297,6 +298,7 @@ async fn api_answers_good_and_bad_input() {
             after_seq: None,
             limit: 0,
             session_ms: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -341,7 +343,10 @@ async fn watch_resumes_after_seq_and_goes_live() {
     let mut stream = c
         .cluster(replica)
         .await
-        .watch(cpb::WatchRequest { after_seq: seqs[4] })
+        .watch(cpb::WatchRequest {
+            after_seq: seqs[4],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -185,7 +185,10 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
             .await
             .unwrap_err();
         let wa = m
-            .watch(cpb::WatchRequest { after_seq: 0 })
+            .watch(cpb::WatchRequest {
+                after_seq: 0,
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         let i = m.member_info(cpb::MemberInfoRequest {}).await.unwrap_err();
@@ -195,6 +198,7 @@ async fn cluster_only_calls_need_a_cluster_certificate() {
                 after_seq: None,
                 limit: 20,
                 session_ms: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -276,6 +276,7 @@ async fn stream(State(web): State<Arc<Web>>, req: Request) -> Answer {
         TimelineRequest {
             user: String::new(),
             after_seq: after,
+            cluster_id: String::new(),
         },
     )?;
     let items = web.feed.timeline(r).await?.into_inner();

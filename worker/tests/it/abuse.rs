@@ -30,6 +30,7 @@ async fn a_resume_past_the_last_seq_is_refused() {
             .timeline(feed::TimelineRequest {
                 user: "alice".into(),
                 after_seq: Some(after),
+                ..Default::default()
             })
             .await
             .expect_err("a stream after a seq never committed");

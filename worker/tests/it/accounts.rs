@@ -333,6 +333,7 @@ async fn limits_hold_and_others_keep_going() {
         .timeline(feed::TimelineRequest {
             user: String::new(),
             after_seq: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

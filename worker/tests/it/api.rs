@@ -217,6 +217,7 @@ async fn no_master_means_unavailable() {
         .timeline(feed::TimelineRequest {
             user: "alice".into(),
             after_seq: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

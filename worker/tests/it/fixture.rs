@@ -241,6 +241,7 @@ pub async fn open(
         .timeline(feed::TimelineRequest {
             user: user.into(),
             after_seq,
+            ..Default::default()
         })
         .await
         .unwrap()

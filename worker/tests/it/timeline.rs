@@ -94,6 +94,7 @@ async fn latest_twenty_and_resume() {
         .timeline(chatfeed_proto::feed::TimelineRequest {
             user: "ghost".into(),
             after_seq: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -2,7 +2,9 @@
 //! machine (`db`, `log_store`, `state_machine`, timed by `timed`), and the tonic transport between
 //! members (`network`: client side, `service`: server side).
 
+pub mod backup;
 mod checkpoint;
+pub mod cluster_id;
 pub mod codec;
 pub mod data_dir;
 pub mod db;

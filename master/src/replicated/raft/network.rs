@@ -47,6 +47,8 @@ pub struct Network {
     pub from: NodeId,
     /// The member's node identity: the Raft port requires it (mutual TLS).
     pub tls: chatfeed_common::tls::Tls,
+    /// This member's cluster id, which every message carries (`cluster_id.rs`).
+    pub cluster_id: tokio::sync::watch::Receiver<String>,
     #[cfg(feature = "testing")]
     pub faults: Option<Arc<Faults>>,
 }
@@ -69,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             from: self.from,
             target,
             channel,
+            cluster_id: self.cluster_id.clone(),
             #[cfg(feature = "testing")]
             faults: self.faults.clone(),
         }
@@ -81,6 +84,7 @@ pub struct PeerClient {
     from: NodeId,
     target: NodeId,
     channel: Result<Channel, String>,
+    cluster_id: tokio::sync::watch::Receiver<String>,
     #[cfg(feature = "testing")]
     faults: Option<Arc<Faults>>,
 }
@@ -152,6 +156,7 @@ impl PeerClient {
         }
         let mut request = tonic::Request::new(RaftMessage { data });
         request.set_timeout(option.hard_ttl());
+        super::cluster_id::stamp(&mut request, &self.cluster_id.borrow());
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(codec::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(codec::MAX_MESSAGE_BYTES);

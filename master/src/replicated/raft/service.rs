@@ -7,7 +7,8 @@
 //! only as that member: the sender inside the message (the candidate of a Vote, the leader of an
 //! AppendEntries or InstallSnapshot, the stepping-down leader of a TimeoutNow) must be N. A
 //! worker's certificate, or member 2's claiming to be member 3, is PERMISSION_DENIED and
-//! openraft never sees the message. In plaintext mode nothing can be checked.
+//! openraft never sees the message. In plaintext mode nothing can be checked. A message from a
+//! member of another cluster (`cluster_id.rs`) is FAILED_PRECONDITION, in every mode.
 
 use super::codec;
 use super::types::{NodeId, Raft, TypeConfig};
@@ -26,13 +27,19 @@ const SERVICE: &str = "chatfeed.raft.Raft";
 /// Serves Raft RPCs for one member.
 pub struct RaftService {
     raft: Raft,
+    /// This member's cluster id: messages from another cluster are refused.
+    cluster_id: tokio::sync::watch::Receiver<String>,
     /// This member's TLS: checks the callers' certificates.
     tls: Tls,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, tls: Tls) -> Self {
-        RaftService { raft, tls }
+    pub fn new(raft: Raft, tls: Tls, cluster_id: tokio::sync::watch::Receiver<String>) -> Self {
+        RaftService {
+            raft,
+            tls,
+            cluster_id,
+        }
     }
 
     pub fn into_server(self) -> raft_server::RaftServer<Self> {
@@ -56,6 +63,11 @@ impl RaftService {
         let caller = self
             .tls
             .require(&req, Callers::Members, &format!("{SERVICE}.{what}"))?;
+        super::cluster_id::check(
+            &req,
+            &self.cluster_id.borrow(),
+            &format!("{SERVICE}.{what}"),
+        )?;
         let message = decode(req.into_inner())?;
         let Some(caller) = caller else {
             return Ok(message); // plaintext

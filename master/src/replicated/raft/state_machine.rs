@@ -47,8 +47,8 @@ type Done<T> = oneshot::Sender<rusqlite::Result<T>>;
 enum Job {
     Apply(Vec<Entry>, Done<Applied>),
     /// Replaces the feed's tables with those of the snapshot file, and the applied state with
-    /// the snapshot's.
-    Install(PathBuf, SnapshotMeta, Done<u64>),
+    /// the snapshot's; answers the last seq and the cluster id.
+    Install(PathBuf, SnapshotMeta, Done<(u64, Option<String>)>),
     /// Commits what was applied, so a read sees it.
     Flush(Done<()>),
 }
@@ -58,6 +58,8 @@ struct Applied {
     replies: Vec<Reply>,
     events: Vec<Event>,
     last_seq: u64,
+    /// The cluster id, when the batch set it.
+    cluster_id: Option<String>,
 }
 
 /// The state machine (see the module doc).
@@ -67,6 +69,8 @@ pub struct StateMachine {
     /// The last applied log id and membership, as the last committed batch left them.
     applied: Arc<Mutex<(Option<LogId>, StoredMembership)>>,
     applied_seq: watch::Sender<u64>,
+    /// The cluster id as applied here (empty until one is committed).
+    cluster_id: watch::Sender<String>,
     window: Arc<EventWindow>,
     /// The stored snapshot's meta, once known.
     current: Arc<Mutex<Option<SnapshotMeta>>>,
@@ -96,8 +100,12 @@ fn snapshot_meta(path: &Path) -> rusqlite::Result<Option<SnapshotMeta>> {
 }
 
 /// Replaces the feed's tables and the applied state of `conn` with the snapshot database at
-/// `path`, in one transaction; answers the last seq.
-fn restore(conn: &mut Connection, path: &Path, meta: &SnapshotMeta) -> rusqlite::Result<u64> {
+/// `path`, in one transaction; answers the last seq and the cluster id.
+fn restore(
+    conn: &mut Connection,
+    path: &Path,
+    meta: &SnapshotMeta,
+) -> rusqlite::Result<(u64, Option<String>)> {
     conn.execute("ATTACH DATABASE ?1 AS snap", [path.to_string_lossy()])?;
     let res = (|| {
         let tx = write_tx(conn)?;
@@ -105,8 +113,9 @@ fn restore(conn: &mut Connection, path: &Path, meta: &SnapshotMeta) -> rusqlite:
         put_meta(&tx, "sm_meta", "last_applied", &meta.last_log_id)?;
         put_meta(&tx, "sm_meta", "membership", &meta.last_membership)?;
         let seq = domain::last_seq(&tx)?;
+        let cluster_id = domain::cluster_id(&tx)?;
         tx.commit()?;
-        Ok(seq)
+        Ok((seq, cluster_id))
     })();
     conn.execute("DETACH DATABASE snap", [])?;
     res
@@ -117,6 +126,7 @@ fn apply(tx: &Connection, entries: Vec<Entry>) -> rusqlite::Result<Applied> {
     let mut replies = Vec::with_capacity(entries.len());
     let mut events = Vec::new();
     let mut last = None;
+    let mut sets_cluster_id = false;
     for e in &entries {
         last = Some(e.log_id);
         match &e.payload {
@@ -124,6 +134,7 @@ fn apply(tx: &Connection, entries: Vec<Entry>) -> rusqlite::Result<Applied> {
             EntryPayload::Normal(req) => {
                 let mut answers = Vec::with_capacity(req.commands().len());
                 for cmd in req.commands() {
+                    sets_cluster_id |= matches!(cmd, domain::Command::SetClusterId { .. });
                     let answer = domain::apply_command(tx, cmd, req.ts_ms())?;
                     if let Ok(a) = &answer {
                         events.extend(domain::event_of(cmd, a));
@@ -147,10 +158,16 @@ fn apply(tx: &Connection, entries: Vec<Entry>) -> rusqlite::Result<Applied> {
         put_meta(tx, "sm_meta", "last_applied", &Some(last))?;
     }
     let last_seq = domain::last_seq(tx)?;
+    let cluster_id = if sets_cluster_id {
+        domain::cluster_id(tx)?
+    } else {
+        None
+    };
     Ok(Applied {
         replies,
         events,
         last_seq,
+        cluster_id,
     })
 }
 
@@ -213,6 +230,21 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// What the rest of a member reads of its state machine (`StateMachine::handles`).
+#[derive(Clone)]
+pub struct Handles {
+    /// The seq of the last applied event.
+    pub applied_seq: watch::Receiver<u64>,
+    /// The recent applied events, for the watch streams.
+    pub window: Arc<EventWindow>,
+    /// Commits what was applied, before a read of `state.db`.
+    pub flusher: Flusher,
+    /// The cluster id as applied here (empty until the first active master committed one).
+    pub cluster_id: watch::Receiver<String>,
+    /// The member's files (a backup copies `state.db`).
+    pub files: MemberFiles,
+}
+
 /// Asks the apply thread to commit what it applied (see the module doc).
 #[derive(Clone)]
 pub struct Flusher {
@@ -260,6 +292,7 @@ impl StateMachine {
         }
         let applied = applied_state(&conn)?;
         let seq = domain::last_seq(&conn)?;
+        let cluster_id = domain::cluster_id(&conn)?.unwrap_or_default();
         let (jobs, rx) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("raft-apply".into())
@@ -273,6 +306,7 @@ impl StateMachine {
             files: files.clone(),
             applied: Arc::new(Mutex::new(applied)),
             applied_seq,
+            cluster_id: watch::channel(cluster_id).0,
             window: Arc::new(EventWindow::new(seq)),
             current: Arc::new(Mutex::new(current)),
             _checkpoints: checkpoints,
@@ -282,6 +316,17 @@ impl StateMachine {
     /// The seq of the last applied event, updated after every applied batch.
     pub fn applied_seq(&self) -> watch::Receiver<u64> {
         self.applied_seq.subscribe()
+    }
+
+    /// What the rest of the member reads of the state machine.
+    pub fn handles(&self) -> Handles {
+        Handles {
+            applied_seq: self.applied_seq(),
+            window: self.window(),
+            flusher: self.flusher(),
+            cluster_id: self.cluster_id.subscribe(),
+            files: self.files.clone(),
+        }
     }
 
     /// The recent applied events, for the watch streams.
@@ -412,6 +457,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 a.1 = m;
             }
         }
+        if let Some(id) = done.cluster_id {
+            self.cluster_id
+                .send_if_modified(|c| std::mem::replace(c, id.clone()) != id);
+        }
         self.window.push(done.events);
         self.applied_seq
             .send_if_modified(|s| std::mem::replace(s, done.last_seq) != done.last_seq);
@@ -460,9 +509,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 "a received snapshot is not usable: {why}"
             ))));
         }
-        let seq = self
+        let (seq, cluster_id) = self
             .ask(|d| Job::Install(tmp.clone(), meta.clone(), d))
             .await?;
+        if let Some(id) = cluster_id {
+            self.cluster_id
+                .send_if_modified(|c| std::mem::replace(c, id.clone()) != id);
+        }
         {
             let mut a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
             *a = (meta.last_log_id, meta.last_membership.clone());
@@ -506,14 +559,9 @@ pub struct SnapshotBuilder {
 /// Copies `state.db` into `tmp` (one backup step: one read transaction, so a consistent view
 /// while applies go on) and gives the copy its id; answers its meta.
 fn copy_state(files: &MemberFiles, tmp: &Path) -> rusqlite::Result<SnapshotMeta> {
-    let src = connect_with(&files.state, Sync::Normal)?;
-    let mut dst = Connection::open(tmp)?;
-    {
-        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        while backup.step(-1)? != rusqlite::backup::StepResult::Done {}
-    }
     // The copy is a file of its own: no WAL beside it, fsynced when it is moved into place.
-    dst.pragma_update(None, "journal_mode", "DELETE")?;
+    super::backup::copy_state(&files.state, tmp)?;
+    let dst = Connection::open(tmp)?;
     let (last_log_id, last_membership) = applied_state(&dst)?;
     let snapshot_id = snapshot_id(last_log_id);
     put_meta(&dst, "sm_meta", "snapshot_id", &snapshot_id)?;
