@@ -7,6 +7,9 @@ use chatfeed_common::testing::eventually;
 use chatfeed_e2e::cluster::*;
 use chatfeed_e2e::feed::*;
 use chatfeed_e2e::group::Group;
+use chatfeed_proto::CLUSTER_METADATA_KEY;
+use chatfeed_proto::raft::RaftMessage;
+use chatfeed_proto::raft::raft_client::RaftClient;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The cluster id every member reports, once they agree on one.
@@ -25,10 +28,11 @@ async fn cluster_id(c: &ProcCluster) -> String {
 
 /// A backup taken while alice posts holds every post acknowledged before it started and none
 /// acknowledged after it ended; a truncated or altered copy is refused by `verify` and by
-/// `restore`. The group restored from it (old data directories moved aside) has exactly the
+/// `restore`; one taken from a running member's data directory verifies too. The group restored from it (old data directories moved aside) has exactly the
 /// posts up to the backup's last seq, a new cluster id, and bob's stream, still running from
 /// before with seqs the old group issued after the backup, is told the history was restored
 /// and goes on with the restored group's posts, even those that reuse seqs it printed before.
+/// A Raft message carrying the old cluster id is refused by the new group's members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_restores_into_a_new_group() {
     let c = feed_cluster("").await;
@@ -106,6 +110,26 @@ async fn a_backup_restores_into_a_new_group() {
     }
     let out = c.run_bin(&c.config_path, &["verify", file_arg]).await;
     assert!(out.status.success(), "{out:?}");
+    // From a running member's data directory too.
+    let from_dir = c.root.join("member-2.backup");
+    let out = c
+        .run_bin(
+            &c.config_path,
+            &[
+                "backup",
+                "--data-dir",
+                c.data_dir(2).to_str().unwrap(),
+                "--out",
+                from_dir.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let extracted_2 = c.root.join("extracted-2.db");
+    let header_2 = chatfeed_master::replicated::raft::backup::verify(&from_dir, &extracted_2)
+        .expect("a whole backup of member 2's directory");
+    assert_eq!(header_2.cluster_id, old_id);
+    assert!(header_2.last_seq >= header.last_seq, "{header_2:?}");
 
     // A majority is lost: everything stops, the old directories are moved aside, the group is
     // restored from the backup and started.
@@ -130,6 +154,26 @@ async fn a_backup_restores_into_a_new_group() {
     c.wait_workers(3).await;
     let new_id = cluster_id(&c).await;
     assert_ne!(new_id, old_id, "the restored group kept the old cluster id");
+    // A Raft message from the old group (member 1's certificate, the old cluster id) is refused
+    // before it is read; the same bytes with the new id get as far as decoding.
+    let config = chatfeed_common::Config::load(&c.config_path).unwrap();
+    let member_1 = chatfeed_common::tls::Tls::for_member(&config, 1).unwrap();
+    let mut raft = RaftClient::new(member_1.endpoint(&c.member(2).raft).unwrap().connect_lazy());
+    for (id, code) in [
+        (&old_id, tonic::Code::FailedPrecondition),
+        (&new_id, tonic::Code::InvalidArgument),
+    ] {
+        let mut req = tonic::Request::new(RaftMessage {
+            data: b"not a vote".to_vec(),
+        });
+        req.metadata_mut()
+            .insert(CLUSTER_METADATA_KEY, id.parse().unwrap());
+        let e = raft
+            .vote(req)
+            .await
+            .expect_err("a garbage vote was accepted");
+        assert_eq!(e.code(), code, "{e:?}");
+    }
 
     let restored: Vec<(u64, String)> = c
         .timeline("bob", &["--after", "0"])
