@@ -48,7 +48,7 @@ struct Args {
     #[arg(long)]
     master: Option<String>,
     /// Only these scenarios (comma-separated: throughput, fanout, web, master-failover,
-    /// worker-failover, memory).
+    /// worker-failover, memory, backup).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Run the local cluster without TLS ([tls] mode = "plaintext"), or reach the --master
@@ -88,13 +88,14 @@ struct Args {
     peer: Option<String>,
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "memory",
     "throughput",
     "fanout",
     "web",
     "worker-failover",
     "master-failover",
+    "backup",
 ];
 
 #[tokio::main]
@@ -374,6 +375,29 @@ async fn run(args: &Args, plaintext: bool) -> Result<(serde_json::Value, bool)> 
                 report.skipped(
                     "worker-failover",
                     "it kills a worker: only on the bench's own cluster",
+                );
+            }
+        }
+        if want("backup") {
+            if target.local.is_some() {
+                eprintln!(
+                    "\n7. backup: {} writers, {} posts first, a backup a third into {} s",
+                    plan.backup_writers, plan.backup_prefill, plan.backup_secs
+                );
+                report.backup = Some(
+                    scenarios::backup(
+                        &target,
+                        plan.backup_writers,
+                        plan.backup_prefill,
+                        plan.backup_secs,
+                    )
+                    .await
+                    .map_err(fail),
+                );
+            } else {
+                report.skipped(
+                    "backup",
+                    "it needs the operator certificate of the bench's own cluster",
                 );
             }
         }

@@ -7,7 +7,8 @@
 use crate::machine::Machine;
 use crate::peer::PeerRun;
 use crate::scenarios::{
-    CpuSpent, Fanout, FanoutRate, MasterFailover, Memory, Plan, Throughput, Web, WorkerFailover,
+    Backup, CpuSpent, Fanout, FanoutRate, MasterFailover, Memory, Plan, Throughput, Web,
+    WorkerFailover,
 };
 use crate::target::Target;
 use crate::versus;
@@ -30,6 +31,8 @@ pub struct Report {
     /// The fan-out to browsers' event streams and their idle memory (issue 21).
     pub web: Option<Outcome<Web>>,
     pub master_failover: Option<Outcome<MasterFailover>>,
+    /// A backup under a write load (issue 22).
+    pub backup: Option<Outcome<Backup>>,
     pub worker_failover: Option<Outcome<WorkerFailover>>,
     pub memory: Option<Outcome<Memory>>,
     /// `--peer`: the peer's run.
@@ -101,6 +104,7 @@ impl Report {
             fanout: None,
             web: None,
             master_failover: None,
+            backup: None,
             worker_failover: None,
             memory: None,
             peer: None,
@@ -136,6 +140,7 @@ impl Report {
             && good(&self.fanout)
             && good(&self.web)
             && good(&self.master_failover)
+            && good(&self.backup)
             && good(&self.worker_failover)
             && good(&self.memory)
             && self.peer.as_ref().is_none_or(PeerRun::ok)
@@ -342,6 +347,32 @@ impl Report {
                 Err(e) => println!("\n3. master fail-over FAILED: {e}"),
             }
         }
+        if let Some(r) = &self.backup {
+            match r {
+                Ok(b) => {
+                    let row = |l: &crate::stats::Latency, gap: f64| {
+                        format!(
+                            "{} posts, p50 {} ms, p99 {} ms, max {} ms, longest without an acknowledgement {} ms",
+                            l.count,
+                            f(l.p50_ms),
+                            f(l.p99_ms),
+                            f(l.max_ms),
+                            f(gap)
+                        )
+                    };
+                    println!(
+                        "\n7. backup under {} writers ({} posts first): {} bytes in {} ms",
+                        b.writers,
+                        b.prefill_posts,
+                        b.backup_bytes,
+                        f(b.backup_ms)
+                    );
+                    println!("   before: {}", row(&b.before, b.longest_gap_before_ms));
+                    println!("   during: {}", row(&b.during, b.longest_gap_during_ms));
+                }
+                Err(e) => println!("\n7. backup FAILED: {e}"),
+            }
+        }
         if let Some(r) = &self.worker_failover {
             match r {
                 Ok(w) => {
@@ -469,6 +500,7 @@ impl Report {
             "fanout": self.fanout.as_ref().map(outcome_json),
             "web": self.web.as_ref().map(outcome_json),
             "master_failover": self.master_failover.as_ref().map(outcome_json),
+            "backup": self.backup.as_ref().map(outcome_json),
             "worker_failover": self.worker_failover.as_ref().map(outcome_json),
             "memory": self.memory.as_ref().map(outcome_json),
             "peer": self.peer.as_ref().map(peer_json),

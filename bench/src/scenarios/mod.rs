@@ -1,7 +1,7 @@
 //! The scenarios of `make bench` (issue 5), one module each: `memory` (idle streams and
 //! the workers' memory), `throughput` (write throughput), `fanout` (delivery to many streams),
 //! `worker_failover` and `master_failover` (kill -9 under load), `web` (the fan-out to browsers'
-//! event streams, issue 21). Each drives real clients
+//! event streams, issue 21), `backup` (a backup under a write load, issue 22). Each drives real clients
 //! (`load`) against the cluster (`target`), checks its answers (`check`: every acknowledged post
 //! is in the timeline, every stream got every post once, in order) and returns its figures.
 //! Every wait is bounded. Beside them: the CPU accounting per role and phase (`cpu`), and the
@@ -9,6 +9,7 @@
 //! scenarios share (the plan, progress lines, read-back of posters, stream users and waves of
 //! streams, the open-loop sender, the stream check as reported).
 
+mod backup;
 mod behind;
 mod cpu;
 mod fanout;
@@ -18,6 +19,7 @@ mod throughput;
 mod web;
 mod worker_failover;
 
+pub use backup::{Backup, backup};
 pub(crate) use cpu::CpuMeter;
 pub use cpu::CpuSpent;
 pub use fanout::{Fanout, FanoutRate, PhaseTally, Shape, fanout};
@@ -53,6 +55,10 @@ pub struct Plan {
     pub idle_streams: usize,
     /// Idle event streams (the web scenario) on one worker.
     pub web_idle_streams: usize,
+    /// The backup scenario: closed-loop writers, posts committed first, seconds of load.
+    pub backup_writers: usize,
+    pub backup_prefill: usize,
+    pub backup_secs: u64,
 }
 
 impl Plan {
@@ -69,6 +75,9 @@ impl Plan {
             worker_failover_streams: 1000,
             idle_streams: 10_000,
             web_idle_streams: 5000,
+            backup_writers: 8,
+            backup_prefill: 50_000,
+            backup_secs: 9,
         }
     }
 
@@ -86,6 +95,9 @@ impl Plan {
             worker_failover_streams: 300,
             idle_streams: 2000,
             web_idle_streams: 1000,
+            backup_writers: 8,
+            backup_prefill: 10_000,
+            backup_secs: 6,
         }
     }
 }
