@@ -11,6 +11,8 @@ const state = {
   token: null,
   user: null,
   lastSeq: 0,
+  // The cluster the shown seqs belong to (X-Chatfeed-Cluster of the stream's answer).
+  cluster: '',
   // Origins (scheme://host:port) of the workers known to serve the API; the page's own first.
   origins: [location.origin],
   current: location.origin,
@@ -141,7 +143,18 @@ function addPost(p) {
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
-/** Reads one server-sent event stream until it ends; returns why: 'move' or 'end'. */
+/** The cluster's history was restored from a backup: the posts shown may not all be in it, and
+ * its seqs may name other posts. Says so and starts the timeline again. */
+function startAgain() {
+  state.lastSeq = 0;
+  state.cluster = '';
+  $('timeline').replaceChildren();
+  $('post-error').textContent =
+    "the cluster's history was restored from a backup: the timeline starts again from it";
+}
+
+/** Reads one server-sent event stream until it ends; returns why: 'move', 'restored' or
+ * 'end'. */
 async function readEvents(res) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
@@ -159,6 +172,11 @@ async function readEvents(res) {
       if (line === '') {
         if (event === 'post' && data.length) addPost(JSON.parse(data.join('\n')));
         if (event === 'move') return 'move';
+        if (event === 'error' && data.length) {
+          try {
+            if (JSON.parse(data.join('\n')).code === 'HISTORY_RESTORED') return 'restored';
+          } catch (_) { /* another error: the stream ends */ }
+        }
         event = 'message';
         data = [];
       } else if (line.startsWith('event:')) {
@@ -180,7 +198,9 @@ async function runStream() {
     const abort = new AbortController();
     state.abort = abort;
     try {
-      const q = state.lastSeq ? `?after=${state.lastSeq}` : '';
+      const q = state.lastSeq
+        ? `?after=${state.lastSeq}&cluster=${encodeURIComponent(state.cluster)}`
+        : '';
       const res = await fetch(`${origin}/api/timeline/stream${q}`, {
         headers: { Authorization: `Bearer ${state.token}`, Accept: 'text/event-stream' },
         signal: abort.signal,
@@ -191,13 +211,26 @@ async function runStream() {
         endSession(msg);
         break;
       }
+      if (res.status === 409) {
+        let code = '';
+        try { code = (await res.json()).code; } catch (_) { /* not ours */ }
+        if (code === 'HISTORY_RESTORED') {
+          startAgain();
+          continue;
+        }
+      }
       if (!res.ok) throw new Error(`${res.status}`);
+      if (!state.cluster) state.cluster = res.headers.get('X-Chatfeed-Cluster') || '';
       state.current = origin;
       setConn('live', 'live', origin);
       backoff = 200;
       refreshWorkers();
       const why = await readEvents(res);
       if (why === 'move') state.failed.set(origin, Date.now());
+      if (why === 'restored') {
+        startAgain();
+        continue;
+      }
     } catch (_) {
       if (!state.token) break;
       state.failed.set(origin, Date.now());
@@ -286,6 +319,7 @@ function endSession(message) {
   state.token = null;
   state.user = null;
   state.lastSeq = 0;
+  state.cluster = '';
   sessionStorage.removeItem('chatfeed');
   if (state.abort) state.abort.abort();
   $('timeline').replaceChildren();

@@ -7,6 +7,7 @@ use chatfeed_common::testing::eventually;
 use chatfeed_e2e::cluster::*;
 use chatfeed_e2e::feed::*;
 use chatfeed_e2e::group::Group;
+use chatfeed_e2e::web::call;
 use chatfeed_proto::CLUSTER_METADATA_KEY;
 use chatfeed_proto::raft::RaftMessage;
 use chatfeed_proto::raft::raft_client::RaftClient;
@@ -32,10 +33,11 @@ async fn cluster_id(c: &ProcCluster) -> String {
 /// posts up to the backup's last seq, a new cluster id, and bob's stream, still running from
 /// before with seqs the old group issued after the backup, is told the history was restored
 /// and goes on with the restored group's posts, even those that reuse seqs it printed before.
-/// A Raft message carrying the old cluster id is refused by the new group's members.
+/// A Raft message carrying the old cluster id is refused by the new group's members; the HTTP
+/// API refuses an event stream resumed from the old cluster (409 HISTORY_RESTORED).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_restores_into_a_new_group() {
-    let c = feed_cluster("").await;
+    let c = feed_cluster("[web]\nlisten = \"127.0.0.1:0\"\n").await;
     c.wait_workers(3).await;
     c.client_ok("alice", &["list"]).await;
     c.client_ok("bob", &["follow", "alice"]).await;
@@ -206,6 +208,47 @@ async fn a_backup_restores_into_a_new_group() {
         },
     )
     .await;
+    // The HTTP API tells an event stream resumed with the old cluster's seq the same, and names
+    // the new cluster on a stream of its own.
+    let s = c.leader_status().await.expect("an active master");
+    let base = s
+        .workers
+        .iter()
+        .map(|w| w.web_addr.clone())
+        .find(|a| a.starts_with("http://127.0.0.1:"))
+        .expect("a worker's HTTP API");
+    let login = call("POST", &base, "/api/login")
+        .json(&serde_json::json!({"user": "bob", "password": chatfeed_e2e::PASSWORD}))
+        .ok()
+        .await;
+    let token = login.json()["token"].as_str().expect("a token").to_string();
+    let stale = format!(
+        "/api/timeline/stream?after={}&cluster={old_id}",
+        after.last().unwrap().seq
+    );
+    call("GET", &base, &stale)
+        .token(&token)
+        .ok()
+        .await
+        .assert_error(409, "HISTORY_RESTORED");
+    let fresh = format!(
+        "/api/timeline/stream?after={}&cluster={new_id}",
+        header.last_seq
+    );
+    let open = call("GET", &base, &fresh)
+        .token(&token)
+        .open()
+        .await
+        .expect("a stream of the new cluster");
+    assert_eq!(open.status(), 200);
+    assert_eq!(
+        open.headers()
+            .get("x-chatfeed-cluster")
+            .and_then(|v| v.to_str().ok()),
+        Some(new_id.as_str())
+    );
+    drop(open);
+
     let new = c.post("alice", "after the restore").await;
     assert!(
         new.seq <= after.last().unwrap().seq,

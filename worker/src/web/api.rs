@@ -257,7 +257,7 @@ async fn history(State(web): State<Arc<Web>>, req: Request) -> Answer {
 
 async fn stream(State(web): State<Arc<Web>>, req: Request) -> Answer {
     let (parts, _) = req.into_parts();
-    let q = super::query::Query::parse(&parts, &["after"])?;
+    let q = super::query::Query::parse(&parts, &["after", "cluster"])?;
     // A reconnecting SSE client sends the last id it received: that, not the URL's `after`
     // (the one it first opened with), is where it stands.
     // An empty one is no id (a client that received none yet may send it so).
@@ -276,10 +276,12 @@ async fn stream(State(web): State<Arc<Web>>, req: Request) -> Answer {
         TimelineRequest {
             user: String::new(),
             after_seq: after,
-            cluster_id: String::new(),
+            cluster_id: q.get("cluster").unwrap_or_default().to_string(),
         },
     )?;
-    let items = web.feed.timeline(r).await?.into_inner();
+    let answer = web.feed.timeline(r).await?;
+    let cluster = chatfeed_common::reach::cluster_of(answer.metadata()).unwrap_or_default();
+    let items = answer.into_inner();
     let body = Body::from_stream(EventStream::new(items, KEEP_ALIVE));
     Ok((
         [
@@ -287,6 +289,11 @@ async fn stream(State(web): State<Arc<Web>>, req: Request) -> Answer {
             (header::CACHE_CONTROL, "no-cache, no-store"),
             // nginx and similar proxies pass each event on at once.
             (http::HeaderName::from_static("x-accel-buffering"), "no"),
+            // The cluster the events' seqs belong to: resume with `cluster` = this.
+            (
+                http::HeaderName::from_static("x-chatfeed-cluster"),
+                cluster.as_str(),
+            ),
         ],
         body,
     )

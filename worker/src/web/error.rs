@@ -93,6 +93,17 @@ pub fn retry_after(message: &str) -> Option<u64> {
     }
 }
 
+/// The `code` of an error answer for `s`: its gRPC code's name, or `HISTORY_RESTORED` for a
+/// stream resumed from a seq of a cluster whose history was restored from a backup (start again
+/// without `after`).
+pub fn api_code(s: &tonic::Status) -> &'static str {
+    if chatfeed_common::reach::restored_to(s).is_some() {
+        "HISTORY_RESTORED"
+    } else {
+        code_name(s.code())
+    }
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> ApiError {
         let retry_after = (s.code() == Code::ResourceExhausted)
@@ -100,7 +111,7 @@ impl From<tonic::Status> for ApiError {
             .flatten();
         ApiError {
             status: http_status(s.code()),
-            code: code_name(s.code()),
+            code: api_code(&s),
             message: s.message().to_string(),
             retry_after,
         }

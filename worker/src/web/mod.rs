@@ -330,7 +330,7 @@ async fn answer(router: &mut axum::Router, req: http::Request<Body>) -> Response
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Retry-After"),
+        HeaderValue::from_static("Retry-After, X-Chatfeed-Cluster"),
     );
     // The API's answers (a login's token among them) are never kept by a cache on the way, and
     // never read as anything but what they say they are; the page's files set their own.

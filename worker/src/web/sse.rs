@@ -9,7 +9,7 @@
 //! The body polls the timeline stream itself (no task of its own): when the client goes away the
 //! body is dropped, and with it the stream and its place in the hub.
 
-use super::error::code_name;
+use super::error::api_code;
 use crate::timeline::TimelineStream;
 use bytes::Bytes;
 use chatfeed_proto::feed::{TimelineItem, timeline_item::Item};
@@ -76,7 +76,7 @@ pub fn frame(item: Result<TimelineItem, tonic::Status>) -> (String, bool) {
         // An item of a newer kind: nothing to show, the stream goes on.
         Ok(TimelineItem { item: None }) => (String::new(), false),
         Err(s) => {
-            let data = serde_json::json!({ "error": s.message(), "code": code_name(s.code()) });
+            let data = serde_json::json!({ "error": s.message(), "code": api_code(&s) });
             (format!("event: error\ndata: {data}\n\n"), true)
         }
     }
