@@ -393,3 +393,58 @@ pub fn restore_member(
     sync_dir(&files.dir).map_err(io(&files.dir))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small state database with an applied log id, as a member's would be.
+    fn state_db(path: &Path) {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(super::super::db::STATE_SCHEMA).unwrap();
+        c.execute_batch(domain::SCHEMA).unwrap();
+        domain::migrate(&c).unwrap();
+        let applied = Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42));
+        put_meta(&c, "sm_meta", "last_applied", &applied).unwrap();
+        domain::replace_cluster_id(&c, &"ab".repeat(16)).unwrap();
+    }
+
+    /// A backup written and read back gives its header; bytes added after it, a wrong first line
+    /// and a header of another format are refused, each saying so.
+    #[test]
+    fn a_backup_reads_back_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        state_db(&db);
+        let copy = dir.path().join("copy.db");
+        copy_state(&db, &copy).unwrap();
+        let header = header_of(&copy, "a test").unwrap();
+        assert_eq!(header.last_log_id.index, 42);
+        assert_eq!(header.cluster_id, "ab".repeat(16));
+        let file = dir.path().join("b.backup");
+        write_backup(&copy, &header, std::fs::File::create(&file).unwrap()).unwrap();
+        let got = verify(&file, &dir.path().join("x1.db")).unwrap();
+        assert_eq!(got, header);
+
+        let bytes = std::fs::read(&file).unwrap();
+        let refused = |name: &str, data: Vec<u8>| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, data).unwrap();
+            verify(&p, &dir.path().join(format!("{name}.db")))
+                .unwrap_err()
+                .to_string()
+        };
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"more");
+        assert!(refused("longer", longer).contains("added"));
+        let mut magic = bytes.clone();
+        magic[0] ^= 1;
+        assert!(refused("magic", magic).contains("not a chatfeed backup"));
+        let json_start = MAGIC.len() + 4;
+        let text = String::from_utf8_lossy(&bytes[json_start..]).into_owned();
+        let at = json_start + text.find("\"format\":1").unwrap() + "\"format\":".len();
+        let mut format = bytes.clone();
+        format[at] = b'7';
+        assert!(refused("format", format).contains("format 7"));
+    }
+}
