@@ -1,0 +1,180 @@
+//! Whether the active master may take writes, as far as storage goes (`StorageGate`): not while
+//! its own storage alarm is raised (`raft/storage_alarm.rs`: no space, an I/O error, its quota),
+//! not while another member reports a quota alarm (the quota makes the whole cluster read-only,
+//! as etcd's `--quota-backend-bytes` does), and not while so many members report a full disk
+//! that the rest are no majority (nothing could commit). A follower whose disk alone is full is
+//! no reason to refuse: the others commit, and it catches up once space returns.
+//!
+//! The other members' alarms come from the status probes (`services/status.rs`
+//! `follow_peer_storage`, every second while this member is the active master); a report older
+//! than `PEER_FRESH` no longer counts.
+
+use super::error::Error;
+use super::raft::storage_alarm::{Kind, StorageAlarm};
+use super::raft::types::NodeId;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long another member's report counts: a few rounds of probes (one a second).
+pub const PEER_FRESH: Duration = Duration::from_secs(5);
+
+/// Another member's storage alarm, as it last reported it.
+#[derive(Clone, Debug)]
+struct PeerReport {
+    kinds: Vec<Kind>,
+    message: String,
+    at: Instant,
+}
+
+/// The storage side of "may the active master take writes" (see the module doc).
+pub struct StorageGate {
+    own: Arc<StorageAlarm>,
+    /// How many members the group has (a majority of them must be able to write).
+    members: usize,
+    peers: Mutex<BTreeMap<NodeId, PeerReport>>,
+}
+
+impl StorageGate {
+    pub fn new(own: Arc<StorageAlarm>, members: usize) -> StorageGate {
+        StorageGate {
+            own,
+            members,
+            peers: Mutex::default(),
+        }
+    }
+
+    /// This member's own alarm.
+    pub fn own(&self) -> &Arc<StorageAlarm> {
+        &self.own
+    }
+
+    /// Records what member `id` reported: the kinds raised (by name) and why.
+    pub fn peer_report(&self, id: NodeId, kinds: &[String], message: &str) {
+        let kinds = Kind::ALL
+            .into_iter()
+            .filter(|k| kinds.iter().any(|n| n == k.name()))
+            .collect();
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            PeerReport {
+                kinds,
+                message: message.to_string(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Why writes are refused now, if they are: RESOURCE_EXHAUSTED naming the member and its
+    /// data directory.
+    pub fn refuse_writes(&self) -> Result<(), Error> {
+        match self.refusal(Instant::now()) {
+            None => Ok(()),
+            Some(why) => Err(Error::Exhausted(why)),
+        }
+    }
+
+    fn refusal(&self, now: Instant) -> Option<String> {
+        const AFTER: &str = "writes are refused until it clears (it does by itself once space \
+                             returns or the quota is raised); reads and streams go on";
+        if self.own.is_raised() {
+            return Some(format!(
+                "storage alarm: {}; {AFTER}",
+                self.own.report().message
+            ));
+        }
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh: Vec<(&NodeId, &PeerReport)> = peers
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.at) < PEER_FRESH && !r.kinds.is_empty())
+            .collect();
+        if let Some((_, r)) = fresh.iter().find(|(_, r)| r.kinds.contains(&Kind::Quota)) {
+            return Some(format!(
+                "storage alarm: {} (the quota makes the cluster read-only); {AFTER}",
+                r.message
+            ));
+        }
+        let majority = self.members / 2 + 1;
+        if self.members - fresh.len() < majority
+            && let Some((_, r)) = fresh.first()
+        {
+            return Some(format!(
+                "storage alarm: {} ({} of {} members cannot write: no majority can commit); \
+                 {AFTER}",
+                r.message,
+                fresh.len(),
+                self.members
+            ));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replicated::raft::storage_alarm::{Store, Thresholds};
+
+    fn gate() -> (StorageGate, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let own = StorageAlarm::new(
+            1,
+            dir.path(),
+            Thresholds {
+                reserve_bytes: 1 << 20,
+                quota_bytes: 0,
+            },
+        );
+        (StorageGate::new(own, 3), dir)
+    }
+
+    /// The active master refuses writes for its own alarm, for any member's quota alarm, and
+    /// for full disks on a majority, never for one follower's full disk; stale reports do not
+    /// count. The refusal names the member and its directory.
+    #[test]
+    fn who_stops_the_writes() {
+        let (g, dir) = gate();
+        let now = Instant::now();
+        assert!(g.refusal(now).is_none());
+        g.peer_report(
+            3,
+            &["no_space".into()],
+            "member 3 cannot take writes in /d3: full",
+        );
+        assert!(
+            g.refusal(now).is_none(),
+            "one follower's full disk leaves a majority that can commit"
+        );
+        g.peer_report(
+            2,
+            &["no_space".into()],
+            "member 2 cannot take writes in /d2: full",
+        );
+        let why = g.refusal(now).expect("two of three full: no majority");
+        assert!(why.contains("2 of 3 members"), "{why}");
+        g.peer_report(2, &[], "");
+        g.peer_report(
+            3,
+            &["quota".into()],
+            "member 3 cannot take writes in /d3: quota",
+        );
+        let why = g
+            .refusal(now)
+            .expect("a quota alarm anywhere makes the cluster read-only");
+        assert!(why.contains("member 3") && why.contains("/d3"), "{why}");
+        assert!(
+            g.refusal(now + PEER_FRESH + Duration::from_secs(1))
+                .is_none(),
+            "a report older than PEER_FRESH no longer counts"
+        );
+        g.peer_report(3, &[], "");
+        g.own()
+            .stalled(Store::State, Kind::NoSpace, "database or disk is full");
+        let why = g.refusal(now).expect("its own alarm");
+        assert!(why.contains("member 1"), "{why}");
+        assert!(why.contains(&dir.path().display().to_string()), "{why}");
+        assert!(matches!(g.refuse_writes(), Err(Error::Exhausted(_))));
+        g.own().resumed(Store::State);
+        assert!(g.refuse_writes().is_ok());
+    }
+}
