@@ -268,6 +268,7 @@ impl Member {
             raft: raft.clone(),
             tls,
             stepping_down: Arc::default(),
+            handing_off: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::new(config.worker.pool_size)));
         let gate = Arc::new(StorageGate::new(storage.clone(), config.members.len()));
@@ -293,6 +294,13 @@ impl Member {
         let cluster_api = ClusterService::new(local, shutdown.clone());
         let admin_api = AdminService::new(core.clone());
         let key_rotation = core.clone().rotate_keys_in_time(shutdown.clone());
+        tasks.push(tokio::spawn(
+            crate::replicated::storage::hand_off_when_full(
+                mastership.clone(),
+                core.storage().clone(),
+                shutdown.clone(),
+            ),
+        ));
         let control = ControlService::new(core, directory.clone(), shutdown.clone());
         let peer_tls = mastership.tls.clone();
         tasks.push(tokio::spawn(key_rotation));
@@ -447,6 +455,8 @@ impl Member {
         };
         #[cfg(not(feature = "testing"))]
         let reachable = |_| true;
+        // After a hand-off for a full disk that is under way (`storage::hand_off_when_full`).
+        let _turn = self.mastership.handing_off.clone().lock_owned().await;
         handoff::hand_off(&self.mastership, reachable).await;
         self.halt().await;
     }

@@ -5,19 +5,35 @@
 //! that the rest are no majority (nothing could commit). A follower whose disk alone is full is
 //! no reason to refuse: the others commit, and it catches up once space returns.
 //!
+//! An active master whose own disk is short (`no_space`, `io`) hands the mastership to a member
+//! that reports no alarm (`hand_off_when_full`, with the planned stop's hand-off, `handoff.rs`),
+//! so writes go on there; it refuses writes meanwhile, and keeps them refused if no member is
+//! healthy.
+//!
 //! The other members' alarms come from the status probes (`services/status.rs`
 //! `follow_peer_storage`, every second while this member is the active master); a report older
 //! than `PEER_FRESH` no longer counts.
 
 use super::error::Error;
-use super::raft::storage_alarm::{Kind, StorageAlarm};
+use super::handoff;
+use super::mastership::Mastership;
+use super::raft::storage_alarm::{FRESH_FOR_WRITES, Kind, SAMPLE_EVERY, StorageAlarm};
 use super::raft::types::NodeId;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How long another member's report counts: a few rounds of probes (one a second).
 pub const PEER_FRESH: Duration = Duration::from_secs(5);
+/// The longest a hand-off for a full disk may take: its own steps are bounded (a lease, a
+/// catch-up of 2 s, a call), and a RaftCore stalled on a write that waits for space would
+/// never answer; the group then elects a leader by timeout.
+const HAND_OFF_LIMIT: Duration = Duration::from_secs(10);
+/// Between two hand-offs for a full disk: one that failed (no successor caught up) is not tried
+/// again at once.
+const HAND_OFF_AGAIN: Duration = Duration::from_secs(5);
 
 /// Another member's storage alarm, as it last reported it.
 #[derive(Clone, Debug)]
@@ -65,9 +81,32 @@ impl StorageGate {
         );
     }
 
+    /// Whether this member's own disk is short: no space, or an I/O error (not the quota, which
+    /// is the whole cluster's).
+    pub fn own_disk_short(&self) -> bool {
+        self.own
+            .report()
+            .kinds
+            .iter()
+            .any(|k| matches!(k, Kind::NoSpace | Kind::Io))
+    }
+
+    /// The other members whose last report, fresh, shows no alarm.
+    pub fn healthy_peers(&self) -> Vec<NodeId> {
+        let now = Instant::now();
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.at) < PEER_FRESH && r.kinds.is_empty())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Why writes are refused now, if they are: RESOURCE_EXHAUSTED naming the member and its
     /// data directory.
     pub fn refuse_writes(&self) -> Result<(), Error> {
+        self.own.sample_if_older(FRESH_FOR_WRITES);
         match self.refusal(Instant::now()) {
             None => Ok(()),
             Some(why) => Err(Error::Exhausted(why)),
@@ -107,6 +146,51 @@ impl StorageGate {
             ));
         }
         None
+    }
+}
+
+/// While this member is the active master and its own disk is short, hands the mastership to a
+/// healthy member (see the module doc), at most once per `HAND_OFF_AGAIN`; until `shutdown`.
+/// After a hand-off (done or not) the member acts as itself again: it takes part in elections,
+/// and refuses writes for as long as its alarm stays raised.
+pub async fn hand_off_when_full(
+    mastership: Mastership,
+    gate: Arc<StorageGate>,
+    shutdown: CancellationToken,
+) {
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
+        if Instant::now() < next || !mastership.is_active() || !gate.own_disk_short() {
+            continue;
+        }
+        let healthy = gate.healthy_peers();
+        if healthy.is_empty() {
+            continue;
+        }
+        // One hand-off at a time: a planned stop's goes first.
+        let Ok(_turn) = mastership.handing_off.clone().try_lock_owned() else {
+            continue;
+        };
+        tracing::warn!(
+            to = ?healthy,
+            "this member's disk is short: handing the mastership to a member with room"
+        );
+        let done = tokio::time::timeout(
+            HAND_OFF_LIMIT,
+            handoff::hand_off(&mastership, |id| healthy.contains(&id)),
+        )
+        .await;
+        mastership.stepping_down.store(false, Ordering::Release);
+        mastership.raft.runtime_config().elect(true);
+        match done {
+            Ok(Some(leader)) => tracing::info!(leader, "mastership handed over for a full disk"),
+            _ => tracing::warn!("the mastership was not handed over: writes stay refused here"),
+        }
+        next = Instant::now() + HAND_OFF_AGAIN;
     }
 }
 

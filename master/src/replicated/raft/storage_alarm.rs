@@ -20,11 +20,14 @@
 use super::types::NodeId;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often free space and database sizes are sampled: a few hundred milliseconds of writes at
 /// full speed are a few MiB, well within the reserve.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// How old a sample may be when the active master checks it before a write
+/// (`sample_if_older`): a statvfs and two stats every 20 ms at most, whatever the write rate.
+pub const FRESH_FOR_WRITES: Duration = Duration::from_millis(20);
 /// The first pause of a store waiting for space; it doubles up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 /// The longest pause between two tries of a stalled write: space freed is used within a second.
@@ -144,6 +147,7 @@ pub struct Report {
 #[derive(Default)]
 struct Inner {
     sample: Sample,
+    sampled_at: Option<Instant>,
     raised: Raised,
     /// Per store (`Store::index`): the kind and error of a write waiting to be retried.
     stalled: [Option<(Kind, String)>; 3],
@@ -229,6 +233,7 @@ impl StorageAlarm {
             let mut inner = self.lock();
             let before = inner.raised;
             inner.sample = sample;
+            inner.sampled_at = Some(Instant::now());
             inner.raised = self.thresholds.judge(before, sample);
             (before, inner.raised)
         };
@@ -250,6 +255,14 @@ impl StorageAlarm {
                     "storage alarm cleared"
                 );
             }
+        }
+    }
+
+    /// Samples now if the last sample is older than `age` (before a write is accepted).
+    pub fn sample_if_older(&self, age: Duration) {
+        let stale = self.lock().sampled_at.is_none_or(|at| at.elapsed() >= age);
+        if stale {
+            self.sample_now();
         }
     }
 
