@@ -104,11 +104,16 @@ impl StorageGate {
     }
 
     /// Why writes are refused now, if they are: RESOURCE_EXHAUSTED naming the member and its
-    /// data directory.
+    /// data directory; UNAVAILABLE (retried elsewhere) while one of this member's own writes
+    /// waits for space: its Raft may be stalled behind it (its metrics then still show it
+    /// leading), and another member may be the active master already.
     pub fn refuse_writes(&self) -> Result<(), Error> {
         self.own.sample_if_older(FRESH_FOR_WRITES);
         match self.refusal(Instant::now()) {
             None => Ok(()),
+            Some(why) if self.own.is_stalled() => Err(Error::Unavailable(format!(
+                "{why} (this member's own writes wait for space: another member may take them)"
+            ))),
             Some(why) => Err(Error::Exhausted(why)),
         }
     }
@@ -257,8 +262,36 @@ mod tests {
         let why = g.refusal(now).expect("its own alarm");
         assert!(why.contains("member 1"), "{why}");
         assert!(why.contains(&dir.path().display().to_string()), "{why}");
-        assert!(matches!(g.refuse_writes(), Err(Error::Exhausted(_))));
+        assert!(
+            matches!(g.refuse_writes(), Err(Error::Unavailable(_))),
+            "a member whose own write waits for space sends writes elsewhere"
+        );
         g.own().resumed(Store::State);
         assert!(g.refuse_writes().is_ok());
+    }
+
+    /// An active master below its reserve (sampled: nothing of its own waits yet) refuses
+    /// writes with RESOURCE_EXHAUSTED naming itself, its directory and the reserve.
+    #[test]
+    fn below_the_reserve_is_resource_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = StorageAlarm::new(
+            2,
+            dir.path(),
+            Thresholds {
+                reserve_bytes: 1 << 62,
+                quota_bytes: 0,
+            },
+        );
+        let g = StorageGate::new(own, 3);
+        assert!(g.own_disk_short());
+        match g.refuse_writes() {
+            Err(Error::Exhausted(why)) => {
+                assert!(why.contains("member 2"), "{why}");
+                assert!(why.contains(&dir.path().display().to_string()), "{why}");
+                assert!(why.contains("reserve_bytes"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -291,6 +291,11 @@ impl StorageAlarm {
         self.lock().stalled[store.index()] = None;
     }
 
+    /// Whether a write of one of the stores waits for space (or the device) now.
+    pub fn is_stalled(&self) -> bool {
+        self.lock().stalled.iter().any(Option::is_some)
+    }
+
     /// Whether any kind is raised.
     pub fn is_raised(&self) -> bool {
         let inner = self.lock();
