@@ -104,18 +104,29 @@ impl StorageGate {
     }
 
     /// Why writes are refused now, if they are: RESOURCE_EXHAUSTED naming the member and its
-    /// data directory; UNAVAILABLE (retried elsewhere) while one of this member's own writes
-    /// waits for space: its Raft may be stalled behind it (its metrics then still show it
-    /// leading), and another member may be the active master already.
+    /// data directory. UNAVAILABLE instead (callers retry, and find the next active master)
+    /// while one of this member's own writes waits for space (its Raft may be stalled behind it,
+    /// its metrics still showing it leading, and another member may lead already), and while its
+    /// own disk is short and a member with room will take the mastership (`hand_off_when_full`).
     pub fn refuse_writes(&self) -> Result<(), Error> {
         self.own.sample_if_older(FRESH_FOR_WRITES);
-        match self.refusal(Instant::now()) {
-            None => Ok(()),
-            Some(why) if self.own.is_stalled() => Err(Error::Unavailable(format!(
-                "{why} (this member's own writes wait for space: another member may take them)"
-            ))),
-            Some(why) => Err(Error::Exhausted(why)),
+        let Some(why) = self.refusal(Instant::now()) else {
+            return Ok(());
+        };
+        if self.own.is_stalled() {
+            return Err(Error::Unavailable(format!(
+                "{why} (this member's own writes wait for space: another member may take them; \
+                 retry shortly)"
+            )));
         }
+        let healthy = self.healthy_peers();
+        if self.own_disk_short() && !healthy.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "{why} (it hands the mastership to a member with room, one of {healthy:?}; \
+                 retry shortly)"
+            )));
+        }
+        Err(Error::Exhausted(why))
     }
 
     fn refusal(&self, now: Instant) -> Option<String> {
@@ -270,8 +281,9 @@ mod tests {
         assert!(g.refuse_writes().is_ok());
     }
 
-    /// An active master below its reserve (sampled: nothing of its own waits yet) refuses
-    /// writes with RESOURCE_EXHAUSTED naming itself, its directory and the reserve.
+    /// An active master below its reserve (sampled: nothing of its own waits yet) and no member
+    /// with room refuses writes with RESOURCE_EXHAUSTED naming itself, its directory and the
+    /// reserve; once a member reports room (it will take the mastership), UNAVAILABLE.
     #[test]
     fn below_the_reserve_is_resource_exhausted() {
         let dir = tempfile::tempdir().unwrap();
@@ -293,5 +305,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A member with room will take the mastership: callers retry (and find it).
+        g.peer_report(1, &[], "");
+        assert!(
+            matches!(g.refuse_writes(), Err(Error::Unavailable(m)) if m.contains("member 2")),
+            "with a healthy member to hand over to, writes are retried"
+        );
     }
 }
