@@ -121,6 +121,19 @@ pub fn to_table(s: &ClusterStatus) -> String {
             out.push_str(&format!("        ({})\n", m.error));
         }
     }
+    // One line per member whose storage alarm is raised: what, where, how much is free, why.
+    for m in &s.members {
+        if let Some(st) = m.storage.as_ref().filter(|st| !st.alarms.is_empty()) {
+            out.push_str(&format!(
+                "STORAGE ALARM ({}) member {} at {}: {} MiB free: {}\n",
+                st.alarms.join(","),
+                m.id,
+                st.path,
+                st.free_bytes >> 20,
+                st.message
+            ));
+        }
+    }
     if s.workers.is_empty() {
         out.push_str("\nworkers: none registered\n");
         return out;
@@ -205,6 +218,33 @@ mod tests {
                 "workers": [{"id": "w1", "addr": "h:9", "host": "h", "clients": 4, "pid": 77}]
             })
         );
+    }
+
+    /// A member with a storage alarm gets a line naming it, its directory, the free space and
+    /// why; a member without one gets none.
+    #[test]
+    fn table_shows_storage_alarms() {
+        let mut s = status();
+        s.members[0].storage = Some(chatfeed_proto::master::StorageStatus {
+            path: "/data/master-1".into(),
+            free_bytes: 3 << 20,
+            used_bytes: 1 << 20,
+            alarms: vec!["no_space".into()],
+            message: "member 1 cannot take writes in /data/master-1: 3.0 MiB free".into(),
+        });
+        let t = to_table(&s);
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("STORAGE ALARM"))
+            .unwrap_or_else(|| panic!("no alarm line: {t}"));
+        assert!(
+            line.contains("no_space")
+                && line.contains("member 1")
+                && line.contains("/data/master-1"),
+            "{line}"
+        );
+        assert!(line.contains("3 MiB free"), "{line}");
+        assert!(!to_table(&status()).contains("STORAGE ALARM"));
     }
 
     /// A long worker id keeps a space before the address.

@@ -86,6 +86,15 @@ pub const DEFAULT_TLS_DIR: &str = "tls";
 /// `localhost` as a secure context, so plain HTTP is safe there), the first free port of a range
 /// of 20 (a pool of up to 20 workers on one host, at addresses a person can type).
 pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8080-8099";
+/// Free space a member keeps on its data directory's file system: below it the member raises its
+/// storage alarm and, as the active master, refuses writes. 64 MiB holds tens of seconds of the
+/// log's and the state's growth at full speed (a few MiB a second), their write-ahead logs and
+/// the next checkpoint, so a write already accepted still finds room.
+pub const DEFAULT_RESERVE_BYTES: u64 = 64 << 20;
+/// The smallest reserve accepted: one SQLite commit of a full batch and its WAL frames.
+pub const MIN_RESERVE_BYTES: u64 = 1 << 20;
+/// The smallest quota accepted (besides 0, none): a fresh member's databases take about 100 KiB.
+pub const MIN_QUOTA_BYTES: u64 = 256 << 10;
 
 /// An error in the configuration: which field, and why.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,8 @@ pub struct Config {
     pub tls: TlsSettings,
     #[serde(default)]
     pub web: WebSettings,
+    #[serde(default)]
+    pub storage: StorageSettings,
     /// The members of the master group.
     #[serde(rename = "member")]
     pub members: Vec<Member>,
@@ -161,6 +172,28 @@ impl Member {
             .rsplit_once(':')
             .map(|(h, _)| h)
             .unwrap_or(&self.api_addr)
+    }
+}
+
+/// `[storage]`: when a member stops taking writes because its disk is (nearly) full, or its
+/// databases have grown past the quota (the storage alarm, `master/src/replicated/raft/storage_alarm.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Free bytes kept on the data directory's file system: below this the member's alarm is
+    /// raised (cleared again above 1.5 × this).
+    pub reserve_bytes: u64,
+    /// The most the member's databases (`log.db` and `state.db`) may take; past it the whole
+    /// cluster is read-only until the quota is raised. 0: no quota.
+    pub quota_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
+            quota_bytes: 0,
+        }
     }
 }
 
@@ -682,6 +715,25 @@ impl Config {
                 format!("must be at least {min_request} (room for the longest possible post)"),
             ));
         }
+        let st = &self.storage;
+        if st.reserve_bytes < MIN_RESERVE_BYTES {
+            return Err(invalid(
+                "storage.reserve_bytes",
+                format!(
+                    "must be at least {MIN_RESERVE_BYTES} (1 MiB): the next commit must still fit \
+                     when the alarm is raised"
+                ),
+            ));
+        }
+        if st.quota_bytes != 0 && st.quota_bytes < MIN_QUOTA_BYTES {
+            return Err(invalid(
+                "storage.quota_bytes",
+                format!(
+                    "must be 0 (no quota) or at least {MIN_QUOTA_BYTES} (256 KiB): a fresh \
+                     member's databases take about 100 KiB"
+                ),
+            ));
+        }
         if self.tls.dir.as_os_str().is_empty() {
             return Err(invalid(
                 "tls.dir",
@@ -788,6 +840,7 @@ impl Config {
                 listen: String::new(),
                 ..WebSettings::default()
             },
+            storage: StorageSettings::default(),
             members: (0..3)
                 .map(|i| Member {
                     id: i as u64 + 1,
@@ -879,6 +932,11 @@ api_addr = "127.0.0.1:7002"
             "TLS is on unless the file says otherwise"
         );
         assert_eq!(c.tls.dir, Path::new(DEFAULT_TLS_DIR));
+        assert_eq!(c.storage.reserve_bytes, DEFAULT_RESERVE_BYTES);
+        assert_eq!(
+            c.storage.quota_bytes, 0,
+            "no quota unless the file sets one"
+        );
     }
 
     /// `[tls] dir` is taken relative to the configuration file, like every path; plaintext is
@@ -928,6 +986,22 @@ api_addr = "127.0.0.1:7002"
             (
                 format!("[limits]\nposts = 5\n{GOOD}"),
                 &["unknown field", "posts"],
+            ),
+            (
+                format!("[storage]\nreserve = 5\n{GOOD}"),
+                &["unknown field", "reserve"],
+            ),
+            (
+                format!("[storage]\nreserve_bytes = 4096\n{GOOD}"),
+                &["`storage.reserve_bytes`", "at least"],
+            ),
+            (
+                format!("[storage]\nquota_bytes = 1000\n{GOOD}"),
+                &["`storage.quota_bytes`", "at least"],
+            ),
+            (
+                format!("[storage]\nquota_bytes = \"1G\"\n{GOOD}"),
+                &["quota_bytes", "invalid type"],
             ),
             (
                 format!("[accounts]\ntoken_ttl_secs = 0\n{GOOD}"),

@@ -201,3 +201,80 @@ async fn real_processes_serve_metrics_and_health() {
         assert!(log.lines().all(|l| l.starts_with(&tag)), "{log}");
     }
 }
+
+/// A storage quota with the real processes (issue 22, item 3): with `[storage] quota_bytes` at
+/// 256 KiB, posts commit until the members' databases outgrow it; then a write is refused with
+/// RESOURCE_EXHAUSTED naming the quota, `chatfeed post` fails saying so, `chatfeed status`
+/// prints a STORAGE ALARM line for the member over the quota, a follower's `chatfeed timeline`
+/// still shows the last acknowledged post, and every member process is still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storage_quota_makes_the_cluster_read_only_and_status_says_so() {
+    // The posts-per-second limit raised: the posts come from one user, as fast as they commit.
+    let c = feed_cluster(
+        "[storage]\nquota_bytes = 262144\n[limits]\nposts_per_sec = 100000\npost_burst = 100000\n",
+    )
+    .await;
+    c.wait_workers(3).await;
+    c.client_ok("alice", &["list"]).await;
+    c.client_ok("bob", &["follow", "alice"]).await;
+    let pids: Vec<u32> = (1..=3)
+        .map(|id| c.pid_from_file(id).expect("a member's pid file"))
+        .collect();
+
+    let mut w = Writer::new(&c);
+    let mut last = None;
+    let mut refused = None;
+    for i in 0..20_000 {
+        let r = w
+            .try_write(Command::Post(cpb::Post {
+                author: "alice".into(),
+                text: format!("quota post {i} {}", "y".repeat(200)),
+                client_post_id: format!("quota-{i}"),
+            }))
+            .await;
+        match r {
+            Ok(r) => last = Some((i, r.seq)),
+            Err(s) => {
+                refused = Some(s);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the quota was reached");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("quota_bytes"),
+        "{}",
+        refused.message()
+    );
+    let (last_i, last_seq) = last.expect("posts committed before the quota");
+
+    let out = c.run_client(Some("alice"), &["post", "one more"]).await;
+    assert!(!out.status.success(), "a post over the quota failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage alarm") && err.contains("quota_bytes"),
+        "the client says why: {err}"
+    );
+    let status = c.client_ok("alice", &["status"]).await;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("STORAGE ALARM (quota) member ") && l.contains("data/master-")),
+        "{status}"
+    );
+    let timeline = c.timeline("bob", &[]).await;
+    assert!(
+        timeline
+            .iter()
+            .any(|p| p.seq == last_seq && p.text.starts_with(&format!("quota post {last_i} "))),
+        "bob's timeline ends with the last acknowledged post: {timeline:?}"
+    );
+    for pid in pids {
+        assert!(alive(pid), "member process {pid} is still running");
+    }
+}

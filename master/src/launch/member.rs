@@ -20,8 +20,10 @@ use crate::replicated::raft::log_store::LogStore;
 use crate::replicated::raft::network::Network;
 use crate::replicated::raft::service::RaftService;
 use crate::replicated::raft::state_machine::StateMachine;
+use crate::replicated::raft::storage_alarm::{StorageAlarm, Thresholds};
 use crate::replicated::raft::timed::{TimedLog, TimedStateMachine};
 use crate::replicated::raft::types::{MemberNode, NodeId, Raft};
+use crate::replicated::storage::StorageGate;
 use crate::services::admin::AdminService;
 use crate::services::cluster::ClusterService;
 use crate::services::control::ControlService;
@@ -140,6 +142,10 @@ pub struct Member {
     faults: Option<Arc<Faults>>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// This member's storage alarm (`storage_alarm.rs`).
+    pub storage: Arc<StorageAlarm>,
+    /// Its sampler thread stops when this is dropped.
+    _storage_sampler: std::sync::mpsc::Sender<()>,
 }
 
 impl Member {
@@ -174,15 +180,32 @@ impl Member {
         let files = tokio::task::spawn_blocking(move || open_member_db(&dir, id, create))
             .await?
             .map_err(|e: DataDirError| anyhow::anyhow!(e))?;
+        let storage = StorageAlarm::new(
+            id,
+            &files.dir,
+            Thresholds {
+                reserve_bytes: config.storage.reserve_bytes,
+                quota_bytes: config.storage.quota_bytes,
+            },
+        );
+        let storage_sampler = storage
+            .start_sampler()
+            .context("starting the storage watch")?;
         let metrics = Arc::new(MasterMetrics::new());
+        metrics.watch_storage(storage.clone());
         let raft_tls = raft_tls.map(|a| a.counted_in(&metrics.tls_handshakes, "raft"));
         let api_tls = api_tls.map(|a| a.counted_in(&metrics.tls_handshakes, "api"));
         let log = TimedLog {
-            inner: LogStore::open_observed(&files.log, Some(metrics.store.flush_observer()))
-                .context("opening the log store")?,
+            inner: LogStore::open_observed(
+                &files.log,
+                Some(metrics.store.flush_observer()),
+                storage.clone(),
+            )
+            .context("opening the log store")?,
             metrics: metrics.store.clone(),
         };
-        let sm = StateMachine::open(&files).context("opening the state machine")?;
+        let sm = StateMachine::open_watched(&files, storage.clone())
+            .context("opening the state machine")?;
         let handles = sm.handles();
         let sm = TimedStateMachine {
             inner: sm,
@@ -244,21 +267,35 @@ impl Member {
             raft: raft.clone(),
             tls,
             stepping_down: Arc::default(),
+            handing_off: Arc::default(),
         };
         let directory = Arc::new(Mutex::new(Directory::new(config.worker.pool_size)));
-        let core = Core::new(mastership.clone(), reader, handles.clone());
+        let gate = Arc::new(StorageGate::new(storage.clone(), config.members.len()));
+        let core = Core::new(mastership.clone(), reader, handles.clone(), gate);
         let local = status::Local {
             core: core.clone(),
             started: std::time::Instant::now(),
+            probes: status::Probes::default(),
         };
         let master_api = MasterService::new(local.clone(), directory.clone());
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(status::follow_peer_storage(
+            local.clone(),
+            shutdown.clone(),
+        )));
         let cluster_api = ClusterService::new(local, shutdown.clone());
         let admin_api = AdminService::new(core.clone());
         let key_rotation = core.clone().rotate_keys_in_time(shutdown.clone());
         let identity = core.clone().make_cluster_id(shutdown.clone());
+        tasks.push(tokio::spawn(
+            crate::replicated::storage::hand_off_when_full(
+                mastership.clone(),
+                core.storage().clone(),
+                shutdown.clone(),
+            ),
+        ));
         let control = ControlService::new(core, directory.clone(), shutdown.clone());
         let peer_tls = mastership.tls.clone();
-        let mut tasks = Vec::new();
         tasks.push(tokio::spawn(key_rotation));
         tasks.push(tokio::spawn(identity));
         let (health_reporter, health_server) = health::service().await;
@@ -394,6 +431,8 @@ impl Member {
             directory: directory_for_metrics,
             shutdown,
             tasks,
+            storage,
+            _storage_sampler: storage_sampler,
         })
     }
 
@@ -412,6 +451,8 @@ impl Member {
         };
         #[cfg(not(feature = "testing"))]
         let reachable = |_| true;
+        // After a hand-off for a full disk that is under way (`storage::hand_off_when_full`).
+        let _turn = self.mastership.handing_off.clone().lock_owned().await;
         handoff::hand_off(&self.mastership, reachable).await;
         self.halt().await;
     }

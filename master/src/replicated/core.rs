@@ -15,6 +15,7 @@ use super::raft::state_machine::{Flusher, Handles};
 use super::raft::types::{NodeId, Raft};
 use super::rates::Rates;
 use super::read_barrier::ReadBarrier;
+use super::storage::StorageGate;
 use super::window::EventWindow;
 use crate::domain::{self, Applied, Command, Event, FeedError};
 use chatfeed_common::Config;
@@ -106,10 +107,17 @@ pub struct Core {
     pub(super) rates: Arc<Rates>,
     /// Held while the first token key is made, so that concurrent callers make one.
     pub(super) first_key: Arc<tokio::sync::Mutex<()>>,
+    /// Refuses writes while a storage alarm is raised (`storage.rs`).
+    storage: Arc<StorageGate>,
 }
 
 impl Core {
-    pub fn new(mastership: Mastership, reader: Arc<Reader>, state: Handles) -> Core {
+    pub fn new(
+        mastership: Mastership,
+        reader: Arc<Reader>,
+        state: Handles,
+        storage: Arc<StorageGate>,
+    ) -> Core {
         let config = mastership.config.clone();
         Core {
             id: mastership.id,
@@ -126,6 +134,7 @@ impl Core {
             accounts: Arc::new(Accounts::new(config.accounts.clone())),
             rates: Arc::new(Rates::new(&config.limits)),
             first_key: Arc::default(),
+            storage,
             config,
             mastership,
         }
@@ -141,6 +150,11 @@ impl Core {
 
     pub fn mastership(&self) -> &Mastership {
         &self.mastership
+    }
+
+    /// The storage side of taking writes: this member's alarm and the others' reports.
+    pub fn storage(&self) -> &Arc<StorageGate> {
+        &self.storage
     }
 
     /// The seq of the last event applied on this member.
@@ -213,6 +227,7 @@ impl Core {
         commands: Vec<Command>,
     ) -> Result<Vec<std::result::Result<Applied, FeedError>>> {
         self.mastership.require_active()?;
+        self.storage.refuse_writes()?;
         let n = commands.len();
         let wait = Duration::from_millis(self.config.raft.write_timeout_ms);
         let res = tokio::select! {
@@ -312,6 +327,7 @@ impl Core {
     pub async fn write(&self, command: Command) -> Result<Applied> {
         domain::validate_new_command(&command, self.config.max_post_chars as usize)?;
         self.mastership.require_active()?;
+        self.storage.refuse_writes()?;
         self.limit(command.inner()).await?;
         Ok(self.commit(command).await??)
     }
@@ -331,6 +347,7 @@ impl Core {
             )));
         }
         self.mastership.require_active()?;
+        self.storage.refuse_writes()?;
         let max_chars = self.config.max_post_chars as usize;
         let mut answers: Vec<Option<Result<Applied>>> = Vec::with_capacity(commands.len());
         let mut accepted = Vec::with_capacity(commands.len());

@@ -30,6 +30,9 @@ pub struct Mastership {
     /// Set when this member is stopping and hands its leadership over (`handoff`): from then on
     /// it acts as master no more, whatever Raft says.
     pub stepping_down: Arc<AtomicBool>,
+    /// Held by whoever hands the leadership over (a planned stop, or a full disk:
+    /// `storage::hand_off_when_full`), so that one hand-off runs at a time.
+    pub handing_off: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Mastership {

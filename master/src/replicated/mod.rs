@@ -5,7 +5,8 @@
 //! `mastership.rs` says who is the active master; `batch.rs` (group commit), `read_barrier.rs`
 //! (shared quorum rounds), `accounts.rs` (password hashing, wrong-password slow-down) and
 //! `rates.rs` (posts, follows, logins and new accounts per user or address per second) serve
-//! them; `handoff.rs` passes the leadership on a planned stop; `raft/` holds the openraft
+//! them; `storage.rs` refuses writes while a storage alarm is raised (a full disk, the quota);
+//! `handoff.rs` passes the leadership on a planned stop; `raft/` holds the openraft
 //! adapters (types, storage, transport). It knows the domain, never the gRPC services.
 
 pub mod accounts;
@@ -21,6 +22,7 @@ pub mod raft;
 mod rates;
 mod read_barrier;
 pub mod sessions;
+pub mod storage;
 pub mod window;
 
 pub use core::{Core, TimelinePage};

@@ -20,8 +20,8 @@ pub struct MasterService {
 impl MasterService {
     pub fn new(local: Local, directory: Arc<Mutex<Directory>>) -> Self {
         MasterService {
+            probes: local.probes.clone(),
             local,
-            probes: Probes::default(),
             directory,
         }
     }

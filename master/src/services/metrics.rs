@@ -4,10 +4,12 @@
 //! master sees them (registered workers, their streams, assignments, respawns), and every API
 //! call by method and status. Raft figures come from openraft's metrics channel, followed by
 //! `follow_raft`; storage figures from the timed store wrappers (`raft::timed`); the worker
-//! directory is read at each scrape (`refresh`).
+//! directory and the storage alarm (`chatfeed_storage_alarm{kind}`, free and used bytes of the
+//! data directory) are read at each scrape (`refresh`).
 
 use crate::background::directory::Directory;
 use crate::replicated::mastership::is_active;
+use crate::replicated::raft::storage_alarm::{Kind, StorageAlarm};
 use crate::replicated::raft::timed::StoreMetrics;
 use crate::replicated::raft::types::{MemberNode, NodeId, Raft};
 use chatfeed_common::metrics::{
@@ -34,6 +36,11 @@ pub struct RoleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
 }
@@ -57,6 +64,12 @@ pub struct MasterMetrics {
     pub rpc: RpcMetrics,
     /// `chatfeed_tls_handshakes_total{server, kind}` (`tls::Acceptor::counted_in`).
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// `chatfeed_storage_alarm{kind}`: 1 while that kind of the storage alarm is raised.
+    pub storage_alarm: Family<AlarmLabels, Gauge>,
+    pub storage_free: Gauge,
+    pub storage_used: Gauge,
+    /// The alarm the storage figures are read from (`watch_storage`).
+    storage: Mutex<Option<Arc<StorageAlarm>>>,
     started: Instant,
     /// The directory totals already added to the counters (see `refresh`).
     counted: Mutex<(u64, u64)>,
@@ -93,6 +106,10 @@ impl MasterMetrics {
             uptime: Gauge::default(),
             rpc: RpcMetrics::register(&mut r),
             tls_handshakes: register_handshakes(&mut r),
+            storage_alarm: Family::default(),
+            storage_free: Gauge::default(),
+            storage_used: Gauge::default(),
+            storage: Mutex::new(None),
             started: Instant::now(),
             counted: Mutex::new((0, 0)),
             registry: Registry::default(),
@@ -170,6 +187,24 @@ impl MasterMetrics {
             "Replacement workers this member started or had started while active master",
             m.respawns.clone(),
         );
+        r.register(
+            "storage_alarm",
+            "1 while this kind of the member's storage alarm is raised (no_space, quota, io): \
+             the active master refuses writes (README: A full disk)",
+            m.storage_alarm.clone(),
+        );
+        r.register_with_unit(
+            "storage_free",
+            "Free space on the file system of the member's data directory",
+            Unit::Bytes,
+            m.storage_free.clone(),
+        );
+        r.register_with_unit(
+            "storage_used",
+            "Size of the member's databases (log.db and state.db): what [storage] quota_bytes counts",
+            Unit::Bytes,
+            m.storage_used.clone(),
+        );
         r.register_with_unit(
             "uptime",
             "Seconds since this process started",
@@ -226,9 +261,29 @@ impl MasterMetrics {
         }
     }
 
-    /// Reads what is read, not pushed: the worker directory and the uptime.
+    /// Reads the storage figures from `alarm` at each scrape.
+    pub fn watch_storage(&self, alarm: Arc<StorageAlarm>) {
+        *self.storage.lock().unwrap_or_else(|p| p.into_inner()) = Some(alarm);
+    }
+
+    /// Reads what is read, not pushed: the worker directory, the storage alarm and the uptime.
     pub fn refresh(&self, directory: &Mutex<Directory>) {
         self.uptime.set(clamp(self.started.elapsed().as_secs()));
+        let alarm = self
+            .storage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(alarm) = alarm {
+            let r = alarm.report();
+            for k in Kind::ALL {
+                self.storage_alarm
+                    .get_or_create(&AlarmLabels { kind: k.name() })
+                    .set(r.kinds.contains(&k) as i64);
+            }
+            self.storage_free.set(clamp(r.sample.free_bytes));
+            self.storage_used.set(clamp(r.sample.used_bytes));
+        }
         let dir = directory.lock().unwrap_or_else(|p| p.into_inner());
         self.workers.set(dir.workers.len() as i64);
         self.worker_streams

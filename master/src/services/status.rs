@@ -5,6 +5,10 @@
 //! `Status` is open to anyone, and probing opens a TLS connection to each other member: the
 //! probes' answers are reused for `PROBE_REUSE`, and one round runs at a time (`Probes`), so a
 //! flood of `Status` calls costs the group a few handshakes a second, not one per call.
+//!
+//! Each member's status carries its storage (`StorageStatus`: its data directory, free space, the
+//! alarms raised). The active master follows the others' alarms through the same probes
+//! (`follow_peer_storage`, once per `PROBE_REUSE`) for its write gate (`replicated::storage`).
 
 use crate::background::directory::Directory;
 use crate::replicated::Core;
@@ -16,6 +20,7 @@ use chatfeed_proto::master as pb;
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tonic::Response;
 
 /// How long Status waits for another member before calling it down.
@@ -57,6 +62,9 @@ impl Probes {
 pub struct Local {
     pub core: Core,
     pub started: Instant,
+    /// The last round of probes of the other members, shared by `Status` and
+    /// `follow_peer_storage`.
+    pub probes: Probes,
 }
 
 impl Local {
@@ -89,6 +97,43 @@ impl Local {
             error: String::new(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             cluster_id: self.core.cluster_id(),
+            storage: Some(self.storage()),
+        }
+    }
+
+    /// This member's storage and its alarm.
+    pub fn storage(&self) -> pb::StorageStatus {
+        let r = self.core.storage().own().report();
+        pb::StorageStatus {
+            path: r.path.display().to_string(),
+            free_bytes: r.sample.free_bytes,
+            used_bytes: r.sample.used_bytes,
+            alarms: r.kinds.iter().map(|k| k.name().to_string()).collect(),
+            message: r.message,
+        }
+    }
+}
+
+/// While this member is the active master, hands the other members' storage alarms, as the
+/// probes find them, to its write gate (`replicated::storage`), once per `PROBE_REUSE`; until
+/// `shutdown`.
+pub async fn follow_peer_storage(local: Local, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PROBE_REUSE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !local.core.mastership().is_active() {
+            continue;
+        }
+        let others = local.probes.others(|| probe_others(&local)).await;
+        let gate = local.core.storage();
+        for m in others {
+            if let Some(s) = &m.storage {
+                gate.peer_report(m.id, &s.alarms, &s.message);
+            }
         }
     }
 }

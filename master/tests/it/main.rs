@@ -1,5 +1,6 @@
 //! Integration tests of the master group: in-process clusters with faults injected on the Raft
-//! transport (`inprocess`, on `chatfeed_master::testing`), and batched writes (`write_batch`).
+//! transport (`inprocess`, on `chatfeed_master::testing`), batched writes (`write_batch`), and a
+//! full disk or storage quota (`storage`: small tmpfs file systems the test mounts).
 //! Real processes are tested in the `e2e` crate.
 
 mod accounts;
@@ -9,5 +10,6 @@ mod health;
 mod inprocess;
 mod metrics;
 mod roles;
+mod storage;
 mod tls;
 mod write_batch;

@@ -33,15 +33,27 @@ impl Checkpointer {
 
 fn run(path: &Path, stopped: mpsc::Receiver<()>) {
     let mut conn = None;
+    // Whether the last checkpoint failed: a full disk fails every one until space returns, and
+    // is logged once (the storage alarm shows it meanwhile).
+    let mut failing = false;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EVERY) {
         if conn.is_none() {
             conn = connect_with(path, Sync::Full).ok();
         }
-        if let Some(c) = &conn
-            && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        {
-            tracing::warn!(file = %path.display(), error = %e, "checkpoint failed");
-            conn = None;
+        let Some(c) = &conn else { continue };
+        match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(file = %path.display(), "checkpoints succeed again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(file = %path.display(), error = %e, "checkpoint failed");
+                }
+                failing = true;
+                conn = None;
+            }
         }
     }
 }

@@ -12,10 +12,15 @@
 //! openraft reports is not worth a transaction of its own: it is written with the next append
 //! (a stale one only means re-applying fewer entries at start-up, and the state machine keeps
 //! its own last-applied marker).
+//!
+//! A write that fails for want of space or with an I/O error is not handed to openraft (which
+//! would stop for good): the log thread raises the storage alarm and tries it again until it
+//! succeeds (`storage_alarm::retry_while_full`), so openraft only waits longer for the flush.
 
 use super::checkpoint::Checkpointer;
 use super::codec;
 use super::db::{Sync, connect_with, get_meta, put_meta, storage_error, write_tx};
+use super::storage_alarm::{StorageAlarm, Store, retry_while_full};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
@@ -215,7 +220,10 @@ fn run(
     state: Arc<Mutex<State>>,
     observe: Option<FlushObserver>,
     mut purging: Option<u64>,
+    alarm: Arc<StorageAlarm>,
 ) {
+    let retry =
+        |f: &mut dyn FnMut() -> rusqlite::Result<()>| retry_while_full(&alarm, Store::Log, f);
     loop {
         let job = match purging {
             Some(upto) => match jobs.try_recv() {
@@ -245,7 +253,7 @@ fn run(
                 flushed,
             } => {
                 let started = Instant::now();
-                let res = (|| {
+                let res = retry(&mut || {
                     let tx = write_tx(&mut conn)?;
                     {
                         let mut stmt = tx.prepare_cached(
@@ -259,7 +267,7 @@ fn run(
                         put_meta(&tx, "raft_meta", "committed", &committed)?;
                     }
                     tx.commit()
-                })();
+                });
                 if let Some(o) = &observe {
                     o(started.elapsed());
                 }
@@ -273,17 +281,19 @@ fn run(
                 flushed(res.map_err(std::io::Error::other));
             }
             Job::Vote(vote, done) => {
-                let _ = done.send(put_meta(&conn, "raft_meta", "vote", &vote));
+                let _ = done.send(retry(&mut || put_meta(&conn, "raft_meta", "vote", &vote)));
             }
             Job::Truncate(index, done) => {
-                let res = conn
-                    .execute("DELETE FROM raft_log WHERE idx >= ?1", [to_i64(index)])
-                    .and_then(|_| last_row(&conn));
+                let res = retry(&mut || {
+                    conn.execute("DELETE FROM raft_log WHERE idx >= ?1", [to_i64(index)])
+                        .map(|_| ())
+                })
+                .and_then(|_| last_row(&conn));
                 let _ = done.send(res);
             }
             Job::Purge(upto, done) => {
                 // The marker is durable at once; the rows go a chunk at a time, when idle.
-                let res = put_meta(&conn, "raft_meta", "last_purged", &upto);
+                let res = retry(&mut || put_meta(&conn, "raft_meta", "last_purged", &upto));
                 if res.is_ok() {
                     purging = Some(upto.index);
                 }
@@ -296,13 +306,15 @@ fn run(
 impl LogStore {
     /// Opens the log of `path` (`log.db`) and starts its thread.
     pub fn open(path: &Path) -> rusqlite::Result<LogStore> {
-        LogStore::open_observed(path, None)
+        LogStore::open_observed(path, None, StorageAlarm::none())
     }
 
-    /// `open`, with `observe` called after each append's commit with how long it took.
+    /// `open`, with `observe` called after each append's commit with how long it took, and the
+    /// member's storage `alarm` told of writes that wait for space.
     pub fn open_observed(
         path: &Path,
         observe: Option<FlushObserver>,
+        alarm: Arc<StorageAlarm>,
     ) -> rusqlite::Result<LogStore> {
         let conn = connect_with(path, Sync::Full)?;
         let vote: Option<Vote> = get_meta(&conn, "raft_meta", "vote")?;
@@ -328,7 +340,7 @@ impl LogStore {
         let for_thread = state.clone();
         std::thread::Builder::new()
             .name("raft-log".into())
-            .spawn(move || run(conn, rx, for_thread, observe, purging))
+            .spawn(move || run(conn, rx, for_thread, observe, purging, alarm))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(LogStore {
             shared: Arc::new(Shared {

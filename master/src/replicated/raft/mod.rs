@@ -15,6 +15,7 @@ pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod state_machine;
+pub mod storage_alarm;
 pub mod timed;
 pub mod types;
 

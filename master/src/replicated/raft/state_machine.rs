@@ -17,10 +17,17 @@
 //! roll back. openraft then re-applies the committed entries from the log, and if it rolled back
 //! behind the snapshot (whose entries the log may have purged), opening it restores the
 //! snapshot's tables first: nothing applied is lost while the snapshot and the log are durable.
+//!
+//! A write that fails for want of space or with an I/O error never reaches openraft (which would
+//! stop for good): the apply thread rolls the open transaction back, then applies again the
+//! batches it held (`pending`: applied, answered, not yet committed) and commits them, waiting
+//! and retrying until there is room (`recover`, `storage_alarm::retry_while_full`); snapshots
+//! being built or received wait the same way. The storage alarm shows the stall meanwhile.
 
 use super::checkpoint::Checkpointer;
 use super::db::write_tx;
 use super::db::{MemberFiles, Sync, connect_with, get_meta, put_meta, storage_error, sync_dir};
+use super::storage_alarm::{StorageAlarm, Store, full_or_io, retry_io, retry_while_full};
 use super::types::{
     Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -74,6 +81,7 @@ pub struct StateMachine {
     window: Arc<EventWindow>,
     /// The stored snapshot's meta, once known.
     current: Arc<Mutex<Option<SnapshotMeta>>>,
+    alarm: Arc<StorageAlarm>,
     _checkpoints: Checkpointer,
 }
 
@@ -122,12 +130,12 @@ fn restore(
 }
 
 /// Applies `entries` inside the open transaction of `conn`.
-fn apply(tx: &Connection, entries: Vec<Entry>) -> rusqlite::Result<Applied> {
+fn apply(tx: &Connection, entries: &[Entry]) -> rusqlite::Result<Applied> {
     let mut replies = Vec::with_capacity(entries.len());
     let mut events = Vec::new();
     let mut last = None;
     let mut sets_cluster_id = false;
-    for e in &entries {
+    for e in entries {
         last = Some(e.log_id);
         match &e.payload {
             EntryPayload::Blank => replies.push(Reply(Vec::new())),
@@ -171,15 +179,58 @@ fn apply(tx: &Connection, entries: Vec<Entry>) -> rusqlite::Result<Applied> {
     })
 }
 
-/// The apply thread: applies into an open transaction (`began`: when it was opened), commits it
-/// when `COMMIT_EVERY` has passed, when asked, before an install, and at the end.
-fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
-    let mut began: Option<Instant> = None;
-    let commit = |conn: &Connection, began: &mut Option<Instant>| -> rusqlite::Result<()> {
-        if began.take().is_some() {
-            conn.execute_batch("COMMIT")?;
+/// After a write of the apply thread failed for want of space or with an I/O error (`error`):
+/// rolls the open transaction back (SQLite may have done so already), then, waiting for space,
+/// applies `pending` (the batches the transaction held, answered already) and `batch` again in a
+/// new transaction and commits it. Answers what applying `batch` did (deterministic: the same as
+/// the first time, for batches already answered).
+fn recover(
+    conn: &Connection,
+    alarm: &StorageAlarm,
+    pending: &[Entry],
+    batch: &[Entry],
+    error: &rusqlite::Error,
+) -> rusqlite::Result<Applied> {
+    tracing::warn!(
+        error = %error,
+        entries = pending.len() + batch.len(),
+        "writing the state machine failed: applying the uncommitted entries again once there is room"
+    );
+    let _ = conn.execute_batch("ROLLBACK");
+    retry_while_full(alarm, Store::State, || {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
-        Ok(())
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        apply(conn, pending)?;
+        let applied = apply(conn, batch)?;
+        conn.execute_batch("COMMIT")?;
+        Ok(applied)
+    })
+}
+
+/// The apply thread: applies into an open transaction (`began`: when it was opened; `pending`:
+/// the entries applied in it), commits it when `COMMIT_EVERY` has passed, when asked, before an
+/// install, and at the end. A write that fails for want of space is recovered (`recover`).
+fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>, alarm: Arc<StorageAlarm>) {
+    let mut began: Option<Instant> = None;
+    let mut pending: Vec<Entry> = Vec::new();
+    // Commits the open transaction; on a lack of space, recovers it.
+    let commit = |conn: &Connection,
+                  began: &mut Option<Instant>,
+                  pending: &mut Vec<Entry>|
+     -> rusqlite::Result<()> {
+        if began.take().is_none() {
+            return Ok(());
+        }
+        let res = match conn.execute_batch("COMMIT") {
+            Err(e) if full_or_io(&e).is_some() => {
+                recover(conn, &alarm, pending, &[], &e).map(|_| ())
+            }
+            r => r,
+        };
+        pending.clear();
+        res
     };
     loop {
         let job = match began {
@@ -190,13 +241,13 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             Some(at) => match jobs.recv_timeout(COMMIT_EVERY.saturating_sub(at.elapsed())) {
                 Ok(j) => j,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = commit(&conn, &mut began) {
+                    if let Err(e) = commit(&conn, &mut began, &mut pending) {
                         tracing::error!(error = %e, "committing applied entries failed");
                     }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = commit(&conn, &mut began);
+                    let _ = commit(&conn, &mut began, &mut pending);
                     return;
                 }
             },
@@ -208,23 +259,45 @@ fn run(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                         conn.execute_batch("BEGIN IMMEDIATE")?;
                         began = Some(Instant::now());
                     }
-                    let applied = apply(&conn, entries)?;
+                    let applied = apply(&conn, &entries)?;
                     if began.is_some_and(|at| at.elapsed() >= COMMIT_EVERY) {
-                        commit(&conn, &mut began)?;
+                        conn.execute_batch("COMMIT")?;
+                        began = None;
+                        pending.clear();
+                    } else {
+                        pending.extend(entries.iter().cloned());
                     }
                     Ok(applied)
                 })();
-                if res.is_err() && began.take().is_some() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
+                let res = match res {
+                    Ok(a) => Ok(a),
+                    Err(e) => {
+                        // Not committed: `pending` holds the transaction's earlier batches,
+                        // never this one.
+                        let res = match full_or_io(&e) {
+                            Some(_) => recover(&conn, &alarm, &pending, &entries, &e),
+                            None => {
+                                if !conn.is_autocommit() {
+                                    let _ = conn.execute_batch("ROLLBACK");
+                                }
+                                Err(e)
+                            }
+                        };
+                        began = None;
+                        pending.clear();
+                        res
+                    }
+                };
                 let _ = done.send(res);
             }
             Job::Install(path, meta, done) => {
-                let res = commit(&conn, &mut began).and_then(|_| restore(&mut conn, &path, &meta));
+                let res = commit(&conn, &mut began, &mut pending).and_then(|_| {
+                    retry_while_full(&alarm, Store::State, || restore(&mut conn, &path, &meta))
+                });
                 let _ = done.send(res);
             }
             Job::Flush(done) => {
-                let _ = done.send(commit(&conn, &mut began));
+                let _ = done.send(commit(&conn, &mut began, &mut pending));
             }
         }
     }
@@ -273,6 +346,14 @@ impl StateMachine {
     /// previous one's thread to commit what it applied, and a second process on the same
     /// directory is refused.
     pub fn open(files: &MemberFiles) -> anyhow::Result<StateMachine> {
+        StateMachine::open_watched(files, StorageAlarm::none())
+    }
+
+    /// `open`, with the member's storage `alarm` told of writes that wait for space.
+    pub fn open_watched(
+        files: &MemberFiles,
+        alarm: Arc<StorageAlarm>,
+    ) -> anyhow::Result<StateMachine> {
         let lock = lock_state(files)?;
         let mut conn = connect_with(&files.state, Sync::Normal)?;
         // Checkpoints run on a thread of their own (`checkpoint.rs`), never inside an apply.
@@ -294,10 +375,11 @@ impl StateMachine {
         let seq = domain::last_seq(&conn)?;
         let cluster_id = domain::cluster_id(&conn)?.unwrap_or_default();
         let (jobs, rx) = mpsc::sync_channel(QUEUE);
+        let for_thread = alarm.clone();
         std::thread::Builder::new()
             .name("raft-apply".into())
             .spawn(move || {
-                run(conn, rx);
+                run(conn, rx, for_thread);
                 drop(lock);
             })?;
         let (applied_seq, _) = watch::channel(seq);
@@ -309,6 +391,7 @@ impl StateMachine {
             cluster_id: watch::channel(cluster_id).0,
             window: Arc::new(EventWindow::new(seq)),
             current: Arc::new(Mutex::new(current)),
+            alarm,
             _checkpoints: checkpoints,
         })
     }
@@ -472,6 +555,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             files: self.files.clone(),
             current: self.current.clone(),
             flusher: self.flusher(),
+            alarm: self.alarm.clone(),
         }
     }
 
@@ -487,9 +571,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let tmp = temp_path(&self.files, "received");
         let data = snapshot.into_inner();
         let check = {
-            let (tmp, meta) = (tmp.clone(), meta.clone());
+            let (tmp, meta, alarm) = (tmp.clone(), meta.clone(), self.alarm.clone());
             tokio::task::spawn_blocking(move || -> Result<(), String> {
-                std::fs::write(&tmp, &data).map_err(|e| e.to_string())?;
+                retry_io(&alarm, Store::Snapshot, || std::fs::write(&tmp, &data))
+                    .map_err(|e| e.to_string())?;
                 let got = snapshot_meta(&tmp).map_err(|e| e.to_string())?;
                 match got {
                     Some(m) if m.last_log_id == meta.last_log_id => Ok(()),
@@ -523,10 +608,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.window.reset(seq);
         self.applied_seq.send_replace(seq);
         let (files, current, meta) = (self.files.clone(), self.current.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || store_if_newer(&tmp, &meta, &files, &current))
-            .await
-            .map_err(|e| storage_error(&e))?
-            .map_err(|e| storage_error(&e))?;
+        let alarm = self.alarm.clone();
+        tokio::task::spawn_blocking(move || {
+            retry_io(&alarm, Store::Snapshot, || {
+                store_if_newer(&tmp, &meta, &files, &current)
+            })
+        })
+        .await
+        .map_err(|e| storage_error(&e))?
+        .map_err(|e| storage_error(&e))?;
         Ok(())
     }
 
@@ -554,6 +644,7 @@ pub struct SnapshotBuilder {
     files: MemberFiles,
     current: Arc<Mutex<Option<SnapshotMeta>>>,
     flusher: Flusher,
+    alarm: Arc<StorageAlarm>,
 }
 
 /// Copies `state.db` into `tmp` (one backup step: one read transaction, so a consistent view
@@ -576,11 +667,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // Everything applied so far, in the copy.
         self.flusher.flush().await?;
-        let (files, current) = (self.files.clone(), self.current.clone());
+        let (files, current, alarm) =
+            (self.files.clone(), self.current.clone(), self.alarm.clone());
         tokio::task::spawn_blocking(move || -> Result<Snapshot, StorageError> {
             let started = std::time::Instant::now();
             let tmp = temp_path(&files, "building");
-            let meta = match copy_state(&files, &tmp) {
+            // A copy that runs out of space is removed and made again once there is room: the
+            // build runs beside RaftCore, which only waits longer for it.
+            let copied = retry_while_full(&alarm, Store::Snapshot, || {
+                copy_state(&files, &tmp).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })
+            });
+            let meta = match copied {
                 Ok(m) => m,
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
@@ -588,8 +687,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 }
             };
             let data = std::fs::read(&tmp).map_err(|e| storage_error(&e))?;
-            let stored =
-                store_if_newer(&tmp, &meta, &files, &current).map_err(|e| storage_error(&e))?;
+            let stored = retry_io(&alarm, Store::Snapshot, || {
+                store_if_newer(&tmp, &meta, &files, &current)
+            })
+            .map_err(|e| storage_error(&e))?;
             tracing::info!(
                 index = ?meta.last_log_id.map(|l| l.index),
                 bytes = data.len(),
