@@ -32,6 +32,25 @@ impl Core {
             .flush()
             .await
             .map_err(|e| Error::Unavailable(format!("flushing the applied state: {e}")))?;
+        // The copy is made beside the databases first: it must fit above the storage reserve,
+        // or it would raise the full-disk alarm and stop the writes it is not to pause.
+        let state_bytes = std::fs::metadata(&self.files.state)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let free = self.storage().own().report().sample.free_bytes;
+        let reserve = self.config.storage.reserve_bytes;
+        if free < state_bytes.saturating_add(reserve) {
+            return Err(Error::Exhausted(format!(
+                "member {}: no room in {} for the backup's copy ({} MiB) above the storage \
+                 reserve ({} MiB): {} MiB free; take it from another member (--any-member) or \
+                 from a copy of the data directory elsewhere",
+                self.id,
+                self.files.dir.display(),
+                state_bytes >> 20,
+                reserve >> 20,
+                free >> 20
+            )));
+        }
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let path = self.files.dir.join(format!(
             "backup-{}-{}.tmp",
