@@ -366,6 +366,7 @@ impl Master for FakeMaster {
                 worker_id: format!("w-{addr}"),
                 addr: addr.clone(),
                 web_addr: String::new(),
+                members: Vec::new(),
             })),
             None => Err(Status::unavailable(
                 "no worker is registered with the active master; start workers with scripts/WorkerStartup.sh",

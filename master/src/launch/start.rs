@@ -125,6 +125,17 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
     };
     if let Some(s) = status {
         print_status(&s);
+        for &id in &ids {
+            let joined = s.members.iter().any(|m| m.id == id && m.voter);
+            if let (false, Some(m)) = (joined, config.member(id)) {
+                println!(
+                    "member {id} is not a voter of the group (yet): if it is new, add it from a \
+                     host with an operator certificate: chatfeed-master member add --id {id} \
+                     --raft-addr {} --api-addr {}",
+                    m.raft_addr, m.api_addr
+                );
+            }
+        }
     }
     println!("logs: {}/master-<id>.log", config.run_dir.display());
     Ok(())

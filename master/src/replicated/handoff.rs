@@ -118,7 +118,7 @@ pub async fn hand_off(
 
     // 4. Ask each caught-up replica in turn to campaign, until one leads.
     for target in candidates {
-        let Some(addr) = config.member(target).map(|m| m.raft_addr.clone()) else {
+        let Some(addr) = mastership.node(target).map(|m| m.raft_addr) else {
             continue;
         };
         let started = Instant::now();

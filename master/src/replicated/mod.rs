@@ -5,7 +5,8 @@
 //! `mastership.rs` says who is the active master; `batch.rs` (group commit), `read_barrier.rs`
 //! (shared quorum rounds), `accounts.rs` (password hashing, wrong-password slow-down) and
 //! `rates.rs` (posts, follows, logins and new accounts per user or address per second) serve
-//! them; `handoff.rs` passes the leadership on a planned stop; `raft/` holds the openraft
+//! them; `handoff.rs` passes the leadership on a planned stop; `membership.rs`
+//! changes the members at run time (and says who they are: the group's membership); `raft/` holds the openraft
 //! adapters (types, storage, transport). It knows the domain, never the gRPC services.
 
 pub mod accounts;
@@ -15,6 +16,7 @@ mod error;
 pub mod handoff;
 mod login;
 pub mod mastership;
+pub mod membership;
 pub mod raft;
 mod rates;
 mod read_barrier;

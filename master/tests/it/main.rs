@@ -7,6 +7,7 @@ mod edge;
 mod handoff;
 mod health;
 mod inprocess;
+mod membership;
 mod metrics;
 mod roles;
 mod tls;

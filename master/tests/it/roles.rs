@@ -302,7 +302,8 @@ fn claim(id: &str, host: &str, addr: &str, pool_size: u32) -> WorkerHeartbeat {
     }
 }
 
-/// The next command on `s` that is not `Keys` (or the stream's end or error), within DEADLINE.
+/// The next command on `s` that is not `Keys` or `Members` (or the stream's end or error),
+/// within DEADLINE.
 async fn next_command(s: &mut tonic::Streaming<ControlCommand>) -> Result<Command, String> {
     loop {
         match tokio::time::timeout(DEADLINE, s.message()).await {
@@ -310,7 +311,7 @@ async fn next_command(s: &mut tonic::Streaming<ControlCommand>) -> Result<Comman
             Ok(Err(e)) => return Err(format!("the stream failed: {e:?}")),
             Ok(Ok(None)) => return Err("the stream ended".into()),
             Ok(Ok(Some(ControlCommand {
-                command: Some(Command::Keys(_)),
+                command: Some(Command::Keys(_) | Command::Members(_)),
             }))) => continue,
             Ok(Ok(Some(ControlCommand { command: Some(c) }))) => return Ok(c),
             Ok(Ok(Some(ControlCommand { command: None }))) => continue,
