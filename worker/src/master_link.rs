@@ -224,10 +224,12 @@ impl MasterLink {
     /// are tried too from now on (members added at run time); earlier learned ones the group no
     /// longer names are dropped. The configured ones stay (a removed one just fails to answer).
     pub fn learn_members(&self, group: Vec<String>) {
-        let learned: Vec<String> = group
-            .into_iter()
-            .filter(|a| !self.masters.contains(a))
-            .collect();
+        let mut learned: Vec<String> = Vec::new();
+        for a in group {
+            if !self.masters.contains(&a) && !learned.contains(&a) {
+                learned.push(a);
+            }
+        }
         let mut now = self.learned.lock().unwrap_or_else(|p| p.into_inner());
         if *now != learned {
             tracing::info!(
@@ -596,5 +598,30 @@ impl MasterLink {
             .await?;
         self.note_seq(reply.last_seq);
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The members the group names are tried after the configured ones, once each; a later list
+    /// replaces the learned ones (a removed member is dropped) and never the configured ones.
+    /// Fails if the worker ignores the group's list.
+    #[test]
+    fn members_the_group_names_are_tried_too() {
+        let timing = LinkTiming::from_raft(&chatfeed_common::config::RaftTiming::default());
+        let link = MasterLink::new(vec!["a:1".into(), "b:1".into()], timing, Tls::plaintext());
+        link.learn_members(vec!["a:1".into(), "d:1".into(), "d:1".into()]);
+        link.learn_members(vec!["a:1".into(), "b:1".into(), "d:1".into(), "e:1".into()]);
+        assert_eq!(link.masters(), vec!["a:1", "b:1", "d:1", "e:1"]);
+        link.learn_members(vec!["a:1".into(), "e:1".into()]);
+        assert_eq!(link.masters(), vec!["a:1", "b:1", "e:1"]);
+        let picked: std::collections::BTreeSet<String> = (0..3).map(|_| link.rotate()).collect();
+        assert_eq!(
+            picked.len(),
+            3,
+            "rotation covers the learned member: {picked:?}"
+        );
     }
 }

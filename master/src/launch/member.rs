@@ -575,3 +575,45 @@ async fn watch_removal(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, port: u16, voter: bool) -> GroupMember {
+        GroupMember {
+            id,
+            node: MemberNode {
+                raft_addr: format!("127.0.0.1:{}", port + 100),
+                api_addr: format!("127.0.0.1:{port}"),
+            },
+            voter,
+        }
+    }
+
+    /// Where the configuration and the group differ, one line says how, naming the member and
+    /// both addresses: a configured member the group does not have, one at other addresses, and
+    /// one of the group the configuration lacks. Nothing when they agree, or before a group.
+    #[test]
+    fn configuration_and_group_are_compared_member_by_member() {
+        let dir = std::path::Path::new("/tmp");
+        let config = Config::for_test(dir, [7001, 7002, 7003], [7101, 7102, 7103]);
+        let same = vec![
+            member(1, 7001, true),
+            member(2, 7002, true),
+            member(3, 7003, true),
+        ];
+        assert!(reconcile(&config, &same).is_empty());
+        assert!(reconcile(&config, &[]).is_empty());
+        let group = vec![
+            member(1, 7001, true),
+            member(2, 7022, true),
+            member(4, 7004, false),
+        ];
+        let lines = reconcile(&config, &group);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].contains("member 2") && lines[0].contains("127.0.0.1:7022"));
+        assert!(lines[1].contains("member 3 is in the configuration but not in the group"));
+        assert!(lines[2].contains("member 4") && lines[2].contains("learner"));
+    }
+}

@@ -253,6 +253,18 @@ async fn services_admit_their_roles_only() {
         .expect("a worker calls Control");
     let first = ok.message().await.unwrap().unwrap();
     assert!(matches!(first.command, Some(Command::Keys(_))), "{first:?}");
+    // Then the group's members, so the worker reaches members added at run time.
+    let second = ok.message().await.unwrap().unwrap();
+    match &second.command {
+        Some(Command::Members(m)) => {
+            let ids: Vec<u64> = m.members.iter().map(|m| m.id).collect();
+            assert_eq!(ids, vec![1, 2, 3], "{second:?}");
+            for m in &m.members {
+                assert_eq!(m.api_addr, c.config.member(m.id).unwrap().api_addr);
+            }
+        }
+        other => panic!("the second command is {other:?}"),
+    }
     let listed: Vec<String> = c
         .active_status()
         .await
