@@ -313,7 +313,7 @@ impl Core {
         let res = self
             .change(ChangeMembers::ReplaceAllVoters(next.clone()), false)
             .await;
-        if self_out && res.is_err() {
+        if self_out && res.is_err() && voters(ms) == *next {
             // This member left the voters: it stepped down once the change committed, and
             // its own answer may be lost in that.
             return Ok(());
@@ -383,7 +383,7 @@ impl Core {
             Ok(Err(RaftError::Fatal(e))) => Err(Error::Unavailable(format!(
                 "this member's Raft stopped: {e}"
             ))),
-            Err(_) => Err(Error::Unavailable(format!(
+            Err(_) => Err(Error::DeadlineExceeded(format!(
                 "the membership change did not commit within {} ms (no quorum?); it may still \
                  commit: look at `chatfeed status` before running it again",
                 timeout.as_millis()

@@ -232,7 +232,8 @@ async fn members_join_as_learners_are_promoted_and_leave() {
 /// With one voter dead, removing a live voter would leave {leader, dead}: no live majority, so
 /// it is refused (FAILED_PRECONDITION, even with --allow-even) and nothing changes; replacing
 /// the dead voter by a new member 5 works in one change (5 catches up first), the group commits
-/// again with voters {the two live, 5}, and no term had two leaders.
+/// again with voters {the two live, 5}; the active master then removes itself, stops, and the
+/// other two elect a leader that commits; no term had two leaders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_that_loses_the_majority_is_refused_and_a_dead_member_is_replaced() {
     let mut c = TestCluster::start(|c| c.tls.mode = TlsMode::Tls).await;
@@ -309,6 +310,24 @@ async fn a_change_that_loses_the_majority_is_refused_and_a_dead_member_is_replac
             .iter()
             .any(|m| m.id == 5 && m.voter && m.role != pb::Role::Down as i32)
     );
+
+    // The active master removes itself: it commits the change, steps down and stops; the other
+    // two elect a leader that commits.
+    let me = c
+        .wait_active(&c.members.keys().copied().collect::<Vec<_>>())
+        .await;
+    on_leader(&c, remove(me, true)).await.unwrap();
+    c.wait_for("the removed active master to stop itself", |c| {
+        c.members[&me].left.is_cancelled()
+    })
+    .await;
+    c.stop_member(me).await;
+    let rest: BTreeSet<u64> = c.members.keys().copied().collect();
+    let new = c
+        .wait_active(&rest.iter().copied().collect::<Vec<_>>())
+        .await;
+    assert_eq!(voters(&c, new), rest);
+    posts(&c, 15, 3).await;
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
