@@ -7,6 +7,7 @@
 
 use chatfeed_common::config::TlsMode;
 use chatfeed_master::testing::*;
+use chatfeed_proto::cluster::admin_client::AdminClient;
 use chatfeed_proto::cluster::{
     AddMemberRequest, MembershipReply, RemoveMemberRequest, ReplaceMemberRequest,
 };
@@ -95,7 +96,8 @@ async fn posts(c: &TestCluster, from: usize, n: usize) -> u64 {
     last
 }
 
-/// Adding: bad input is refused with its code and changes nothing; a fourth voter is refused
+/// Adding: only an operator's certificate may ask; bad input is refused with its code and
+/// changes nothing; a fourth voter is refused
 /// unless asked for; a member added while cut off from the group shows in the status as a
 /// learner with its lag (not a voter) and is promoted once it reaches the group and catches up,
 /// holding every post; removing it again leaves three voters and the removed member stops by
@@ -146,6 +148,23 @@ async fn members_join_as_learners_are_promoted_and_leave() {
         let e = on_leader(&c, call).await.unwrap_err();
         assert_eq!(e.code(), code, "{e:?}");
         assert!(e.message().contains(text), "{e:?}");
+    }
+    // Only an operator's certificate may ask: a worker's and a member's are refused.
+    let leader = c.wait_active(&c.ids()).await;
+    let addr = c.config.member(leader).unwrap().api_addr.clone();
+    for tls in [c.tls.clone(), c.member_tls(leader)] {
+        let mut admin = AdminClient::new(tls.endpoint(&addr).unwrap().connect().await.unwrap());
+        let e = admin
+            .add_member(AddMemberRequest {
+                id: 9,
+                raft_addr: good.0.clone(),
+                api_addr: good.1.clone(),
+                allow_even: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("operator"), "{e:?}");
     }
     assert_eq!(group_voters(&c).await, BTreeSet::from([1, 2, 3]));
     let leader = c.wait_active(&c.ids()).await;
