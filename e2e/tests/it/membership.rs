@@ -101,7 +101,13 @@ async fn members_replaced_removed_and_added_under_load() {
                 ));
                 return;
             }
-            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            let said = String::from_utf8_lossy(&out.stdout);
+            eprintln!("{said}");
+            if !said.contains("member 4 is not a voter of the group (yet)") {
+                rec.harness_error(format!(
+                    "MasterStartup.sh --node 4 --new did not say member 4 waits to be added:\n{said}"
+                ));
+            }
 
             // Member 3 dies with its host; the active master counts it out once its last
             // answer is older than the lease.

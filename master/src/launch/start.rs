@@ -148,7 +148,11 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
         for line in super::member::reconcile(config, &group) {
             println!("{line}");
         }
-        for &id in &ids {
+        // The active master's answer says for sure who the voters are; a brand-new member's
+        // own answer says it has not been added yet.
+        let from_active = s.leader == Some(s.answered_by);
+        let sure = |id: u64| from_active || (opts.new && s.answered_by == id);
+        for &id in ids.iter().filter(|&&id| sure(id)) {
             let joined = s.members.iter().any(|m| m.id == id && m.voter);
             if let (false, Some(m)) = (joined, config.member(id)) {
                 println!(
