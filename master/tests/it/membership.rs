@@ -3,7 +3,8 @@
 //! certificate: a new member joins as a learner (shown so by the status, with its lag) and is
 //! promoted once it caught up; a removed member stops; a dead member is replaced; and every
 //! change that would leave the group without a live majority, with an even number of voters
-//! unasked, or that names a bad member, is refused with the right code and changes nothing.
+//! unasked, or without any voter, or that names a bad member, is refused with the right code and
+//! changes nothing.
 
 use chatfeed_common::config::TlsMode;
 use chatfeed_master::testing::*;
@@ -348,5 +349,35 @@ async fn a_change_that_loses_the_majority_is_refused_and_a_dead_member_is_replac
     assert_eq!(voters(&c, new), rest);
     posts(&c, 15, 3).await;
     c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
+/// Shrinking to one voter: each removal of a follower is accepted (the second leaves one voter,
+/// which is odd and live), and the removed members stop; removing the last voter is refused
+/// (FAILED_PRECONDITION naming it) and the one-voter group still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_voter_cannot_be_removed() {
+    let mut c = TestCluster::start(|c| c.tls.mode = TlsMode::Tls).await;
+    let leader = c.wait_active(&c.ids()).await;
+    c.cluster(leader)
+        .await
+        .write(create_user("alice"))
+        .await
+        .unwrap();
+    let others: Vec<u64> = c.ids().into_iter().filter(|&i| i != leader).collect();
+    on_leader(&c, remove(others[0], true)).await.unwrap();
+    on_leader(&c, remove(others[1], false)).await.unwrap();
+    for &o in &others {
+        c.wait_for("a removed member to stop itself", |c| {
+            c.members[&o].left.is_cancelled()
+        })
+        .await;
+        c.stop_member(o).await;
+    }
+    assert_eq!(voters(&c, leader), BTreeSet::from([leader]));
+    let e = on_leader(&c, remove(leader, true)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("last voter"), "{e:?}");
+    posts(&c, 0, 3).await;
     c.shutdown().await;
 }
