@@ -158,7 +158,7 @@ impl Core {
             )));
         }
         self.learn(id, &node).await?;
-        self.promote(&next, allow_even, false).await?;
+        self.promote(&next, allow_even, false, false).await?;
         Ok(Changed {
             members: ms.group(),
             summary: format!("member {id} ({node}) caught up as a learner and is now a voter"),
@@ -249,13 +249,19 @@ impl Core {
             )));
         }
         self.learn(new, &node).await?;
-        self.promote(&next, allow_even, old == ms.id).await?;
-        // The old member is gone (`retain` false): the leader stops replicating to it.
+        // A live old member is kept as a learner until it has the change, so it stops by
+        // itself; a dead one is dropped at once.
+        let self_out = old == ms.id;
+        let retain = !self_out && ms.live().contains(&old);
+        self.promote(&next, allow_even, self_out, retain).await?;
+        if retain {
+            self.retire(old).await?;
+        }
         Ok(Changed {
             members: ms.group(),
             summary: format!(
                 "member {new} ({node}) caught up and replaced member {old}, which is no longer in \
-                 the group (stop its process if it still runs)"
+                 the group (it stops when it learns it; stop its process if not)"
             ),
         })
     }
@@ -296,12 +302,14 @@ impl Core {
         }
     }
 
-    /// Makes `next` the voters, checking the rules again now that the learner caught up.
+    /// Makes `next` the voters, checking the rules again now that the learner caught up. A
+    /// voter left out is kept as a learner when `retain` (then `retire` it), else dropped.
     async fn promote(
         &self,
         next: &BTreeSet<NodeId>,
         allow_even: bool,
         self_out: bool,
+        retain: bool,
     ) -> Result<()> {
         let ms = &self.mastership;
         if let Some(why) = check_voters(next, &ms.live(), allow_even) {
@@ -311,7 +319,7 @@ impl Core {
         }
         tracing::info!(voters = ?next, "changing the voters");
         let res = self
-            .change(ChangeMembers::ReplaceAllVoters(next.clone()), false)
+            .change(ChangeMembers::ReplaceAllVoters(next.clone()), retain)
             .await;
         if self_out && res.is_err() && voters(ms) == *next {
             // This member left the voters: it stepped down once the change committed, and
@@ -342,6 +350,13 @@ impl Core {
         }
         self.change(ChangeMembers::ReplaceAllVoters(next.clone()), true)
             .await?;
+        self.retire(id).await
+    }
+
+    /// Drops learner `id`, a voter just left out, once it has the change that left it out (or
+    /// `REMOVED_CATCH_UP` passed): so it learns that it is no voter any more, and stops.
+    async fn retire(&self, id: NodeId) -> Result<()> {
+        let ms = &self.mastership;
         // The change's last entry is at most this member's last one now.
         let change_at = ms.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let deadline = Instant::now() + REMOVED_CATCH_UP;

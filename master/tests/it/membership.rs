@@ -102,7 +102,8 @@ async fn posts(c: &TestCluster, from: usize, n: usize) -> u64 {
 /// unless asked for; a member added while cut off from the group shows in the status as a
 /// learner with its lag (not a voter) and is promoted once it reaches the group and catches up,
 /// holding every post; removing it again leaves three voters and the removed member stops by
-/// itself. Fails if any of these steps is skipped (a direct promotion, no refusal, no stop).
+/// itself, and so does a live voter replaced by a new member 5. Fails if any of these steps is
+/// skipped (a direct promotion, no refusal, no stop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_join_as_learners_are_promoted_and_leave() {
     let mut c = TestCluster::start(|c| c.tls.mode = TlsMode::Tls).await;
@@ -245,6 +246,31 @@ async fn members_join_as_learners_are_promoted_and_leave() {
     .await;
     c.stop_member(4).await;
     posts(&c, 25, 3).await;
+
+    // Replacing a live voter: the old one learns it and stops too.
+    let leader = c.wait_active(&[1, 2, 3]).await;
+    let old = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap();
+    let (raft, api) = c.start_new_member(5).await;
+    on_leader(
+        &c,
+        Call::Replace(ReplaceMemberRequest {
+            old_id: old,
+            new_id: 5,
+            raft_addr: raft,
+            api_addr: api,
+        }),
+    )
+    .await
+    .unwrap();
+    let mut want: BTreeSet<u64> = BTreeSet::from([1, 2, 3, 5]);
+    want.remove(&old);
+    assert_eq!(group_voters(&c).await, want);
+    c.wait_for("the replaced live member to stop itself", |c| {
+        c.members[&old].left.is_cancelled()
+    })
+    .await;
+    c.stop_member(old).await;
+    posts(&c, 28, 3).await;
     c.assert_one_leader_per_term();
     c.shutdown().await;
 }
