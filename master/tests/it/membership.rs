@@ -98,8 +98,7 @@ async fn posts(c: &TestCluster, from: usize, n: usize) -> u64 {
 }
 
 /// Adding: only an operator's certificate may ask; bad input is refused with its code and
-/// changes nothing; a fourth voter is refused
-/// unless asked for; a member added while cut off from the group shows in the status as a
+/// changes nothing; a fourth voter is refused unless asked for; a member added while cut off from the group shows in the status as a
 /// learner with its lag (not a voter) and is promoted once it reaches the group and catches up,
 /// holding every post; removing it again leaves three voters and the removed member stops by
 /// itself, and so does a live voter replaced by a new member 5. Fails if any of these steps is
