@@ -134,7 +134,9 @@ impl Conn {
 
 /// One user's connection to the cluster.
 pub struct Session {
-    masters: Vec<String>,
+    /// The masters given (`--master`, the default file), then those the group named
+    /// (`GetWorkerReply.members`: members added at run time).
+    masters: std::sync::Mutex<Vec<String>>,
     tls: Tls,
     user: String,
     password: String,
@@ -166,7 +168,7 @@ impl Session {
         notify: NoticeSink,
     ) -> Self {
         Session {
-            masters,
+            masters: std::sync::Mutex::new(masters),
             tls,
             user,
             password,
@@ -195,8 +197,23 @@ impl Session {
         &self.user
     }
 
-    pub fn masters(&self) -> &[String] {
-        &self.masters
+    pub fn masters(&self) -> Vec<String> {
+        self.masters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adds the members the active master named that this session does not know yet (members
+    /// added at run time); a removed one stays listed and just fails to answer.
+    fn learn_members(&self, members: &[chatfeed_proto::master::MemberAddr]) {
+        let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
+        for m in members {
+            if !masters.contains(&m.api_addr) {
+                tracing::debug!(member = m.id, addr = %m.api_addr, "learned a member's address");
+                masters.push(m.api_addr.clone());
+            }
+        }
     }
 
     /// A retry loop on this session (see [`Retrier::new`]).
@@ -218,7 +235,7 @@ impl Session {
         hint: Option<&str>,
         exclude: Vec<String>,
     ) -> Result<(String, GetWorkerReply), MasterError> {
-        master_link::on_active_master(&self.tls, &self.masters, hint, |ch| {
+        master_link::on_active_master(&self.tls, &self.masters(), hint, |ch| {
             let exclude_addrs = exclude.clone();
             async move {
                 MasterClient::new(ch)
@@ -257,6 +274,7 @@ impl Session {
             "the active master assigned a worker"
         );
         conn.hint = Some(master);
+        self.learn_members(&reply.members);
         self.login_on(&mut conn, reply.addr, reply.worker_id).await
     }
 
@@ -522,7 +540,7 @@ impl Session {
             let res = r
                 .bound(master_link::on_active_master(
                     &self.tls,
-                    &self.masters,
+                    &self.masters(),
                     hint.as_deref(),
                     &mut call,
                 ))

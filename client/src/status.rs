@@ -20,6 +20,9 @@ pub struct MasterJson {
     pub addr: String,
     pub role: &'static str,
     pub last_applied: u64,
+    /// Entries behind the active master's log (only when the active master answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
 }
@@ -37,6 +40,7 @@ fn role_name(m: &MemberStatus) -> &'static str {
     match Role::try_from(m.role).unwrap_or(Role::Unknown) {
         Role::Leader => "leader",
         Role::Down | Role::Unknown => "down",
+        Role::Learner => "learner",
         _ => "replica",
     }
 }
@@ -54,6 +58,7 @@ pub fn to_json(s: &ClusterStatus) -> StatusJson {
                 addr: m.api_addr.clone(),
                 role: role_name(m),
                 last_applied: m.last_applied,
+                lag: m.lag,
                 pid: m.reachable.then_some(m.pid),
             })
             .collect(),
@@ -95,17 +100,23 @@ pub fn to_table(s: &ClusterStatus) -> String {
     let max_applied = s.members.iter().map(|m| m.last_applied).max().unwrap_or(0);
     for m in &s.members {
         let mark = if Some(m.id) == s.leader { "*" } else { "" };
-        let (term, applied, lag, pid, up) = if m.reachable {
+        let (term, applied, mut lag, pid, up) = if m.reachable {
             (
                 m.term.to_string(),
                 m.last_applied.to_string(),
-                (max_applied - m.last_applied).to_string(),
+                // The active master's figure (entries behind its log) when it answered.
+                m.lag.unwrap_or(max_applied - m.last_applied).to_string(),
                 m.pid.to_string(),
                 uptime(m.uptime_ms),
             )
         } else {
             ("-".into(), "-".into(), "-".into(), "-".into(), "-".into())
         };
+        if !m.reachable
+            && let Some(l) = m.lag
+        {
+            lag = l.to_string();
+        }
         out.push_str(&format!(
             "{:<8}{:<22}{:<10}{:>6}{:>10}{:>10}{:>8}{:>9}\n",
             m.id,
@@ -245,6 +256,32 @@ mod tests {
         );
         assert!(line.contains("3 MiB free"), "{line}");
         assert!(!to_table(&status()).contains("STORAGE ALARM"));
+    }
+
+    /// A learner (a member joining the group) is shown as one, with the active master's lag
+    /// figure, in the table and the JSON.
+    #[test]
+    fn learner_with_its_lag() {
+        let mut s = status();
+        s.members.push(MemberStatus {
+            id: 4,
+            api_addr: "h:4".into(),
+            role: Role::Learner as i32,
+            last_applied: 3,
+            lag: Some(42),
+            reachable: true,
+            pid: 11,
+            ..Default::default()
+        });
+        let t = to_table(&s);
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("4 ") && l.contains("learner") && l.contains(" 42 ")),
+            "{t}"
+        );
+        let v = serde_json::to_value(to_json(&s)).unwrap();
+        assert_eq!(v["masters"][2]["role"], "learner");
+        assert_eq!(v["masters"][2]["lag"], 42);
     }
 
     /// A long worker id keeps a space before the address.

@@ -886,6 +886,20 @@ pub fn parse_listen_range(spec: &str) -> Result<(String, Vec<u16>), String> {
     Ok((host.to_string(), (first..=last).collect()))
 }
 
+/// Checks a member's address given at run time (`chatfeed-master member add`) as `validate`
+/// checks the configured ones: `host:port`, and not a wildcard nobody can connect to.
+pub fn check_member_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
+    check_addr(field, addr)?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    if is_wildcard(host) {
+        return Err(invalid(
+            field,
+            format!("{addr} is a wildcard address that the other members cannot connect to"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),

@@ -510,8 +510,9 @@ impl<D: Deployment> Nemesis<'_, D> {
     }
 
     /// Kills every process and starts the cluster again with MasterStartup.sh and
-    /// WorkerStartup.sh; records how long until it was whole.
-    async fn restart_all(&self, number: usize) {
+    /// WorkerStartup.sh; records how long until it was whole (the run's final restart, fault
+    /// `number`).
+    pub async fn restart_all(&self, number: usize) {
         let at = self.rec.now();
         let mut problems = Vec::new();
         let gone: Vec<u32> = match self.d.overview().await {

@@ -333,6 +333,36 @@ async fn step(rec: &Recorder, what: &str, fut: impl Future<Output = Result<(), S
 
 /// Runs `sc` on `d`, which must have nothing running yet.
 pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
+    let kinds: Vec<FaultKind> = FaultKind::DRAWN
+        .into_iter()
+        .filter(|&k| d.supports(k))
+        .collect();
+    let plan = Plan::new(sc.seed, sc.secs, &kinds);
+    let secs = Duration::from_secs(sc.secs);
+    let nemesis_plan = plan.clone();
+    run_with(d, sc, plan, &[], async |rec: &Recorder| {
+        let nemesis = Nemesis {
+            d,
+            rec: rec.clone(),
+            progress: sc.progress,
+            last_surplus: Default::default(),
+        };
+        nemesis.run(&nemesis_plan, secs).await;
+    })
+    .await
+}
+
+/// Runs `sc` on `d` (which must have nothing running yet) with `disturb` in place of the
+/// nemesis: it runs while the posters and streams do, and may record harness errors (which fail
+/// the run). `plan` is only reported. `extra_members` (id, API address) are polled for
+/// leadership claims too: members the disturbance adds.
+pub async fn run_with<D: Deployment>(
+    d: &D,
+    sc: &Scenario,
+    plan: Plan,
+    extra_members: &[(u64, String)],
+    disturb: impl AsyncFnOnce(&Recorder),
+) -> Run {
     let started = Instant::now();
     let rec = Recorder::new();
     let say = |line: String| {
@@ -340,11 +370,6 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
             eprintln!("[{:>7.1} s] {line}", rec.now().as_secs_f64());
         }
     };
-    let kinds: Vec<FaultKind> = FaultKind::DRAWN
-        .into_iter()
-        .filter(|&k| d.supports(k))
-        .collect();
-    let plan = Plan::new(sc.seed, sc.secs, &kinds);
     say(format!(
         "seed {}: {}; Raft timing {}; the plan begins:\n{}",
         sc.seed,
@@ -360,11 +385,12 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
 
     let ready = step(&rec, "MasterStartup.sh", d.start_masters()).await
         && step(&rec, "WorkerStartup.sh", d.start_workers()).await;
-    let members = match wait_whole(d, RECOVERY_BOUND, &[]).await {
+    let members: Vec<(u64, String)> = match wait_whole(d, RECOVERY_BOUND, &[]).await {
         Ok(s) => s
             .members
             .iter()
             .map(|m| (m.id, m.api_addr.clone()))
+            .chain(extra_members.iter().cloned())
             .collect(),
         Err(why) => {
             rec.harness_error(format!("the cluster did not start whole: {why}"));
@@ -427,13 +453,7 @@ pub async fn run<D: Deployment>(d: &D, sc: &Scenario) -> Run {
         let posters =
             workload::spawn_posters(&masters, &tls, &graph.authors, sc.seed, &rec, &stop_posts);
 
-        let nemesis = Nemesis {
-            d,
-            rec: rec.clone(),
-            progress: sc.progress,
-            last_surplus: Default::default(),
-        };
-        nemesis.run(&plan, Duration::from_secs(sc.secs)).await;
+        disturb(&rec).await;
 
         // Posters finish the post in hand (bounded by its invocations), then stop.
         stop_posts.cancel();

@@ -1,8 +1,8 @@
 //! `chatfeed-master`: runs one member of the master group (`--id N`), starts this host's members
 //! in the background (`start`, used by scripts/MasterStartup.sh), checks a configuration
 //! (`check-config`), issues the TLS certificates of a multi-host deployment (`certs`), has the
-//! active master make a new token key (`rotate-token-key`), writes, checks and restores backups
-//! (`backup`, `verify`, `restore`).
+//! active master make a new token key (`rotate-token-key`), change the members (`member`), and
+//! writes, checks and restores backups (`backup`, `verify`, `restore`).
 
 use anyhow::Context;
 use chatfeed_common::{Config, logging};
@@ -105,6 +105,16 @@ enum Cmd {
         #[arg(long, value_name = "ID")]
         cluster_id: Option<String>,
     },
+    /// Change the group's members at run time, on the active master (joint consensus). Connects
+    /// with an operator certificate.
+    Member {
+        #[command(subcommand)]
+        change: MemberCmd,
+        /// The directory of the operator certificate (operator.pem, operator.key, ca.pem)
+        /// [default: the configuration's [tls] dir].
+        #[arg(long, value_name = "DIR", global = true)]
+        tls_dir: Option<PathBuf>,
+    },
     /// Issue TLS certificates for several hosts from one cluster CA (created in --out if absent):
     /// OUT/NAME/{ca.pem,worker.pem,worker.key} for each host and OUT/NAME/member-N.{pem,key} for
     /// each member, to copy to that host's [tls] dir. Issues only what is missing: run again
@@ -123,6 +133,50 @@ enum Cmd {
         /// rotate-token-key), which only an operator certificate may run.
         #[arg(long = "operator", value_name = "NAME")]
         operators: Vec<certs::OperatorSpec>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Add member N (started with `chatfeed-master start --node N --new` on its host): it
+    /// catches up as a learner, then becomes a voter. Refused when the voters would be even in
+    /// number (unless --allow-even) or without a majority of live members.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// Its Raft address, host:port, as the other members reach it.
+        #[arg(long)]
+        raft_addr: String,
+        /// Its API address, host:port, as workers and clients reach it.
+        #[arg(long)]
+        api_addr: String,
+        /// Accept an even number of voters.
+        #[arg(long)]
+        allow_even: bool,
+    },
+    /// Remove member N from the group (it stops when it learns it).
+    Remove {
+        #[arg(long)]
+        id: u64,
+        /// Accept an even number of voters.
+        #[arg(long)]
+        allow_even: bool,
+    },
+    /// Replace member OLD (a dead host's) by the new member NEW in one change: NEW catches up as
+    /// a learner first.
+    Replace {
+        /// The member to replace.
+        #[arg(long = "id", value_name = "OLD")]
+        old: u64,
+        /// The new member's id.
+        #[arg(long = "with", value_name = "NEW")]
+        new: u64,
+        /// The new member's Raft address, host:port.
+        #[arg(long)]
+        raft_addr: String,
+        /// The new member's API address, host:port.
+        #[arg(long)]
+        api_addr: String,
     },
 }
 
@@ -234,6 +288,36 @@ fn main() -> std::process::ExitCode {
             }) => launch::backup::restore(&config, &file, &ids, cluster_id.as_deref()),
             Some(Cmd::RotateTokenKey { tls_dir }) => {
                 launch::rotate_token_key(&config, tls_dir.as_deref()).await
+            }
+            Some(Cmd::Member { change, tls_dir }) => {
+                let change = match change {
+                    MemberCmd::Add {
+                        id,
+                        raft_addr,
+                        api_addr,
+                        allow_even,
+                    } => launch::MemberChange::Add {
+                        id,
+                        raft_addr,
+                        api_addr,
+                        allow_even,
+                    },
+                    MemberCmd::Remove { id, allow_even } => {
+                        launch::MemberChange::Remove { id, allow_even }
+                    }
+                    MemberCmd::Replace {
+                        old,
+                        new,
+                        raft_addr,
+                        api_addr,
+                    } => launch::MemberChange::Replace {
+                        old,
+                        new,
+                        raft_addr,
+                        api_addr,
+                    },
+                };
+                launch::change_members(&config, tls_dir.as_deref(), change).await
             }
             Some(Cmd::Start { node, new }) => {
                 let config_path = std::fs::canonicalize(&cli.config)

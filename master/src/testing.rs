@@ -170,6 +170,38 @@ impl TestCluster {
         self.members.insert(id, member);
     }
 
+    /// Starts member `id` on a new "host" (fresh ports on 127.0.0.1) as a brand-new member that
+    /// no group knows yet, as `chatfeed-master start --node N --new` does: it is added to the
+    /// test's configuration (the running members keep the configuration they started with, as
+    /// other hosts would), with its certificate in TLS mode. Returns its (raft, api) addresses,
+    /// for `chatfeed-master member add`.
+    pub async fn start_new_member(&mut self, id: NodeId) -> (String, String) {
+        let pick = async || TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listeners = Listeners {
+            raft: pick().await,
+            api: pick().await,
+            metrics: None,
+        };
+        let addr = |l: &TcpListener| l.local_addr().unwrap().to_string();
+        let (raft, api) = (addr(&listeners.raft), addr(&listeners.api));
+        let mut config = (*self.config).clone();
+        config.members.push(chatfeed_common::config::Member {
+            id,
+            raft_addr: raft.clone(),
+            api_addr: api.clone(),
+            metrics_addr: None,
+        });
+        config.validate().unwrap();
+        if config.tls.mode == TlsMode::Tls {
+            tls::ensure_role_certs(&config.tls.dir, &tls::local_sans([]), &[Role::Member(id)])
+                .unwrap();
+        }
+        self.config = Arc::new(config);
+        self.reserved.insert(id, listeners);
+        self.start_member(id, true, false).await;
+        (raft, api)
+    }
+
     /// Stops member `id` as SIGTERM does (a leader hands its leadership over first); its data
     /// stays.
     pub async fn stop_member(&mut self, id: NodeId) {

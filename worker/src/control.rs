@@ -259,6 +259,10 @@ impl Control {
                     "the master asked for another worker, but this worker was not started as a process that can start others"
                 ),
             },
+            Some(Command::Members(m)) => {
+                self.link
+                    .learn_members(m.members.into_iter().map(|m| m.api_addr).collect());
+            }
             Some(Command::Keys(keys)) => {
                 use chatfeed_common::accounts::{TOKEN_KEY_LEN, TokenKey, TokenKeys};
                 if keys.token_keys.is_empty()

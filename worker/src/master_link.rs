@@ -6,6 +6,10 @@
 //! unchanged. One channel per master address is kept and reused; the active master's address is
 //! cached and shared with the heartbeat and watch loops.
 //!
+//! The members tried are the configured ones and those the group names (`learn_members`: the
+//! active master sends the group's Raft membership on the control stream, first and after every
+//! change), so a member added at run time is reached without a new configuration.
+//!
 //! An attempt whose answer is late (`LinkTiming::late`, about one election timeout) does not
 //! wait out its whole bound on a master that may be frozen or cut off: the link asks the members
 //! which of them is the active master now (`Cluster.MemberInfo`), and when another one is, the
@@ -166,7 +170,7 @@ impl Retries {
             None => self.redirected = false,
         }
         self.failed_in_round += 1;
-        if self.failed_in_round < link.masters.len() {
+        if self.failed_in_round < link.masters().len() {
             return;
         }
         self.failed_in_round = 0;
@@ -177,7 +181,10 @@ impl Retries {
 
 /// Calls to the active master (see the module doc).
 pub struct MasterLink {
+    /// The configured members' API addresses.
     masters: Vec<String>,
+    /// The API addresses of the group's members that are not configured (`learn_members`).
+    learned: Mutex<Vec<String>>,
     timing: LinkTiming,
     tls: Tls,
     channels: Mutex<HashMap<String, Channel>>,
@@ -196,6 +203,7 @@ impl MasterLink {
         assert!(!masters.is_empty(), "a worker needs at least one master");
         MasterLink {
             masters,
+            learned: Mutex::default(),
             timing,
             tls,
             channels: Mutex::default(),
@@ -206,8 +214,31 @@ impl MasterLink {
         }
     }
 
-    pub fn masters(&self) -> &[String] {
-        &self.masters
+    /// The members to try: the configured ones, then those only the group named.
+    pub fn masters(&self) -> Vec<String> {
+        let learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        self.masters.iter().chain(learned.iter()).cloned().collect()
+    }
+
+    /// The group's members' API addresses, as the active master sent them: those not configured
+    /// are tried too from now on (members added at run time); earlier learned ones the group no
+    /// longer names are dropped. The configured ones stay (a removed one just fails to answer).
+    pub fn learn_members(&self, group: Vec<String>) {
+        let mut learned: Vec<String> = Vec::new();
+        for a in group {
+            if !self.masters.contains(&a) && !learned.contains(&a) {
+                learned.push(a);
+            }
+        }
+        let mut now = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        if *now != learned {
+            tracing::info!(
+                configured = ?self.masters,
+                learned = ?learned,
+                "the group's members changed: trying the configured members and these"
+            );
+            *now = learned;
+        }
     }
 
     pub fn timing(&self) -> LinkTiming {
@@ -249,7 +280,8 @@ impl MasterLink {
     /// The next master of the configured list, in turn.
     pub fn rotate(&self) -> String {
         let i = self.rotation.fetch_add(1, Ordering::Relaxed);
-        self.masters[i % self.masters.len()].clone()
+        let masters = self.masters();
+        masters[i % masters.len()].clone()
     }
 
     /// Where to try next: the redirect target, else the cached active master, else the next in turn.
@@ -422,7 +454,7 @@ impl MasterLink {
     /// `PROBE_TIMEOUT`); the first that is, if any: its address as listed and as it reports it.
     async fn find_active(&self) -> Option<Found> {
         let mut asks = tokio::task::JoinSet::new();
-        for addr in &self.masters {
+        for addr in &self.masters() {
             let Ok(ch) = self.channel(addr) else { continue };
             let addr = addr.clone();
             asks.spawn(async move {
@@ -567,5 +599,30 @@ impl MasterLink {
             .await?;
         self.note_seq(reply.last_seq);
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The members the group names are tried after the configured ones, once each; a later list
+    /// replaces the learned ones (a removed member is dropped) and never the configured ones.
+    /// Fails if the worker ignores the group's list.
+    #[test]
+    fn members_the_group_names_are_tried_too() {
+        let timing = LinkTiming::from_raft(&chatfeed_common::config::RaftTiming::default());
+        let link = MasterLink::new(vec!["a:1".into(), "b:1".into()], timing, Tls::plaintext());
+        link.learn_members(vec!["a:1".into(), "d:1".into(), "d:1".into()]);
+        link.learn_members(vec!["a:1".into(), "b:1".into(), "d:1".into(), "e:1".into()]);
+        assert_eq!(link.masters(), vec!["a:1", "b:1", "d:1", "e:1"]);
+        link.learn_members(vec!["a:1".into(), "e:1".into()]);
+        assert_eq!(link.masters(), vec!["a:1", "b:1", "e:1"]);
+        let picked: std::collections::BTreeSet<String> = (0..3).map(|_| link.rotate()).collect();
+        assert_eq!(
+            picked.len(),
+            3,
+            "rotation covers the learned member: {picked:?}"
+        );
     }
 }

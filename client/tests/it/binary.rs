@@ -17,6 +17,7 @@ async fn cluster(servers: &Servers) -> (String, crate::fake::Shared) {
         .master(FakeMaster {
             leader: None,
             workers: vec![w],
+            members: vec![],
             excludes: Arc::default(),
         })
         .await;

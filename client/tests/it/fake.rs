@@ -335,6 +335,8 @@ async fn send_post(
 pub struct FakeMaster {
     pub leader: Option<String>,
     pub workers: Vec<String>,
+    /// The members' API addresses it names in `GetWorkerReply.members`.
+    pub members: Vec<String>,
     pub excludes: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
@@ -366,6 +368,17 @@ impl Master for FakeMaster {
                 worker_id: format!("w-{addr}"),
                 addr: addr.clone(),
                 web_addr: String::new(),
+                members: self
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| pb::MemberAddr {
+                        id: i as u64 + 1,
+                        api_addr: a.clone(),
+                        raft_addr: String::new(),
+                        voter: true,
+                    })
+                    .collect(),
             })),
             None => Err(Status::unavailable(
                 "no worker is registered with the active master; start workers with scripts/WorkerStartup.sh",

@@ -69,6 +69,7 @@ async fn plaintext_by_flag_is_said_on_stderr() {
         .master(FakeMaster {
             leader: None,
             workers: vec![w],
+            members: vec![],
             excludes: Arc::default(),
         })
         .await;

@@ -27,6 +27,7 @@ async fn masters(servers: &Servers, workers: Vec<String>) -> (String, Excludes) 
         .master(FakeMaster {
             leader: None,
             workers,
+            members: vec![],
             excludes: excludes.clone(),
         })
         .await;
@@ -34,6 +35,7 @@ async fn masters(servers: &Servers, workers: Vec<String>) -> (String, Excludes) 
         .master(FakeMaster {
             leader: Some(active),
             workers: vec![],
+            members: vec![],
             excludes: Arc::default(),
         })
         .await;
@@ -282,4 +284,49 @@ async fn no_worker_available() {
             .starts_with("no worker available: no worker is registered"),
         "{e}"
     );
+}
+
+/// A session adds the members the active master names in its `GetWorker` answer (members added
+/// at run time, which the address list given does not have) to the masters it tries, once each;
+/// fails if the answer's members are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_named_by_the_active_master_are_tried_too() {
+    let servers = Servers::default();
+    let store = store();
+    let w = servers.worker(&store, Arc::new(Knobs::default())).await;
+    let newcomer = servers
+        .master(FakeMaster {
+            leader: None,
+            workers: vec![w.clone()],
+            members: vec![],
+            excludes: Arc::default(),
+        })
+        .await;
+    let given = servers
+        .master(FakeMaster {
+            leader: None,
+            workers: vec![w],
+            members: vec![newcomer.clone(), newcomer.clone()],
+            excludes: Arc::default(),
+        })
+        .await;
+    let session = Session::quiet(
+        vec![given.clone()],
+        chatfeed_common::tls::Tls::plaintext(),
+        "alice".into(),
+        "password".into(),
+    );
+    for text in ["one", "two"] {
+        let (res, _) = run(
+            &session,
+            Cmd::Post {
+                text: vec![text.into()],
+            },
+            true,
+            PATIENCE,
+        )
+        .await;
+        res.unwrap();
+    }
+    assert_eq!(session.masters(), vec![given, newcomer]);
 }

@@ -8,6 +8,11 @@
 //!
 //! Also the fault-injection suite's view of it (`Deployment`): process faults on the hosts, and
 //! network faults between them (cuts, loss, delay through `delay::DelayProxy`).
+//!
+//! With spare hosts (`with_spares`), hosts `m4`… wait for members 4… that are not in the group
+//! at first (their certificates issued, their configuration listing them): the membership tests
+//! start them with `MasterStartup.sh --node N --new` and add them with `chatfeed-master member`
+//! and the harness's operator certificate (`operator`).
 
 use super::hosts::{HostId, Hosts};
 use crate::cluster::{
@@ -31,6 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// The name of the harness's operator certificate (`<root>/ca/ops/`).
+const OPERATOR: &str = "ops";
+
 /// How often the observer asks every member whether it leads.
 const OBSERVE_EVERY: Duration = Duration::from_millis(100);
 
@@ -39,8 +47,11 @@ const OBSERVE_EVERY: Duration = Duration::from_millis(100);
 /// by the real scripts inside its namespace. An observer polls every member's own view
 /// (`MemberInfo`) and records who claimed leadership in which term.
 pub struct NetCluster {
+    /// The members of the group at its start (1 to 3).
     pub members: Vec<MemberAddr>,
-    /// Member `id`'s host is `master_hosts[id - 1]`.
+    /// Members that are not in the group at its start, each on a spare host of its own.
+    pub spares: Vec<MemberAddr>,
+    /// Member `id`'s host is `master_hosts[id - 1]` (spares' hosts after the members').
     pub master_hosts: Vec<HostId>,
     pub worker_hosts: Vec<HostId>,
     /// Workers each worker host keeps running.
@@ -52,6 +63,11 @@ pub struct NetCluster {
     pub ca: PathBuf,
     /// The harness's own node identity (issued with the hosts'), for its cluster-only calls.
     pub tls: Tls,
+    /// The operator's certificate directory (`certs --operator ops`: `ca.pem`, `operator.pem`).
+    pub operator_dir: PathBuf,
+    /// The ids of the group's members now, which `Deployment::start_masters` starts: the
+    /// members' at first; a membership test sets them after its changes (`set_group`).
+    group: Mutex<Vec<u64>>,
     /// The delaying relays of `add_delay`, by the address they stand in front of (made on first
     /// use, kept until the cluster is dropped).
     proxies: Mutex<BTreeMap<String, DelayProxy>>,
@@ -68,6 +84,7 @@ fn issue_certificates(hosts: &Hosts, members: &[(u64, &str)]) -> (PathBuf, Tls) 
     let out = hosts.root.join("ca");
     let mut cmd = std::process::Command::new(bin_dir().join("chatfeed-master"));
     cmd.arg("certs").arg("--out").arg(&out);
+    cmd.arg("--operator").arg(OPERATOR);
     for h in &hosts.hosts {
         cmd.arg("--host").arg(format!("{}={}", h.label, h.ip));
     }
@@ -124,12 +141,22 @@ impl NetCluster {
 
     /// Like `new`, with `raft` as the `[raft]` table and `pool_size` workers per worker host.
     pub fn with(raft: &str, pool_size: u32) -> NetCluster {
-        let hosts = Hosts::new(&["m1", "m2", "m3", "w1", "w2"]);
-        let master_hosts = vec![0, 1, 2];
+        Self::with_spares(raft, pool_size, 0)
+    }
+
+    /// Like `with`, with `spares` more hosts (`m4`…) for members 4… that are not in the group at
+    /// its start: each spare host's configuration lists the group's members and its own; the
+    /// other hosts' list the group's only.
+    pub fn with_spares(raft: &str, pool_size: u32, spares: usize) -> NetCluster {
+        let spare_labels: Vec<String> = (0..spares).map(|i| format!("m{}", 4 + i)).collect();
+        let mut labels = vec!["m1", "m2", "m3", "w1", "w2"];
+        labels.extend(spare_labels.iter().map(String::as_str));
+        let hosts = Hosts::new(&labels);
+        let master_hosts: Vec<HostId> = [0, 1, 2].into_iter().chain(5..5 + spares).collect();
         let worker_hosts = vec![3, 4];
         // Every host has its own address, so every member uses the same ports: anything that
         // assumed one host would collide.
-        let members: Vec<MemberAddr> = master_hosts
+        let all: Vec<MemberAddr> = master_hosts
             .iter()
             .enumerate()
             .map(|(i, &h)| MemberAddr {
@@ -138,25 +165,33 @@ impl NetCluster {
                 raft: format!("{}:7101", hosts.host(h).ip),
             })
             .collect();
-        for h in &hosts.hosts {
+        let (members, spares) = (all[..3].to_vec(), all[3..].to_vec());
+        for (i, h) in hosts.hosts.iter().enumerate() {
             let worker = format!(
                 "[worker]\nlisten = \"{}:0\"\npool_size = {pool_size}\n",
                 h.ip
             );
+            let mut listed = members.clone();
+            if let Some(k) = i.checked_sub(5) {
+                listed.push(spares[k].clone());
+            }
             std::fs::write(
                 h.config_path(),
-                config_text_with_raft(&members, raft, RESTART_AFTER_MS, &worker),
+                config_text_with_raft(&listed, raft, RESTART_AFTER_MS, &worker),
             )
             .unwrap();
         }
-        let labels: Vec<(u64, &str)> = members
+        let labels: Vec<(u64, &str)> = all
             .iter()
             .zip(&master_hosts)
             .map(|(m, &h)| (m.id, hosts.host(h).label.as_str()))
             .collect();
         let (ca, tls) = issue_certificates(&hosts, &labels);
         NetCluster {
+            group: Mutex::new(members.iter().map(|m| m.id).collect()),
             members,
+            spares,
+            operator_dir: hosts.root.join("ca").join(OPERATOR),
             ca,
             tls,
             master_hosts,
@@ -174,7 +209,12 @@ impl NetCluster {
     /// worker host); waits until all serve. Starts the observer.
     pub async fn start(&mut self) {
         let leaders = self.leaders.clone();
-        let addrs: Vec<String> = self.members.iter().map(|m| m.api.clone()).collect();
+        let addrs: Vec<String> = self
+            .members
+            .iter()
+            .chain(&self.spares)
+            .map(|m| m.api.clone())
+            .collect();
         let tls = self.tls.clone();
         self.observer = Some(tokio::spawn(async move {
             loop {
@@ -209,7 +249,48 @@ impl NetCluster {
     }
 
     pub fn member(&self, id: u64) -> &MemberAddr {
-        self.members.iter().find(|m| m.id == id).unwrap()
+        self.members
+            .iter()
+            .chain(&self.spares)
+            .find(|m| m.id == id)
+            .unwrap()
+    }
+
+    /// Sets the group's members (after membership changes): `Deployment::start_masters` starts
+    /// these from now on.
+    pub fn set_group(&self, ids: &[u64]) {
+        *self.group.lock().unwrap_or_else(|p| p.into_inner()) = ids.to_vec();
+    }
+
+    fn group_ids(&self) -> Vec<u64> {
+        self.group.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `chatfeed-master <args>` as an operator would, from outside the hosts (the root
+    /// namespace) with member 1's host's configuration and the operator's certificate
+    /// (`--tls-dir`), within `SCRIPT_DEADLINE`; what it printed, and whether it succeeded.
+    pub async fn operator(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = tokio::process::Command::new(bin_dir().join("chatfeed-master"));
+        cmd.arg("--config")
+            .arg(self.hosts.host(self.master_host(1)).config_path())
+            .args(args)
+            .arg("--tls-dir")
+            .arg(&self.operator_dir)
+            .kill_on_drop(true);
+        let line = format!("chatfeed-master {}", args.join(" "));
+        match tokio::time::timeout(SCRIPT_DEADLINE, cmd.output()).await {
+            Ok(Ok(o)) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                eprintln!("$ {line}\n{text}");
+                (o.status.success(), text)
+            }
+            Ok(Err(e)) => (false, format!("{line}: cannot run: {e}")),
+            Err(_) => (false, format!("{line}: no end within {SCRIPT_DEADLINE:?}")),
+        }
     }
 
     /// Member `id`'s host.
@@ -438,18 +519,17 @@ impl Deployment for NetCluster {
     async fn start_masters(&self) -> Result<(), String> {
         // A brand-new group (no member has data on its host) starts with --new; the missing
         // members start together, since a leader needs a majority.
-        let fresh = self.members.iter().all(|m| {
+        let group = self.group_ids();
+        let fresh = group.iter().all(|&id| {
             !self
                 .hosts
-                .host(self.master_host(m.id))
+                .host(self.master_host(id))
                 .dir
-                .join(format!("data/master-{}", m.id))
+                .join(format!("data/master-{id}"))
                 .exists()
         });
-        let missing: Vec<u64> = self
-            .members
-            .iter()
-            .map(|m| m.id)
+        let missing: Vec<u64> = group
+            .into_iter()
             .filter(|&id| self.master_pid(id).is_none())
             .collect();
         let runs = missing.iter().map(|&id| self.master_script(id, fresh));

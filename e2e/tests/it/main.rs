@@ -9,6 +9,7 @@ mod feed;
 mod flood;
 mod hosts;
 mod masters;
+mod membership;
 mod ops;
 mod service;
 mod tls;

@@ -1,7 +1,8 @@
 //! "Always two replicas": the active master restarts a member of its own host that has been down
 //! longer than `supervisor.restart_after_ms` (same id, same data), including the member that was
 //! leader before a fail-over. Restarts back off (doubling up to a cap) so a member that crashes at
-//! start-up cannot cause a spawn storm. Members on other hosts are their hosts' business.
+//! start-up cannot cause a spawn storm. Members on other hosts are their hosts' business, and a
+//! configured member that is not in the group's membership (removed at run time) is left down.
 
 use super::process;
 use crate::replicated::mastership::is_active;
@@ -63,7 +64,13 @@ pub async fn run(
             state.clear();
             continue;
         }
+        // Only members of the group: one removed at run time stays down.
+        let group = raft.metrics().borrow().membership_config.clone();
         for n in &neighbours {
+            if group.membership().get_node(&n.id).is_none() {
+                state.remove(&n.id);
+                continue;
+            }
             let w = state.entry(n.id).or_insert(Watch {
                 down_since: None,
                 next_try: Instant::now(),

@@ -11,13 +11,14 @@ use crate::background::{pool, supervisor, watchdog};
 use crate::replicated::Core;
 use crate::replicated::handoff;
 use crate::replicated::mastership::Mastership;
+use crate::replicated::membership::GroupMember;
 use crate::replicated::raft::codec;
 use crate::replicated::raft::data_dir::open_member_db;
 use crate::replicated::raft::db::{DataDirError, Reader};
 #[cfg(feature = "testing")]
 use crate::replicated::raft::faults::Faults;
 use crate::replicated::raft::log_store::LogStore;
-use crate::replicated::raft::network::Network;
+use crate::replicated::raft::network::{Contacts, Network};
 use crate::replicated::raft::service::RaftService;
 use crate::replicated::raft::state_machine::StateMachine;
 use crate::replicated::raft::storage_alarm::{StorageAlarm, Thresholds};
@@ -138,6 +139,8 @@ pub struct Member {
     pub metrics_addr: Option<std::net::SocketAddr>,
     directory: Arc<Mutex<Directory>>,
     mastership: Mastership,
+    /// Fired when the group removed this member (`watch_removal`): a process stops then.
+    pub left: CancellationToken,
     #[cfg(feature = "testing")]
     faults: Option<Arc<Faults>>,
     shutdown: CancellationToken,
@@ -227,8 +230,10 @@ impl Member {
         }
         .validate()
         .context("Raft timing in the configuration")?;
+        let contacts = Contacts::default();
         let network = Network {
             from: id,
+            contacts: contacts.clone(),
             tls: tls.clone(),
             cluster_id: handles.cluster_id.clone(),
             #[cfg(feature = "testing")]
@@ -268,7 +273,13 @@ impl Member {
             tls,
             stepping_down: Arc::default(),
             handing_off: Arc::default(),
+            contacts,
+            changing: Arc::default(),
         };
+        for line in reconcile(&config, &mastership.group()) {
+            tracing::warn!("{line}");
+        }
+        let left = CancellationToken::new();
         let directory = Arc::new(Mutex::new(Directory::new(config.worker.pool_size)));
         let gate = Arc::new(StorageGate::new(storage.clone(), config.members.len()));
         let core = Core::new(mastership.clone(), reader, handles.clone(), gate);
@@ -396,6 +407,12 @@ impl Member {
                 tracing::error!(error = %e, "master API failed");
             }
         }));
+        tasks.push(tokio::spawn(watch_removal(
+            raft.clone(),
+            id,
+            left.clone(),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(watchdog::run(
             raft.clone(),
             config.clone(),
@@ -429,11 +446,18 @@ impl Member {
             metrics,
             metrics_addr,
             directory: directory_for_metrics,
+            left,
             shutdown,
             tasks,
             storage,
             _storage_sampler: storage_sampler,
         })
+    }
+
+    /// The members this one counts as live (`Mastership::live`: answered its Raft messages
+    /// within the lease, and itself).
+    pub fn live(&self) -> std::collections::BTreeSet<NodeId> {
+        self.mastership.live()
     }
 
     /// The metrics text, as the endpoint serves it.
@@ -499,8 +523,10 @@ pub async fn run(
             }
         }
     };
+    let left = member.left.clone();
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
+        _ = left.cancelled() => Ok(()),
         e = fatal => Err(anyhow::anyhow!("Raft stopped on a fatal error: {e}")),
     };
     chatfeed_common::service::stopping();
@@ -515,4 +541,123 @@ pub async fn run(
 /// 46 ms while followers answered within 8 ms.
 fn no_delay(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// What the configuration says about the members and what the group's Raft membership says,
+/// where they differ: one line each, for the log at start. After bootstrap the group is the
+/// truth (peers are reached at the group's addresses); the configuration only tells a member
+/// where it listens, and a group that has none yet (a member waiting to be added) whom to probe.
+pub fn reconcile(config: &Config, group: &[GroupMember]) -> Vec<String> {
+    if group.is_empty() {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for m in &config.members {
+        match group.iter().find(|g| g.id == m.id) {
+            None => out.push(format!(
+                "membership: member {} is in the configuration but not in the group (removed, \
+                 or not added yet: `chatfeed-master member add`); the group's members are used",
+                m.id
+            )),
+            Some(g) if g.node.raft_addr != m.raft_addr || g.node.api_addr != m.api_addr => out
+                .push(format!(
+                    "membership: member {} is at raft={} api={} in the configuration but at {} in \
+                     the group; the group's addresses are used (to move a member, remove it and \
+                     add it again)",
+                    m.id, m.raft_addr, m.api_addr, g.node
+                )),
+            Some(_) => {}
+        }
+    }
+    for g in group {
+        if config.member(g.id).is_none() {
+            out.push(format!(
+                "membership: member {} ({}, {}) is in the group but not in the configuration; \
+                 add it there for the next deployment",
+                g.id,
+                g.node,
+                if g.voter { "voter" } else { "learner" }
+            ));
+        }
+    }
+    out
+}
+
+/// Fires `left` once the group removed this member: it was a voter in this process, and the
+/// membership it has applied no longer lists it as one (it is kept as a learner until it has
+/// the change, `replicated/membership.rs`). A member of no group yet (waiting to be added) never
+/// fires.
+async fn watch_removal(
+    raft: Raft,
+    id: NodeId,
+    left: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    let mut was_voter = false;
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            let membership = &m.membership_config;
+            let voter = membership.membership().voter_ids().any(|v| v == id);
+            let applied = membership.log_id().is_some() && m.last_applied >= *membership.log_id();
+            if voter {
+                was_voter = true;
+            } else if was_voter && applied {
+                tracing::warn!(
+                    member = id,
+                    "this member was removed from the group (`chatfeed-master member remove` or \
+                     `replace`): stopping"
+                );
+                left.cancel();
+                return;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, port: u16, voter: bool) -> GroupMember {
+        GroupMember {
+            id,
+            node: MemberNode {
+                raft_addr: format!("127.0.0.1:{}", port + 100),
+                api_addr: format!("127.0.0.1:{port}"),
+            },
+            voter,
+        }
+    }
+
+    /// Where the configuration and the group differ, one line says how, naming the member and
+    /// both addresses: a configured member the group does not have, one at other addresses, and
+    /// one of the group the configuration lacks. Nothing when they agree, or before a group.
+    #[test]
+    fn configuration_and_group_are_compared_member_by_member() {
+        let dir = std::path::Path::new("/tmp");
+        let config = Config::for_test(dir, [7001, 7002, 7003], [7101, 7102, 7103]);
+        let same = vec![
+            member(1, 7001, true),
+            member(2, 7002, true),
+            member(3, 7003, true),
+        ];
+        assert!(reconcile(&config, &same).is_empty());
+        assert!(reconcile(&config, &[]).is_empty());
+        let group = vec![
+            member(1, 7001, true),
+            member(2, 7022, true),
+            member(4, 7004, false),
+        ];
+        let lines = reconcile(&config, &group);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].contains("member 2") && lines[0].contains("127.0.0.1:7022"));
+        assert!(lines[1].contains("member 3 is in the configuration but not in the group"));
+        assert!(lines[2].contains("member 4") && lines[2].contains("learner"));
+    }
 }

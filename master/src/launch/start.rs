@@ -13,8 +13,14 @@
 //! A fresh group is one where no member has a data directory yet: its members start with `--new`
 //! and the lowest id with `--bootstrap`. Otherwise members start plainly, and a member whose data
 //! is missing refuses to start and says why; it is never silently re-initialised.
+//!
+//! After the start, it prints where this host's configuration and the group's membership differ
+//! (`member::reconcile`): the group is the truth, the file only says where this host's members
+//! listen.
 
 use crate::background::process;
+use crate::replicated::membership::GroupMember;
+use crate::replicated::raft::types::MemberNode;
 use anyhow::{Context, bail};
 use chatfeed_common::Config;
 use chatfeed_common::config::TlsMode;
@@ -125,6 +131,38 @@ pub async fn start(config: &Config, opts: StartOptions) -> anyhow::Result<()> {
     };
     if let Some(s) = status {
         print_status(&s);
+        // The group's membership is the truth after bootstrap: say where this host's file
+        // differs from it.
+        let group: Vec<GroupMember> = s
+            .members
+            .iter()
+            .map(|m| GroupMember {
+                id: m.id,
+                node: MemberNode {
+                    raft_addr: m.raft_addr.clone(),
+                    api_addr: m.api_addr.clone(),
+                },
+                voter: m.voter,
+            })
+            .collect();
+        for line in super::member::reconcile(config, &group) {
+            println!("{line}");
+        }
+        // The active master's answer says for sure who the voters are; a brand-new member's
+        // own answer says it has not been added yet.
+        let from_active = s.leader == Some(s.answered_by);
+        let sure = |id: u64| from_active || (opts.new && s.answered_by == id);
+        for &id in ids.iter().filter(|&&id| sure(id)) {
+            let joined = s.members.iter().any(|m| m.id == id && m.voter);
+            if let (false, Some(m)) = (joined, config.member(id)) {
+                println!(
+                    "member {id} is not a voter of the group (yet): if it is new, add it from a \
+                     host with an operator certificate: chatfeed-master member add --id {id} \
+                     --raft-addr {} --api-addr {}",
+                    m.raft_addr, m.api_addr
+                );
+            }
+        }
     }
     println!("logs: {}/master-<id>.log", config.run_dir.display());
     Ok(())

@@ -28,6 +28,19 @@ pub enum Error {
     /// Over a limit (posts per second).
     #[error("{0}")]
     Exhausted(String),
+    /// What the request names does not exist (a member id not in the group).
+    #[error("{0}")]
+    NotFound(String),
+    /// What the request would create exists already (a member id or address in the group).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The state of the group does not allow it now (a membership change that would lose the
+    /// majority of live members, an even number of voters).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// It did not finish in time (a learner that did not catch up); it may finish later.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The member failed: a database read, a hash it cannot read. Logged where it happened.
     #[error("{0}")]
     Internal(String),

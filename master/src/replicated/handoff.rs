@@ -87,11 +87,14 @@ pub async fn hand_off(
         }
         let last = m.last_log_index;
         let applied = m.last_applied.map(|l| l.index);
+        // Only voters can lead: a learner (a member joining, or one being removed) is never
+        // asked.
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let mut peers: Vec<(NodeId, Option<u64>)> = m
             .replication
             .iter()
             .flatten()
-            .filter(|(id, _)| **id != me)
+            .filter(|(id, _)| **id != me && voters.contains(id))
             .filter(|(id, _)| reachable(**id))
             .map(|(id, l)| (*id, l.map(|l| l.index)))
             .collect();
@@ -118,7 +121,7 @@ pub async fn hand_off(
 
     // 4. Ask each caught-up replica in turn to campaign, until one leads.
     for target in candidates {
-        let Some(addr) = config.member(target).map(|m| m.raft_addr.clone()) else {
+        let Some(addr) = mastership.node(target).map(|m| m.raft_addr) else {
             continue;
         };
         let started = Instant::now();

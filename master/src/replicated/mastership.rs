@@ -4,6 +4,7 @@
 //! before acting as master; the refusal names the leader it knows, so callers can redirect.
 
 use super::error::Error;
+use super::raft::network::Contacts;
 use super::raft::types::{MemberNode, NodeId, Raft};
 use chatfeed_common::Config;
 use chatfeed_common::tls::Tls;
@@ -33,6 +34,11 @@ pub struct Mastership {
     /// Held by whoever hands the leadership over (a planned stop, or a full disk:
     /// `storage::hand_off_when_full`), so that one hand-off runs at a time.
     pub handing_off: Arc<tokio::sync::Mutex<()>>,
+    /// When each peer last answered this member's Raft messages: who is live, for membership
+    /// changes (`membership.rs`).
+    pub contacts: Contacts,
+    /// Held for the whole of a membership change, so operators' changes run one at a time.
+    pub changing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Mastership {
@@ -70,11 +76,22 @@ impl Mastership {
         Err(self.not_leader(m.current_leader.filter(|&l| l != self.id)))
     }
 
+    /// Member `id`'s addresses: the group's (its Raft membership) when the group lists it, else
+    /// the configuration's (a member that has not joined a group yet knows no other).
+    pub fn node(&self, id: NodeId) -> Option<MemberNode> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        if let Some(n) = m.membership().get_node(&id) {
+            return Some(n.clone());
+        }
+        self.config.member(id).map(|m| MemberNode {
+            raft_addr: m.raft_addr.clone(),
+            api_addr: m.api_addr.clone(),
+        })
+    }
+
     /// `NotActive`, naming `leader`'s API address when it is known.
     pub fn not_leader(&self, leader: Option<NodeId>) -> Error {
-        let leader_api = leader
-            .and_then(|l| self.config.member(l))
-            .map(|m| m.api_addr.clone());
+        let leader_api = leader.and_then(|l| self.node(l)).map(|m| m.api_addr);
         let message = match &leader_api {
             Some(addr) => format!(
                 "member {} is not the active master; the active master is at {addr}",

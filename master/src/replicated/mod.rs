@@ -6,7 +6,8 @@
 //! (shared quorum rounds), `accounts.rs` (password hashing, wrong-password slow-down) and
 //! `rates.rs` (posts, follows, logins and new accounts per user or address per second) serve
 //! them; `storage.rs` refuses writes while a storage alarm is raised (a full disk, the quota);
-//! `handoff.rs` passes the leadership on a planned stop; `raft/` holds the openraft
+//! `handoff.rs` passes the leadership on a planned stop; `membership.rs` changes the members at
+//! run time (and says who they are: the group's membership); `raft/` holds the openraft
 //! adapters (types, storage, transport). It knows the domain, never the gRPC services.
 
 pub mod accounts;
@@ -18,6 +19,7 @@ pub mod handoff;
 pub mod identity;
 mod login;
 pub mod mastership;
+pub mod membership;
 pub mod raft;
 mod rates;
 mod read_barrier;

@@ -1,9 +1,13 @@
 //! `chatfeed.cluster.Admin`: what only operators may call on a member's API port (behind an
-//! operator certificate, `peers.rs`): the operators' commands of `chatfeed-master`
-//! (`launch/operator.rs`): `rotate-token-key`, `backup`.
+//! operator certificate from the cluster CA, `peers.rs`): the operators' commands of
+//! `chatfeed-master` (`launch/operator.rs`): `rotate-token-key`, `backup`,
+//! `member add|remove|replace`.
 
 use crate::replicated::Core;
+use crate::replicated::membership::Changed;
 use crate::replicated::raft::backup;
+use crate::replicated::raft::types::MemberNode;
+use crate::services::convert::member_addr;
 use chatfeed_proto::cluster as pb;
 use chatfeed_proto::cluster::admin_server::{Admin, AdminServer};
 use std::io::Write;
@@ -63,6 +67,13 @@ impl Write for ToStream {
     }
 }
 
+fn reply(c: Changed) -> Response<pb::MembershipReply> {
+    Response::new(pb::MembershipReply {
+        members: c.members.iter().map(member_addr).collect(),
+        summary: c.summary,
+    })
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn rotate_token_key(
@@ -103,5 +114,39 @@ impl Admin for AdminService {
             drop(copy);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let r = req.into_inner();
+        let node = MemberNode {
+            raft_addr: r.raft_addr,
+            api_addr: r.api_addr,
+        };
+        Ok(reply(self.core.add_member(r.id, node, r.allow_even).await?))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let r = req.into_inner();
+        Ok(reply(self.core.remove_member(r.id, r.allow_even).await?))
+    }
+
+    async fn replace_member(
+        &self,
+        req: Request<pb::ReplaceMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let r = req.into_inner();
+        let node = MemberNode {
+            raft_addr: r.raft_addr,
+            api_addr: r.api_addr,
+        };
+        Ok(reply(
+            self.core.replace_member(r.old_id, r.new_id, node).await?,
+        ))
     }
 }

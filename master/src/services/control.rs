@@ -3,7 +3,8 @@
 //! Each incoming heartbeat updates the `Directory`; commands for the worker (shed load, spawn a
 //! sibling) go back on the same stream. The first command on every accepted stream is `Keys`: the
 //! token keys, so the worker checks its clients' session tokens itself; a rotated key follows
-//! within `KEYS_POLL`.
+//! within `KEYS_POLL`. The second is `Members`: the group's members (its Raft membership), so
+//! the worker reaches members added at run time; a change follows within `KEYS_POLL` too.
 //!
 //! A heartbeat's host is a claim the master acts on (it starts workers on that host, its own
 //! included), so it must be a name of the worker's certificate, and so must the host of the
@@ -14,12 +15,16 @@
 use crate::background::directory::Directory;
 use crate::replicated::Core;
 use crate::replicated::mastership::Mastership;
+use crate::replicated::membership::GroupMember;
 use crate::replicated::sessions::KEYS_POLL;
+use crate::services::convert::member_addr;
 use chatfeed_common::accounts::TokenKeys;
 use chatfeed_common::config::is_loopback_host;
 use chatfeed_common::tls::{Identity, host_of};
 use chatfeed_proto::control::control_server::{Control, ControlServer};
-use chatfeed_proto::control::{ControlCommand, Keys, TokenKey, WorkerHeartbeat, control_command};
+use chatfeed_proto::control::{
+    ControlCommand, Keys, Members, TokenKey, WorkerHeartbeat, control_command,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -65,8 +70,10 @@ impl Control for ControlService {
         let keys = self.core.token_keys().await?;
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel::<ControlCommand>(COMMAND_BUFFER);
-        // The channel is new and empty: the keys go first.
+        // The channel is new and empty: the keys go first, the members second.
         let _ = tx.try_send(keys_command(&keys));
+        let group = self.core.mastership().group();
+        let _ = tx.try_send(members_command(&group));
         let core = self.core.clone();
         let (out_tx, out_rx) = mpsc::channel(COMMAND_BUFFER);
         let directory = self.directory.clone();
@@ -115,8 +122,16 @@ impl Control for ControlService {
             // A rotated key goes to the worker before it signs any token (`sessions.rs`).
             let refresh = async {
                 let mut sent = keys;
+                let mut sent_group = group;
                 loop {
                     tokio::time::sleep(KEYS_POLL).await;
+                    let group = mastership.group();
+                    if group != sent_group {
+                        if tx.send(members_command(&group)).await.is_err() {
+                            return;
+                        }
+                        sent_group = group;
+                    }
                     match core.token_keys().await {
                         Ok(keys) if keys != sent => {
                             if tx.send(keys_command(&keys)).await.is_err() {
@@ -139,6 +154,15 @@ impl Control for ControlService {
             }
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+/// The `Members` command carrying the group's members.
+fn members_command(group: &[GroupMember]) -> ControlCommand {
+    ControlCommand {
+        command: Some(control_command::Command::Members(Members {
+            members: group.iter().map(member_addr).collect(),
+        })),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::domain::{self, Command, FeedError};
 use crate::replicated::Error;
+use crate::replicated::membership::GroupMember;
 use chatfeed_proto::LEADER_METADATA_KEY;
 use chatfeed_proto::cluster as pb;
 use tonic::Status;
@@ -48,8 +49,22 @@ impl From<Error> for Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::Exhausted(m) => Status::resource_exhausted(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             Error::Internal(m) => Status::internal(m),
         }
+    }
+}
+
+/// A member on the wire, as the group records it.
+pub fn member_addr(m: &GroupMember) -> chatfeed_proto::master::MemberAddr {
+    chatfeed_proto::master::MemberAddr {
+        id: m.id,
+        api_addr: m.node.api_addr.clone(),
+        raft_addr: m.node.raft_addr.clone(),
+        voter: m.voter,
     }
 }
 

@@ -117,7 +117,7 @@ pub async fn run(mastership: Mastership, reporter: HealthReporter, shutdown: Can
 
 /// How far `leader` says it applied (its `MemberInfo`), if it answers in time.
 async fn ask_applied(mastership: &Mastership, leader: NodeId) -> Option<u64> {
-    let addr = &mastership.config.member(leader)?.api_addr;
+    let addr = &mastership.node(leader)?.api_addr;
     let ask = async {
         let channel = mastership
             .tls

@@ -4,6 +4,7 @@
 
 use super::status::{self, Local, Probes};
 use crate::background::directory::Directory;
+use crate::services::convert::member_addr;
 use chatfeed_proto::master as pb;
 use chatfeed_proto::master::master_server::{Master, MasterServer};
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,14 @@ impl Master for MasterService {
                 worker_id,
                 addr,
                 web_addr,
+                members: self
+                    .local
+                    .core
+                    .mastership()
+                    .group()
+                    .iter()
+                    .map(member_addr)
+                    .collect(),
             })),
             None => Err(Status::unavailable(
                 "no worker is registered with the active master; start workers with scripts/WorkerStartup.sh",

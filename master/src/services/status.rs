@@ -1,5 +1,7 @@
 //! The status of members: this member's own, from its Raft metrics (`Local`), and the whole
-//! group's, probing every other member's `Cluster.MemberInfo` (`group`). A member that does not
+//! group's, probing every other member of the group's Raft membership (learners too) by its
+//! `Cluster.MemberInfo` (`group`); the active master adds each member's lag (entries behind its
+//! last one). A member that does not
 //! answer within `PROBE_TIMEOUT` is reported down, with the reason.
 //!
 //! `Status` is open to anyone, and probing opens a TLS connection to each other member: the
@@ -13,6 +15,8 @@
 use crate::background::directory::Directory;
 use crate::replicated::Core;
 use crate::replicated::mastership::is_active;
+use crate::replicated::membership::GroupMember;
+use crate::replicated::raft::types::MemberNode;
 use chatfeed_common::tls::Tls;
 use chatfeed_proto::cluster::MemberInfoRequest;
 use chatfeed_proto::cluster::cluster_client::ClusterClient;
@@ -82,11 +86,18 @@ impl Local {
             }
         };
         let id = self.core.id();
-        let me = self.core.config().member(id);
+        let me = mastership.node(id);
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
         pb::MemberStatus {
             id,
-            api_addr: me.map(|m| m.api_addr.clone()).unwrap_or_default(),
-            raft_addr: me.map(|m| m.raft_addr.clone()).unwrap_or_default(),
+            api_addr: me.as_ref().map(|m| m.api_addr.clone()).unwrap_or_default(),
+            raft_addr: me.map(|m| m.raft_addr).unwrap_or_default(),
+            voter,
+            lag: None,
             role: role as i32,
             term: m.current_term,
             leader: m.current_leader,
@@ -168,6 +179,18 @@ pub async fn group(
     let mut members = probes.others(|| probe_others(local)).await;
     members.push(local.status());
     members.sort_by_key(|m| m.id);
+    // The active master knows how far behind each member is, and which are voters.
+    let mastership = local.core.mastership();
+    if mastership.is_active() {
+        let lags = mastership.lags();
+        let group = mastership.group();
+        for m in &mut members {
+            m.lag = Some(lags.get(&m.id).copied().unwrap_or(0));
+            if let Some(g) = group.iter().find(|g| g.id == m.id) {
+                m.voter = g.voter;
+            }
+        }
+    }
     let leader = members
         .iter()
         .find(|m| m.role == pb::Role::Leader as i32)
@@ -186,23 +209,45 @@ pub async fn group(
     }
 }
 
-/// One round of probes: every other configured member's status, or why it did not answer.
+/// The members to probe: the group's (its Raft membership, learners included), or the
+/// configured ones on a member that has not joined a group yet.
+fn members_to_probe(local: &Local) -> Vec<GroupMember> {
+    let group = local.core.mastership().group();
+    if !group.is_empty() {
+        return group;
+    }
+    let config = local.core.config();
+    config
+        .members
+        .iter()
+        .map(|m| GroupMember {
+            id: m.id,
+            node: MemberNode {
+                raft_addr: m.raft_addr.clone(),
+                api_addr: m.api_addr.clone(),
+            },
+            voter: false,
+        })
+        .collect()
+}
+
+/// One round of probes: every other member's status (`members_to_probe`), or why it did not
+/// answer.
 async fn probe_others(local: &Local) -> Vec<pb::MemberStatus> {
     let me = local.core.id();
     let tls = &local.core.mastership().tls;
-    let probes = local
-        .core
-        .config()
-        .members
+    let members = members_to_probe(local);
+    let probes = members
         .iter()
         .filter(|m| m.id != me)
         .map(|member| async move {
-            match probe(tls, &member.api_addr).await {
+            match probe(tls, &member.node.api_addr).await {
                 Ok(s) => s,
                 Err(error) => pb::MemberStatus {
                     id: member.id,
-                    api_addr: member.api_addr.clone(),
-                    raft_addr: member.raft_addr.clone(),
+                    api_addr: member.node.api_addr.clone(),
+                    raft_addr: member.node.raft_addr.clone(),
+                    voter: member.voter,
                     role: pb::Role::Down as i32,
                     reachable: false,
                     error,

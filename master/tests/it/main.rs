@@ -8,6 +8,7 @@ mod edge;
 mod handoff;
 mod health;
 mod inprocess;
+mod membership;
 mod metrics;
 mod roles;
 mod storage;

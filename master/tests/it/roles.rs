@@ -253,6 +253,18 @@ async fn services_admit_their_roles_only() {
         .expect("a worker calls Control");
     let first = ok.message().await.unwrap().unwrap();
     assert!(matches!(first.command, Some(Command::Keys(_))), "{first:?}");
+    // Then the group's members, so the worker reaches members added at run time.
+    let second = ok.message().await.unwrap().unwrap();
+    match &second.command {
+        Some(Command::Members(m)) => {
+            let ids: Vec<u64> = m.members.iter().map(|m| m.id).collect();
+            assert_eq!(ids, vec![1, 2, 3], "{second:?}");
+            for m in &m.members {
+                assert_eq!(m.api_addr, c.config.member(m.id).unwrap().api_addr);
+            }
+        }
+        other => panic!("the second command is {other:?}"),
+    }
     let listed: Vec<String> = c
         .active_status()
         .await
@@ -302,7 +314,8 @@ fn claim(id: &str, host: &str, addr: &str, pool_size: u32) -> WorkerHeartbeat {
     }
 }
 
-/// The next command on `s` that is not `Keys` (or the stream's end or error), within DEADLINE.
+/// The next command on `s` that is not `Keys` or `Members` (or the stream's end or error),
+/// within DEADLINE.
 async fn next_command(s: &mut tonic::Streaming<ControlCommand>) -> Result<Command, String> {
     loop {
         match tokio::time::timeout(DEADLINE, s.message()).await {
@@ -310,7 +323,7 @@ async fn next_command(s: &mut tonic::Streaming<ControlCommand>) -> Result<Comman
             Ok(Err(e)) => return Err(format!("the stream failed: {e:?}")),
             Ok(Ok(None)) => return Err("the stream ended".into()),
             Ok(Ok(Some(ControlCommand {
-                command: Some(Command::Keys(_)),
+                command: Some(Command::Keys(_) | Command::Members(_)),
             }))) => continue,
             Ok(Ok(Some(ControlCommand { command: Some(c) }))) => return Ok(c),
             Ok(Ok(Some(ControlCommand { command: None }))) => continue,

@@ -10,6 +10,10 @@
 //! AppendEntries whose encoding would be is answered `PayloadTooLarge` with a number of entries
 //! that fits (`oversized`), and openraft sends fewer for a while.
 //!
+//! Every answer a peer gives (whatever it says) is recorded in `Contacts`: the active master
+//! counts a member as live when it answered within a lease (`replicated/membership.rs`), which
+//! openraft's own metrics (matched log ids only) cannot tell.
+//!
 //! With the `testing` feature, `Faults` (`faults.rs`) lets in-process tests cut links between
 //! members; the product is built without it.
 
@@ -30,9 +34,9 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-#[cfg(feature = "testing")]
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// How long to wait before retrying a peer that was unreachable: a few heartbeats, so a dead
@@ -41,10 +45,35 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 /// Connecting must fail fast: openraft's deadline for an AppendEntries is one heartbeat.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// When each peer last answered a Raft message of this member (any answer, also a refusal):
+/// shared by the member's `Network` and its `Mastership`.
+#[derive(Clone, Default)]
+pub struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Contacts {
+    fn heard(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Instant::now());
+    }
+
+    /// How long ago `peer` last answered; None when it never did.
+    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map(|t| t.elapsed())
+    }
+}
+
 /// Creates one `Network` per peer; connections are opened lazily, on first use.
 #[derive(Clone)]
 pub struct Network {
     pub from: NodeId,
+    /// Where every peer's answers are recorded.
+    pub contacts: Contacts,
     /// The member's node identity: the Raft port requires it (mutual TLS).
     pub tls: chatfeed_common::tls::Tls,
     /// This member's cluster id, which every message carries (`cluster_id.rs`).
@@ -70,6 +99,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             #[cfg(feature = "testing")]
             from: self.from,
             target,
+            contacts: self.contacts.clone(),
             channel,
             cluster_id: self.cluster_id.clone(),
             #[cfg(feature = "testing")]
@@ -83,6 +113,7 @@ pub struct PeerClient {
     #[cfg(feature = "testing")]
     from: NodeId,
     target: NodeId,
+    contacts: Contacts,
     channel: Result<Channel, String>,
     cluster_id: tokio::sync::watch::Receiver<String>,
     #[cfg(feature = "testing")]
@@ -166,7 +197,10 @@ impl PeerClient {
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let reply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                self.contacts.heard(self.target);
+                r.into_inner()
+            }
             Err(s) if s.code() == tonic::Code::Unavailable => {
                 return Err(unreachable(s.message().to_string()));
             }
