@@ -281,7 +281,10 @@ impl Member {
         }
         let left = CancellationToken::new();
         let directory = Arc::new(Mutex::new(Directory::new(config.worker.pool_size)));
-        let gate = Arc::new(StorageGate::new(storage.clone(), config.members.len()));
+        let gate = Arc::new(StorageGate::new(
+            storage.clone(),
+            config.members.iter().map(|m| m.id).collect(),
+        ));
         let core = Core::new(mastership.clone(), reader, handles.clone(), gate);
         let local = status::Local {
             core: core.clone(),

@@ -19,7 +19,7 @@ use super::handoff;
 use super::mastership::Mastership;
 use super::raft::storage_alarm::{FRESH_FOR_WRITES, Kind, SAMPLE_EVERY, StorageAlarm};
 use super::raft::types::NodeId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,18 +46,25 @@ struct PeerReport {
 /// The storage side of "may the active master take writes" (see the module doc).
 pub struct StorageGate {
     own: Arc<StorageAlarm>,
-    /// How many members the group has (a majority of them must be able to write).
-    members: usize,
+    /// The group's voters (a majority of them must be able to write): the configuration's
+    /// members until the active master learns the group's (`set_voters`), which membership
+    /// changes may have changed since.
+    voters: Mutex<BTreeSet<NodeId>>,
     peers: Mutex<BTreeMap<NodeId, PeerReport>>,
 }
 
 impl StorageGate {
-    pub fn new(own: Arc<StorageAlarm>, members: usize) -> StorageGate {
+    pub fn new(own: Arc<StorageAlarm>, voters: BTreeSet<NodeId>) -> StorageGate {
         StorageGate {
             own,
-            members,
+            voters: Mutex::new(voters),
             peers: Mutex::default(),
         }
+    }
+
+    /// The group's voters now (learners' alarms do not count for the majority).
+    pub fn set_voters(&self, voters: BTreeSet<NodeId>) {
+        *self.voters.lock().unwrap_or_else(|p| p.into_inner()) = voters;
     }
 
     /// This member's own alarm.
@@ -149,16 +156,26 @@ impl StorageGate {
                 r.message
             ));
         }
-        let majority = self.members / 2 + 1;
-        if self.members - fresh.len() < majority
-            && let Some((_, r)) = fresh.first()
+        let voters = self
+            .voters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let full: Vec<&PeerReport> = fresh
+            .iter()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(_, r)| *r)
+            .collect();
+        let majority = voters.len() / 2 + 1;
+        if voters.len().saturating_sub(full.len()) < majority
+            && let Some(r) = full.first()
         {
             return Some(format!(
                 "storage alarm: {} ({} of {} members cannot write: no majority can commit); \
                  {AFTER}",
                 r.message,
-                fresh.len(),
-                self.members
+                full.len(),
+                voters.len()
             ));
         }
         None
@@ -225,7 +242,7 @@ mod tests {
                 quota_bytes: 0,
             },
         );
-        (StorageGate::new(own, 3), dir)
+        (StorageGate::new(own, BTreeSet::from([1, 2, 3])), dir)
     }
 
     /// The active master refuses writes for its own alarm, for any member's quota alarm, and
@@ -252,6 +269,13 @@ mod tests {
         );
         let why = g.refusal(now).expect("two of three full: no majority");
         assert!(why.contains("2 of 3 members"), "{why}");
+        // After a membership change to five voters, two full disks leave a majority; a
+        // learner's full disk does not count.
+        g.set_voters(BTreeSet::from([1, 2, 3, 4, 5]));
+        assert!(g.refusal(now).is_none(), "two of five full leave three");
+        g.peer_report(6, &["no_space".into()], "member 6 (a learner) is full");
+        assert!(g.refusal(now).is_none(), "a learner's disk counted");
+        g.set_voters(BTreeSet::from([1, 2, 3]));
         g.peer_report(2, &[], "");
         g.peer_report(
             3,
@@ -295,7 +319,7 @@ mod tests {
                 quota_bytes: 0,
             },
         );
-        let g = StorageGate::new(own, 3);
+        let g = StorageGate::new(own, BTreeSet::from([1, 2, 3]));
         assert!(g.own_disk_short());
         match g.refuse_writes() {
             Err(Error::Exhausted(why)) => {

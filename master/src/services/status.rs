@@ -125,8 +125,8 @@ impl Local {
     }
 }
 
-/// While this member is the active master, hands the other members' storage alarms, as the
-/// probes find them, to its write gate (`replicated::storage`), once per `PROBE_REUSE`; until
+/// While this member is the active master, hands the group's voters and the other members'
+/// storage alarms, as the probes find them, to its write gate (`replicated::storage`), once per `PROBE_REUSE`; until
 /// `shutdown`.
 pub async fn follow_peer_storage(local: Local, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(PROBE_REUSE);
@@ -141,6 +141,16 @@ pub async fn follow_peer_storage(local: Local, shutdown: CancellationToken) {
         }
         let others = local.probes.others(|| probe_others(&local)).await;
         let gate = local.core.storage();
+        gate.set_voters(
+            local
+                .core
+                .mastership()
+                .group()
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| m.id)
+                .collect(),
+        );
         for m in others {
             if let Some(s) = &m.storage {
                 gate.peer_report(m.id, &s.alarms, &s.message);
