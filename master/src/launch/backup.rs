@@ -62,10 +62,17 @@ fn with_verified<T>(
     with(&db.0, &header)
 }
 
+/// When a backup was made, for people: UTC, to the second.
+fn made_at(h: &Header) -> String {
+    chrono::DateTime::from_timestamp_millis(h.created_ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{} ms since the epoch", h.created_ms))
+}
+
 fn describe(h: &Header) -> String {
     format!(
-        "cluster {}, log index {} (term {}), last seq {}, {} bytes of state, made by {} at {} \
-         ms since the epoch; members {}",
+        "cluster {}, log index {} (term {}), last seq {}, {} bytes of state, made by {} at {}; \
+         members {}",
         if h.cluster_id.is_empty() {
             "(no id yet)"
         } else {
@@ -76,7 +83,7 @@ fn describe(h: &Header) -> String {
         h.last_seq,
         h.database_bytes,
         h.made_by,
-        h.created_ms,
+        made_at(h),
         h.members
             .iter()
             .map(|(id, n)| format!("{id} ({n})"))
@@ -230,9 +237,12 @@ pub fn restore(
         }
         println!(
             "a new group with cluster id {new_id}, from the backup at log index {} (last seq \
-             {}, taken by {} at {} ms since the epoch): what was committed after it is not \
-             there. Clients and workers that saw later posts are told the history was restored.",
-            header.last_log_id.index, header.last_seq, header.made_by, header.created_ms
+             {}, taken by {} at {}): what was committed after it is not there. Clients and \
+             workers that saw later posts are told the history was restored.",
+            header.last_log_id.index,
+            header.last_seq,
+            header.made_by,
+            made_at(header)
         );
         let others: Vec<String> = members
             .keys()
