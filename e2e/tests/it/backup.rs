@@ -13,6 +13,16 @@ use chatfeed_proto::raft::RaftMessage;
 use chatfeed_proto::raft::raft_client::RaftClient;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// A worker's HTTP API address, as the active master lists it.
+async fn web_api(c: &ProcCluster) -> String {
+    let s = c.leader_status().await.expect("an active master");
+    s.workers
+        .iter()
+        .map(|w| w.web_addr.clone())
+        .find(|a| a.starts_with("http://127.0.0.1:"))
+        .expect("a worker's HTTP API")
+}
+
 /// The cluster id every member reports, once they agree on one.
 async fn cluster_id(c: &ProcCluster) -> String {
     eventually("every member reporting one cluster id", async || {
@@ -34,7 +44,8 @@ async fn cluster_id(c: &ProcCluster) -> String {
 /// before with seqs the old group issued after the backup, is told the history was restored
 /// and goes on with the restored group's posts, even those that reuse seqs it printed before.
 /// A Raft message carrying the old cluster id is refused by the new group's members; the HTTP
-/// API refuses an event stream resumed from the old cluster (409 HISTORY_RESTORED).
+/// API, with a session of before the restore, refuses an event stream resumed from the old
+/// cluster (409 HISTORY_RESTORED). `--any-member` makes a backup too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_restores_into_a_new_group() {
     let c = feed_cluster("[web]\nlisten = \"127.0.0.1:0\"\n").await;
@@ -133,6 +144,23 @@ async fn a_backup_restores_into_a_new_group() {
     assert_eq!(header_2.cluster_id, old_id);
     assert!(header_2.last_seq >= header.last_seq, "{header_2:?}");
 
+    // Any member may make the copy when asked to.
+    let any = c.root.join("any.backup");
+    let out = c
+        .run_bin(
+            &c.config_path,
+            &["backup", "--any-member", "--out", any.to_str().unwrap()],
+        )
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    // A session of before the restore, over the HTTP API.
+    let base = web_api(&c).await;
+    let login = call("POST", &base, "/api/login")
+        .json(&serde_json::json!({"user": "bob", "password": chatfeed_e2e::PASSWORD}))
+        .ok()
+        .await;
+    let token = login.json()["token"].as_str().expect("a token").to_string();
+
     // A majority is lost: everything stops, the old directories are moved aside, the group is
     // restored from the backup and started.
     c.kill_everything();
@@ -208,20 +236,10 @@ async fn a_backup_restores_into_a_new_group() {
         },
     )
     .await;
-    // The HTTP API tells an event stream resumed with the old cluster's seq the same, and names
-    // the new cluster on a stream of its own.
-    let s = c.leader_status().await.expect("an active master");
-    let base = s
-        .workers
-        .iter()
-        .map(|w| w.web_addr.clone())
-        .find(|a| a.starts_with("http://127.0.0.1:"))
-        .expect("a worker's HTTP API");
-    let login = call("POST", &base, "/api/login")
-        .json(&serde_json::json!({"user": "bob", "password": chatfeed_e2e::PASSWORD}))
-        .ok()
-        .await;
-    let token = login.json()["token"].as_str().expect("a token").to_string();
+    // The HTTP API, with the session of before the restore (its token key is in the backup),
+    // tells an event stream resumed with the old cluster's seq the same, and names the new
+    // cluster on a stream of its own.
+    let base = web_api(&c).await;
     let stale = format!(
         "/api/timeline/stream?after={}&cluster={old_id}",
         after.last().unwrap().seq

@@ -16,7 +16,6 @@ use crate::replicated::raft::types::{MemberNode, NodeId};
 use anyhow::{Context, bail};
 use chatfeed_common::Config;
 use chatfeed_proto::cluster::BackupRequest;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -195,19 +194,7 @@ pub fn restore(
     ids: &[NodeId],
     cluster_id: Option<&str>,
 ) -> anyhow::Result<()> {
-    let members: BTreeMap<NodeId, MemberNode> = config
-        .members
-        .iter()
-        .map(|m| {
-            (
-                m.id,
-                MemberNode {
-                    raft_addr: m.raft_addr.clone(),
-                    api_addr: m.api_addr.clone(),
-                },
-            )
-        })
-        .collect();
+    let members = MemberNode::all_configured(config);
     let ids: Vec<NodeId> = if ids.is_empty() {
         members.keys().copied().collect()
     } else {

@@ -36,7 +36,6 @@ use anyhow::Context;
 use chatfeed_common::tls::{ClientAuth, Tls};
 use chatfeed_common::{Config, edge};
 use openraft::SnapshotPolicy;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -244,19 +243,7 @@ impl Member {
             .context("starting Raft")?;
 
         if opts.bootstrap && !raft.is_initialized().await? {
-            let members: BTreeMap<NodeId, MemberNode> = config
-                .members
-                .iter()
-                .map(|m| {
-                    (
-                        m.id,
-                        MemberNode {
-                            raft_addr: m.raft_addr.clone(),
-                            api_addr: m.api_addr.clone(),
-                        },
-                    )
-                })
-                .collect();
+            let members = MemberNode::all_configured(&config);
             tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapping a new group");
             if let Err(e) = raft.initialize(members).await {
                 // NotAllowed means the group already exists: nothing to do.

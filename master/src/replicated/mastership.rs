@@ -83,10 +83,7 @@ impl Mastership {
         if let Some(n) = m.membership().get_node(&id) {
             return Some(n.clone());
         }
-        self.config.member(id).map(|m| MemberNode {
-            raft_addr: m.raft_addr.clone(),
-            api_addr: m.api_addr.clone(),
-        })
+        self.config.member(id).map(MemberNode::configured)
     }
 
     /// `NotActive`, naming `leader`'s API address when it is known.

@@ -232,10 +232,7 @@ fn members_to_probe(local: &Local) -> Vec<GroupMember> {
         .iter()
         .map(|m| GroupMember {
             id: m.id,
-            node: MemberNode {
-                raft_addr: m.raft_addr.clone(),
-                api_addr: m.api_addr.clone(),
-            },
+            node: MemberNode::configured(m),
             voter: false,
         })
         .collect()

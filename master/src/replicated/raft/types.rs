@@ -14,6 +14,27 @@ pub struct MemberNode {
     pub api_addr: String,
 }
 
+impl MemberNode {
+    /// The addresses of a member as the configuration lists it.
+    pub fn configured(m: &chatfeed_common::config::Member) -> MemberNode {
+        MemberNode {
+            raft_addr: m.raft_addr.clone(),
+            api_addr: m.api_addr.clone(),
+        }
+    }
+
+    /// Every member of the configuration, by id (a new group's membership: bootstrap, restore).
+    pub fn all_configured(
+        config: &chatfeed_common::Config,
+    ) -> std::collections::BTreeMap<NodeId, MemberNode> {
+        config
+            .members
+            .iter()
+            .map(|m| (m.id, MemberNode::configured(m)))
+            .collect()
+    }
+}
+
 impl std::fmt::Display for MemberNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "raft={} api={}", self.raft_addr, self.api_addr)
