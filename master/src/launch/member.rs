@@ -38,6 +38,7 @@ use chatfeed_common::{Config, edge};
 use openraft::SnapshotPolicy;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -583,14 +584,19 @@ async fn watch_removal(
     left: CancellationToken,
     shutdown: CancellationToken,
 ) {
-    let mut metrics = raft.metrics();
+    // The membership is in `server_metrics`, which changes with it (not on each of RaftCore's
+    // reports, several per entry); once this member is out of the voters, its apply is looked
+    // at every `REMOVED_POLL` until it reaches the change.
+    const REMOVED_POLL: Duration = Duration::from_millis(50);
+    let metrics = raft.metrics();
+    let mut server = raft.server_metrics();
     let mut was_voter = false;
     loop {
-        {
-            let m = metrics.borrow_and_update();
-            let membership = &m.membership_config;
+        let membership = server.borrow_and_update().membership_config.clone();
+        let removed = {
             let voter = membership.membership().voter_ids().any(|v| v == id);
-            let applied = membership.log_id().is_some() && m.last_applied >= *membership.log_id();
+            let applied = membership.log_id().is_some()
+                && metrics.borrow().last_applied >= *membership.log_id();
             if voter {
                 was_voter = true;
             } else if was_voter && applied {
@@ -602,10 +608,12 @@ async fn watch_removal(
                 left.cancel();
                 return;
             }
-        }
+            was_voter && !voter
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
+            r = server.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(REMOVED_POLL), if removed => {}
         }
     }
 }

@@ -20,6 +20,7 @@ use super::window::EventWindow;
 use crate::domain::{self, Applied, Command, Event, FeedError};
 use chatfeed_common::Config;
 use chatfeed_proto::{TIMELINE_LATEST, TIMELINE_PAGE, USERS_PAGE, WRITE_BATCH_MAX_BYTES};
+use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,15 +45,25 @@ const WATCH_BUFFER: usize = 1024;
 /// isolated leader's keep showing it; such a stale one is followed at once by a fresh one), and
 /// regaining it at once: a write in flight is refused no sooner than one tick after the lease
 /// passed, and never for a stall of the leader's own loop.
+///
+/// RaftCore publishes several reports per entry, and a task woken by each costs a thread wake-up
+/// per report on every member. So the task wakes on every report only while it waits for its
+/// leadership to be acknowledged (a leader not yet active); otherwise on a change of role, leader
+/// or membership (`server_metrics`), and while active also every `POLL` to see the lease age.
 fn follow_active(mastership: &Mastership) -> watch::Receiver<bool> {
     let mut metrics = mastership.raft.metrics();
+    let mut server = mastership.raft.server_metrics();
     let lease = mastership.lease();
     let tick = Duration::from_millis(mastership.config.raft.heartbeat_ms * 3 / 2);
+    let poll = tick / 3;
     let (tx, rx) = watch::channel(is_active(&metrics.borrow(), lease));
     tokio::spawn(async move {
         // When the reports began to show this member inactive, while they do.
         let mut inactive_since: Option<Instant> = None;
         loop {
+            // The role from `server_metrics` itself: RaftCore sends the whole metrics just after
+            // it, so they may not show the change yet (the next report wakes this task then).
+            let leader = server.borrow_and_update().state == ServerState::Leader;
             let active = is_active(&metrics.borrow_and_update(), lease);
             if active {
                 inactive_since = None;
@@ -61,8 +72,11 @@ fn follow_active(mastership: &Mastership) -> watch::Receiver<bool> {
             let publish =
                 active || (was && inactive_since.get_or_insert_with(Instant::now).elapsed() < tick);
             tx.send_if_modified(|v| std::mem::replace(v, publish) != publish);
+            let every_report = leader && !publish;
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
+                changed = metrics.changed(), if every_report => if changed.is_err() { return },
+                changed = server.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(poll), if publish => {}
                 () = tx.closed() => return,
             }
         }

@@ -69,11 +69,15 @@ impl Mastership {
                 leader_api: None,
             });
         }
-        let m = self.raft.metrics().borrow().clone();
-        if is_active(&m, self.lease()) {
-            return Ok(());
-        }
-        Err(self.not_leader(m.current_leader.filter(|&l| l != self.id)))
+        let leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if is_active(&m, self.lease()) {
+                return Ok(());
+            }
+            m.current_leader
+        };
+        Err(self.not_leader(leader.filter(|&l| l != self.id)))
     }
 
     /// Member `id`'s addresses: the group's (its Raft membership) when the group lists it, else

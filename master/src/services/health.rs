@@ -74,7 +74,10 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 /// from the moment the member starts handing its mastership over).
 pub async fn run(mastership: Mastership, reporter: HealthReporter, shutdown: CancellationToken) {
     let lease = mastership.lease();
-    let mut metrics = mastership.raft.metrics();
+    // Read at each turn; the loop wakes on a change of role or leader (`server_metrics`) and on
+    // the tick, not on each of RaftCore's reports (several per entry).
+    let metrics = mastership.raft.metrics();
+    let mut server = mastership.raft.server_metrics();
     let mut last = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,7 +85,8 @@ pub async fn run(mastership: Mastership, reporter: HealthReporter, shutdown: Can
     let mut leader_said: Option<(NodeId, u64, Instant)> = None;
     let mut asked_at: Option<Instant> = None;
     loop {
-        let m = metrics.borrow_and_update().clone();
+        server.borrow_and_update();
+        let m = metrics.borrow().clone();
         let follows = m.state == ServerState::Follower && m.current_leader.is_some();
         if let Some(leader) = m.current_leader.filter(|_| follows)
             && asked_at.is_none_or(|t| t.elapsed() >= ASK_LEADER_EVERY)
@@ -109,7 +113,7 @@ pub async fn run(mastership: Mastership, reporter: HealthReporter, shutdown: Can
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
-            r = metrics.changed() => if r.is_err() { break },
+            r = server.changed() => if r.is_err() { break },
         }
     }
     set_all(&reporter, ServingStatus::NotServing).await;

@@ -2,8 +2,8 @@
 //! Raft (term, role, leader changes, commit/applied/log indexes, replication lag per peer on the
 //! leader, append and apply latency), the feed (posts committed), the workers as the active
 //! master sees them (registered workers, their streams, assignments, respawns), and every API
-//! call by method and status. Raft figures come from openraft's metrics channel, followed by
-//! `follow_raft`; storage figures from the timed store wrappers (`raft::timed`); the worker
+//! call by method and status. Raft figures are read from openraft's metrics at each scrape
+//! (`refresh`), leader changes counted by `follow_raft`; storage figures from the timed store wrappers (`raft::timed`); the worker
 //! directory and the storage alarm (`chatfeed_storage_alarm{kind}`, free and used bytes of the
 //! data directory) are read at each scrape (`refresh`).
 
@@ -27,8 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The roles a member can be in (`chatfeed_raft_role{role=…}` is 1 for the current one).
 const ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
-/// How often the Raft figures are read even without a change (the quorum acknowledgement ages).
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
@@ -70,6 +68,8 @@ pub struct MasterMetrics {
     pub storage_used: Gauge,
     /// The alarm the storage figures are read from (`watch_storage`).
     storage: Mutex<Option<Arc<StorageAlarm>>>,
+    /// The Raft node whose figures a scrape reads, and the lease that makes it active.
+    raft: Mutex<Option<(Raft, Duration)>>,
     started: Instant,
     /// The directory totals already added to the counters (see `refresh`).
     counted: Mutex<(u64, u64)>,
@@ -110,6 +110,7 @@ impl MasterMetrics {
             storage_free: Gauge::default(),
             storage_used: Gauge::default(),
             storage: Mutex::new(None),
+            raft: Mutex::new(None),
             started: Instant::now(),
             counted: Mutex::new((0, 0)),
             registry: Registry::default(),
@@ -214,13 +215,8 @@ impl MasterMetrics {
         MasterMetrics { registry: r, ..m }
     }
 
-    /// Records one reading of openraft's metrics; `leader` is the last leader seen.
-    pub fn observe(
-        &self,
-        m: &RaftMetrics<NodeId, MemberNode>,
-        lease: Duration,
-        leader: &mut Option<NodeId>,
-    ) {
+    /// Sets the Raft gauges from one reading of openraft's metrics.
+    pub fn observe(&self, m: &RaftMetrics<NodeId, MemberNode>, lease: Duration) {
         self.term.set(clamp(m.current_term));
         let role = match m.state {
             ServerState::Leader => "leader",
@@ -236,12 +232,6 @@ impl MasterMetrics {
         }
         self.role.get_or_create(&RoleLabels { role }).set(1);
         self.active_master.set(is_active(m, lease) as i64);
-        if m.current_leader.is_some() && m.current_leader != *leader {
-            self.leader_changes.inc();
-        }
-        if m.current_leader.is_some() {
-            *leader = m.current_leader;
-        }
         let last = m.last_log_index.unwrap_or(0);
         self.applied_index
             .set(clamp(m.last_applied.map(|l| l.index).unwrap_or(0)));
@@ -261,14 +251,24 @@ impl MasterMetrics {
         }
     }
 
+    /// Reads the Raft figures of `raft` at each scrape.
+    pub fn watch_raft(&self, raft: Raft, lease: Duration) {
+        *self.raft.lock().unwrap_or_else(|p| p.into_inner()) = Some((raft, lease));
+    }
+
     /// Reads the storage figures from `alarm` at each scrape.
     pub fn watch_storage(&self, alarm: Arc<StorageAlarm>) {
         *self.storage.lock().unwrap_or_else(|p| p.into_inner()) = Some(alarm);
     }
 
-    /// Reads what is read, not pushed: the worker directory, the storage alarm and the uptime.
+    /// Reads what is read, not pushed: Raft's figures, the worker directory, the storage alarm
+    /// and the uptime.
     pub fn refresh(&self, directory: &Mutex<Directory>) {
         self.uptime.set(clamp(self.started.elapsed().as_secs()));
+        let raft = self.raft.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((raft, lease)) = raft {
+            self.observe(&raft.metrics().borrow(), lease);
+        }
         let alarm = self
             .storage
             .lock()
@@ -310,22 +310,27 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Follows openraft's metrics into `metrics` until `shutdown`.
+/// Counts the leader changes `raft` sees until `shutdown`, and has each scrape read its figures.
+/// It wakes on a change of role, leader or membership (`server_metrics`), not on each of
+/// RaftCore's reports (several per entry, each a thread wake-up).
 pub async fn follow_raft(
     metrics: Arc<MasterMetrics>,
     raft: Raft,
     lease: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut rx = raft.metrics();
+    metrics.watch_raft(raft.clone(), lease);
+    let mut server = raft.server_metrics();
     let mut leader = None;
-    let mut tick = tokio::time::interval(FOLLOW_EVERY);
     loop {
-        metrics.observe(&rx.borrow_and_update(), lease, &mut leader);
+        let now = server.borrow_and_update().current_leader;
+        if now.is_some() && now != leader {
+            metrics.leader_changes.inc();
+            leader = now;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            r = rx.changed() => if r.is_err() { return },
+            r = server.changed() => if r.is_err() { return },
         }
     }
 }
