@@ -331,9 +331,13 @@ impl Member {
             None => None,
         };
         let token = shutdown.clone();
-        let raft_server =
-            RaftService::new(raft.clone(), peer_tls.clone(), handles.cluster_id.clone())
-                .into_server();
+        let raft_server = RaftService::new(
+            raft.clone(),
+            peer_tls.clone(),
+            handles.cluster_id.clone(),
+            shutdown.clone(),
+        )
+        .into_server();
         tasks.push(tokio::spawn(async move {
             let router = Server::builder()
                 .max_concurrent_streams(RAFT_STREAMS_PER_CONNECTION)

@@ -81,6 +81,22 @@ fn raft_client(c: &TestCluster, tls: &Tls, id: u64) -> RaftClient<tonic::transpo
     RaftClient::new(tls.endpoint(addr).unwrap().connect_lazy())
 }
 
+/// `m` as the one message of an `AppendStream` call: its reply, or the call's refusal (when it
+/// opens, or for the message).
+async fn on_stream(
+    raft: &mut RaftClient<tonic::transport::Channel>,
+    m: RaftMessage,
+) -> Result<RaftMessage, tonic::Status> {
+    let mut replies = raft
+        .append_stream(tokio_stream::iter(vec![m]))
+        .await?
+        .into_inner();
+    replies
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("the call ended without a reply"))
+}
+
 fn assert_denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) -> tonic::Status {
     let s = r.expect_err(&format!("{what} was served"));
     assert_eq!(s.code(), Code::PermissionDenied, "{what}: {s:?}");
@@ -104,7 +120,8 @@ async fn assert_unchanged(c: &TestCluster, leader: u64, before: &[(u64, Option<u
 }
 
 /// A worker's certificate passes the Raft port's handshake (same CA) but speaks no Raft: a Vote
-/// far ahead in term, an AppendEntries of a leader at that term, and the TimeoutNow a
+/// far ahead in term, an AppendEntries of a leader at that term (as a call, and on a replication
+/// call), and the TimeoutNow a
 /// stepping-down leader sends (term and leader as the open Status shows them) are each
 /// PERMISSION_DENIED by every member, and no term or leader changes. Each message claims a real
 /// member as sender, so only the role check stands in the way.
@@ -126,6 +143,10 @@ async fn a_worker_certificate_speaks_no_raft() {
             raft.append_entries(append(term + 100, other)).await,
             &format!("a worker's AppendEntries to member {id}"),
         );
+        assert_denied(
+            on_stream(&mut raft, append(term + 100, other)).await,
+            &format!("a worker's AppendStream to member {id}"),
+        );
         if id != leader {
             assert_denied(
                 raft.timeout_now(TimeoutNowRequest {
@@ -142,7 +163,8 @@ async fn a_worker_certificate_speaks_no_raft() {
 }
 
 /// Member A's certificate speaks Raft only as A: claiming to be the leader in a TimeoutNow, or
-/// another member in a Vote or an AppendEntries, is PERMISSION_DENIED and changes nothing. The
+/// another member in a Vote or an AppendEntries (a call, or a message of a replication call),
+/// is PERMISSION_DENIED and changes nothing. The
 /// leader's own TimeoutNow to the same member is served, and it campaigns (its term moves on):
 /// the refusal, not the message, kept the group as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -176,6 +198,12 @@ async fn a_member_speaks_raft_only_as_itself() {
         raft.append_entries(append(term + 100, leader)).await,
         &format!("member {a}'s AppendEntries as member {leader}"),
     );
+    // On a replication call (which member A may open), the message as the leader is refused.
+    let s = assert_denied(
+        on_stream(&mut raft, append(term + 100, leader)).await,
+        &format!("member {a}'s AppendStream message as member {leader}"),
+    );
+    assert!(s.message().contains("AppendStream"), "{}", s.message());
     assert_unchanged(&c, leader, &before).await;
 
     raft_client(&c, &c.member_tls(leader), target)

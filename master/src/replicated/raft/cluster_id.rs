@@ -18,8 +18,14 @@ pub fn stamp<T>(req: &mut Request<T>, id: &str) {
 /// FAILED_PRECONDITION when `req` comes from a member of another cluster than `ours`.
 #[allow(clippy::result_large_err)]
 pub fn check<T>(req: &Request<T>, ours: &str, what: &str) -> Result<(), Status> {
-    let theirs = cluster_of(req.metadata()).unwrap_or_default();
-    if !other_cluster(ours, &theirs) {
+    check_id(&cluster_of(req.metadata()).unwrap_or_default(), ours, what)
+}
+
+/// FAILED_PRECONDITION when `theirs` (a sender's cluster id, "" for none) is another cluster's
+/// than `ours`.
+#[allow(clippy::result_large_err)]
+pub fn check_id(theirs: &str, ours: &str, what: &str) -> Result<(), Status> {
+    if !other_cluster(ours, theirs) {
         return Ok(());
     }
     Err(Status::failed_precondition(format!(

@@ -10,6 +10,13 @@
 //! AppendEntries whose encoding would be is answered `PayloadTooLarge` with a number of entries
 //! that fits (`oversized`), and openraft sends fewer for a while.
 //!
+//! A replication stream's AppendEntries (heartbeats included) travel on one long-lived
+//! `AppendStream` call per peer, a request message and its reply each (openraft sends the next
+//! only after the reply): no headers, stream or task per message. The call is opened on first
+//! use, again after any failure or a missed deadline (a late reply must not answer the next
+//! request), and again when this member's cluster id changes (the call carries the id it opened
+//! with). A peer without it (UNIMPLEMENTED: an older build) gets unary AppendEntries calls.
+//!
 //! Every answer a peer gives (whatever it says) is recorded in `Contacts`: the active master
 //! counts a member as live when it answered within a lease (`replicated/membership.rs`), which
 //! openraft's own metrics (matched log ids only) cannot tell.
@@ -37,7 +44,10 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
 
 /// How long to wait before retrying a peer that was unreachable: a few heartbeats, so a dead
 /// member costs little and a restarted one is found again quickly.
@@ -102,10 +112,20 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             contacts: self.contacts.clone(),
             channel,
             cluster_id: self.cluster_id.clone(),
+            stream: None,
+            unary_only: false,
             #[cfg(feature = "testing")]
             faults: self.faults.clone(),
         }
     }
+}
+
+/// An open `AppendStream` call to a peer.
+struct AppendStream {
+    requests: mpsc::Sender<RaftMessage>,
+    replies: Streaming<RaftMessage>,
+    /// The cluster id the call was opened with.
+    cluster: String,
 }
 
 /// The transport to one peer.
@@ -116,6 +136,10 @@ pub struct PeerClient {
     contacts: Contacts,
     channel: Result<Channel, String>,
     cluster_id: tokio::sync::watch::Receiver<String>,
+    /// The AppendStream call in use, when one is open.
+    stream: Option<AppendStream>,
+    /// Set when the peer does not serve AppendStream: AppendEntries go as unary calls.
+    unary_only: bool,
     #[cfg(feature = "testing")]
     faults: Option<Arc<Faults>>,
 }
@@ -185,23 +209,29 @@ impl PeerClient {
             tracing::warn!(target = self.target, error = %e, "Raft message not sent");
             return Err(e);
         }
-        let mut request = tonic::Request::new(RaftMessage { data });
-        request.set_timeout(option.hard_ttl());
-        super::cluster_id::stamp(&mut request, &self.cluster_id.borrow());
-        let mut client = RaftClient::new(channel)
-            .max_decoding_message_size(codec::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(codec::MAX_MESSAGE_BYTES);
+        let ttl = option.hard_ttl();
         let reply = match rpc {
-            Rpc::Append(_) => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
+            Rpc::Append(_) if !self.unary_only => {
+                match tokio::time::timeout(ttl, self.streamed(&channel, data, ttl)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Its reply may still come: the call answers no later request.
+                        self.stream = None;
+                        Err(Status::deadline_exceeded(format!(
+                            "no AppendEntries reply from member {} within {ttl:?}",
+                            self.target
+                        )))
+                    }
+                }
+            }
+            _ => self.unary(&channel, rpc, data, ttl).await,
         };
         let reply = match reply {
             Ok(r) => {
                 self.contacts.heard(self.target);
-                r.into_inner()
+                r
             }
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            Err(s) if s.code() == Code::Unavailable => {
                 return Err(unreachable(s.message().to_string()));
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
@@ -209,6 +239,87 @@ impl PeerClient {
         let result: Result<Resp, RaftError<NodeId, E>> =
             codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    fn client(channel: &Channel) -> RaftClient<Channel> {
+        RaftClient::new(channel.clone())
+            .max_decoding_message_size(codec::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(codec::MAX_MESSAGE_BYTES)
+    }
+
+    /// `data` as a call of its own.
+    async fn unary(
+        &self,
+        channel: &Channel,
+        rpc: Rpc,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<RaftMessage, Status> {
+        let mut request = tonic::Request::new(RaftMessage { data });
+        request.set_timeout(ttl);
+        super::cluster_id::stamp(&mut request, &self.cluster_id.borrow());
+        let mut client = Self::client(channel);
+        let reply = match rpc {
+            Rpc::Append(_) => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        reply.map(tonic::Response::into_inner)
+    }
+
+    /// An AppendEntries (`data`) on the open `AppendStream` call, opened first when there is
+    /// none (or it carries an old cluster id); unary when the peer has no such call.
+    async fn streamed(
+        &mut self,
+        channel: &Channel,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<RaftMessage, Status> {
+        let cluster = self.cluster_id.borrow().clone();
+        if self.stream.as_ref().is_none_or(|s| s.cluster != cluster) {
+            self.stream = None;
+            let (requests, rx) = mpsc::channel(1);
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            super::cluster_id::stamp(&mut request, &cluster);
+            match Self::client(channel).append_stream(request).await {
+                Ok(r) => {
+                    self.stream = Some(AppendStream {
+                        requests,
+                        replies: r.into_inner(),
+                        cluster,
+                    });
+                }
+                Err(s) if s.code() == Code::Unimplemented => {
+                    tracing::info!(
+                        target = self.target,
+                        "member serves no AppendStream (an older build): AppendEntries go as \
+                         calls of their own"
+                    );
+                    self.unary_only = true;
+                    return self.unary(channel, Rpc::Append(0), data, ttl).await;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        let Some(s) = self.stream.as_mut() else {
+            return Err(Status::internal("no AppendStream call"));
+        };
+        // A failed send means the call has ended: its status comes with the replies.
+        let _ = s.requests.send(RaftMessage { data }).await;
+        match s.replies.message().await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                self.stream = None;
+                Err(Status::unavailable(format!(
+                    "member {} ended the replication call",
+                    self.target
+                )))
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -246,7 +357,159 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatfeed_proto::raft::raft_server::{Raft as RaftApi, RaftServer};
+    use chatfeed_proto::raft::{TimeoutNowReply, TimeoutNowRequest};
     use openraft::error::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A peer that answers every AppendEntries with success, counting how it was reached:
+    /// unary calls, and AppendStream calls opened (refused as UNIMPLEMENTED unless `streams`, as
+    /// an older build does) and their messages.
+    #[derive(Default)]
+    struct Peer {
+        streams: bool,
+        unary: AtomicUsize,
+        opened: AtomicUsize,
+        streamed: Arc<AtomicUsize>,
+    }
+
+    fn success() -> RaftMessage {
+        let ok: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            Ok(AppendEntriesResponse::Success);
+        RaftMessage {
+            data: codec::encode(&ok),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl RaftApi for Peer {
+        type AppendStreamStream = super::super::service::Replies;
+
+        async fn append_entries(
+            &self,
+            _: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, Status> {
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            Ok(tonic::Response::new(success()))
+        }
+
+        async fn append_stream(
+            &self,
+            req: tonic::Request<Streaming<RaftMessage>>,
+        ) -> Result<tonic::Response<Self::AppendStreamStream>, Status> {
+            if !self.streams {
+                return Err(Status::unimplemented("no AppendStream here"));
+            }
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let (mut inbound, streamed) = (req.into_inner(), self.streamed.clone());
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                while let Ok(Some(_)) = inbound.message().await {
+                    streamed.fetch_add(1, Ordering::SeqCst);
+                    if tx.send(Ok(success())).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("vote"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<RaftMessage>,
+        ) -> Result<tonic::Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+
+        async fn timeout_now(
+            &self,
+            _: tonic::Request<TimeoutNowRequest>,
+        ) -> Result<tonic::Response<TimeoutNowReply>, Status> {
+            Err(Status::unimplemented("timeout_now"))
+        }
+    }
+
+    /// Serves `peer` on a loopback port; a client of member 1 to it, with `cluster`'s id.
+    async fn client_of(
+        peer: Arc<Peer>,
+        cluster: &tokio::sync::watch::Receiver<String>,
+    ) -> PeerClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::from_arc(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut network = Network {
+            from: 1,
+            contacts: Contacts::default(),
+            tls: chatfeed_common::tls::Tls::plaintext(),
+            cluster_id: cluster.clone(),
+            #[cfg(feature = "testing")]
+            faults: None,
+        };
+        let node = MemberNode {
+            raft_addr: addr.to_string(),
+            api_addr: addr.to_string(),
+        };
+        network.new_client(2, &node).await
+    }
+
+    async fn heartbeat(client: &mut PeerClient) {
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        let reply = client
+            .append_entries(req, RPCOption::new(Duration::from_secs(5)))
+            .await
+            .expect("the peer's answer");
+        assert!(matches!(reply, AppendEntriesResponse::Success), "{reply:?}");
+    }
+
+    /// A replication stream's AppendEntries share one AppendStream call, which is opened again
+    /// when the member's cluster id changes; a peer without the call (an older build) is sent
+    /// unary AppendEntries, and is not asked to open one again.
+    #[tokio::test]
+    async fn append_entries_share_one_call_or_go_unary_to_an_older_peer() {
+        let (id, cluster) = tokio::sync::watch::channel(String::new());
+        let peer = Arc::new(Peer {
+            streams: true,
+            ..Peer::default()
+        });
+        let mut client = client_of(peer.clone(), &cluster).await;
+        for _ in 0..3 {
+            heartbeat(&mut client).await;
+        }
+        assert_eq!(peer.opened.load(Ordering::SeqCst), 1);
+        assert_eq!(peer.streamed.load(Ordering::SeqCst), 3);
+        assert_eq!(peer.unary.load(Ordering::SeqCst), 0);
+        id.send("c".repeat(32)).unwrap();
+        heartbeat(&mut client).await;
+        assert_eq!(
+            peer.opened.load(Ordering::SeqCst),
+            2,
+            "reopened with the new id"
+        );
+
+        let older = Arc::new(Peer::default());
+        let mut client = client_of(older.clone(), &cluster).await;
+        for _ in 0..3 {
+            heartbeat(&mut client).await;
+        }
+        assert_eq!(older.unary.load(Ordering::SeqCst), 3);
+        assert!(client.unary_only);
+    }
 
     /// An AppendEntries over the limit is split (openraft is told how many entries fit, fewer
     /// than it sent and at least one); one within it, or of one entry, is not; a snapshot chunk
