@@ -507,13 +507,17 @@ pub async fn run(
         move || watched.borrow().running_state.is_ok(),
         shutdown.clone().cancelled_owned(),
     ));
-    let mut metrics = member.raft.metrics();
+    // RaftCore reports a fatal error in its last metrics, then ends, which closes the metrics
+    // channels: this waits for that on `server_metrics` (a change of role or leader), not on each
+    // of RaftCore's reports (several per entry, each a wake-up of this thread).
+    let (metrics, mut server) = (member.raft.metrics(), member.raft.server_metrics());
     let fatal = async {
         loop {
-            if let Err(e) = &metrics.borrow_and_update().running_state {
+            let ended = server.changed().await.is_err();
+            if let Err(e) = &metrics.borrow().running_state {
                 return e.to_string();
             }
-            if metrics.changed().await.is_err() {
+            if ended {
                 return "Raft stopped".to_string();
             }
         }
