@@ -49,7 +49,8 @@ const WATCH_BUFFER: usize = 1024;
 /// RaftCore publishes several reports per entry, and a task woken by each costs a thread wake-up
 /// per report on every member. So the task wakes on every report only while it waits for its
 /// leadership to be acknowledged (a leader not yet active); otherwise on a change of role, leader
-/// or membership (`server_metrics`), and while active also every `POLL` to see the lease age.
+/// or membership (`server_metrics`), and while active also every third of a tick to see the
+/// lease age.
 fn follow_active(mastership: &Mastership) -> watch::Receiver<bool> {
     let mut metrics = mastership.raft.metrics();
     let mut server = mastership.raft.server_metrics();

@@ -3,9 +3,10 @@
 //! leader, append and apply latency), the feed (posts committed), the workers as the active
 //! master sees them (registered workers, their streams, assignments, respawns), and every API
 //! call by method and status. Raft figures are read from openraft's metrics at each scrape
-//! (`refresh`), leader changes counted by `follow_raft`; storage figures from the timed store wrappers (`raft::timed`); the worker
-//! directory and the storage alarm (`chatfeed_storage_alarm{kind}`, free and used bytes of the
-//! data directory) are read at each scrape (`refresh`).
+//! (`refresh`), leader changes counted by `follow_raft`; storage figures come from the timed
+//! store wrappers (`raft::timed`); the worker directory and the storage alarm
+//! (`chatfeed_storage_alarm{kind}`, free and used bytes of the data directory) are read at each
+//! scrape too.
 
 use crate::background::directory::Directory;
 use crate::replicated::mastership::is_active;
