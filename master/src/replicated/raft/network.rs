@@ -275,9 +275,10 @@ impl PeerClient {
         data: Vec<u8>,
         ttl: Duration,
     ) -> Result<RaftMessage, Status> {
-        let cluster = self.cluster_id.borrow().clone();
-        if self.stream.as_ref().is_none_or(|s| s.cluster != cluster) {
+        let current = |s: &AppendStream| s.cluster == *self.cluster_id.borrow();
+        if !self.stream.as_ref().is_some_and(current) {
             self.stream = None;
+            let cluster = self.cluster_id.borrow().clone();
             let (requests, rx) = mpsc::channel(1);
             let mut request = tonic::Request::new(ReceiverStream::new(rx));
             super::cluster_id::stamp(&mut request, &cluster);
