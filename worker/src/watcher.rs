@@ -5,7 +5,8 @@
 //! stops making progress while the masters' replies show later commits (a replica cut off from
 //! the leader keeps its streams open but applies nothing) is left for another.
 //!
-//! The first member asked also gives the starting point: its last applied seq (`MemberInfo`).
+//! The first member asked also gives the starting point: its last applied seq (`MemberInfo`),
+//! and the cluster id (a member of a new group that has none yet is asked again later).
 //! Starting there is safe because a timeline stream registers with the hub only after this, and
 //! reads its history linearizably afterwards, so its history covers everything up to the start.
 //!
@@ -64,6 +65,11 @@ pub async fn run(link: Arc<MasterLink>, hub: Arc<Hub>, shutdown: CancellationTok
                 tracing::debug!(master = %addr, position = ?hub.position(), error = %why, "event stream unavailable; trying another member");
                 avoid = None;
             }
+            Outcome::NotYet => {
+                tracing::debug!(master = %addr, "the group has no cluster id yet; asking again");
+                failures = 0;
+                avoid = None;
+            }
             Outcome::Stalled => {
                 tracing::warn!(master = %addr, position = ?hub.position(), known = link.known_seq(), "event stream stalled behind the committed events; switching member");
                 link.forget_active(&addr);
@@ -81,6 +87,8 @@ pub async fn run(link: Arc<MasterLink>, hub: Arc<Hub>, shutdown: CancellationTok
 enum Outcome {
     Ended(String),
     Stalled,
+    /// The member's group has no cluster id yet (it is new): not news, asked again.
+    NotYet,
 }
 
 async fn follow(addr: &str, link: &MasterLink, hub: &Hub, backoff: &mut Backoff) -> Outcome {
@@ -95,6 +103,11 @@ async fn follow(addr: &str, link: &MasterLink, hub: &Hub, backoff: &mut Backoff)
             match info.await {
                 Ok(Ok(r)) => {
                     let info = r.into_inner();
+                    // A new group commits its id just after its first election: until then the
+                    // hub waits, so that every stream it serves can name its cluster.
+                    if info.cluster_id.is_empty() {
+                        return Outcome::NotYet;
+                    }
                     let seq = info.last_seq;
                     hub.learn_cluster_id(&info.cluster_id);
                     hub.start_at(seq);

@@ -3,12 +3,14 @@
 //! and a resume with `after_seq` that gives exactly the later posts, then live ones.
 
 use crate::fixture::*;
+use chatfeed_common::reach::cluster_of;
 use chatfeed_proto::cluster as pb;
+use chatfeed_proto::feed;
 use chatfeed_proto::feed::timeline_item::Item;
 
 /// A stream shows the user's own posts and the posts of users it followed at the moment they
 /// committed: not a followee's posts from before the follow, not after the unfollow, never a
-/// stranger's; both in the history and live.
+/// stranger's; both in the history and live. The stream's answer names the cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follows_decide_what_is_shown() {
     let cluster = TestCluster::start(|_| {}).await;
@@ -23,7 +25,26 @@ async fn follows_decide_what_is_shown() {
     let b1 = post(&mut c, "bob", "b1").await;
     let _c1 = post(&mut c, "carol", "c1: bob does not follow carol").await;
 
-    let mut s = open(&mut c, "bob", None).await;
+    // The answer names the group's cluster, though the worker started with the group (whose
+    // first active master commits its id just after the election).
+    let answer = c
+        .as_("bob")
+        .timeline(feed::TimelineRequest {
+            user: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let named = cluster_of(answer.metadata());
+    let info = cluster
+        .cluster(1)
+        .await
+        .member_info(pb::MemberInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(named.as_deref(), Some(info.cluster_id.as_str()));
+    let mut s = answer.into_inner();
     assert_eq!(next_seqs(&mut s, 2).await, vec![a2, b1], "history");
 
     let a3 = post(&mut c, "alice", "a3: live").await;
