@@ -6,6 +6,7 @@
 use crate::failure::{describe, describe_error, is_answer, one_line};
 use chatfeed_common::reach::leader_hint;
 use chatfeed_common::tls::{Dial, Tls, tls_failure};
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
@@ -17,8 +18,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// One call to a master: above the masters' own write/read timeout (3 s by default), so a slow
 /// quorum answers UNAVAILABLE before we give up on the member.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Redirects followed in one search beyond the configured list: a leader named by a member may
-/// be an address not in the list, but a loop of redirects must end.
+/// An attempt on one master unanswered after this is late: the next member is asked too. Above
+/// an election timeout and a heartbeat (200 + 50 ms by default), the time the replicas of a
+/// frozen master take to elect another; far above a healthy master's answer.
+pub const LATE: Duration = Duration::from_millis(500);
+/// Attempts in one search beyond one per configured member: redirects to a member not listed,
+/// members asked again after a late attempt. A loop of redirects must end.
 const MAX_EXTRA_HOPS: usize = 3;
 
 /// What one master did when asked.
@@ -159,7 +164,16 @@ fn candidates(masters: &[String], hint: Option<&str>) -> VecDeque<String> {
 }
 
 /// Runs `call` on a connection to the active master (any of its services). Returns the address
-/// that answered and its answer.
+/// that answered and its answer. `call` may run on two members at once (an attempt that is late
+/// keeps running while the next member is asked), so it must be safe to repeat: a read, or
+/// `GetWorker`.
+///
+/// The members are asked in turn (the hint first), moving on at once when one is unreachable,
+/// redirects or fails, and also when one is late (`LATE`): a paused or frozen master accepts
+/// connections and answers nothing, while the others elect a new one within an election
+/// timeout. Once every member was asked, the ones that answered without helping (a replica that
+/// still named the frozen master) are asked again at the same pace, within a budget of
+/// attempts; a late attempt keeps its chance to answer until `CALL_TIMEOUT`.
 pub async fn on_active_master<T, F, Fut>(
     tls: &Tls,
     masters: &[String],
@@ -170,41 +184,134 @@ where
     F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let mut queue = candidates(masters, hint);
-    let budget = queue.len() + MAX_EXTRA_HOPS;
-    let mut seen: HashSet<String> = HashSet::new();
+    let queue = candidates(masters, hint);
+    let mut search = Search {
+        budget: queue.len() + MAX_EXTRA_HOPS,
+        queue,
+        known: Vec::new(),
+        in_flight: HashSet::new(),
+        started: 0,
+    };
     let mut tried = Vec::new();
-    while let Some(addr) = queue.pop_front() {
-        if tried.len() >= budget || !seen.insert(addr.clone()) {
-            continue;
-        }
-        let channel = match connect(tls, &addr, CONNECT_TIMEOUT).await {
-            Ok(c) => c,
-            Err(NoConnection::Tls(why)) => return Err(MasterError::Tls(why)),
-            Err(NoConnection::Failed(e)) => {
-                tried.push((addr, Outcome::Unreachable(e)));
-                continue;
+    let mut connecting = FuturesUnordered::new();
+    let mut calling = FuturesUnordered::new();
+    let late = tokio::time::sleep(LATE);
+    tokio::pin!(late);
+    connecting.extend(search.next().map(|a| connect_to(tls, a)));
+    loop {
+        let next_now = tokio::select! {
+            Some((addr, conn)) = connecting.next() => match conn {
+                Ok(channel) => {
+                    calling.push(answer_of(addr, call(channel)));
+                    false
+                }
+                Err(NoConnection::Tls(why)) => return Err(MasterError::Tls(why)),
+                Err(NoConnection::Failed(e)) => {
+                    search.in_flight.remove(&addr);
+                    tried.push((addr, Outcome::Unreachable(e)));
+                    true
+                }
+            },
+            Some((addr, answer)) = calling.next() => {
+                search.in_flight.remove(&addr);
+                match answer {
+                    Ok(Ok(v)) => return Ok((addr, v)),
+                    Ok(Err(s)) if is_answer(&s) => return Err(MasterError::Answer(s)),
+                    Ok(Err(s)) => match leader_hint(&s) {
+                        Some(leader) => {
+                            search.first(&leader);
+                            tried.push((addr, Outcome::Redirected(leader)));
+                        }
+                        None => tried.push((addr, Outcome::Failed(describe(&s)))),
+                    },
+                    Err(_) => tried.push((addr, Outcome::TimedOut)),
+                }
+                true
+            }
+            () = &mut late => {
+                search.another_round();
+                true
             }
         };
-        match tokio::time::timeout(CALL_TIMEOUT, call(channel)).await {
-            Ok(Ok(v)) => return Ok((addr, v)),
-            Ok(Err(s)) if is_answer(&s) => return Err(MasterError::Answer(s)),
-            Ok(Err(s)) => match leader_hint(&s) {
-                Some(leader) => {
-                    if !seen.contains(&leader) {
-                        queue.push_front(leader.clone());
-                    }
-                    tried.push((addr, Outcome::Redirected(leader)));
-                }
-                None => tried.push((addr, Outcome::Failed(describe(&s)))),
-            },
-            Err(_) => tried.push((addr, Outcome::TimedOut)),
+        if next_now {
+            match search.next() {
+                Some(addr) => connecting.push(connect_to(tls, addr)),
+                None if search.in_flight.is_empty() => break,
+                None => {}
+            }
+            late.as_mut().reset(tokio::time::Instant::now() + LATE);
         }
     }
     Err(MasterError::Trouble(MasterTrouble {
         listed: masters.to_vec(),
         tried,
     }))
+}
+
+/// Which master `on_active_master` asks next.
+struct Search {
+    /// Attempts allowed in all.
+    budget: usize,
+    queue: VecDeque<String>,
+    /// Every address asked, in order (for the rounds after the first).
+    known: Vec<String>,
+    /// Addresses asked that have not answered yet.
+    in_flight: HashSet<String>,
+    /// Attempts started.
+    started: usize,
+}
+
+impl Search {
+    /// The next address to ask (not one in flight), if the budget allows; counted as asked.
+    fn next(&mut self) -> Option<String> {
+        while self.started < self.budget {
+            let addr = self.queue.pop_front()?;
+            if self.in_flight.contains(&addr) {
+                continue;
+            }
+            if !self.known.contains(&addr) {
+                self.known.push(addr.clone());
+            }
+            self.in_flight.insert(addr.clone());
+            self.started += 1;
+            return Some(addr);
+        }
+        None
+    }
+
+    /// `addr` (named as the active master) is asked next, unless it is being asked already.
+    fn first(&mut self, addr: &str) {
+        if !self.in_flight.contains(addr) {
+            self.queue.retain(|a| a != addr);
+            self.queue.push_front(addr.to_string());
+        }
+    }
+
+    /// When every address was asked: those not in flight are asked again (a replica that named
+    /// a frozen master may know the new one now).
+    fn another_round(&mut self) {
+        if self.queue.is_empty() {
+            let again = self.known.iter().filter(|a| !self.in_flight.contains(*a));
+            self.queue.extend(again.cloned());
+        }
+    }
+}
+
+/// Connects to the master at `addr` (for `on_active_master`).
+async fn connect_to(tls: &Tls, addr: String) -> (String, Result<Channel, NoConnection>) {
+    let conn = connect(tls, &addr, CONNECT_TIMEOUT).await;
+    (addr, conn)
+}
+
+/// The answer of the master at `addr` to `call`, within `CALL_TIMEOUT`.
+async fn answer_of<T>(
+    addr: String,
+    call: impl Future<Output = Result<T, Status>>,
+) -> (
+    String,
+    Result<Result<T, Status>, tokio::time::error::Elapsed>,
+) {
+    (addr, tokio::time::timeout(CALL_TIMEOUT, call).await)
 }
 
 #[cfg(test)]
@@ -261,6 +368,36 @@ mod tests {
             t.summary(),
             "no worker available: no worker is registered with the active master"
         );
+    }
+
+    /// A late member stays asked while the others are; a redirect to it asks nothing new; the
+    /// next round asks again those that answered, and the budget ends the search.
+    #[test]
+    fn rounds_skip_the_late_member_and_end() {
+        let m = vec!["a:1".to_string(), "b:2".to_string(), "c:3".to_string()];
+        let queue = candidates(&m, None);
+        let mut s = Search {
+            budget: queue.len() + MAX_EXTRA_HOPS,
+            queue,
+            known: Vec::new(),
+            in_flight: HashSet::new(),
+            started: 0,
+        };
+        assert_eq!(s.next().as_deref(), Some("a:1"));
+        assert_eq!(s.next().as_deref(), Some("b:2"));
+        s.in_flight.remove("b:2");
+        s.first("a:1");
+        assert_eq!(s.next().as_deref(), Some("c:3"));
+        s.in_flight.remove("c:3");
+        assert_eq!(s.next(), None);
+        s.another_round();
+        assert_eq!(s.next().as_deref(), Some("b:2"));
+        assert_eq!(s.next().as_deref(), Some("c:3"));
+        s.in_flight.clear();
+        s.first("a:1");
+        assert_eq!(s.next().as_deref(), Some("a:1"));
+        s.another_round();
+        assert_eq!(s.next(), None, "six attempts for three members");
     }
 
     /// The last active master is tried first, and no address twice.

@@ -75,6 +75,14 @@ pub fn chatfeed(args: &[&str], limit: Duration) -> Run {
     }
 }
 
+/// A loopback address where connections complete and nothing ever answers, as at a paused
+/// process: the listener (returned, to keep it open) never accepts.
+pub fn frozen_address() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
 /// A loopback address where nothing listens (a port the OS just gave out and took back).
 pub fn dead_address() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");

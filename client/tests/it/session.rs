@@ -4,14 +4,15 @@
 //! move, refusals that are not retried, and the give-up message when no worker is available.
 
 use crate::fake::{FakeMaster, Knobs, Servers, store};
-use crate::fixture::dead_address;
+use crate::fixture::{dead_address, frozen_address};
 use chatfeed_client::cli::{Cmd, TimelineArgs};
 use chatfeed_client::commands::{self, Options};
 use chatfeed_client::failure::Failure;
+use chatfeed_client::master_link;
 use chatfeed_client::session::Session;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Generous: these tests check behaviour, not speed.
@@ -140,6 +141,34 @@ async fn dead_worker_is_skipped() {
         vec![r#"{"users":["bob"],"following":[]}"#.to_string()]
     );
     assert_eq!(excludes.lock().unwrap().last().unwrap(), &vec![dead]);
+}
+
+/// A frozen master listed first (a paused process: its connections complete, it answers
+/// nothing) does not hold the client up until the call's timeout: once its answer is late the
+/// next member is asked, which names the active master. Fails if the client waits the frozen
+/// one out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_is_passed_over_once_late() {
+    let servers = Servers::default();
+    let store = store();
+    let live = servers.worker(&store, Arc::default()).await;
+    let (replica, excludes) = masters(&servers, vec![live]).await;
+    let (_held, frozen) = frozen_address();
+    let session = Session::quiet(
+        vec![frozen, replica],
+        chatfeed_common::tls::Tls::plaintext(),
+        "carol".into(),
+        "password".into(),
+    );
+    let asked = Instant::now();
+    let (res, _) = run(&session, Cmd::List, true, PATIENCE).await;
+    res.unwrap();
+    assert!(
+        asked.elapsed() < master_link::CALL_TIMEOUT,
+        "the frozen master was waited out: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(excludes.lock().unwrap().len(), 1, "GetWorker answered once");
 }
 
 /// A followed timeline whose stream is cut by one worker and moved by the next resumes each
