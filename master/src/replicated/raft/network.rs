@@ -13,9 +13,10 @@
 //! A replication stream's AppendEntries (heartbeats included) travel on one long-lived
 //! `AppendStream` call per peer, a request message and its reply each (openraft sends the next
 //! only after the reply): no headers, stream or task per message. The call is opened on first
-//! use, again after any failure or a missed deadline (a late reply must not answer the next
-//! request), and again when this member's cluster id changes (the call carries the id it opened
-//! with). A peer without it (UNIMPLEMENTED: an older build) gets unary AppendEntries calls.
+//! use, again after any failure, a missed deadline or a request whose reply was never read
+//! (openraft drops a call at its own timeout: a late reply must not answer the next request,
+//! whose entries the peer may not have), and again when this member's cluster id changes (the
+//! call carries the id it opened with). A peer without it (UNIMPLEMENTED: an older build) gets unary AppendEntries calls.
 //!
 //! Every answer a peer gives (whatever it says) is recorded in `Contacts`: the active master
 //! counts a member as live when it answered within a lease (`replicated/membership.rs`), which
@@ -126,6 +127,10 @@ struct AppendStream {
     replies: Streaming<RaftMessage>,
     /// The cluster id the call was opened with.
     cluster: String,
+    /// A request was sent and its reply not read: set before the send, cleared when the reply
+    /// is read. Still set at the next request, it means openraft dropped the previous call
+    /// (its own timeout) with the reply on its way, which must not answer the next request.
+    awaiting: bool,
 }
 
 /// The transport to one peer.
@@ -275,7 +280,7 @@ impl PeerClient {
         data: Vec<u8>,
         ttl: Duration,
     ) -> Result<RaftMessage, Status> {
-        let current = |s: &AppendStream| s.cluster == *self.cluster_id.borrow();
+        let current = |s: &AppendStream| !s.awaiting && s.cluster == *self.cluster_id.borrow();
         if !self.stream.as_ref().is_some_and(current) {
             self.stream = None;
             let cluster = self.cluster_id.borrow().clone();
@@ -288,6 +293,7 @@ impl PeerClient {
                         requests,
                         replies: r.into_inner(),
                         cluster,
+                        awaiting: false,
                     });
                 }
                 Err(s) if s.code() == Code::Unimplemented => {
@@ -306,9 +312,13 @@ impl PeerClient {
             return Err(Status::internal("no AppendStream call"));
         };
         // A failed send means the call has ended: its status comes with the replies.
+        s.awaiting = true;
         let _ = s.requests.send(RaftMessage { data }).await;
         match s.replies.message().await {
-            Ok(Some(reply)) => Ok(reply),
+            Ok(Some(reply)) => {
+                s.awaiting = false;
+                Ok(reply)
+            }
             Ok(None) => {
                 self.stream = None;
                 Err(Status::unavailable(format!(
@@ -369,6 +379,8 @@ mod tests {
     #[derive(Default)]
     struct Peer {
         streams: bool,
+        /// The first message of the first call is answered Conflict after this long.
+        slow_first: Option<Duration>,
         unary: AtomicUsize,
         opened: AtomicUsize,
         streamed: Arc<AtomicUsize>,
@@ -379,6 +391,14 @@ mod tests {
             Ok(AppendEntriesResponse::Success);
         RaftMessage {
             data: codec::encode(&ok),
+        }
+    }
+
+    fn conflict() -> RaftMessage {
+        let no: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            Ok(AppendEntriesResponse::Conflict);
+        RaftMessage {
+            data: codec::encode(&no),
         }
     }
 
@@ -401,13 +421,21 @@ mod tests {
             if !self.streams {
                 return Err(Status::unimplemented("no AppendStream here"));
             }
-            self.opened.fetch_add(1, Ordering::SeqCst);
+            let first_call = self.opened.fetch_add(1, Ordering::SeqCst) == 0;
             let (mut inbound, streamed) = (req.into_inner(), self.streamed.clone());
             let (tx, rx) = mpsc::channel(1);
+            let mut slow_first = self.slow_first.filter(|_| first_call);
             tokio::spawn(async move {
                 while let Ok(Some(_)) = inbound.message().await {
                     streamed.fetch_add(1, Ordering::SeqCst);
-                    if tx.send(Ok(success())).await.is_err() {
+                    let reply = match slow_first.take() {
+                        Some(d) => {
+                            tokio::time::sleep(d).await;
+                            conflict()
+                        }
+                        None => success(),
+                    };
+                    if tx.send(Ok(reply)).await.is_err() {
                         return;
                     }
                 }
@@ -510,6 +538,35 @@ mod tests {
         }
         assert_eq!(older.unary.load(Ordering::SeqCst), 3);
         assert!(client.unary_only);
+    }
+
+    /// A call that openraft drops (its own timeout) after the request went out leaves a reply
+    /// on its way; the next request gets its own answer on a new call, never that one. Fails if
+    /// the stale Conflict answers the next heartbeat (a success taken for a conflict, or the
+    /// reverse, makes the leader believe the wrong log on the peer).
+    #[tokio::test]
+    async fn a_dropped_call_s_reply_answers_no_later_request() {
+        let (_id, cluster) = tokio::sync::watch::channel(String::new());
+        let peer = Arc::new(Peer {
+            streams: true,
+            slow_first: Some(Duration::from_millis(300)),
+            ..Peer::default()
+        });
+        let mut client = client_of(peer.clone(), &cluster).await;
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        };
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(50),
+            client.append_entries(req, RPCOption::new(Duration::from_secs(5))),
+        )
+        .await;
+        assert!(dropped.is_err(), "the slow reply came early: {dropped:?}");
+        heartbeat(&mut client).await;
+        assert_eq!(peer.opened.load(Ordering::SeqCst), 2, "a new call");
     }
 
     /// An AppendEntries over the limit is split (openraft is told how many entries fit, fewer
