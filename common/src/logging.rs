@@ -124,8 +124,25 @@ pub fn init_to(
         None => BoxMakeWriter::new(std::io::stderr),
     };
     // A test binary may call this more than once: the first subscriber stays.
-    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, role, id, writer));
+    if tracing::subscriber::set_global_default(subscriber(format, filter, role, id, writer)).is_ok()
+        && file.is_some()
+    {
+        log_panics();
+    }
     Ok(tracing::Span::none())
+}
+
+/// A panic, on any thread, is written to the log as well as to stderr (which a process started
+/// in the background sends to a file of its own): the log then says why the process or one of
+/// its tasks ended, beside what it was doing.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), panic = %info, %backtrace, "panicked");
+        default(info);
+    }));
 }
 
 /// A log file is rotated once it passes this size: a day of a busy member's logs at info.

@@ -274,7 +274,7 @@ pub async fn run_on_hosts(sc: &Scenario) -> Run {
     run
 }
 
-/// Copies the `*.log` files of each `(subdirectory, dir)` of a failed run out of its temporary
+/// Copies the `*.log` files (and the `*.out` files a process's stderr went to) of each `(subdirectory, dir)` of a failed run out of its temporary
 /// directory (which goes away with the cluster) into one directory, each under its
 /// subdirectory (a host's label; "" on one host); returns where they are, or why they could not
 /// be kept.
@@ -291,7 +291,10 @@ fn keep_logs(dirs: &[(String, std::path::PathBuf)], seed: u64) -> Option<String>
             let to = dest.join(sub);
             std::fs::create_dir_all(&to)?;
             for e in std::fs::read_dir(dir)?.flatten() {
-                if e.path().extension().is_some_and(|x| x == "log") {
+                if e.path()
+                    .extension()
+                    .is_some_and(|x| x == "log" || x == "out")
+                {
                     std::fs::copy(e.path(), to.join(e.file_name()))?;
                 }
             }
