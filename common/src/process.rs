@@ -97,6 +97,32 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// The async runtime of a process that shares this host's cores with `sharing - 1` others of its
+/// kind (the members of one group configured on the host, a host's pool of workers): its share
+/// of the cores as worker threads, at least one (`threads_for`). `TOKIO_WORKER_THREADS` in the
+/// environment, when set, decides instead.
+///
+/// Why a share and not every core: each process on a shared host with a thread per core wakes
+/// its idle threads to steal the work one of them was woken for, and on a small host most of its
+/// cost per message was those wake-ups. Three members and three workers on the two cores of the
+/// development machine, each with one thread instead of two, used 6–14 % less CPU per post and
+/// posted 5–9 % more per second (bench/RESULTS.md, 2026-12-06).
+pub fn runtime(sharing: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(threads_for(cores, sharing));
+    }
+    builder.build()
+}
+
+/// The worker threads of one of `sharing` processes on `cores` cores: an equal share, at least
+/// one.
+pub fn threads_for(cores: usize, sharing: usize) -> usize {
+    (cores / sharing.max(1)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +146,15 @@ mod tests {
         );
         assert!(!is_live(std::process::id(), "chatfeed-worker"));
         assert!(is_live(std::process::id(), ""));
+    }
+
+    /// A process's share of the cores: equal, rounded down, never none.
+    #[test]
+    fn threads_share_the_cores() {
+        assert_eq!(threads_for(2, 3), 1);
+        assert_eq!(threads_for(16, 3), 5);
+        assert_eq!(threads_for(8, 1), 8);
+        assert_eq!(threads_for(4, 0), 4);
+        assert_eq!(threads_for(1, 8), 1);
     }
 }

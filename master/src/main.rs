@@ -240,7 +240,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The group's members configured on this member's host share its cores.
+    let here = cli.id.and_then(|id| config.member(id)).map(|m| m.host());
+    let sharing = config
+        .members
+        .iter()
+        .filter(|m| Some(m.host()) == here)
+        .count();
+    let runtime = match chatfeed_common::process::runtime(sharing) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("chatfeed-master: cannot start the runtime: {e}");

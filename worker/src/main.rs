@@ -69,7 +69,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The host's pool of workers shares its cores.
+    let pool = cli.pool.unwrap_or(config.worker.pool_size) as usize;
+    let runtime = match chatfeed_common::process::runtime(pool) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("chatfeed-worker: cannot start the runtime: {e}");
