@@ -30,7 +30,8 @@ test:
 # stopped leader; with HOSTS=1 across network-namespace hosts, also partitions, packet loss and
 # delay) under posting and streaming clients, a full restart, then the history checker; prints a
 # line per fault and a final report. RAFT=relaxed runs the test suite's timing; CANARIES=1 adds
-# the deliberately broken streams the checker must catch. HOSTS=1 needs root (scripts/test-deps.sh
+# the deliberately broken streams the checker must catch; KEEP_LOGS=1 keeps the processes' logs of
+# a run that passes too (a failed run always keeps them). HOSTS=1 needs root (scripts/test-deps.sh
 # installs iptables and nftables).
 SECS ?= 300
 SEED ?= 1
@@ -38,7 +39,7 @@ RAFT ?= default
 soak:
 	$(if $(HOSTS),scripts/test-deps.sh)
 	cargo build --release --bins
-	cargo run --release -p chatfeed-e2e --example soak -- --secs $(SECS) --seed $(SEED) --raft $(RAFT) $(if $(HOSTS),--hosts) $(if $(CANARIES),--canaries)
+	cargo run --release -p chatfeed-e2e --example soak -- --secs $(SECS) --seed $(SEED) --raft $(RAFT) $(if $(HOSTS),--hosts) $(if $(CANARIES),--canaries) $(if $(KEEP_LOGS),--keep-logs)
 
 # The benchmark suite (issue 5): starts its own local cluster from the release binaries (or, with
 # MASTER=host:port,..., measures a running one without killing anything), runs the scenarios,

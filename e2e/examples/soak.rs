@@ -46,6 +46,10 @@ struct Args {
     /// exactly what they injected).
     #[arg(long)]
     canaries: bool,
+    /// Keep the processes' logs even when the run passes (a failed run always keeps them); the
+    /// report says where.
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -55,6 +59,7 @@ async fn main() -> std::process::ExitCode {
         secs: args.secs,
         canaries: args.canaries,
         hosts: args.hosts,
+        keep_logs: args.keep_logs,
         raft: match args.raft {
             Timing::Default => RaftTiming::Default,
             Timing::Relaxed => RaftTiming::Relaxed,

@@ -68,6 +68,9 @@ pub struct Scenario {
     pub raft: RaftTiming,
     /// Across network-namespace hosts (`run_on_hosts`) rather than on one host.
     pub hosts: bool,
+    /// Keep the processes' logs even when the run finds nothing (a failed run always keeps
+    /// them), to follow what a figure of the report came from.
+    pub keep_logs: bool,
 }
 
 impl Scenario {
@@ -83,6 +86,7 @@ impl Scenario {
             progress: true,
             raft: RaftTiming::Relaxed,
             hosts: false,
+            keep_logs: false,
         }
     }
 
@@ -244,7 +248,7 @@ pub const HOST_POOL: u32 = 2;
 pub async fn run_on_one_host(sc: &Scenario) -> Run {
     let c = ProcCluster::with_raft(sc.raft.toml(), RESTART_AFTER_MS, "");
     let mut run = run(&c, sc).await;
-    if !run.unexpected().is_empty() {
+    if sc.keep_logs || !run.unexpected().is_empty() {
         run.logs = keep_logs(&[(String::new(), c.run_dir())], sc.seed);
     }
     run
@@ -256,7 +260,7 @@ pub async fn run_on_one_host(sc: &Scenario) -> Run {
 pub async fn run_on_hosts(sc: &Scenario) -> Run {
     let c = NetCluster::with(sc.raft.toml(), HOST_POOL);
     let mut run = run(&c, sc).await;
-    if !run.unexpected().is_empty() {
+    if sc.keep_logs || !run.unexpected().is_empty() {
         // Per host: its processes' logs (run/) and what the harness did there (harness.log).
         let dirs: Vec<(String, std::path::PathBuf)> = c
             .hosts
