@@ -184,14 +184,7 @@ where
     F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let queue = candidates(masters, hint);
-    let mut search = Search {
-        budget: queue.len() + MAX_EXTRA_HOPS,
-        queue,
-        known: Vec::new(),
-        in_flight: HashSet::new(),
-        started: 0,
-    };
+    let mut search = Search::new(masters, hint);
     let mut tried = Vec::new();
     let mut connecting = FuturesUnordered::new();
     let mut calling = FuturesUnordered::new();
@@ -262,6 +255,18 @@ struct Search {
 }
 
 impl Search {
+    /// A search of `masters`, `hint` first: one attempt per address and `MAX_EXTRA_HOPS` more.
+    fn new(masters: &[String], hint: Option<&str>) -> Search {
+        let queue = candidates(masters, hint);
+        Search {
+            budget: queue.len() + MAX_EXTRA_HOPS,
+            queue,
+            known: Vec::new(),
+            in_flight: HashSet::new(),
+            started: 0,
+        }
+    }
+
     /// The next address to ask (not one in flight), if the budget allows; counted as asked.
     fn next(&mut self) -> Option<String> {
         while self.started < self.budget {
@@ -375,14 +380,7 @@ mod tests {
     #[test]
     fn rounds_skip_the_late_member_and_end() {
         let m = vec!["a:1".to_string(), "b:2".to_string(), "c:3".to_string()];
-        let queue = candidates(&m, None);
-        let mut s = Search {
-            budget: queue.len() + MAX_EXTRA_HOPS,
-            queue,
-            known: Vec::new(),
-            in_flight: HashSet::new(),
-            started: 0,
-        };
+        let mut s = Search::new(&m, None);
         assert_eq!(s.next().as_deref(), Some("a:1"));
         assert_eq!(s.next().as_deref(), Some("b:2"));
         s.in_flight.remove("b:2");

@@ -105,8 +105,8 @@ pub async fn wait_for_signal() {
 /// Why a share and not every core: each process on a shared host with a thread per core wakes
 /// its idle threads to steal the work one of them was woken for, and on a small host most of its
 /// cost per message was those wake-ups. Three members and three workers on the two cores of the
-/// development machine, each with one thread instead of two, used 6–14 % less CPU per post and
-/// posted 5–9 % more per second (bench/RESULTS.md, 2026-12-06).
+/// development machine, each with one thread instead of two, used 8–13 % less CPU per post and
+/// posted 8–9 % more per second (bench/RESULTS.md, 2026-12-06).
 pub fn runtime(sharing: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
