@@ -47,7 +47,8 @@ struct Args {
     #[arg(long)]
     canaries: bool,
     /// Keep the processes' logs even when the run passes (a failed run always keeps them); the
-    /// report says where.
+    /// report says where. The soak's own client library (its streams' and posters' reconnects)
+    /// then logs at debug to a file of its own, named at the start.
     #[arg(long)]
     keep_logs: bool,
 }
@@ -55,6 +56,23 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.keep_logs {
+        let path = std::env::temp_dir().join(format!(
+            "chatfeed-soak-seed-{}-{}.log",
+            args.seed,
+            std::process::id()
+        ));
+        match chatfeed_common::logging::init_to(
+            chatfeed_common::logging::LogFormat::Text,
+            "warn,chatfeed_client=debug",
+            "soak",
+            &std::process::id().to_string(),
+            Some(&path),
+        ) {
+            Ok(_) => eprintln!("soak: the client library logs to {}", path.display()),
+            Err(e) => eprintln!("soak: cannot log to {}: {e}", path.display()),
+        }
+    }
     let sc = Scenario {
         secs: args.secs,
         canaries: args.canaries,
