@@ -59,7 +59,8 @@ async fn timelines_follow_the_rules() {
 
 /// Kill -9 of the worker serving a streaming client while another client keeps posting: the
 /// stream resumes on another worker and has printed every post of its timeline exactly once, in
-/// order; every post committed once; the master has a replacement worker running soon after.
+/// order; every post committed once; the master, seeing the process exit, has a replacement
+/// worker running soon after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn worker_kill_resumes_stream_without_gap() {
     let c = feed_cluster("").await;
@@ -98,6 +99,18 @@ async fn worker_kill_resumes_stream_without_gap() {
     assert!(
         now.iter().any(|w| !first.iter().any(|f| f.pid == w.pid)),
         "a replacement worker runs"
+    );
+    // On its own host the active master saw the process exit: it did not wait for the pool's
+    // settling time, which is for a worker that may be alive behind a network cut.
+    let seen = format!("pid={}", serving.pid);
+    let logs: Vec<String> = (1..=3)
+        .filter_map(|id| std::fs::read_to_string(c.run_dir().join(format!("master-{id}.log"))).ok())
+        .collect();
+    assert!(
+        logs.iter()
+            .flat_map(|l| l.lines())
+            .any(|l| { l.contains("worker's process has exited: dead") && l.contains(&seen) }),
+        "the active master reaped the killed worker by its exited process"
     );
 }
 

@@ -162,6 +162,31 @@ impl Directory {
         dead
     }
 
+    /// Removes the workers of `host` silent for longer than `silent_for` whose process has
+    /// `exited` (by pid): on the master's own host a crash is then known at once, not after
+    /// `dead_after` and the pool's settling time, which are for a worker that may be alive
+    /// behind a network cut. A silent worker whose process is still there stays (it may be
+    /// stopped or starved, and is `reap`ed in time if it stays silent). The host stays.
+    pub fn reap_exited(
+        &mut self,
+        now: Instant,
+        host: &str,
+        silent_for: Duration,
+        exited: impl Fn(u32) -> bool,
+    ) -> Vec<Worker> {
+        let gone: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.host == host && now.duration_since(w.last_seen) > silent_for && exited(w.pid)
+            })
+            .map(|w| w.id.clone())
+            .collect();
+        gone.iter()
+            .filter_map(|id| self.workers.remove(id))
+            .collect()
+    }
+
     /// The least-loaded live worker not in `exclude` (if every worker is excluded, the least
     /// loaded of all), random among equals; counts the assignment (made at `now`).
     pub fn assign(&mut self, exclude: &[String]) -> Option<(String, String)> {
@@ -272,6 +297,34 @@ mod tests {
             leaving: false,
             web_addr: String::new(),
         }
+    }
+
+    /// On the master's own host, a worker silent for a moment whose process has exited is
+    /// removed at once; one whose process is still there, one heard from just now and one of
+    /// another host are not.
+    #[test]
+    fn an_exited_worker_is_reaped_at_once() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut d = Directory::new(3);
+        let t0 = Instant::now();
+        let with_pid = |id: &str, host: &str, pid: u32| WorkerHeartbeat {
+            pid,
+            ..hb(id, host, 0)
+        };
+        d.heartbeat(&with_pid("exited", "own", 10), &tx, t0);
+        d.heartbeat(&with_pid("stopped", "own", 11), &tx, t0);
+        d.heartbeat(&with_pid("elsewhere", "other", 12), &tx, t0);
+        let later = t0 + Duration::from_millis(600);
+        d.heartbeat(&with_pid("fresh", "own", 13), &tx, later);
+        let exited = |pid: u32| pid != 11;
+        let gone = d.reap_exited(later, "own", Duration::from_millis(500), exited);
+        assert_eq!(
+            gone.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+            vec!["exited"]
+        );
+        let left: Vec<&str> = d.workers.keys().map(String::as_str).collect();
+        assert_eq!(left, vec!["elsewhere", "fresh", "stopped"]);
+        assert!(d.hosts.contains_key("own"));
     }
 
     /// A worker registers once; a second heartbeat with the same id updates it; it is dead

@@ -8,7 +8,7 @@
 use crate::background::directory::Directory;
 use crate::replicated::mastership::Mastership;
 use chatfeed_common::config::MAX_POOL_SIZE;
-use chatfeed_common::process::SpawnSpec;
+use chatfeed_common::process::{SpawnSpec, is_live};
 use chatfeed_proto::control::{
     ControlCommand, Retire, Shed, SpawnWorker, control_command::Command,
 };
@@ -42,6 +42,14 @@ pub struct LocalSpawn {
 }
 
 impl LocalSpawn {
+    /// The name of the workers' program (what their command lines contain).
+    fn program(&self) -> String {
+        self.exe.file_name().map_or_else(
+            || "chatfeed-worker".into(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
     fn spawn(&self, pool: u32) -> std::io::Result<u32> {
         let args = vec![
             "--config".into(),
@@ -70,6 +78,8 @@ struct HostState {
     short_since: Option<Instant>,
     /// Since when it has had more, without a break.
     surplus_since: Option<Instant>,
+    /// Its shortage is of workers whose processes exited (own host only), since it was last full.
+    exited: bool,
 }
 
 pub async fn run(
@@ -99,6 +109,8 @@ pub async fn run(
     let mut shed_at: HashMap<String, Instant> = HashMap::new();
     let mut last_rebalance = Instant::now();
     let mut last_tick = Instant::now();
+    // Workers of the own host seen to exit since the pools were last looked at.
+    let mut own_exited = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -118,6 +130,7 @@ pub async fn run(
             if active_since.take().is_some() {
                 directory.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 hosts.clear();
+                own_exited = false;
             }
             continue;
         }
@@ -125,6 +138,16 @@ pub async fn run(
         let mut dir = directory.lock().unwrap_or_else(|p| p.into_inner());
         // The master's own host keeps its pool even with no worker left: it can start them itself.
         let keep = local.as_ref().map(|_| own_host.as_str());
+        // On its own host the master sees a worker's process: one that has exited is dead
+        // for sure, and is replaced without waiting for a network cut to heal. Looked at
+        // first, so that it is known as such when `dead_after` is as short as two heartbeats.
+        if let Some(l) = &local {
+            let gone = dir.reap_exited(now, &own_host, tick * 2, |pid| !is_live(pid, &l.program()));
+            for w in gone {
+                tracing::warn!(worker = %w.id, addr = %w.addr, pid = w.pid, "worker's process has exited: dead");
+                own_exited = true;
+            }
+        }
         for w in dir.reap(now, dead_after, keep) {
             tracing::warn!(worker = %w.id, addr = %w.addr, host = %w.host, pid = w.pid, "worker is silent: dead");
         }
@@ -141,7 +164,11 @@ pub async fn run(
                 backoff: FIRST_BACKOFF,
                 short_since: None,
                 surplus_since: None,
+                exited: false,
             });
+            if host == &own_host && std::mem::take(&mut own_exited) {
+                state.exited = true;
+            }
             // The directory holds the configured pool (`directory.rs`); capped here too, so
             // that no value however it got there makes one round ask for more than a host's
             // largest pool.
@@ -152,13 +179,15 @@ pub async fn run(
             if missing == 0 {
                 state.backoff = FIRST_BACKOFF;
                 state.short_since = None;
+                state.exited = false;
                 continue;
             }
             // A worker declared dead may be alive behind a network cut: when the cut heals, its
             // heartbeats (or its new registration, after its probe noticed) come back a moment
             // after its host-mates'. Only a pool short for longer than that has lost workers.
+            // A shortage of workers whose processes were seen to exit needs no settling.
             let short_since = *state.short_since.get_or_insert(now);
-            if now.duration_since(short_since) < short_settle {
+            if !state.exited && now.duration_since(short_since) < short_settle {
                 continue;
             }
             if now < state.next_try {
