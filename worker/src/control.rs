@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long stopping waits for the master to take the `leaving` heartbeat.
 pub const LEAVE_WAIT: Duration = Duration::from_secs(2);
-/// How often the registered master is probed, and how long a probe may take.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe of the registered master may take when no other member is the active
+/// master (a late probe ends sooner when another one is: `MasterLink::moved_from`). The master
+/// is probed every heartbeat.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A worker that has not been registered with an active master for this long has been declared
 /// dead by it (`worker.dead_after_ms`) and may receive no events: it asks its streams to move.
@@ -85,6 +86,9 @@ enum SessionEnd {
     Refused(tonic::Status),
     /// The stream ended after it was accepted.
     Broke(String),
+    /// The master stopped answering in time and the member named here is the active master now
+    /// (a frozen or cut-off master keeps its connections open: only its silence tells).
+    Moved { why: String, to: String },
     /// Shutdown: the leaving heartbeat was sent.
     Left,
 }
@@ -129,6 +133,15 @@ impl Control {
                     backoff.reset();
                     tracing::warn!(master = %addr, error = %why, "heartbeat stream ended; registering again");
                 }
+                SessionEnd::Moved { why, to } => {
+                    unregistered_since = std::time::Instant::now();
+                    self.link.forget_active(&addr);
+                    redirected = true;
+                    backoff.reset();
+                    tracing::warn!(master = %addr, error = %why, "the active master moved; registering there");
+                    hint = Some(to);
+                    continue;
+                }
             }
             let delay = backoff.next_delay();
             tokio::select! {
@@ -169,7 +182,12 @@ impl Control {
         tracing::info!(master = %addr, worker = %self.identity.worker_id, addr = %self.identity.addr, "registered with the active master");
         let mut ticker = tokio::time::interval(self.heartbeat);
         ticker.tick().await;
-        let mut probe = AbortOnDrop(tokio::spawn(probe_until_failure(channel)));
+        let mut probe = AbortOnDrop(tokio::spawn(probe_until_failure(
+            self.link.clone(),
+            addr.to_string(),
+            channel,
+            self.heartbeat,
+        )));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -188,8 +206,8 @@ impl Control {
                         return SessionEnd::Broke("the heartbeat stream closed".into());
                     }
                 }
-                why = &mut probe.0 => {
-                    return SessionEnd::Broke(why.unwrap_or_else(|e| format!("probe task: {e}")));
+                end = &mut probe.0 => {
+                    return end.unwrap_or_else(|e| SessionEnd::Broke(format!("probe task: {e}")));
                 }
                 m = commands.message() => match m {
                     Ok(Some(cmd)) => self.obey(cmd, shutdown),
@@ -319,16 +337,34 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Probes the master behind `channel` until it fails to answer as the active master; returns why.
-async fn probe_until_failure(channel: tonic::transport::Channel) -> String {
+/// Probes the master at `addr` (behind `channel`) every `every` until it fails to answer as the
+/// active master; returns why. A probe that is late (`LinkTiming::late`) while another member
+/// is the active master ends it at once, naming that member: the heartbeat stream of a frozen
+/// master stays open, and its workers must register with the new one before clients asking it
+/// for a worker find none.
+async fn probe_until_failure(
+    link: Arc<MasterLink>,
+    addr: String,
+    channel: tonic::transport::Channel,
+    every: Duration,
+) -> SessionEnd {
     let mut client = ClusterClient::new(channel);
     loop {
-        tokio::time::sleep(PROBE_EVERY).await;
-        match tokio::time::timeout(PROBE_TIMEOUT, client.member_info(MemberInfoRequest {})).await {
-            Ok(Ok(r)) if r.get_ref().role == Role::Leader as i32 => {}
-            Ok(Ok(_)) => return "the master is no longer the active master".into(),
-            Ok(Err(s)) => return format!("the master does not answer calls: {}", s.message()),
-            Err(_) => return "the master does not answer calls in time".into(),
+        tokio::time::sleep(every).await;
+        tokio::select! {
+            r = tokio::time::timeout(PROBE_TIMEOUT, client.member_info(MemberInfoRequest {})) => match r {
+                Ok(Ok(r)) if r.get_ref().role == Role::Leader as i32 => {}
+                Ok(Ok(_)) => return SessionEnd::Broke("the master is no longer the active master".into()),
+                Ok(Err(s)) => return SessionEnd::Broke(format!("the master does not answer calls: {}", s.message())),
+                Err(_) => return SessionEnd::Broke("the master does not answer calls in time".into()),
+            },
+            to = link.moved_from(&addr) => {
+                let why = format!(
+                    "{addr} did not answer within {} ms and {to} is the active master now",
+                    link.timing().late.as_millis()
+                );
+                return SessionEnd::Moved { why, to };
+            }
         }
     }
 }

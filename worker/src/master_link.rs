@@ -425,7 +425,7 @@ impl MasterLink {
 
     /// Resolves, once an attempt on `addr` is late, with another member that is the active
     /// master now; never while none is.
-    async fn moved_from(&self, addr: &str) -> String {
+    pub(crate) async fn moved_from(&self, addr: &str) -> String {
         tokio::time::sleep(self.timing.late).await;
         loop {
             if let Some(other) = self.active_elsewhere(addr).await {

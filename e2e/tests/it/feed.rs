@@ -3,6 +3,7 @@
 
 use chatfeed_common::testing::{DEADLINE, eventually};
 use chatfeed_e2e::cluster::*;
+use chatfeed_e2e::deployment::Deployment;
 use chatfeed_e2e::feed::*;
 use chatfeed_e2e::group::{Group, worker_serving_the_stream};
 use chatfeed_proto::TIMELINE_LATEST;
@@ -112,6 +113,39 @@ async fn worker_kill_resumes_stream_without_gap() {
             .any(|l| { l.contains("worker's process has exited: dead") && l.contains(&seen) }),
         "the active master reaped the killed worker by its exited process"
     );
+}
+
+/// SIGSTOP of the active master: its connections stay open, so the workers registered with it
+/// see only its silence. Each one leaves it for the new active master as soon as a probe is
+/// late and another member says it is active, not after the probe's own timeout: the new master
+/// lists the whole pool (clients asking it for a worker find one) while the old one is stopped,
+/// and every worker's log gives that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_leave_a_frozen_master_for_the_new_one() {
+    let c = feed_cluster("").await;
+    let workers = c.wait_workers(3).await;
+    let old = c.wait_healthy().await.leader.expect("a leader");
+    let stopped = c.pause_master(old).expect("the active master is running");
+    c.wait_leader_status("the pool registered with a new active master", |s| {
+        if s.answered_by == old {
+            Err("the stopped member answered".to_string())
+        } else if s.workers.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{} workers registered", s.workers.len()))
+        }
+    })
+    .await;
+    for w in &workers {
+        let log = std::fs::read_to_string(c.run_dir().join(format!("worker-{}.log", w.pid)))
+            .unwrap_or_default();
+        assert!(
+            log.contains("the active master moved; registering there"),
+            "worker {} did not leave the stopped master for the new one:\n{log}",
+            w.pid
+        );
+    }
+    c.resume(stopped).expect("the stopped member is ours");
 }
 
 /// Kill -9 of the active master while clients post and stream: every acknowledged post reaches

@@ -97,12 +97,13 @@ pub async fn run(
     let dead_after = Duration::from_millis(config.worker.dead_after_ms);
     // After becoming master, workers need a moment to register again before a short pool means
     // that workers died.
-    // A worker notices a stalled or cut-off old master only by its probe (1 s apart, 2 s
-    // timeout) and then re-registers: allow for that too.
+    // A worker notices a stalled or cut-off old master only by its probe (every heartbeat; at
+    // most 2 s late when it cannot see another active master) and then re-registers: allow for
+    // that too.
     let grace = dead_after * 2 + Duration::from_secs(4);
     // How long a host's pool must stay short before replacements are asked for: a worker
-    // reaped while cut off re-registers within its probe's period (1 s) and timeout (2 s) of
-    // the cut healing.
+    // reaped while cut off re-registers within its probe's period (a heartbeat) and timeout
+    // (2 s) of the cut healing.
     let short_settle = dead_after + Duration::from_secs(3);
     let mut active_since: Option<Instant> = None;
     let mut hosts: HashMap<String, HostState> = HashMap::new();
