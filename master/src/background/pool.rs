@@ -78,8 +78,6 @@ struct HostState {
     short_since: Option<Instant>,
     /// Since when it has had more, without a break.
     surplus_since: Option<Instant>,
-    /// Its shortage is of workers whose processes exited (own host only), since it was last full.
-    exited: bool,
 }
 
 pub async fn run(
@@ -110,7 +108,7 @@ pub async fn run(
     let mut shed_at: HashMap<String, Instant> = HashMap::new();
     let mut last_rebalance = Instant::now();
     let mut last_tick = Instant::now();
-    // Workers of the own host seen to exit since the pools were last looked at.
+    // The own host's shortage is of workers seen to exit (since it was last full).
     let mut own_exited = false;
     loop {
         tokio::select! {
@@ -165,11 +163,8 @@ pub async fn run(
                 backoff: FIRST_BACKOFF,
                 short_since: None,
                 surplus_since: None,
-                exited: false,
             });
-            if host == &own_host && std::mem::take(&mut own_exited) {
-                state.exited = true;
-            }
+            let own = host == &own_host;
             // The directory holds the configured pool (`directory.rs`); capped here too, so
             // that no value however it got there makes one round ask for more than a host's
             // largest pool.
@@ -180,7 +175,9 @@ pub async fn run(
             if missing == 0 {
                 state.backoff = FIRST_BACKOFF;
                 state.short_since = None;
-                state.exited = false;
+                if own {
+                    own_exited = false;
+                }
                 continue;
             }
             // A worker declared dead may be alive behind a network cut: when the cut heals, its
@@ -188,7 +185,7 @@ pub async fn run(
             // after its host-mates'. Only a pool short for longer than that has lost workers.
             // A shortage of workers whose processes were seen to exit needs no settling.
             let short_since = *state.short_since.get_or_insert(now);
-            if !state.exited && now.duration_since(short_since) < short_settle {
+            if !(own && own_exited) && now.duration_since(short_since) < short_settle {
                 continue;
             }
             if now < state.next_try {
