@@ -17,10 +17,23 @@ pub fn apply_command(
     cmd: &Command,
     ts_ms: i64,
 ) -> rusqlite::Result<Result<Applied, FeedError>> {
+    apply_command_after(conn, cmd, ts_ms, last_seq(conn)?)
+}
+
+/// `apply_command` for a caller that keeps the seq of the last event itself (`last_seq`: the
+/// state machine, which applies many commands in one transaction and so reads it once): the
+/// event this command adds, if any, is `last_seq + 1`, and the answer's `seq` is the last seq
+/// after it (unless the answer is a duplicate's, which names the earlier post).
+pub fn apply_command_after(
+    conn: &Connection,
+    cmd: &Command,
+    ts_ms: i64,
+    last_seq: u64,
+) -> rusqlite::Result<Result<Applied, FeedError>> {
     if let Err(e) = validate_command(cmd, HARD_MAX_POST_CHARS as usize) {
         return Ok(Err(e));
     }
-    apply_validated(conn, cmd, ts_ms, last_seq(conn)? + 1, None)
+    apply_validated(conn, cmd, ts_ms, last_seq + 1, None)
 }
 
 /// Applies `cmd`, validated, as the event `seq` when it adds one. `known`: a user this apply
@@ -222,25 +235,24 @@ fn apply_validated(
             if !exists(author)? {
                 return Ok(Err(FeedError::UserNotFound(author.clone())));
             }
-            if !client_post_id.is_empty() {
-                let earlier = conn
-                    .prepare_cached(
-                        "SELECT seq, ts_ms FROM events WHERE kind = 3 AND actor = ?1 AND client_post_id = ?2",
-                    )?
-                    .query_row([author, client_post_id], |r| {
-                        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
-                    })
-                    .optional()?;
-                if let Some((seq, ts_ms)) = earlier {
+            // The insert finds a post with the same client post id itself (the unique index
+            // `post_ids` refuses the row, and SQLite undoes the statement only), so a new post,
+            // by far the usual case, costs no separate look-up.
+            let id = (!client_post_id.is_empty()).then_some(client_post_id.as_str());
+            match insert_event(conn, seq, KIND_POST, author, None, Some(text), ts_ms, id) {
+                Ok(()) => {}
+                Err(e) if id.is_some() && is_unique_violation(&e) => {
+                    let Some((seq, ts_ms)) = earlier_post(conn, author, client_post_id)? else {
+                        return Err(e);
+                    };
                     return Ok(Ok(Applied {
                         seq,
                         ts_ms,
                         duplicate: true,
                     }));
                 }
+                Err(e) => return Err(e),
             }
-            let id = (!client_post_id.is_empty()).then_some(client_post_id.as_str());
-            insert_event(conn, seq, KIND_POST, author, None, Some(text), ts_ms, id)?;
         }
     }
     Ok(Ok(done))
@@ -260,6 +272,30 @@ fn end_sessions(conn: &Connection, name: &str, at_ms: i64) -> rusqlite::Result<(
     )?
     .execute(params![name, at_ms])?;
     Ok(())
+}
+
+/// The seq and time of `author`'s post with `client_post_id`, if there is one.
+fn earlier_post(
+    conn: &Connection,
+    author: &str,
+    client_post_id: &str,
+) -> rusqlite::Result<Option<(u64, i64)>> {
+    conn.prepare_cached(
+        "SELECT seq, ts_ms FROM events WHERE kind = 3 AND actor = ?1 AND client_post_id = ?2",
+    )?
+    .query_row([author, client_post_id], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
+    })
+    .optional()
+}
+
+/// Whether `e` is a UNIQUE constraint's refusal.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -393,6 +429,65 @@ mod tests {
             6,
             "two users, a follow, two posts, an unfollow"
         );
+    }
+
+    /// A post whose client post id was used before is refused by the insert itself and answers
+    /// the earlier post (its seq and time), also within one transaction; it takes no seq, so the
+    /// last seq a caller keeps (`apply_command_after`) stays that of the table.
+    #[test]
+    fn a_repeated_client_post_id_answers_the_earlier_post() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        let post = |text: &str, id: &str| Command::InSession {
+            session_ms: 1,
+            command: Box::new(Command::Post {
+                author: "ann".into(),
+                text: text.into(),
+                client_post_id: id.into(),
+            }),
+        };
+        let cmds = [
+            Command::CreateUser {
+                name: "ann".into(),
+                password_hash: None,
+            },
+            post("one", "p1"),
+            post("two", "p2"),
+            post("one again", "p1"),
+            post("three", "p3"),
+            post("two again", "p2"),
+        ];
+        let mut last = 0;
+        let mut answers = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            let a = apply_command_after(&tx, c, 100 + i as i64, last)
+                .unwrap()
+                .unwrap();
+            if !a.duplicate {
+                last = a.seq;
+            }
+            answers.push((a.seq, a.ts_ms, a.duplicate));
+        }
+        assert_eq!(
+            answers,
+            [
+                (1, 100, false),
+                (2, 101, false),
+                (3, 102, false),
+                (2, 101, true),
+                (4, 104, false),
+                (3, 102, true)
+            ]
+        );
+        assert_eq!(last, last_seq(&tx).unwrap());
+        let texts: Vec<_> = events_after(&tx, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.text.unwrap_or_default())
+            .collect();
+        assert_eq!(texts, ["one", "two", "three"]);
     }
 
     /// A command made in a session applies while the user's sessions after its issue time
