@@ -19,8 +19,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Commands per entry at most: a full entry (about 300 bytes of JSON per post) stays well under
-/// 100 KB, so an AppendEntries carrying a few of them fits the heartbeat-sized RPC timeout. A
+/// Commands per entry at most: a full entry (about 200 bytes per 140-character post, in postcard)
+/// stays well under 100 KB, so an AppendEntries carrying a few of them fits the heartbeat-sized RPC timeout. A
 /// worker's batch is at most as many (`chatfeed_proto::WRITE_BATCH_MAX`), so it fits one entry.
 pub const MAX_BATCH: usize = chatfeed_proto::WRITE_BATCH_MAX;
 /// Bytes of command text (names, post texts, ids: `command_bytes`) per entry at most, beyond its
