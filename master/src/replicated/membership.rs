@@ -29,6 +29,9 @@ pub const PROMOTE_LAG: u64 = 256;
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a removed voter is waited for to receive the change, before it is dropped anyway.
 const REMOVED_CATCH_UP: Duration = Duration::from_secs(5);
+/// Heartbeats a removed voter stays in the group once it has the change, to hear that the change
+/// committed (`retire`).
+const HEARD_WITHIN: u64 = 4;
 /// How often the catch-up is checked.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -360,7 +363,18 @@ impl Core {
         // The change's last entry is at most this member's last one now.
         let change_at = ms.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let deadline = Instant::now() + REMOVED_CATCH_UP;
-        while Instant::now() < deadline && ms.matched(id).is_none_or(|m| m < change_at) {
+        // Having the change's entries is not enough: `id` applies them (and stops) once it hears
+        // that they committed, which they did (`change` returned), from the next AppendEntries
+        // this member sends it: the commit update or a heartbeat. Dropped at once, it could miss
+        // both under load and never stop. So it stays `HEARD_WITHIN` heartbeats more.
+        let heard = Duration::from_millis(self.config.raft.heartbeat_ms * HEARD_WITHIN);
+        let mut has_change: Option<Instant> = None;
+        while Instant::now() < deadline {
+            if ms.matched(id).is_some_and(|m| m >= change_at)
+                && has_change.get_or_insert_with(Instant::now).elapsed() >= heard
+            {
+                break;
+            }
             tokio::time::sleep(POLL).await;
         }
         self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
