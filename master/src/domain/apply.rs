@@ -3,28 +3,19 @@
 //! here (with the hard post limit), so the log cannot carry a bad command into the state.
 
 use super::command::{Applied, Command, FeedError, validate_command};
-use super::query::{Event, follows_now, last_seq, token_key_hex, user_exists};
+use super::query::{Event, follows_now, token_key_hex, user_exists};
 use super::schema::{
     CLUSTER_ID, KIND_FOLLOW, KIND_POST, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, TOKEN_KEY,
 };
 use chatfeed_common::config::HARD_MAX_POST_CHARS;
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// Applies one command inside the caller's transaction. The outer error is a storage failure;
-/// the inner one is the command's own answer.
+/// Applies one command inside the caller's transaction, `last_seq` being the seq of the last
+/// event (the state machine reads it once per applied batch and keeps it): the event this
+/// command adds, if any, is `last_seq + 1`, and the answer's `seq` is the last seq after it
+/// (unless the answer is a duplicate's, which names the earlier post). The outer error is a
+/// storage failure; the inner one is the command's own answer.
 pub fn apply_command(
-    conn: &Connection,
-    cmd: &Command,
-    ts_ms: i64,
-) -> rusqlite::Result<Result<Applied, FeedError>> {
-    apply_command_after(conn, cmd, ts_ms, last_seq(conn)?)
-}
-
-/// `apply_command` for a caller that keeps the seq of the last event itself (`last_seq`: the
-/// state machine, which applies many commands in one transaction and so reads it once): the
-/// event this command adds, if any, is `last_seq + 1`, and the answer's `seq` is the last seq
-/// after it (unless the answer is a duplicate's, which names the earlier post).
-pub fn apply_command_after(
     conn: &Connection,
     cmd: &Command,
     ts_ms: i64,
@@ -374,7 +365,7 @@ pub fn event_of(cmd: &Command, applied: &Applied) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::query::events_after;
+    use crate::domain::query::{events_after, last_seq};
     use crate::domain::schema::{SCHEMA, migrate};
 
     /// Every event `event_of` derives is the row `apply_command` wrote, and commands that write
@@ -418,7 +409,9 @@ mod tests {
         ];
         let mut derived = Vec::new();
         for (i, c) in cmds.iter().enumerate() {
-            if let Ok(a) = apply_command(&conn, c, 1000 + i as i64).unwrap() {
+            if let Ok(a) =
+                apply_command(&conn, c, 1000 + i as i64, last_seq(&conn).unwrap()).unwrap()
+            {
                 derived.extend(event_of(c, &a));
             }
         }
@@ -433,7 +426,7 @@ mod tests {
 
     /// A post whose client post id was used before is refused by the insert itself and answers
     /// the earlier post (its seq and time), also within one transaction; it takes no seq, so the
-    /// last seq a caller keeps (`apply_command_after`) stays that of the table.
+    /// last seq a caller keeps (`apply_command`'s `last_seq`) stays that of the table.
     #[test]
     fn a_repeated_client_post_id_answers_the_earlier_post() {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -462,7 +455,7 @@ mod tests {
         let mut last = 0;
         let mut answers = Vec::new();
         for (i, c) in cmds.iter().enumerate() {
-            let a = apply_command_after(&tx, c, 100 + i as i64, last)
+            let a = apply_command(&tx, c, 100 + i as i64, last)
                 .unwrap()
                 .unwrap();
             if !a.duplicate {
@@ -499,7 +492,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         migrate(&conn).unwrap();
-        let run = |cmd: Command| apply_command(&conn, &cmd, 1).unwrap();
+        let run = |cmd: Command| apply_command(&conn, &cmd, 1, last_seq(&conn).unwrap()).unwrap();
         run(Command::CreateUser {
             name: "ann".into(),
             password_hash: None,

@@ -10,7 +10,7 @@ mod query;
 mod schema;
 mod snapshot;
 
-pub use apply::{apply_command, apply_command_after, event_of};
+pub use apply::{apply_command, event_of};
 pub use command::{
     Applied, Command, FeedError, is_cluster_id, validate_command, validate_name,
     validate_new_command,

@@ -369,7 +369,10 @@ mod tests {
     }
 
     fn apply(conn: &Connection, cmd: Command) -> u64 {
-        apply_command(conn, &cmd, 0).unwrap().unwrap().seq
+        apply_command(conn, &cmd, 0, last_seq(conn).unwrap())
+            .unwrap()
+            .unwrap()
+            .seq
     }
 
     fn user(name: &str) -> Command {

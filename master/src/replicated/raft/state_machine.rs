@@ -149,7 +149,7 @@ fn apply(tx: &Connection, entries: &[Entry]) -> rusqlite::Result<Applied> {
                 let mut answers = Vec::with_capacity(req.commands().len());
                 for cmd in req.commands() {
                     sets_cluster_id |= matches!(cmd, domain::Command::SetClusterId { .. });
-                    let answer = domain::apply_command_after(tx, cmd, req.ts_ms(), last_seq)?;
+                    let answer = domain::apply_command(tx, cmd, req.ts_ms(), last_seq)?;
                     if let Ok(a) = &answer {
                         if !a.duplicate {
                             last_seq = a.seq;

@@ -371,7 +371,7 @@ async fn one_file_layout_is_split_at_open() {
             )
             .unwrap();
         }
-        crate::domain::apply_command(&c, &user("bob"), 5)
+        crate::domain::apply_command(&c, &user("bob"), 5, crate::domain::last_seq(&c).unwrap())
             .unwrap()
             .unwrap();
         super::db::put_meta(&c, "sm_meta", "last_applied", &Some(log_id(4, 2))).unwrap();
