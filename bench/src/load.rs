@@ -8,6 +8,7 @@ use crate::check::{AckedPost, StoredPost};
 use anyhow::{Context, Result, anyhow, bail};
 use chatfeed_client::cursor::Cursor;
 use chatfeed_client::failure::Failure;
+use chatfeed_client::post_id::new_client_post_id;
 use chatfeed_client::session::Session;
 use chatfeed_client::timeline::{self, Until};
 use chatfeed_proto::TIMELINE_PAGE;
@@ -52,26 +53,22 @@ pub struct Sent {
 pub struct Poster {
     pub user: String,
     pub session: Arc<Session>,
-    prefix: String,
-    next: AtomicU64,
 }
 
 impl Poster {
     /// A poster logged in as `user` (created if new), on a worker the active master picks.
-    pub async fn login(masters: &Masters, user: &str, prefix: &str) -> Result<Poster> {
+    pub async fn login(masters: &Masters, user: &str) -> Result<Poster> {
         let session = login(masters, user).await?;
         Ok(Poster {
             user: user.into(),
             session,
-            prefix: prefix.into(),
-            next: AtomicU64::new(0),
         })
     }
 
-    /// Posts one new post (fresh client post id), retried with the same id until acknowledged.
+    /// Posts one new post with a fresh client post id made as the CLI makes it, retried with
+    /// the same id until acknowledged.
     pub async fn post(&self) -> Result<Sent> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{}-{n}", self.prefix, self.user);
+        let id = new_client_post_id();
         let text = post_text(&id);
         let req = PostRequest {
             user: self.user.clone(),

@@ -296,9 +296,27 @@ async function toggleFollow(user, follows) {
   }
 }
 
+/**
+ * A fresh idempotency key laid out as a UUIDv7: the time in milliseconds first, then random bits.
+ * One user's keys then sort in the order they were made, which the masters index for less than
+ * random ones (a new key lands where the user's last one did).
+ */
+function newPostKey() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  let ms = Date.now();
+  for (let i = 5; i >= 0; i--) {
+    b[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  b[6] = (b[6] & 0x0f) | 0x70;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 /** Posts `text` once: one idempotency key for every retry, so a post commits at most once. */
 async function post(text) {
-  const key = crypto.randomUUID();
+  const key = newPostKey();
   const deadline = Date.now() + 15000;
   let wait = 200;
   for (;;) {

@@ -58,7 +58,7 @@ pub async fn backup(t: &Target, writers: usize, prefill: usize, secs: u64) -> Re
         (0..writers).map(|i| format!("bkw{i}")).collect(),
         |u| {
             let masters = t.masters.clone();
-            async move { Ok(Arc::new(Poster::login(&masters, &u, "bk").await?)) }
+            async move { Ok(Arc::new(Poster::login(&masters, &u).await?)) }
         },
     )
     .await?;

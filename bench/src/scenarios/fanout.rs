@@ -132,7 +132,7 @@ pub async fn fanout(t: &Target, plan: &Plan) -> Result<Fanout> {
         (0..na).map(|i| format!("fa{i}")).collect(),
         |u| {
             let masters = t.masters.clone();
-            async move { Ok(Arc::new(Poster::login(&masters, &u, "fan").await?)) }
+            async move { Ok(Arc::new(Poster::login(&masters, &u).await?)) }
         },
     )
     .await?;

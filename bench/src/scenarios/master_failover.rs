@@ -62,11 +62,11 @@ pub async fn master_failover(t: &Target, plan: &Plan) -> Result<MasterFailover> 
             .collect(),
         |u| {
             let masters = t.masters.clone();
-            async move { Ok(Arc::new(Poster::login(&masters, &u, "mf").await?)) }
+            async move { Ok(Arc::new(Poster::login(&masters, &u).await?)) }
         },
     )
     .await?;
-    let probe = Arc::new(Poster::login(&t.masters, "mfprobe", "mf").await?);
+    let probe = Arc::new(Poster::login(&t.masters, "mfprobe").await?);
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<HashMap<String, Vec<Sent>>>> = Arc::default();
     // The steady load: closed-loop writers.

@@ -66,7 +66,7 @@ pub async fn throughput(t: &Target, plan: &Plan, clients: usize, tag: &str) -> R
         .collect();
     let posters: Vec<Arc<Poster>> = load::many("posters log in", users, |u| {
         let masters = t.masters.clone();
-        async move { Ok(Arc::new(Poster::login(&masters, &u, "tp").await?)) }
+        async move { Ok(Arc::new(Poster::login(&masters, &u).await?)) }
     })
     .await?;
     let (term_before, leader_before) = t.term().await?;

@@ -92,7 +92,7 @@ pub async fn web(t: &Target, plan: &Plan) -> Result<Web> {
         (0..shape.authors).map(author).collect(),
         |u| {
             let masters = t.masters.clone();
-            async move { Ok(Arc::new(Poster::login(&masters, &u, "web").await?)) }
+            async move { Ok(Arc::new(Poster::login(&masters, &u).await?)) }
         },
     )
     .await?;

@@ -80,7 +80,7 @@ pub async fn worker_failover(t: &Target, plan: &Plan, first_user: usize) -> Resu
         load::many("speakers log in", (0..WF_SPEAKERS).collect(), |k| {
             let masters = t.masters.clone();
             let name = speaker_of(k);
-            async move { Ok(Arc::new(Poster::login(&masters, &name, "wf").await?)) }
+            async move { Ok(Arc::new(Poster::login(&masters, &name).await?)) }
         })
         .await?;
     let sessions = load::many("listeners log in and follow", (0..n).collect(), |k| {
