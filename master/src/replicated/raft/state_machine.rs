@@ -11,7 +11,10 @@
 //! (SQLite's online backup, from a read transaction of its own connection, so applies go on) into
 //! `snapshot.db`, fsynced and renamed into place only when newer than the stored one (a stored
 //! snapshot never goes backwards). Installing one replaces the feed's tables with the copy's in
-//! one transaction. No serialisation of the feed, no write lock held while copying.
+//! one transaction. No serialisation of the feed, no write lock held while copying. A snapshot's
+//! data is a file (`types::SnapshotData`): the stored `snapshot.db` for one built or sent, a file
+//! without a name for one being received; openraft reads and writes it in chunks, so no member
+//! ever holds a whole snapshot in memory.
 //!
 //! `state.db` commits without an fsync of its own (`Sync::Normal`): after a power loss it may
 //! roll back. openraft then re-applies the committed entries from the log, and if it rolled back
@@ -29,14 +32,15 @@ use super::db::write_tx;
 use super::db::{MemberFiles, Sync, connect_with, get_meta, put_meta, storage_error, sync_dir};
 use super::storage_alarm::{StorageAlarm, Store, full_or_io, retry_io, retry_while_full};
 use super::types::{
-    Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 use crate::domain::{self, Event};
 use crate::replicated::window::EventWindow;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use rusqlite::Connection;
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -368,6 +372,7 @@ impl StateMachine {
         alarm: Arc<StorageAlarm>,
     ) -> anyhow::Result<StateMachine> {
         let lock = lock_state(files)?;
+        remove_temp_files(files);
         let mut conn = connect_with(&files.state, Sync::Normal)?;
         // Checkpoints run on a thread of their own (`checkpoint.rs`), never inside an apply.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -511,6 +516,44 @@ fn store_if_newer(
     Ok(true)
 }
 
+/// The stored snapshot, its meta and its file opened under the lock that a newer one is renamed
+/// into place under: the file is the one the meta describes, and stays readable (an open file)
+/// when a newer one replaces it.
+fn open_current(
+    files: &MemberFiles,
+    current: &Mutex<Option<SnapshotMeta>>,
+) -> std::io::Result<Option<Snapshot>> {
+    let cur = current.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(meta) = cur.clone() else {
+        return Ok(None);
+    };
+    let file = std::fs::File::open(&files.snapshot)?;
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(SnapshotData::from_std(file)),
+    }))
+}
+
+/// Removes the temporary snapshot files (`temp_path`) a crash left behind, each as large as
+/// `state.db`. Called with `state.db.lock` held, so no other state machine is writing one.
+fn remove_temp_files(files: &MemberFiles) {
+    let Ok(dir) = std::fs::read_dir(&files.dir) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snapshot.") && name.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %name, "removed a snapshot file left unfinished"),
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "cannot remove a snapshot file left unfinished")
+                }
+            }
+        }
+    }
+}
+
 /// A temporary file name beside the snapshot, unique to this call.
 fn temp_path(files: &MemberFiles, what: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -572,22 +615,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A file without a name (removed as soon as it is open) in the member's directory: the
+    /// chunks of a snapshot being received go to disk, not to memory, and a transfer that is
+    /// given up leaves nothing behind.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let path = temp_path(&self.files, "receiving");
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| storage_error(&e))?
+        .map_err(|e| storage_error(&e))?;
+        Ok(Box::new(SnapshotData::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         let tmp = temp_path(&self.files, "received");
-        let data = snapshot.into_inner();
+        // Every chunk written (a write of tokio's file may still be under way), then the data
+        // copied into a database file of its own, which the state machine attaches.
+        let mut received = snapshot.into_std().await;
         let check = {
             let (tmp, meta, alarm) = (tmp.clone(), meta.clone(), self.alarm.clone());
             tokio::task::spawn_blocking(move || -> Result<(), String> {
-                retry_io(&alarm, Store::Snapshot, || std::fs::write(&tmp, &data))
-                    .map_err(|e| e.to_string())?;
+                retry_io(&alarm, Store::Snapshot, || {
+                    received.seek(SeekFrom::Start(0))?;
+                    let mut out = std::fs::File::create(&tmp)?;
+                    std::io::copy(&mut received, &mut out)?;
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
                 let got = snapshot_meta(&tmp).map_err(|e| e.to_string())?;
                 match got {
                     Some(m) if m.last_log_id == meta.last_log_id => Ok(()),
@@ -635,20 +701,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let (files, current) = (self.files.clone(), self.current.clone());
-        tokio::task::spawn_blocking(move || -> Result<Option<Snapshot>, StorageError> {
-            let cur = current.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(meta) = cur.clone() else {
-                return Ok(None);
-            };
-            // Read under the lock: a newer snapshot is renamed into place under it too.
-            let data = std::fs::read(&files.snapshot).map_err(|e| storage_error(&e))?;
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
-        })
-        .await
-        .map_err(|e| storage_error(&e))?
+        tokio::task::spawn_blocking(move || open_current(&files, &current))
+            .await
+            .map_err(|e| storage_error(&e))?
+            .map_err(|e| storage_error(&e))
     }
 }
 
@@ -699,22 +755,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     return Err(storage_error(&e));
                 }
             };
-            let data = std::fs::read(&tmp).map_err(|e| storage_error(&e))?;
+            let bytes = std::fs::metadata(&tmp).map_or(0, |m| m.len());
             let stored = retry_io(&alarm, Store::Snapshot, || {
                 store_if_newer(&tmp, &meta, &files, &current)
             })
             .map_err(|e| storage_error(&e))?;
             tracing::info!(
                 index = ?meta.last_log_id.map(|l| l.index),
-                bytes = data.len(),
+                bytes,
                 stored,
                 ms = started.elapsed().as_millis() as u64,
                 "snapshot built"
             );
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            })
+            // The stored snapshot: this one, or a newer one stored meanwhile (one received).
+            open_current(&files, &current)
+                .map_err(|e| storage_error(&e))?
+                .ok_or_else(|| {
+                    storage_error(&std::io::Error::other("the snapshot just built is gone"))
+                })
         })
         .await
         .map_err(|e| storage_error(&e))?

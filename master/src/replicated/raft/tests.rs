@@ -463,8 +463,8 @@ async fn snapshots_are_copies_that_never_go_backwards() {
     // A received snapshot whose data does not match its meta is refused.
     let mut lying = second.meta.clone();
     lying.last_log_id = Some(log_id(1, 9));
-    let data = Box::new(std::io::Cursor::new(
-        std::fs::read(&files.snapshot).unwrap(),
+    let data = Box::new(SnapshotData::from_std(
+        std::fs::File::open(&files.snapshot).unwrap(),
     ));
     assert!(sm.install_snapshot(&lying, data).await.is_err());
 
@@ -481,6 +481,85 @@ async fn snapshots_are_copies_that_never_go_backwards() {
             .len(),
         2
     );
+}
+
+/// A snapshot's data is a file, never a buffer of the whole: a built or current snapshot reads
+/// as the stored `snapshot.db`; one received is written in chunks (with seeks, as openraft's
+/// receiver writes them) to a file without a name, installed from there, and leaves no file
+/// behind in the member's directory.
+#[tokio::test]
+async fn snapshot_data_goes_through_files() {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+    let dir = TempDir::new().unwrap();
+    let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
+    let mut sm = StateMachine::open(&files).unwrap();
+    sm.apply([
+        entry(1, 1, cmd(user("ann"))),
+        entry(1, 2, cmd(post("ann", "a", "1"))),
+    ])
+    .await
+    .unwrap();
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let stored = std::fs::read(&files.snapshot).unwrap();
+    assert!(stored.len() > 4096, "{} bytes", stored.len());
+    let mut read = Vec::new();
+    let mut data = built.snapshot;
+    data.read_to_end(&mut read).await.unwrap();
+    assert!(
+        read == stored,
+        "the built snapshot's data is the stored file"
+    );
+    let mut read = Vec::new();
+    let mut current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+    current.snapshot.read_to_end(&mut read).await.unwrap();
+    assert!(
+        read == stored,
+        "the current snapshot's data is the stored file"
+    );
+
+    // Another member receives it: the second half first, then the first.
+    let other = open_member_db(&dir.path().join("o"), 2, true).unwrap();
+    let mut receiver = StateMachine::open(&other).unwrap();
+    let before: Vec<_> = std::fs::read_dir(&other.dir).unwrap().collect();
+    let mut file = receiver.begin_receiving_snapshot().await.unwrap();
+    let half = stored.len() / 2;
+    file.seek(std::io::SeekFrom::Start(half as u64))
+        .await
+        .unwrap();
+    file.write_all(&stored[half..]).await.unwrap();
+    file.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    file.write_all(&stored[..half]).await.unwrap();
+    file.shutdown().await.unwrap();
+    receiver.install_snapshot(&built.meta, file).await.unwrap();
+    assert_eq!(
+        receiver.applied_state().await.unwrap().0,
+        Some(log_id(1, 2))
+    );
+    assert_eq!(*receiver.applied_seq().borrow(), 2);
+    let left: Vec<String> = std::fs::read_dir(&other.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "left behind: {left:?} (before: {before:?})"
+    );
+    let got = receiver.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(got.meta.last_log_id, Some(log_id(1, 2)));
+
+    // A copy a crash left unfinished is removed when the state machine opens again.
+    drop(receiver);
+    let stale = other.dir.join("snapshot.building-1-0.tmp");
+    std::fs::write(&stale, &stored).unwrap();
+    let _receiver = StateMachine::open(&other).unwrap();
+    assert!(!stale.exists(), "{} is left", stale.display());
 }
 
 /// After a restart the log is read from the file, from index 0 (where `initialize` writes the

@@ -9,7 +9,8 @@ use crate::domain::Command;
 use crate::replicated::raft::log_store::{FlushObserver, LogStore};
 use crate::replicated::raft::state_machine::{SnapshotBuilder, StateMachine};
 use crate::replicated::raft::types::{
-    Entry, LogId, Reply, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+    Entry, LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote,
 };
 use chatfeed_common::metrics::seconds_since;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
@@ -18,7 +19,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 use std::time::Instant;
@@ -160,14 +160,14 @@ impl RaftStateMachine<TypeConfig> for TimedStateMachine {
         self.inner.get_snapshot_builder().await
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
         self.inner.begin_receiving_snapshot().await
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         self.inner.install_snapshot(meta, snapshot).await
     }

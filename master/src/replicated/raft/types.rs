@@ -4,7 +4,6 @@
 
 use crate::domain::{Applied, Command, FeedError};
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 use std::sync::Arc;
 
 /// A member as recorded in the Raft membership: where its two services listen.
@@ -51,10 +50,14 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = MemberNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotData,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// A snapshot's data: a file (the stored `snapshot.db`, or one being received), read and
+/// written in chunks, never held in memory whole.
+pub type SnapshotData = tokio::fs::File;
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
