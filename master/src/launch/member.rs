@@ -20,6 +20,7 @@ use crate::replicated::raft::faults::Faults;
 use crate::replicated::raft::log_store::LogStore;
 use crate::replicated::raft::network::{Contacts, Network};
 use crate::replicated::raft::service::RaftService;
+use crate::replicated::raft::snapshots;
 use crate::replicated::raft::state_machine::StateMachine;
 use crate::replicated::raft::storage_alarm::{StorageAlarm, Thresholds};
 use crate::replicated::raft::timed::{TimedLog, TimedStateMachine};
@@ -207,6 +208,7 @@ impl Member {
             .context("opening the log store")?,
             metrics: metrics.store.clone(),
         };
+        let log_handle = log.inner.clone();
         let sm = StateMachine::open_watched(&files, storage.clone())
             .context("opening the state machine")?;
         let handles = sm.handles();
@@ -224,7 +226,8 @@ impl Member {
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
             // Within the Raft messages' size limit (`codec::MAX_MESSAGE_BYTES`).
             snapshot_max_chunk_size: codec::SNAPSHOT_CHUNK_BYTES,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_logs),
+            // `replicated/raft/snapshots.rs` decides when (`snapshots::run` below).
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.raft.keep_logs,
             ..Default::default()
         }
@@ -298,6 +301,13 @@ impl Member {
         ));
         let control = ControlService::new(core, directory.clone(), shutdown.clone());
         let peer_tls = mastership.tls.clone();
+        tasks.push(tokio::spawn(snapshots::run(
+            raft.clone(),
+            log_handle,
+            files.state.clone(),
+            config.raft.snapshot_logs,
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(key_rotation));
         tasks.push(tokio::spawn(identity));
         let (health_reporter, health_server) = health::service().await;

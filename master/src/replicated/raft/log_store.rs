@@ -73,6 +73,8 @@ struct State {
     committed: Option<LogId>,
     /// The last index whose append committed: the tail keeps every entry above it.
     durable: u64,
+    /// Bytes of entries appended since the store opened (`appended_bytes`).
+    appended: u64,
 }
 
 /// The recent log: contiguous entries from `first`.
@@ -335,6 +337,7 @@ impl LogStore {
             vote,
             committed,
             durable: last_log.map_or(0, |l| l.index),
+            appended: 0,
         }));
         let (jobs, rx) = mpsc::sync_channel(QUEUE);
         let for_thread = state.clone();
@@ -373,6 +376,12 @@ impl LogStore {
             .map_err(|e| storage_error(&e))
     }
 
+    /// Bytes of entries appended since the store opened (their encoded rows): what a snapshot
+    /// policy weighs against the state's size (`snapshots.rs`).
+    pub fn appended_bytes(&self) -> u64 {
+        self.state().appended
+    }
+
     /// Appends `entries` (readable at once from the tail) and has the log thread call `flushed`
     /// once they are on disk.
     pub fn append_then(&self, entries: Vec<Entry>, flushed: Flushed) -> Result<(), StorageError> {
@@ -386,6 +395,7 @@ impl LogStore {
             .collect();
         let committed = {
             let mut st = self.state();
+            st.appended += rows.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
             for e in entries {
                 st.last_log = Some(e.log_id);
                 let size = size_of(&e);

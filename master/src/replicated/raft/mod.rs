@@ -1,6 +1,6 @@
 //! The openraft adapters: the type configuration (`types`), the SQLite-backed log store and state
-//! machine (`db`, `log_store`, `state_machine`, timed by `timed`), and the tonic transport between
-//! members (`network`: client side, `service`: server side).
+//! machine (`db`, `log_store`, `state_machine`, timed by `timed`; `snapshots`: when to build one),
+//! and the tonic transport between members (`network`: client side, `service`: server side).
 
 pub mod backup;
 mod checkpoint;
@@ -14,6 +14,7 @@ mod legacy;
 pub mod log_store;
 pub mod network;
 pub mod service;
+pub mod snapshots;
 pub mod state_machine;
 pub mod storage_alarm;
 pub mod timed;
