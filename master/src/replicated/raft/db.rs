@@ -205,6 +205,17 @@ pub fn storage_error(e: &(impl std::error::Error + 'static)) -> StorageError {
     }
 }
 
+/// Gives the calling thread the lowest CPU priority, nice 19 (on Linux the nice value is a
+/// thread's own), for the stores' background work: snapshot copies, freeing purged entries.
+/// Failing to is no reason not to do the work: it is logged.
+pub fn lower_thread_priority() {
+    // SAFETY: plain system calls on the calling thread's id; no memory is shared with them.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
+    }
+}
+
 /// fsyncs the directory `dir`, so a file renamed or created in it survives a power loss.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

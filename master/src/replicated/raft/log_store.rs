@@ -19,7 +19,9 @@
 
 use super::checkpoint::Checkpointer;
 use super::codec;
-use super::db::{Sync, connect_with, get_meta, put_meta, storage_error, write_tx};
+use super::db::{
+    Sync, connect_with, get_meta, lower_thread_priority, put_meta, storage_error, write_tx,
+};
 use super::storage_alarm::{StorageAlarm, Store, retry_while_full};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -126,14 +128,15 @@ impl Tail {
         }
     }
 
-    /// Drops the entries at `index` and below.
-    fn purge(&mut self, index: u64) {
-        while !self.entries.is_empty() && self.first <= index {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
-            }
-            self.first += 1;
-        }
+    /// Takes out the entries at `index` and below, and answers them.
+    fn purge(&mut self, index: u64) -> Vec<(Entry, usize)> {
+        let n = (index + 1)
+            .saturating_sub(self.first)
+            .min(self.entries.len() as u64) as usize;
+        let gone: Vec<_> = self.entries.drain(..n).collect();
+        self.bytes -= gone.iter().map(|(_, size)| size).sum::<usize>();
+        self.first += n as u64;
+        gone
     }
 
     /// The entries of `[start, end)` it holds.
@@ -147,6 +150,26 @@ impl Tail {
             .range(from..to)
             .map(|(e, _)| e.clone())
             .collect()
+    }
+}
+
+/// Frees purged entries on a thread of its own at the lowest priority. A purge after a snapshot
+/// takes thousands of entries out of the tail, each a batch of posts: freeing them took tens of
+/// milliseconds, and done here, on openraft's RaftCore task, it held every commit up as long
+/// (on all three members at once, since they snapshot at the same index; `bench/RESULTS.md`).
+fn free_in_background(entries: Vec<(Entry, usize)>) {
+    if entries.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("raft-free".into())
+        .spawn(move || {
+            lower_thread_priority();
+            drop(entries);
+        });
+    if let Err(e) = spawned {
+        // The entries were moved into the closure that failed to start and are freed with it.
+        tracing::warn!(error = %e, "cannot start a thread to free purged entries");
     }
 }
 
@@ -198,20 +221,30 @@ fn last_row(c: &Connection) -> rusqlite::Result<Option<LogId>> {
     last.map(|b| decode_row(&b).map(|e| e.log_id)).transpose()
 }
 
-/// Purged rows deleted per transaction, between other jobs: deleting thousands of entries at
-/// once held the next append up for tens of milliseconds.
-const PURGE_CHUNK: i64 = 256;
+/// Purged rows deleted per transaction, between other jobs: an append that comes in waits for
+/// the chunk under way. Deleting thousands of entries at once held the next append up for tens
+/// of milliseconds; 256 entries of a batch of posts each (~6 KB) took 4.7 ms with an fsync, 32
+/// without one 0.3 ms (`bench/RESULTS.md`).
+const PURGE_CHUNK: i64 = 32;
 
 /// Deletes up to `PURGE_CHUNK` rows at or below `upto`; answers whether some are left. No fsync of
-/// its own: a purged row the crash keeps is below the durable purge marker, never read, and
-/// deleted again later.
+/// its own (the connection's `synchronous=FULL` is lowered for it): a purged row the crash keeps
+/// is below the durable purge marker, never read, and deleted again later; and the next append's
+/// fsync covers the write-ahead log up to it.
 fn purge_chunk(conn: &mut Connection, upto: u64) -> rusqlite::Result<bool> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     let n = conn.execute(
         "DELETE FROM raft_log WHERE idx IN \
          (SELECT idx FROM raft_log WHERE idx <= ?1 ORDER BY idx LIMIT ?2)",
         params![to_i64(upto), PURGE_CHUNK],
-    )?;
-    Ok(n as i64 == PURGE_CHUNK)
+    );
+    // Every other write of the log is durable when it returns: the log thread does not go on
+    // without that (it stops, and openraft with it; setting a pragma does no I/O, so this is
+    // not a failure a full disk can cause).
+    if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+        panic!("the log cannot be made durable again after a purge (synchronous=FULL): {e}");
+    }
+    Ok(n? as i64 == PURGE_CHUNK)
 }
 
 /// The log thread: does each job in order; while it has none, deletes purged rows a chunk at a
@@ -543,14 +576,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        {
+        let gone = {
             let mut st = self.state();
-            st.tail.purge(log_id.index);
+            let gone = st.tail.purge(log_id.index);
             st.last_purged = Some(log_id);
             if st.last_log < Some(log_id) {
                 st.last_log = Some(log_id);
             }
-        }
+            gone
+        };
+        free_in_background(gone);
         self.ask(|done| Job::Purge(log_id, done)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A purge takes the entries at and below its index out of the tail and answers them (to be
+    /// freed elsewhere); the rest stay readable, and the byte count follows.
+    #[test]
+    fn a_purge_hands_back_what_it_takes_out() {
+        let mut tail = Tail::default();
+        for i in 3..13 {
+            tail.push(blank(i), 100);
+        }
+        assert!(tail.purge(2).is_empty(), "below the tail: nothing");
+        let gone = tail.purge(7);
+        let indexes: Vec<u64> = gone.iter().map(|(e, _)| e.log_id.index).collect();
+        assert_eq!(indexes, vec![3, 4, 5, 6, 7]);
+        assert_eq!(tail.bytes, 500);
+        let kept: Vec<u64> = tail.get(0, 20).iter().map(|e| e.log_id.index).collect();
+        assert_eq!(kept, vec![8, 9, 10, 11, 12]);
+        assert_eq!(tail.purge(20).len(), 5);
+        assert_eq!((tail.bytes, tail.last_index()), (0, None));
     }
 }

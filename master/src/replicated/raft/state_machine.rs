@@ -29,7 +29,10 @@
 
 use super::checkpoint::Checkpointer;
 use super::db::write_tx;
-use super::db::{MemberFiles, Sync, connect_with, get_meta, put_meta, storage_error, sync_dir};
+use super::db::{
+    MemberFiles, Sync, connect_with, get_meta, lower_thread_priority, put_meta, storage_error,
+    sync_dir,
+};
 use super::storage_alarm::{StorageAlarm, Store, full_or_io, retry_io, retry_while_full};
 use super::types::{
     Entry, LogId, Reply, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership,
@@ -778,11 +781,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Runs `build` on a thread of its own at the lowest CPU priority (nice 19) and answers its
-/// result. A snapshot copies the whole of `state.db`: at normal priority the three members'
-/// copies took the CPU from the write path and the watch streams at once (on one host, the
-/// 500 posts/s fan-out's deliveries waited up to 90 ms, `bench/RESULTS.md`); at nice 19 the copy
-/// takes what is left over and only takes longer.
+/// Runs `build` on a thread of its own at the lowest CPU priority and answers its result. A
+/// snapshot copies the whole of `state.db`: at normal priority the three members' copies took
+/// the CPU from the write path and the watch streams at once; at nice 19 the copy takes what is
+/// left over and only takes longer.
 async fn in_background<T: Send + 'static>(
     build: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
@@ -790,7 +792,7 @@ async fn in_background<T: Send + 'static>(
     std::thread::Builder::new()
         .name("snapshot".into())
         .spawn(move || {
-            lower_priority();
+            lower_thread_priority();
             let _ = tx.send(build());
         })
         .map_err(|e| storage_error(&e))?;
@@ -799,16 +801,6 @@ async fn in_background<T: Send + 'static>(
             "the snapshot thread ended without an answer",
         ))
     })?
-}
-
-/// Gives the calling thread the lowest CPU priority (Linux: the nice value is a thread's own).
-/// Failing to is no reason not to build the snapshot: it is logged.
-fn lower_priority() {
-    // SAFETY: plain system calls on the calling thread's id; no memory is shared with them.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-    if rc != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the snapshot thread's priority");
-    }
 }
 
 #[cfg(test)]
