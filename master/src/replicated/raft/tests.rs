@@ -413,13 +413,8 @@ async fn one_file_layout_is_split_at_open() {
     assert!(open_member_db(&data, 2, false).is_err());
 }
 
-/// A snapshot is a copy of the state machine at its applied log id; building it again after more
-/// applies stores the newer one; installing an older one replaces the state but never the stored
-/// snapshot; and a state machine found behind its snapshot (rolled back by a power loss) is
-/// restored from it when it opens.
-#[tokio::test]
-async fn snapshots_are_copies_that_never_go_backwards() {
-    let dir = TempDir::new().unwrap();
+/// Member 1's state machine in `dir`, with user ann and one post of hers applied (log ids 1-2).
+async fn member_with_one_post(dir: &TempDir) -> (super::db::MemberFiles, StateMachine) {
     let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
     let mut sm = StateMachine::open(&files).unwrap();
     sm.apply([
@@ -428,22 +423,31 @@ async fn snapshots_are_copies_that_never_go_backwards() {
     ])
     .await
     .unwrap();
-    let first = sm
-        .get_snapshot_builder()
+    (files, sm)
+}
+
+async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
+    sm.get_snapshot_builder()
         .await
         .build_snapshot()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A snapshot is a copy of the state machine at its applied log id; building it again after more
+/// applies stores the newer one; installing an older one replaces the state but never the stored
+/// snapshot; and a state machine found behind its snapshot (rolled back by a power loss) is
+/// restored from it when it opens.
+#[tokio::test]
+async fn snapshots_are_copies_that_never_go_backwards() {
+    let dir = TempDir::new().unwrap();
+    let (files, mut sm) = member_with_one_post(&dir).await;
+    let first = build_snapshot(&mut sm).await;
     assert_eq!(first.meta.last_log_id, Some(log_id(1, 2)));
     sm.apply([entry(1, 3, cmd(post("ann", "b", "2")))])
         .await
         .unwrap();
-    let second = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let second = build_snapshot(&mut sm).await;
     assert_eq!(second.meta.last_log_id, Some(log_id(1, 3)));
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, second.meta);
@@ -491,20 +495,8 @@ async fn snapshots_are_copies_that_never_go_backwards() {
 async fn snapshot_data_goes_through_files() {
     use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
     let dir = TempDir::new().unwrap();
-    let files = open_member_db(&dir.path().join("m"), 1, true).unwrap();
-    let mut sm = StateMachine::open(&files).unwrap();
-    sm.apply([
-        entry(1, 1, cmd(user("ann"))),
-        entry(1, 2, cmd(post("ann", "a", "1"))),
-    ])
-    .await
-    .unwrap();
-    let built = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let (files, mut sm) = member_with_one_post(&dir).await;
+    let built = build_snapshot(&mut sm).await;
     let stored = std::fs::read(&files.snapshot).unwrap();
     assert!(stored.len() > 4096, "{} bytes", stored.len());
     let mut read = Vec::new();
