@@ -302,6 +302,7 @@ impl Member {
         let control = ControlService::new(core, directory.clone(), shutdown.clone());
         let peer_tls = mastership.tls.clone();
         tasks.push(tokio::spawn(snapshots::run(
+            id,
             raft.clone(),
             log_handle,
             files.state.clone(),
