@@ -156,7 +156,7 @@ impl Tail {
 /// Frees purged entries on a thread of its own at the lowest priority. A purge after a snapshot
 /// takes thousands of entries out of the tail, each a batch of posts: freeing them took tens of
 /// milliseconds, and done here, on openraft's RaftCore task, it held every commit up as long
-/// (on all three members at once, since they snapshot at the same index; `bench/RESULTS.md`).
+/// (`bench/RESULTS.md`).
 fn free_in_background(entries: Vec<(Entry, usize)>) {
     if entries.is_empty() {
         return;
