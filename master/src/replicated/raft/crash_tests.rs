@@ -1,10 +1,11 @@
 //! The stores killed at any moment of their work: a child process (this test binary, run again
 //! with `CHATFEED_CRASH_CHILD` set) appends, applies, snapshots, purges and truncates in a loop,
-//! saying on stdout what each step made durable before it goes on; the test kills it with
+//! and receives and installs snapshots from a second state machine that runs ahead of the
+//! first, saying on stdout what each step made durable before it goes on; the test kills it with
 //! SIGKILL at random moments, damages the end of the log's write-ahead file as a torn write
 //! would, reopens the stores and checks that nothing the child was told is durable is missing,
-//! and that the log and the state machine agree. Then it starts the child again on the same
-//! directory, several times.
+//! that the log and both state machines agree and that no snapshot copy is left half-made. Then
+//! it starts the child again on the same directories, several times.
 
 use super::data_dir::open_member_db;
 use super::log_store::LogStore;
@@ -47,22 +48,68 @@ fn say(line: String) {
     let _ = out.flush();
 }
 
-/// The child: works on `dir` until it is killed.
+/// The member that runs ahead of the checked one (`dir`) and sends it snapshots: a sibling
+/// directory, with a state machine of its own fed from the same log.
+fn ahead_dir(dir: &Path) -> std::path::PathBuf {
+    dir.with_file_name("ahead")
+}
+
+/// Sends `snapshot` to `to` as a follower receives one: in chunks, into the file
+/// `begin_receiving_snapshot` gives, then installed.
+async fn send(mut snapshot: Snapshot, to: &mut StateMachine) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut received = to.begin_receiving_snapshot().await.unwrap();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = snapshot.snapshot.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        received.write_all(&chunk[..n]).await.unwrap();
+    }
+    received.flush().await.unwrap();
+    to.install_snapshot(&snapshot.meta, received).await.unwrap();
+}
+
+/// Brings `sm` to the log's end: the entries it has not applied from the log, or, when the log
+/// no longer holds them (purged while `sm`'s applies were not yet committed), `from`'s stored
+/// snapshot first. Answers the last applied index.
+async fn catch_up(sm: &mut StateMachine, from: &mut StateMachine, log: &mut LogStore) -> u64 {
+    let state = log.get_log_state().await.unwrap();
+    let next = state.last_log_id.map_or(1, |l| l.index + 1);
+    let purged = state.last_purged_log_id.map_or(0, |l| l.index);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    let mut applied = applied.map_or(0, |l| l.index);
+    if applied < purged {
+        let snap = from.get_current_snapshot().await.unwrap();
+        let snap = snap.expect("the log was purged: the other member keeps a snapshot");
+        applied = snap.meta.last_log_id.map_or(0, |l| l.index);
+        assert!(
+            applied >= purged,
+            "a snapshot at {applied} below the purge at {purged}"
+        );
+        send(snap, sm).await;
+    }
+    let pending = log.try_get_log_entries(applied + 1..next).await.unwrap();
+    if let Some(l) = pending.last() {
+        applied = l.log_id.index;
+        sm.apply(pending).await.unwrap();
+    }
+    applied
+}
+
+/// The child: works on `dir` (and on the member ahead of it) until it is killed.
 async fn child(dir: &Path) {
     let files = open_member_db(dir, 1, true).unwrap();
     let mut log = LogStore::open(&files.log).unwrap();
     let mut sm = StateMachine::open(&files).unwrap();
+    let mut ahead = StateMachine::open(&open_member_db(&ahead_dir(dir), 2, true).unwrap()).unwrap();
     let state = log.get_log_state().await.unwrap();
     let mut next = state.last_log_id.map_or(1, |l| l.index + 1);
     let mut term = state.last_log_id.map_or(1, |l| l.leader_id.term + 1);
-    let (mut applied, _) = sm.applied_state().await.unwrap();
     // Entries written but not applied (a crash left them), applied first, as openraft would.
-    let start = applied.map_or(1, |l| l.index + 1);
-    let pending = log.try_get_log_entries(start..next).await.unwrap();
-    if let Some(l) = pending.last() {
-        applied = Some(l.log_id);
-        sm.apply(pending).await.unwrap();
-    }
+    let mut applied = catch_up(&mut sm, &mut ahead, &mut log).await;
+    let mut ahead_applied = catch_up(&mut ahead, &mut sm, &mut log).await;
     let mut purged = state.last_purged_log_id.map_or(0, |l| l.index);
     let mut rng = rand::thread_rng();
     loop {
@@ -85,21 +132,33 @@ async fn child(dir: &Path) {
             term += 1;
             continue;
         }
-        let to_apply: Vec<Entry> = log
-            .try_get_log_entries(applied.map_or(1, |l| l.index + 1)..next)
+        // The member ahead applies every entry; the checked one every other time or so, and
+        // catches up by a snapshot from the one ahead now and then.
+        let to_apply = log
+            .try_get_log_entries(ahead_applied + 1..next)
             .await
             .unwrap();
         if let Some(l) = to_apply.last() {
-            applied = Some(l.log_id);
-            sm.apply(to_apply).await.unwrap();
+            ahead_applied = l.log_id.index;
+            ahead.apply(to_apply).await.unwrap();
+        }
+        if rng.gen_ratio(1, 8) && ahead_applied > applied {
+            let snap = build_snapshot(&mut ahead).await;
+            let at = snap.meta.last_log_id.map_or(0, |l| l.index);
+            if at > applied {
+                say(format!("installing {at}"));
+                send(snap, &mut sm).await;
+                applied = at;
+            }
+        } else if rng.gen_bool(0.5) {
+            let to_apply = log.try_get_log_entries(applied + 1..next).await.unwrap();
+            if let Some(l) = to_apply.last() {
+                applied = l.log_id.index;
+                sm.apply(to_apply).await.unwrap();
+            }
         }
         if rng.gen_ratio(1, 10) {
-            let snap = sm
-                .get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-                .unwrap();
+            let snap = build_snapshot(&mut sm).await;
             if let Some(s) = snap.meta.last_log_id
                 && s.index > 10
             {
@@ -119,17 +178,30 @@ async fn child(dir: &Path) {
     }
 }
 
+async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 /// What the child said was durable: the log id acked at each index still expected, and the
 /// indexes from which entries may be gone (a truncation or purge that was under way).
 #[derive(Default)]
 struct Told {
     acked: BTreeMap<u64, u64>,
     purged_upto: u64,
+    /// Steps begun, by kind: the test fails if a kind never ran.
+    steps: BTreeMap<String, usize>,
 }
 
 impl Told {
     fn read(&mut self, line: &str) {
         let w: Vec<&str> = line.split_whitespace().collect();
+        if let Some(kind) = w.first() {
+            *self.steps.entry(kind.to_string()).or_default() += 1;
+        }
         match w.as_slice() {
             ["acked", from, term, to] => {
                 let (from, term, to): (u64, u64, u64) = (
@@ -191,8 +263,16 @@ async fn check(dir: &Path, told: &Told, round: usize) {
         applied >= purged,
         "round {round}: entries up to {purged} were purged but only {applied} are applied"
     );
+    // The stored snapshot is whole and not ahead of the state it was made from.
+    if let Some(s) = sm.get_current_snapshot().await.unwrap() {
+        let at = s.meta.last_log_id.map_or(0, |l| l.index);
+        assert!(
+            at <= applied,
+            "round {round}: the stored snapshot is at {at}, the state at {applied}"
+        );
+    }
     // Apply the rest, as openraft would at start-up, then count the posts: one per entry but the
-    // first, whatever the crashes did.
+    // first, whatever the crashes did; the same for the member ahead.
     let rest = log
         .try_get_log_entries(applied + 1..last + 1)
         .await
@@ -200,19 +280,37 @@ async fn check(dir: &Path, told: &Told, round: usize) {
     if !rest.is_empty() {
         sm.apply(rest).await.unwrap();
     }
-    sm.flusher().flush().await.unwrap();
-    let conn = super::db::connect(&files.state).unwrap();
-    let posts: i64 = conn
-        .query_row("SELECT COUNT(*) FROM events WHERE kind = 3", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    let posts = posts as u64;
-    assert_eq!(
-        posts,
-        last.saturating_sub(1),
-        "round {round}: the state machine holds {posts} posts for a log of {last} entries"
-    );
+    let ahead_files = open_member_db(&ahead_dir(dir), 2, false).unwrap();
+    let mut ahead = StateMachine::open(&ahead_files).unwrap();
+    // A snapshot killed half-way (built, received or installed) leaves no copy behind once the
+    // members open.
+    for d in [dir.to_owned(), ahead_dir(dir)] {
+        let left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "round {round}: left behind: {left:?}");
+    }
+    catch_up(&mut ahead, &mut sm, &mut log).await;
+    for (who, sm, state) in [
+        ("member", &sm, &files.state),
+        ("member ahead", &ahead, &ahead_files.state),
+    ] {
+        sm.flusher().flush().await.unwrap();
+        let conn = super::db::connect(state).unwrap();
+        let posts: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events WHERE kind = 3", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let posts = posts as u64;
+        assert_eq!(
+            posts,
+            last.saturating_sub(1),
+            "round {round}: the {who}'s state machine holds {posts} posts for a log of {last} entries"
+        );
+    }
 }
 
 /// Appends garbage at the end of the log's write-ahead file, as a write torn by the crash would
@@ -225,10 +323,11 @@ fn tear_wal(dir: &Path) {
     }
 }
 
-/// Killed (SIGKILL) at random moments of appending, applying, snapshotting, purging and
-/// truncating, with a torn write at the end of the log's WAL each time, the stores keep every
-/// entry the child was told is durable, the log has no hole, and the state machine holds
-/// exactly the log's posts once the rest is applied.
+/// Killed (SIGKILL) at random moments of appending, applying, building, receiving and
+/// installing snapshots, purging and truncating, with a torn write at the end of the log's WAL
+/// each time, the stores keep every entry the child was told is durable, the log has no hole,
+/// no snapshot copy is left behind, and both state machines hold exactly the log's posts once
+/// the rest is applied.
 #[test]
 fn killed_at_any_moment_nothing_durable_is_lost() {
     if let Some(dir) = std::env::var_os(CHILD) {
@@ -270,5 +369,12 @@ fn killed_at_any_moment_nothing_durable_is_lost() {
         }
         tear_wal(&dir);
         rt.block_on(check(&dir, &told, round));
+    }
+    for kind in ["acked", "truncating", "purging", "installing"] {
+        assert!(
+            told.steps.contains_key(kind),
+            "the child never went as far as {kind}: {:?}",
+            told.steps
+        );
     }
 }
