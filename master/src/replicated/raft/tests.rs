@@ -487,6 +487,41 @@ async fn snapshots_are_copies_that_never_go_backwards() {
     );
 }
 
+/// A member that installs a snapshot in which ann's sessions ended at 200 refuses a post of hers
+/// in a session issued at 150, though it applied one of her posts before the install.
+#[tokio::test]
+async fn an_installed_snapshot_brings_the_sessions_it_ended() {
+    let dir = TempDir::new().unwrap();
+    let (_, mut sm) = member_with_one_post(&dir).await;
+    let other = open_member_db(&dir.path().join("o"), 2, true).unwrap();
+    let mut ended = StateMachine::open(&other).unwrap();
+    ended
+        .apply([
+            entry(1, 1, cmd(user("ann"))),
+            entry(1, 2, cmd(post("ann", "a", "1"))),
+            entry(
+                1,
+                3,
+                cmd(Command::EndSessions {
+                    name: "ann".into(),
+                    at_ms: 200,
+                }),
+            ),
+        ])
+        .await
+        .unwrap();
+    let snapshot = build_snapshot(&mut ended).await;
+    sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    let in_session = Command::InSession {
+        session_ms: 150,
+        command: Box::new(post("ann", "b", "2")),
+    };
+    let a = answers(sm.apply([entry(1, 4, cmd(in_session))]).await.unwrap());
+    assert_eq!(a[0], Err(FeedError::SessionEnded("ann".into())));
+}
+
 /// A snapshot's data is a file, never a buffer of the whole: a built or current snapshot reads
 /// as the stored `snapshot.db`; one received is written in chunks (with seeks, as openraft's
 /// receiver writes them) to a file without a name, installed from there, and leaves no file
