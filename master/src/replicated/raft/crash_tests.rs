@@ -10,9 +10,10 @@
 use super::data_dir::open_member_db;
 use super::log_store::LogStore;
 use super::state_machine::StateMachine;
+use super::tests::build_snapshot;
 use super::types::*;
 use crate::domain::Command;
-use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -176,14 +177,6 @@ async fn child(dir: &Path) {
             }
         }
     }
-}
-
-async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap()
 }
 
 /// What the child said was durable: the log id acked at each index still expected, and the

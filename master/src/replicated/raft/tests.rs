@@ -426,7 +426,7 @@ async fn member_with_one_post(dir: &TempDir) -> (super::db::MemberFiles, StateMa
     (files, sm)
 }
 
-async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
+pub(super) async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
     sm.get_snapshot_builder()
         .await
         .build_snapshot()
