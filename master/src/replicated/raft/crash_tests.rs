@@ -55,21 +55,27 @@ fn ahead_dir(dir: &Path) -> std::path::PathBuf {
     dir.with_file_name("ahead")
 }
 
-/// Sends `snapshot` to `to` as a follower receives one: in chunks, into the file
+/// Sends `snapshot` to `to` as a follower receives one: written into the file
 /// `begin_receiving_snapshot` gives, then installed.
 async fn send(mut snapshot: Snapshot, to: &mut StateMachine) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut received = to.begin_receiving_snapshot().await.unwrap();
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = snapshot.snapshot.read(&mut chunk).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        received.write_all(&chunk[..n]).await.unwrap();
-    }
+    tokio::io::copy(&mut snapshot.snapshot, &mut received)
+        .await
+        .unwrap();
     received.flush().await.unwrap();
     to.install_snapshot(&snapshot.meta, received).await.unwrap();
+}
+
+/// Applies to `sm` the log's entries after `applied` and before `next`; answers the last
+/// applied index.
+async fn apply_after(sm: &mut StateMachine, log: &mut LogStore, applied: u64, next: u64) -> u64 {
+    let entries = log.try_get_log_entries(applied + 1..next).await.unwrap();
+    let Some(last) = entries.last().map(|e| e.log_id.index) else {
+        return applied;
+    };
+    sm.apply(entries).await.unwrap();
+    last
 }
 
 /// Brings `sm` to the log's end: the entries it has not applied from the log, or, when the log
@@ -91,12 +97,7 @@ async fn catch_up(sm: &mut StateMachine, from: &mut StateMachine, log: &mut LogS
         );
         send(snap, sm).await;
     }
-    let pending = log.try_get_log_entries(applied + 1..next).await.unwrap();
-    if let Some(l) = pending.last() {
-        applied = l.log_id.index;
-        sm.apply(pending).await.unwrap();
-    }
-    applied
+    apply_after(sm, log, applied, next).await
 }
 
 /// The child: works on `dir` (and on the member ahead of it) until it is killed.
@@ -135,14 +136,7 @@ async fn child(dir: &Path) {
         }
         // The member ahead applies every entry; the checked one every other time or so, and
         // catches up by a snapshot from the one ahead now and then.
-        let to_apply = log
-            .try_get_log_entries(ahead_applied + 1..next)
-            .await
-            .unwrap();
-        if let Some(l) = to_apply.last() {
-            ahead_applied = l.log_id.index;
-            ahead.apply(to_apply).await.unwrap();
-        }
+        ahead_applied = apply_after(&mut ahead, &mut log, ahead_applied, next).await;
         if rng.gen_ratio(1, 8) && ahead_applied > applied {
             let snap = build_snapshot(&mut ahead).await;
             let at = snap.meta.last_log_id.map_or(0, |l| l.index);
@@ -152,11 +146,7 @@ async fn child(dir: &Path) {
                 applied = at;
             }
         } else if rng.gen_bool(0.5) {
-            let to_apply = log.try_get_log_entries(applied + 1..next).await.unwrap();
-            if let Some(l) = to_apply.last() {
-                applied = l.log_id.index;
-                sm.apply(to_apply).await.unwrap();
-            }
+            applied = apply_after(&mut sm, &mut log, applied, next).await;
         }
         if rng.gen_ratio(1, 10) {
             let snap = build_snapshot(&mut sm).await;
@@ -266,13 +256,7 @@ async fn check(dir: &Path, told: &Told, round: usize) {
     }
     // Apply the rest, as openraft would at start-up, then count the posts: one per entry but the
     // first, whatever the crashes did; the same for the member ahead.
-    let rest = log
-        .try_get_log_entries(applied + 1..last + 1)
-        .await
-        .unwrap();
-    if !rest.is_empty() {
-        sm.apply(rest).await.unwrap();
-    }
+    apply_after(&mut sm, &mut log, applied, last + 1).await;
     let ahead_files = open_member_db(&ahead_dir(dir), 2, false).unwrap();
     let mut ahead = StateMachine::open(&ahead_files).unwrap();
     // A snapshot killed half-way (built, received or installed) leaves no copy behind once the
