@@ -20,5 +20,7 @@ pub use query::{
     following_page, last_seq, post_exists, replace_cluster_id, sessions_after, timeline,
     token_key_hex, token_keys, users,
 };
-pub use schema::{KIND_FOLLOW, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, SCHEMA, migrate};
+pub use schema::{
+    KIND_FOLLOW, KIND_SESSIONS_ENDED, KIND_UNFOLLOW, KIND_USER, SCHEMA, migrate, reindexes_post_ids,
+};
 pub use snapshot::replace_from;

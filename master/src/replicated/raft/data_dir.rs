@@ -115,6 +115,13 @@ pub fn open_member_db(dir: &Path, id: NodeId, create: bool) -> Result<MemberFile
     make_files_private(&files, fresh)?;
     let log = open_checked(&files.log, LOG_SCHEMA)?;
     let state = open_checked(&files.state, STATE_SCHEMA)?;
+    if crate::domain::reindexes_post_ids(&state).map_err(corrupt(&files.state))? {
+        tracing::info!(
+            path = %files.state.display(),
+            "indexing the client post ids again, time first (once, after an upgrade: about a \
+             second per million posts)"
+        );
+    }
     state
         .execute_batch(crate::domain::SCHEMA)
         .and_then(|_| crate::domain::migrate(&state))
