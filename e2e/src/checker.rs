@@ -172,6 +172,37 @@ pub enum Violation {
     Harness { what: String },
 }
 
+/// Each poster's attempts that were under way between `from` and `to` (a write unavailability),
+/// as times from `from` and how each ended: where the time went.
+fn attempts_during(h: &History, from: Duration, to: Duration) -> String {
+    let mut by_author: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for p in &h.posts {
+        for a in p.invocations.iter().flat_map(|i| &i.attempts) {
+            if a.end < from || a.start > to {
+                continue;
+            }
+            let offset = |t: Duration| {
+                let ms = t.as_millis() as i64 - from.as_millis() as i64;
+                format!("{:+.2}", ms as f64 / 1000.0)
+            };
+            let how = match &a.result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.chars().take(60).collect(),
+            };
+            by_author.entry(&p.author).or_default().push(format!(
+                "{}..{} s {how}",
+                offset(a.start),
+                offset(a.end)
+            ));
+        }
+    }
+    by_author
+        .iter()
+        .map(|(a, list)| format!("{a}: {}", list.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -372,8 +403,9 @@ pub struct Figures {
     pub streams: usize,
     pub deliveries_checked: usize,
     /// The longest time from a fault hitting the leader (taking full effect) until a post
-    /// attempt started after that succeeded, by kind, with the fault's number.
-    pub write_unavailability: BTreeMap<FaultKind, (Duration, usize)>,
+    /// attempt started after that succeeded, by kind, with the fault's number and what each
+    /// poster's attempts did in that time (`attempts_during`).
+    pub write_unavailability: BTreeMap<FaultKind, (Duration, usize, String)>,
     /// The longest outage of a stream (lost → reopened) outside the final restart, and whose.
     pub longest_resume: Option<(Duration, String)>,
     /// The same, for outages that began during the final restart.
@@ -413,12 +445,13 @@ impl fmt::Display for Figures {
             "deliveries checked: {} on {} streams; terms with a leader seen: {}",
             self.deliveries_checked, self.streams, self.leader_terms
         )?;
-        for (k, (d, n)) in &self.write_unavailability {
+        for (k, (d, n, during)) in &self.write_unavailability {
             writeln!(
                 f,
                 "longest write unavailability after {k}: {} (fault {n})",
                 secs(*d)
             )?;
+            writeln!(f, "  the posters' attempts then: {during}")?;
         }
         if let Some((d, who)) = &self.longest_resume {
             writeln!(
@@ -783,12 +816,13 @@ fn figures(h: &History) -> Figures {
                 .min();
             if let Some(end) = first_ok {
                 let d = end - fault.effective;
-                let e = f
-                    .write_unavailability
-                    .entry(fault.kind)
-                    .or_insert((d, fault.number));
-                if d > e.0 {
-                    *e = (d, fault.number);
+                let e = f.write_unavailability.entry(fault.kind).or_insert((
+                    Duration::ZERO,
+                    0,
+                    String::new(),
+                ));
+                if d > e.0 || e.1 == 0 {
+                    *e = (d, fault.number, attempts_during(h, fault.effective, end));
                 }
             }
         }
