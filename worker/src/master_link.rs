@@ -71,11 +71,6 @@ pub fn backoff() -> Backoff {
 /// write that times out on a master that just lost its quorum plus the election that follows.
 pub const MIN_MASTER_DEADLINE: Duration = Duration::from_secs(5);
 
-/// How long asking one member whether it is the active master may take: a live member answers
-/// `MemberInfo` from memory within milliseconds; one that does not is frozen or cut off, which is
-/// what the question is about (the masters' `Status` waits as long for the same call).
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// A member that says it is the active master: its address as listed, and as it reports it.
 type Found = (String, String);
 
@@ -450,9 +445,14 @@ impl MasterLink {
         (listed != addr && says != addr).then_some(listed)
     }
 
-    /// Asks every member at once whether it is the active master (`MemberInfo`, within
-    /// `PROBE_TIMEOUT`); the first that is, if any: its address as listed and as it reports it.
+    /// Asks every member at once whether it is the active master (`MemberInfo`); the first that
+    /// is, if any: its address as listed and as it reports it. A round waits two `recheck`s (two
+    /// heartbeats) at most: a live member answers from memory within milliseconds, and a frozen
+    /// or cut-off one never does; waiting longer for it would miss a member elected meanwhile,
+    /// which the next round, `recheck` later, finds (with a fixed 500 ms, a write moved from a
+    /// paused leader up to half a second after the new one was elected).
     async fn find_active(&self) -> Option<Found> {
+        let wait = self.timing.recheck * 2;
         let mut asks = tokio::task::JoinSet::new();
         for addr in &self.masters() {
             let Ok(ch) = self.channel(addr) else { continue };
@@ -460,7 +460,7 @@ impl MasterLink {
             asks.spawn(async move {
                 let mut client = ClusterClient::new(ch);
                 let ask = client.member_info(pb::MemberInfoRequest {});
-                match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+                match tokio::time::timeout(wait, ask).await {
                     Ok(Ok(m)) if m.get_ref().role == Role::Leader as i32 => {
                         Some((addr, m.into_inner().api_addr))
                     }

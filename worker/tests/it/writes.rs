@@ -242,6 +242,30 @@ struct FakeMember {
     /// Where a member that is not active redirects writes.
     redirect: Option<String>,
     batches: Arc<AtomicUsize>,
+    /// Set: a replica until it is true, then the active master (an election the test makes).
+    elected: Option<Arc<AtomicBool>>,
+    /// `MemberInfo` calls answered.
+    asked: Arc<AtomicUsize>,
+}
+
+impl FakeMember {
+    fn new(role: Option<Role>, redirect: Option<String>) -> FakeMember {
+        FakeMember {
+            role,
+            redirect,
+            batches: Arc::default(),
+            elected: None,
+            asked: Arc::default(),
+        }
+    }
+
+    /// What it is now.
+    fn role(&self) -> Option<Role> {
+        match &self.elected {
+            Some(e) if e.load(Ordering::SeqCst) => Some(Role::Leader),
+            _ => self.role,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -250,9 +274,10 @@ impl Cluster for FakeMember {
         &self,
         _: Request<cpb::MemberInfoRequest>,
     ) -> Result<Response<MemberStatus>, Status> {
-        let Some(role) = self.role else {
+        let Some(role) = self.role() else {
             return std::future::pending().await;
         };
+        self.asked.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(MemberStatus {
             role: role as i32,
             ..Default::default()
@@ -271,7 +296,7 @@ impl Cluster for FakeMember {
         req: Request<cpb::WriteBatchRequest>,
     ) -> Result<Response<cpb::WriteBatchReply>, Status> {
         self.batches.fetch_add(1, Ordering::Relaxed);
-        match (self.role, &self.redirect) {
+        match (self.role(), &self.redirect) {
             (None, _) => std::future::pending().await,
             (_, Some(to)) => Err(chatfeed_common::reach::redirect_to(to, "not active")),
             _ => Ok(Response::new(cpb::WriteBatchReply {
@@ -353,11 +378,7 @@ async fn serve(member: FakeMember) -> String {
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_answer_moves_the_write_to_the_active_member() {
-    let fake = |role, redirect| FakeMember {
-        role,
-        redirect,
-        batches: Arc::default(),
-    };
+    let fake = FakeMember::new;
     let frozen = fake(None, None);
     let active = fake(Some(Role::Leader), None);
     let (frozen_batches, active_batches) = (frozen.batches.clone(), active.batches.clone());
@@ -400,4 +421,65 @@ async fn a_late_answer_moves_the_write_to_the_active_member() {
     assert_eq!(frozen_batches.load(Ordering::Relaxed), 1);
     assert_eq!(active_batches.load(Ordering::Relaxed), 1);
     assert_eq!(link.active().as_deref(), Some(active_addr.as_str()));
+}
+
+/// A member elected while the worker asks who the active master is (its question on the frozen
+/// member unanswered) is found by the next round of questions, a heartbeat (`recheck`) later,
+/// not once the frozen member's answer is given up: a round waits two `recheck`s for answers,
+/// and the write is acknowledged within a few of them after the election (with the 500 ms the
+/// rounds used to wait, about 500 ms after it).
+#[tokio::test]
+async fn a_member_elected_during_a_round_of_questions_takes_the_write() {
+    let frozen = FakeMember::new(None, None);
+    let mut candidate = FakeMember::new(Some(Role::Replica), None);
+    let elected = Arc::new(AtomicBool::new(false));
+    candidate.elected = Some(elected.clone());
+    let asked = candidate.asked.clone();
+    let frozen_addr = serve(frozen).await;
+    let candidate_addr = serve(candidate).await;
+    let timing = LinkTiming {
+        deadline: Duration::from_secs(60),
+        attempt: Duration::from_secs(20),
+        late: Duration::from_millis(100),
+        recheck: Duration::from_millis(20),
+    };
+    let link = Arc::new(MasterLink::new(
+        vec![frozen_addr.clone(), candidate_addr.clone()],
+        timing,
+        chatfeed_common::tls::Tls::plaintext(),
+    ));
+    link.set_active(&frozen_addr);
+    let writes = Writes::start(link.clone());
+    let write = tokio::spawn(async move {
+        let reply = writes
+            .write(
+                Command::Post(cpb::Post {
+                    author: "alice".into(),
+                    text: "found soon".into(),
+                    client_post_id: "elected-1".into(),
+                }),
+                0,
+            )
+            .await;
+        (reply, Instant::now())
+    });
+    // The write is late on the frozen member and a round asks both; the candidate answers that
+    // it is not the active master, and is elected while the frozen member's answer is awaited.
+    chatfeed_common::testing::eventually("the first round of questions", async || {
+        (asked.load(Ordering::SeqCst) > 0)
+            .then_some(())
+            .ok_or_else(|| "the candidate was not asked yet".to_string())
+    })
+    .await;
+    elected.store(true, Ordering::SeqCst);
+    let at = Instant::now();
+    let (reply, acked) = write.await.unwrap();
+    assert_eq!(reply.unwrap().seq, 42);
+    let after = acked - at;
+    assert!(
+        after < Duration::from_millis(250),
+        "acknowledged {after:?} after the election (rounds every {:?})",
+        timing.recheck
+    );
+    assert_eq!(link.active().as_deref(), Some(candidate_addr.as_str()));
 }
