@@ -227,8 +227,8 @@ fn apply_validated(
                 return Ok(Err(FeedError::UserNotFound(author.clone())));
             }
             // The insert finds a post with the same client post id itself (the unique index
-            // `client_post_ids` refuses the row, and SQLite undoes the statement only), so a new post,
-            // by far the usual case, costs no separate look-up.
+            // `client_post_ids` refuses the row, and SQLite undoes the statement only), so a new
+            // post, by far the usual case, costs no separate look-up.
             let id = (!client_post_id.is_empty()).then_some(client_post_id.as_str());
             match insert_event(conn, seq, KIND_POST, author, None, Some(text), ts_ms, id) {
                 Ok(()) => {}
