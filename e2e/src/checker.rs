@@ -807,6 +807,8 @@ fn figures(h: &History) -> Figures {
         .map(|a| (a.start, a.end))
         .collect();
     ok_attempts.sort();
+    // The longest by kind: (its fault's number, when it took effect, when a write succeeded).
+    let mut longest: BTreeMap<FaultKind, (usize, Duration, Duration)> = BTreeMap::new();
     for fault in &h.faults {
         if fault.kind.hits_leader() || fault.kind == FaultKind::RestartAll {
             let first_ok = ok_attempts
@@ -815,14 +817,11 @@ fn figures(h: &History) -> Figures {
                 .map(|(_, end)| *end)
                 .min();
             if let Some(end) = first_ok {
-                let d = end - fault.effective;
-                let e = f.write_unavailability.entry(fault.kind).or_insert((
-                    Duration::ZERO,
-                    0,
-                    String::new(),
-                ));
-                if d > e.0 || e.1 == 0 {
-                    *e = (d, fault.number, attempts_during(h, fault.effective, end));
+                let e = longest
+                    .entry(fault.kind)
+                    .or_insert((fault.number, fault.effective, end));
+                if end - fault.effective > e.2 - e.1 {
+                    *e = (fault.number, fault.effective, end);
                 }
             }
         }
@@ -836,6 +835,10 @@ fn figures(h: &History) -> Figures {
             }
         }
     }
+    f.write_unavailability = longest
+        .into_iter()
+        .map(|(kind, (n, from, to))| (kind, (to - from, n, attempts_during(h, from, to))))
+        .collect();
     let full_restart = h
         .faults
         .iter()

@@ -371,6 +371,30 @@ async fn serve(member: FakeMember) -> String {
     addr
 }
 
+/// A link's timing for the fake members: `late` and `recheck` as given, deadlines far off.
+fn fast_timing(late: Duration, recheck: Duration) -> LinkTiming {
+    LinkTiming {
+        deadline: Duration::from_secs(60),
+        attempt: Duration::from_secs(20),
+        late,
+        recheck,
+    }
+}
+
+/// A link to `members` (plaintext) that takes the first for the active master, and the write
+/// dispatcher on it.
+fn writes_on(members: Vec<String>, timing: LinkTiming) -> (Arc<MasterLink>, Writes) {
+    let first = members[0].clone();
+    let link = Arc::new(MasterLink::new(
+        members,
+        timing,
+        chatfeed_common::tls::Tls::plaintext(),
+    ));
+    link.set_active(&first);
+    let writes = Writes::start(link.clone());
+    (link, writes)
+}
+
 /// A write sent to a member that never answers (frozen: it answers neither the write nor
 /// `MemberInfo`) moves, once its answer is late, to the member that says it is the active master
 /// (another, not active, would redirect there too), and is acknowledged by it long before the
@@ -385,19 +409,11 @@ async fn a_late_answer_moves_the_write_to_the_active_member() {
     let frozen_addr = serve(frozen).await;
     let active_addr = serve(active).await;
     let replica_addr = serve(fake(Some(Role::Replica), Some(active_addr.clone()))).await;
-    let timing = LinkTiming {
-        deadline: Duration::from_secs(60),
-        attempt: Duration::from_secs(20),
-        late: Duration::from_millis(300),
-        recheck: Duration::from_millis(50),
-    };
-    let link = Arc::new(MasterLink::new(
+    let timing = fast_timing(Duration::from_millis(300), Duration::from_millis(50));
+    let (link, writes) = writes_on(
         vec![frozen_addr.clone(), replica_addr, active_addr.clone()],
         timing,
-        chatfeed_common::tls::Tls::plaintext(),
-    ));
-    link.set_active(&frozen_addr);
-    let writes = Writes::start(link.clone());
+    );
 
     let sent = Instant::now();
     let reply = writes
@@ -437,19 +453,8 @@ async fn a_member_elected_during_a_round_of_questions_takes_the_write() {
     let asked = candidate.asked.clone();
     let frozen_addr = serve(frozen).await;
     let candidate_addr = serve(candidate).await;
-    let timing = LinkTiming {
-        deadline: Duration::from_secs(60),
-        attempt: Duration::from_secs(20),
-        late: Duration::from_millis(100),
-        recheck: Duration::from_millis(20),
-    };
-    let link = Arc::new(MasterLink::new(
-        vec![frozen_addr.clone(), candidate_addr.clone()],
-        timing,
-        chatfeed_common::tls::Tls::plaintext(),
-    ));
-    link.set_active(&frozen_addr);
-    let writes = Writes::start(link.clone());
+    let timing = fast_timing(Duration::from_millis(100), Duration::from_millis(20));
+    let (link, writes) = writes_on(vec![frozen_addr.clone(), candidate_addr.clone()], timing);
     let write = tokio::spawn(async move {
         let reply = writes
             .write(
